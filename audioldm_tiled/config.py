@@ -1,0 +1,92 @@
+"""One validated configuration object for every tiled stage: VAE decode, vocoder and denoising windows."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Literal, Union
+
+Enabled = Union[bool, Literal["auto"]]
+
+MODES = ("exact", "fast")
+WEIGHTINGS = ("cosine", "triangular", "uniform")
+
+
+def _check_positive_int(name: str, value: object, allow_none: bool = True, minimum: int = 1) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        allowed = f"an int >= {minimum}" + (" or None" if allow_none else "")
+        raise ValueError(f"TilingConfig.{name} must be {allowed}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class TilingConfig:
+    """How long audio is cut into pieces. Every field has a default that works; lengths in latent frames (25 per s)."""
+
+    enabled: Enabled = "auto"  # True: always tile; False: never (fail hard on OOM); "auto": tile when untiled won't fit
+    mode: str = "exact"  # "exact": pooled GroupNorm statistics, equals untiled; "fast": statistics estimated once
+    tile_frames: int | None = None  # latent frames per tile core; None: chosen from memory_budget
+    pad_frames: int | None = None  # fast mode halo per side in latent frames; None: the decoder's receptive field
+    memory_budget: int | None = None  # bytes; None: free memory of the device (available RAM on CPU)
+    proxy_frames: int = 256  # fast mode: latent frames sampled to estimate the GroupNorm statistics
+    vocoder_chunk_frames: int | None = None  # mel frames per vocoder chunk core; None: chosen from memory_budget
+    vocoder_context_frames: int | None = None  # mel frames of context per side; None: the vocoder's receptive field
+    windowed: bool = True  # denoise in overlapping time windows when the latent is longer than one window
+    window_frames: int = 256  # latent frames per denoising window (10.24 s, AudioLDM's training length)
+    window_overlap_frames: int = 96  # latent frames shared by neighbouring windows (37.5 %)
+    window_weighting: str = "cosine"  # merge weights across a window: "cosine", "triangular" or "uniform"
+    window_batch_size: int | None = None  # windows per UNet call; None: chosen from memory_budget
+    show_progress: bool = True  # progress bars over tiles when called outside a pipeline
+
+    def __post_init__(self) -> None:
+        if self.enabled not in (True, False, "auto"):
+            raise ValueError(f"TilingConfig.enabled must be True, False or 'auto', got {self.enabled!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"TilingConfig.mode must be one of {MODES}, got {self.mode!r}")
+        _check_positive_int("tile_frames", self.tile_frames)
+        _check_positive_int("pad_frames", self.pad_frames, minimum=0)
+        _check_positive_int("memory_budget", self.memory_budget)
+        _check_positive_int("proxy_frames", self.proxy_frames, allow_none=False, minimum=8)
+        _check_positive_int("vocoder_chunk_frames", self.vocoder_chunk_frames)
+        _check_positive_int("vocoder_context_frames", self.vocoder_context_frames, minimum=0)
+        _check_positive_int("window_frames", self.window_frames, allow_none=False, minimum=8)
+        if self.window_frames % 8:
+            raise ValueError(f"TilingConfig.window_frames must be a multiple of 8, got {self.window_frames}")
+        _check_positive_int("window_overlap_frames", self.window_overlap_frames, allow_none=False, minimum=0)
+        if self.window_overlap_frames * 2 > self.window_frames:
+            raise ValueError(
+                "TilingConfig.window_overlap_frames must be at most half of window_frames "
+                f"({self.window_frames // 2}), got {self.window_overlap_frames}"
+            )
+        if self.window_weighting not in WEIGHTINGS:
+            raise ValueError(
+                f"TilingConfig.window_weighting must be one of {WEIGHTINGS}, got {self.window_weighting!r}"
+            )
+        _check_positive_int("window_batch_size", self.window_batch_size)
+        for name in ("windowed", "show_progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"TilingConfig.{name} must be True or False, got {getattr(self, name)!r}")
+
+    def replace(self, **changes: object) -> "TilingConfig":
+        """A copy with some fields changed; unknown names raise a ValueError listing the fields."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ValueError(f"unknown TilingConfig field(s) {unknown}; allowed: {sorted(known)}")
+        return replace(self, **changes)
+
+    @classmethod
+    def from_seconds(cls, window_s: float | None = None, overlap_s: float | None = None, **fields_) -> "TilingConfig":
+        """Window and overlap given in seconds, rounded to whole multiples of 8 latent frames (0.32 s)."""
+        from .constants import LATENT_FRAMES_PER_SECOND
+
+        if window_s is not None:
+            if not (isinstance(window_s, (int, float)) and math.isfinite(window_s) and window_s > 0):
+                raise ValueError(f"window_s must be a positive number of seconds, got {window_s!r}")
+            fields_["window_frames"] = max(8, 8 * round(window_s * LATENT_FRAMES_PER_SECOND / 8))
+        if overlap_s is not None:
+            if not (isinstance(overlap_s, (int, float)) and math.isfinite(overlap_s) and overlap_s >= 0):
+                raise ValueError(f"overlap_s must be a non-negative number of seconds, got {overlap_s!r}")
+            fields_["window_overlap_frames"] = 8 * round(overlap_s * LATENT_FRAMES_PER_SECOND / 8)
+        return cls(**fields_)

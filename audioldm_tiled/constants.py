@@ -1,0 +1,21 @@
+"""AudioLDM's audio constants, each derived from the ones above it.
+
+These are the defaults of the public checkpoints. Code that has a model at hand reads the same values from its
+config (``vocoder.config.sampling_rate``, ``vocoder.config.upsample_rates``, ``vae.config.block_out_channels``).
+"""
+
+SAMPLE_RATE = 16_000  # Hz, SpeechT5HifiGan.config.sampling_rate
+HOP_LENGTH = 160  # samples per mel frame = prod(vocoder.config.upsample_rates)
+N_FFT = 1024
+WIN_LENGTH = 1024
+N_MELS = 64  # vocoder.config.model_in_dim
+F_MIN = 0.0
+F_MAX = 8_000.0
+LOG_MEL_FLOOR = 1e-5  # log(clamp(mel, LOG_MEL_FLOOR))
+VAE_FACTOR = 4  # mel frames per latent frame = 2 ** (len(vae.config.block_out_channels) - 1)
+
+assert SAMPLE_RATE % HOP_LENGTH == 0
+MEL_FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100
+assert MEL_FRAMES_PER_SECOND % VAE_FACTOR == 0
+LATENT_FRAMES_PER_SECOND = MEL_FRAMES_PER_SECOND // VAE_FACTOR  # 25
+TRAINING_LATENT_FRAMES = 256  # AudioLDM was trained on 10.24 s clips

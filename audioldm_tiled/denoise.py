@@ -1,0 +1,128 @@
+"""Windowed denoising along time (MultiDiffusion, Bar-Tal et al. 2023) with classifier-free guidance kept batched.
+
+Each step runs the UNet on overlapping windows of the latent and merges the *noise predictions* with weights that sum
+to one on every frame, then takes one scheduler step on the whole latent. Schedulers step elementwise and affinely in
+the model output, so this equals merging per-window steps, and it keeps the internal state of multistep schedulers
+(DPM-Solver, PNDM) consistent: they see exactly one step per timestep, as in the parent pipeline.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .config import TilingConfig
+from .geometry import Tile, plan_tiles
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """Windows over the latent's time axis and their merge weights, each of shape (window length,)."""
+
+    windows: list[Tile]
+    weights: list[torch.Tensor]
+
+
+def merge_profile(length: int, overlap: int, weighting: str) -> torch.Tensor:
+    """Weights across one window before normalisation: flat in the middle, tapered over ``overlap`` frames per edge."""
+    profile = torch.ones(length, dtype=torch.float64)
+    if weighting == "uniform" or overlap == 0:
+        return profile
+    ramp = (torch.arange(overlap, dtype=torch.float64) + 0.5) / overlap  # never exactly 0: every frame keeps weight
+    if weighting == "cosine":
+        ramp = 0.5 - 0.5 * torch.cos(math.pi * ramp)
+    profile[:overlap] = ramp
+    profile[length - overlap :] = ramp.flip(0)
+    return profile
+
+
+def plan_windows(latent_frames: int, config: TilingConfig) -> WindowPlan:
+    """Balanced windows of ``config.window_frames`` (the last flush with the end) and weights summing to one."""
+    window, overlap = config.window_frames, config.window_overlap_frames
+    if not config.windowed or latent_frames <= window:
+        return WindowPlan([Tile(0, latent_frames, 0, latent_frames)], [torch.ones(latent_frames, dtype=torch.float64)])
+    # Cores of window - overlap frames, widened by overlap/2 per side to exactly `window` frames.
+    windows = plan_tiles(latent_frames, window - overlap, halo=overlap // 2, multiple=8, fixed_extent=True)
+    total = torch.zeros(latent_frames, dtype=torch.float64)
+    profiles = []
+    for w in windows:
+        profile = merge_profile(w.length, min(overlap, w.length // 2), config.window_weighting)
+        total[w.start : w.stop] += profile
+        profiles.append(profile)
+    weights = [p / total[w.start : w.stop] for w, p in zip(windows, profiles)]
+    return WindowPlan(windows, weights)
+
+
+def predict_noise(
+    unet: torch.nn.Module,
+    latents: torch.Tensor,
+    t: torch.Tensor,
+    embeds: torch.Tensor,
+    guidance_scale: float,
+    plan: WindowPlan,
+    batch_size: int,
+    cross_attention_kwargs: dict | None = None,
+) -> torch.Tensor:
+    """Guided noise prediction for the whole latent (B, C, T, F), merged over the windows of ``plan``.
+
+    Args:
+        embeds: (W, 2, B, D) with the negative and positive class embedding of each window, or (W, 1, B, D)
+            without guidance.
+        batch_size: windows per UNet call.
+    """
+    guided = embeds.shape[1] == 2
+    merged = latents.new_zeros(latents.shape) if len(plan.windows) > 1 else None
+    for first in range(0, len(plan.windows), batch_size):
+        group = range(first, min(first + batch_size, len(plan.windows)))
+        crops = torch.cat([latents[:, :, plan.windows[i].start : plan.windows[i].stop] for i in group])
+        # Same layout as the parent pipeline: all unconditional rows first, then all conditional rows.
+        labels = torch.cat([embeds[i, k] for k in range(embeds.shape[1]) for i in group])
+        model_input = torch.cat([crops] * 2) if guided else crops
+        noise = unet(model_input, t, encoder_hidden_states=None, class_labels=labels,
+                     cross_attention_kwargs=cross_attention_kwargs).sample
+        if guided:
+            uncond, text = noise.chunk(2)
+            noise = uncond + guidance_scale * (text - uncond)
+        if merged is None:
+            return noise
+        for j, i in enumerate(group):
+            w = plan.windows[i]
+            rows = noise[j * latents.shape[0] : (j + 1) * latents.shape[0]]
+            weight = plan.weights[i].to(device=rows.device, dtype=rows.dtype)[:, None]
+            merged[:, :, w.start : w.stop] += rows * weight
+    return merged
+
+
+def denoise(
+    unet: torch.nn.Module,
+    scheduler,
+    latents: torch.Tensor,
+    window_embeds: torch.Tensor,
+    guidance_scale: float,
+    config: TilingConfig,
+    extra_step_kwargs: dict,
+    batch_size: int,
+    progress_bar: Callable[[int], object],
+    step_callback: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    cross_attention_kwargs: dict | None = None,
+) -> torch.Tensor:
+    """Run the scheduler's timesteps; ``step_callback(i, t, latents)`` may return replacement latents."""
+    plan = plan_windows(latents.shape[2], config)
+    if window_embeds.shape[0] != len(plan.windows):
+        window_embeds = window_embeds.expand(len(plan.windows), *window_embeds.shape[1:])
+    timesteps = scheduler.timesteps
+    with progress_bar(len(timesteps)) as bar:
+        if len(plan.windows) > 1 and hasattr(bar, "set_postfix_str"):
+            bar.set_postfix_str(f"{len(plan.windows)} windows")
+        for i, t in enumerate(timesteps):
+            model_input_latents = scheduler.scale_model_input(latents, t)
+            noise = predict_noise(unet, model_input_latents, t, window_embeds, guidance_scale, plan, batch_size,
+                                  cross_attention_kwargs)
+            latents = scheduler.step(noise, t, latents, **extra_step_kwargs).prev_sample
+            if step_callback is not None:
+                latents = step_callback(i, t, latents)
+            bar.update()
+    return latents

@@ -1,0 +1,81 @@
+"""Pure tile planning along one axis: the VAE tiles, the vocoder chunks and the denoising windows all come from here.
+
+A tile owns its *core*; it reads its *extent*, the core widened by a halo on each side and clipped to the input::
+
+        0                                                   length
+        |------------------------------------------------------|
+    tile 0:  [core 0 ........)+halo
+    tile 1:             halo+[core 1 ........)+halo
+    tile 2:                             halo+[core 2 .........]
+                 extent = core +- halo, clipped to [0, length)
+
+Cores are balanced (sizes differ by at most ``multiple``), cover every frame exactly once and the last one ends
+flush with the input. With ``fixed_extent`` every extent has the same length (shifted inward at the ends), which is
+what batched denoising windows need.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One planned tile: it owns ``[core_start, core_stop)`` and reads ``[start, stop)``."""
+
+    start: int
+    stop: int
+    core_start: int
+    core_stop: int
+
+    @property
+    def length(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def core_length(self) -> int:
+        return self.core_stop - self.core_start
+
+    def scaled(self, factor: int, length: int | None = None) -> "Tile":
+        """The same tile at a resolution ``factor`` times finer (e.g. latent frames to mel frames)."""
+        stop = self.stop * factor if length is None or self.stop * factor < length else length
+        core_stop = self.core_stop * factor if length is None or self.core_stop * factor < length else length
+        return Tile(self.start * factor, stop, self.core_start * factor, core_stop)
+
+
+def _check(name: str, value: int, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def plan_tiles(length: int, tile: int, halo: int = 0, multiple: int = 1, fixed_extent: bool = False) -> list[Tile]:
+    """Plan tiles of core size at most ``tile`` over ``length`` frames.
+
+    Args:
+        length: frames to cover (>= 1).
+        tile: largest core, in frames. One tile is returned when ``tile >= length``.
+        halo: frames read on each side of a core.
+        multiple: core boundaries fall on multiples of this (the last stop is ``length`` itself).
+        fixed_extent: make every extent ``min(length, tile + 2 * halo)`` long, shifting it inward at the ends.
+    """
+    _check("length", length, 1)
+    _check("tile", tile, 1)
+    _check("halo", halo, 0)
+    _check("multiple", multiple, 1)
+    units = math.ceil(length / multiple)  # cores are built from whole units of `multiple` frames
+    tile_units = max(1, tile // multiple)
+    count = math.ceil(units / tile_units)
+    bounds = [min(length, (units * i // count) * multiple) for i in range(count + 1)]
+    bounds[-1] = length
+    extent = min(length, tile + 2 * halo)
+    tiles = []
+    for core_start, core_stop in zip(bounds[:-1], bounds[1:]):
+        if fixed_extent:
+            centre_start = core_start - (extent - (core_stop - core_start)) // 2
+            start = min(max(0, centre_start), length - extent)
+            stop = start + extent
+        else:
+            start, stop = max(0, core_start - halo), min(length, core_stop + halo)
+        tiles.append(Tile(start, stop, core_start, core_stop))
+    return tiles

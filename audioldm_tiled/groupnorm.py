@@ -1,0 +1,73 @@
+"""GroupNorm with statistics pooled across tiles.
+
+Each tile contributes (count, mean, M2) per (batch, group) over its own core only, so every frame counts once.
+Pooling uses Chan et al.'s parallel update, which keeps the between-tile term sum_i n_i (mean_i - mean)^2 that a
+mean of per-tile variances drops:
+
+    n = sum n_i,   mean = sum n_i mean_i / n,   M2 = sum M2_i + sum n_i (mean_i - mean)^2,   var = M2 / n
+
+Per-tile moments are taken in float32 (float64 for float64 input) and pooled in float64, whatever the compute dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    """Moments per (batch, group), each of shape (B, G), float64."""
+
+    count: torch.Tensor
+    mean: torch.Tensor
+    m2: torch.Tensor
+
+    @property
+    def var(self) -> torch.Tensor:
+        return self.m2 / self.count
+
+
+def group_stats(x: torch.Tensor, num_groups: int, batch_groups: int = 1) -> GroupStats:
+    """Moments of ``x`` (B, C, T, F) per (batch, group).
+
+    ``batch_groups`` > 1 pools consecutive runs of the batch: rows ``k * B' + b`` for k < batch_groups share the
+    statistics of row ``b`` (used for a proxy made of excerpts stacked along the batch).
+    """
+    b, c = x.shape[:2]
+    if c % num_groups:
+        raise ValueError(f"{c} channels cannot be split into {num_groups} groups")
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    flat = x.reshape(batch_groups, b // batch_groups, num_groups, -1).permute(1, 2, 0, 3)
+    flat = flat.reshape(b // batch_groups, num_groups, -1).to(compute)
+    var, mean = torch.var_mean(flat, dim=-1, correction=0)
+    count = torch.full_like(mean, flat.shape[-1], dtype=torch.float64)
+    return GroupStats(count, mean.double(), var.double() * count)
+
+
+def pool_stats(parts: list[GroupStats]) -> GroupStats:
+    """Combine per-tile moments into the moments of the concatenation (Chan's parallel algorithm)."""
+    count = sum(p.count for p in parts)
+    mean = sum(p.count * p.mean for p in parts) / count
+    m2 = sum(p.m2 + p.count * (p.mean - mean) ** 2 for p in parts)
+    return GroupStats(count, mean, m2)
+
+
+def apply_group_norm(x: torch.Tensor, stats: GroupStats, norm: nn.GroupNorm, batch_groups: int = 1) -> torch.Tensor:
+    """``norm(x)`` with the given statistics instead of the statistics of ``x``; computed in float32 at least."""
+    b, c = x.shape[:2]
+    g = norm.num_groups
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    mean = stats.mean.to(device=x.device, dtype=compute).repeat(batch_groups, 1)
+    rstd = torch.rsqrt(stats.var + norm.eps).to(device=x.device, dtype=compute).repeat(batch_groups, 1)
+    shape = (b, g, c // g) + (1,) * (x.dim() - 2)
+    # Fold mean, rstd and the affine parameters into one scale and shift per (batch, channel).
+    scale = rstd.reshape(b, g, 1).expand(b, g, c // g)
+    shift = -mean.reshape(b, g, 1) * scale
+    if norm.affine:
+        weight = norm.weight.to(compute).reshape(1, g, c // g)
+        scale, shift = scale * weight, shift * weight + norm.bias.to(compute).reshape(1, g, c // g)
+    out = torch.addcmul(shift.reshape(shape).flatten(1, 2), x.to(compute), scale.reshape(shape).flatten(1, 2))
+    return out.to(x.dtype)

@@ -1,0 +1,110 @@
+"""Memory budget, peak estimates from shapes, and the tile sizes they imply.
+
+The untiled VAE decode's peak is modelled as ``UNTILED_DECODE_PEAK_FACTOR`` times its widest activation (the largest
+channels x frequency x time tensor of the decoder); the factor was measured, see its comment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from .config import TilingConfig
+from .tasks import Conv, SaveResidual, Upsample, decoder_tasks, receptive_halo
+
+logger = logging.getLogger(__name__)
+
+# Peak bytes of an untiled AudioLDM VAE decode (fp32, CPU), divided by the bytes of its widest activation; the slope
+# of the peak RSS between two lengths, so the fixed cost of the process and the weights cancels. Measured with
+# `audioldm-tiled bench calibrate` (randomly initialised audioldm-s VAE, 10 s and 40 s): see README, "Calibration".
+UNTILED_DECODE_PEAK_FACTOR = 3.0
+# Exact tiled decode keeps about two activations of the whole sequence (the stream and a resnet's residual).
+EXACT_STORED_ACTIVATIONS = 2.0
+# Only this share of the free memory is planned for: the allocator fragments, and other stages hold memory too.
+BUDGET_SHARE = 0.8
+MIN_TILE_FRAMES = 16
+MAX_TILE_FRAMES = 256  # one training-length clip; larger tiles save nothing measurable, see README
+
+
+def available_memory(device: torch.device | str | None = None) -> int:
+    """Free bytes on ``device``: ``torch.cuda.mem_get_info`` on CUDA, MemAvailable of the host otherwise."""
+    device = torch.device(device or "cpu")
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def memory_budget(config: TilingConfig, device: torch.device | str | None) -> int:
+    return config.memory_budget if config.memory_budget is not None else int(BUDGET_SHARE * available_memory(device))
+
+
+def widest_activation_per_frame(vae, batch: int, latent_freq: int, dtype: torch.dtype) -> int:
+    """Bytes per latent frame of the decoder's largest activation (channels x frequency x time at one resolution)."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    widest, scale = 0, 1
+    for task in decoder_tasks(vae):
+        if isinstance(task, Upsample):
+            scale *= task.factor
+        elif isinstance(task, (Conv, SaveResidual)):
+            module = task.module if isinstance(task, Conv) else task.shortcut
+            if module is None:
+                continue
+            channels = max(module.in_channels, module.out_channels)
+            widest = max(widest, channels * latent_freq * scale * scale)
+    return widest * batch * itemsize
+
+
+def untiled_decode_bytes(vae, latents: torch.Tensor) -> int:
+    """Estimated peak bytes of ``vae.decode(latents)`` beyond what the process already holds."""
+    per_frame = widest_activation_per_frame(vae, latents.shape[0], latents.shape[3], latents.dtype)
+    return int(UNTILED_DECODE_PEAK_FACTOR * per_frame * latents.shape[2])
+
+
+def decode_fits(vae, latents: torch.Tensor, budget: int | None) -> tuple[bool, int, int]:
+    """(fits, estimated bytes, budget bytes) for an untiled decode."""
+    budget = budget if budget is not None else int(BUDGET_SHARE * available_memory(latents.device))
+    needed = untiled_decode_bytes(vae, latents)
+    return needed <= budget, needed, budget
+
+
+def choose_tile_frames(vae, latents: torch.Tensor, config: TilingConfig) -> int:
+    """The largest tile core (latent frames, at most MAX_TILE_FRAMES) whose working set fits the budget."""
+    budget = memory_budget(config, latents.device)
+    per_frame = widest_activation_per_frame(vae, latents.shape[0], latents.shape[3], latents.dtype)
+    stored = EXACT_STORED_ACTIVATIONS * per_frame * latents.shape[2] if config.mode == "exact" else 0
+    halo = receptive_halo(decoder_tasks(vae)) if config.mode == "fast" else 2
+    frames = int((budget - stored) / (UNTILED_DECODE_PEAK_FACTOR * per_frame) - 2 * halo)
+    if frames < MIN_TILE_FRAMES:
+        logger.warning("memory budget %.2f GB is below what tiles of %d frames need; using them anyway",
+                       budget / 1e9, MIN_TILE_FRAMES)
+    return max(MIN_TILE_FRAMES, min(MAX_TILE_FRAMES, frames))
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for an allocation failure on any device (CUDA OOM, or the CPU allocator's RuntimeError)."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and (
+        "out of memory" in str(error).lower() or "can't allocate memory" in str(error).lower()
+    )
+
+
+def release_cached_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def choose_window_batch_size(unet, latents: torch.Tensor, windows: int, guided: bool, budget: int | None) -> int:
+    """Windows per UNet call: 1. On 2 CPU cores batching gains nothing (the cores are busy at batch 1); on an
+    accelerator, set ``TilingConfig.window_batch_size`` (no measurement of the UNet's per-window cost exists yet)."""
+    return 1

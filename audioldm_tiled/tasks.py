@@ -1,0 +1,180 @@
+"""The VAE decoder as a typed list of tasks built from its diffusers modules.
+
+Tasks are either *local* along time (convolutions, activations, nearest upsampling, residual bookkeeping), so a tile
+with a halo computes them exactly, or *barriers* (GroupNorm, which needs statistics of the whole sequence, and
+self-attention, which needs the whole sequence). The executors in ``vae.py`` run tiles up to each barrier.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from diffusers.models.attention_processor import Attention
+from diffusers.models.resnet import ResnetBlock2D
+from diffusers.models.upsampling import Upsample2D
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Conv:
+    """A stride-1, 'same'-padded convolution; ``halo`` time frames per side of its receptive field."""
+
+    module: nn.Conv2d
+
+    @property
+    def halo(self) -> int:
+        return self.module.dilation[0] * (self.module.kernel_size[0] - 1) // 2
+
+
+@dataclass(frozen=True)
+class Norm:
+    """GroupNorm: a barrier, applied with statistics pooled over every tile."""
+
+    module: nn.GroupNorm
+
+
+@dataclass(frozen=True)
+class Act:
+    """A pointwise activation."""
+
+    module: nn.Module
+
+
+@dataclass(frozen=True)
+class Upsample:
+    """Nearest-neighbour upsampling by ``factor`` along time and frequency."""
+
+    factor: int
+
+
+@dataclass(frozen=True)
+class SaveResidual:
+    """Keep ``shortcut(x)`` (or ``x``) for the end of a resnet block; the shortcut is a 1x1 convolution."""
+
+    shortcut: nn.Module | None
+
+
+@dataclass(frozen=True)
+class AddResidual:
+    """``x = (residual + x) / scale``, closing a resnet block."""
+
+    scale: float
+
+
+@dataclass(frozen=True)
+class Global:
+    """A module that must see the whole sequence (self-attention): a barrier, run untiled."""
+
+    module: nn.Module
+
+
+Task = Conv | Norm | Act | Upsample | SaveResidual | AddResidual | Global
+LOCAL = (Conv, Act, Upsample, SaveResidual, AddResidual)
+
+
+def _unsupported(what: str, module: nn.Module) -> ValueError:
+    return ValueError(
+        f"tiled VAE: unsupported {what} in {type(module).__name__}; the tiled executor knows the standard diffusers "
+        "AutoencoderKL decoder (UpDecoderBlock2D, UNetMidBlock2D, ResnetBlock2D with GroupNorm). "
+        "Use TilingConfig(enabled=False) for this model."
+    )
+
+
+def _conv(module: nn.Module) -> Conv:
+    if not isinstance(module, nn.Conv2d) or module.stride != (1, 1) or module.groups != 1:
+        raise _unsupported("convolution", module)
+    pad = module.padding if isinstance(module.padding, tuple) else (module.padding,) * 2
+    for axis in (0, 1):
+        if pad[axis] != module.dilation[axis] * (module.kernel_size[axis] - 1) // 2:
+            raise _unsupported("padding", module)
+    return Conv(module)
+
+
+def _norm(module: nn.Module) -> Norm:
+    if not isinstance(module, nn.GroupNorm):
+        raise _unsupported("normalisation", module)
+    return Norm(module)
+
+
+def resnet_tasks(block: nn.Module) -> list[Task]:
+    """ResnetBlock2D (no time embedding, no resampling inside) as tasks."""
+    if not isinstance(block, ResnetBlock2D) or block.upsample is not None or block.downsample is not None:
+        raise _unsupported("resnet", block)
+    if block.time_emb_proj is not None or block.time_embedding_norm not in ("default", "group"):
+        raise _unsupported("time embedding", block)
+    shortcut = _conv(block.conv_shortcut).module if block.conv_shortcut is not None else None
+    return [
+        SaveResidual(shortcut),
+        _norm(block.norm1),
+        Act(block.nonlinearity),
+        _conv(block.conv1),
+        _norm(block.norm2),
+        Act(block.nonlinearity),
+        _conv(block.conv2),
+        AddResidual(block.output_scale_factor),
+    ]
+
+
+def upsampler_tasks(upsampler: nn.Module) -> list[Task]:
+    if not isinstance(upsampler, Upsample2D) or upsampler.use_conv_transpose or upsampler.norm is not None:
+        raise _unsupported("upsampler", upsampler)
+    if not upsampler.interpolate or not upsampler.use_conv:
+        raise _unsupported("upsampler", upsampler)
+    return [Upsample(2), _conv(upsampler.conv)]
+
+
+def decoder_tasks(vae: nn.Module) -> list[Task]:
+    """post_quant_conv, conv_in, mid block, up blocks, conv_norm_out, activation, conv_out."""
+    decoder = vae.decoder
+    tasks: list[Task] = []
+    if getattr(vae, "post_quant_conv", None) is not None:
+        tasks.append(_conv(vae.post_quant_conv))
+    tasks.append(_conv(decoder.conv_in))
+    mid = decoder.mid_block
+    tasks += resnet_tasks(mid.resnets[0])
+    for attention, resnet in zip(mid.attentions, mid.resnets[1:]):
+        if attention is not None:
+            if not isinstance(attention, Attention):
+                raise _unsupported("attention", attention)
+            tasks.append(Global(attention))
+        tasks += resnet_tasks(resnet)
+    for block in decoder.up_blocks:
+        if getattr(block, "attentions", None):
+            raise _unsupported("attention in an up block", block)
+        for resnet in block.resnets:
+            tasks += resnet_tasks(resnet)
+        for upsampler in block.upsamplers or []:
+            tasks += upsampler_tasks(upsampler)
+    tasks += [_norm(decoder.conv_norm_out), Act(decoder.conv_act), _conv(decoder.conv_out)]
+    return tasks
+
+
+def is_barrier(task: Task) -> bool:
+    return isinstance(task, (Norm, Global))
+
+
+def split_segments(tasks: list[Task]) -> list[list[Task]]:
+    """Cut before every barrier: each segment is a barrier (or the start) followed by local tasks."""
+    segments: list[list[Task]] = [[]]
+    for task in tasks:
+        if is_barrier(task) and segments[-1]:
+            segments.append([])
+        segments[-1].append(task)
+    return segments
+
+
+def receptive_halo(tasks: list[Task]) -> float:
+    """Time frames per side, at the resolution of the first task's input, that the tasks' output depends on."""
+    halo, scale = 0.0, 1
+    for task in tasks:
+        if isinstance(task, Conv):
+            halo += task.halo / scale
+        elif isinstance(task, Upsample):
+            scale *= task.factor
+    return halo
+
+
+def time_scale(tasks: list[Task]) -> int:
+    """How many output frames each input frame becomes."""
+    return math.prod(t.factor for t in tasks if isinstance(t, Upsample))

@@ -1,0 +1,340 @@
+"""Tiled VAE decode along time.
+
+Exact mode runs the decoder's task list segment by segment: every GroupNorm is a barrier where all tiles stop, the
+statistics are pooled over the tiles' cores, and each tile then reads fresh halo frames from its neighbours' stored
+cores. The halo only has to cover the convolutions between two barriers (one or two frames), so almost nothing is
+recomputed and the result equals the untiled decode to float rounding. Self-attention runs on the whole sequence, as
+untiled; it sits at latent resolution, 1/16 of the output's size.
+
+Fast mode runs conv_in and the mid block whole (exact statistics, exact attention), estimates the statistics of
+every later GroupNorm once from a short proxy, then runs each tile start to finish with a halo covering the whole up
+path: no barriers and no stored intermediates, so memory after the mid block does not grow with length.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .config import TilingConfig
+from .constants import MEL_FRAMES_PER_SECOND
+from .geometry import Tile, plan_tiles
+from .groupnorm import GroupStats, apply_group_norm, group_stats, pool_stats
+from .memory import choose_tile_frames, decode_fits, is_out_of_memory, release_cached_memory
+from .tasks import (
+    Act, AddResidual, Conv, Global, Norm, SaveResidual, Task, Upsample, decoder_tasks, receptive_halo,
+    split_segments, time_scale,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteTileError(FloatingPointError):
+    """A tile produced NaN or inf even when recomputed in float32."""
+
+
+@dataclass
+class _Stream:
+    """A sequence held as per-tile cores along time (dim 2), plus the residual of the resnet block in flight."""
+
+    cores: list[torch.Tensor | None]
+    bounds: list[tuple[int, int]]  # core [start, stop) of each tile at the stream's resolution
+    residual: list[torch.Tensor | None] | None = None
+
+    @property
+    def length(self) -> int:
+        return self.bounds[-1][1]
+
+    def gather(self, lo: int, hi: int, residual: bool = False) -> torch.Tensor:
+        """Frames [lo, hi) read from whichever cores hold them."""
+        source = self.residual if residual else self.cores
+        pieces = [source[j][:, :, max(lo, a) - a : min(hi, b) - a] for j, (a, b) in enumerate(self.bounds)
+                  if a < hi and b > lo]
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
+
+    def whole(self) -> torch.Tensor:
+        return self.cores[0] if len(self.cores) == 1 else torch.cat(self.cores, dim=2)
+
+
+def _conv(x: torch.Tensor, module: torch.nn.Conv2d) -> torch.Tensor:
+    """The module's convolution in x's dtype (which is float32 when a half-precision tile is retried)."""
+    if x.dtype == module.weight.dtype:
+        return module(x)
+    bias = None if module.bias is None else module.bias.to(x.dtype)
+    return F.conv2d(x, module.weight.to(x.dtype), bias, module.stride, module.padding, module.dilation, module.groups)
+
+
+def _run_local(tasks: list[Task], x: torch.Tensor, residual: torch.Tensor | None, stats: list[GroupStats | None],
+               batch_groups: int = 1) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """Run a barrier-free run of tasks on one extent. ``stats`` holds one entry per Norm task, in order.
+
+    Returns the output, the residual saved by the last SaveResidual (or None) and the time scale at that point.
+    """
+    stats = list(stats)
+    saved, saved_scale, scale = None, 1, 1
+    for task in tasks:
+        if isinstance(task, Norm):
+            x = apply_group_norm(x, stats.pop(0), task.module, batch_groups)
+        elif isinstance(task, Conv):
+            x = _conv(x, task.module)
+        elif isinstance(task, Act):
+            x = task.module(x)
+        elif isinstance(task, Upsample):
+            x = F.interpolate(x, scale_factor=float(task.factor), mode="nearest")
+            scale *= task.factor
+        elif isinstance(task, SaveResidual):
+            saved = residual = x if task.shortcut is None else _conv(x, task.shortcut)
+            saved_scale = scale
+        elif isinstance(task, AddResidual):
+            x = (residual + x) / task.scale
+            residual = None
+        else:
+            raise TypeError(f"not a local task: {task!r}")
+    return x, saved, saved_scale
+
+
+def _seconds(frame: int, mel_per_frame: int) -> float:
+    return frame * mel_per_frame / MEL_FRAMES_PER_SECOND
+
+
+def _checked(run, x: torch.Tensor, where: tuple[int, int], mel_per_frame: int):
+    """Run ``run(x)``; on NaN/inf in half precision retry once in float32, else raise naming the time range."""
+    out = run(x)
+    if torch.isfinite(out[0]).all():
+        return out
+    if x.dtype in (torch.float16, torch.bfloat16):
+        logger.warning("non-finite values in %s tile %.2f-%.2f s; retrying it in float32", x.dtype,
+                       _seconds(where[0], mel_per_frame), _seconds(where[1], mel_per_frame))
+        retried = run(x.float())
+        out = tuple(t if t is None else t.to(x.dtype) for t in retried[:2]) + tuple(retried[2:])
+        if torch.isfinite(out[0]).all():
+            return out
+    raise NonFiniteTileError(
+        f"the VAE decode produced NaN or inf in the tile covering {_seconds(where[0], mel_per_frame):.2f}-"
+        f"{_seconds(where[1], mel_per_frame):.2f} s (dtype {x.dtype}); try float32 or check the latents"
+    )
+
+
+def _progress(total: int, config: TilingConfig, desc: str):
+    return tqdm(total=total, desc=desc, disable=not config.show_progress, leave=False)
+
+
+def _zigzag(count: int, segment: int) -> list[int]:
+    """Alternate the tile order at every barrier, so the tile at each turn is still at hand (on the device)."""
+    order = list(range(count))
+    return order if segment % 2 == 0 else order[::-1]
+
+
+def run_exact(tasks: list[Task], x: torch.Tensor, tiles: list[Tile], config: TilingConfig,
+              mel_per_frame: int, stream_last: bool = False) -> Iterator[tuple[int, torch.Tensor]] | torch.Tensor:
+    """Exact tiled execution of ``tasks`` on ``x`` (B, C, T, F), tiled along T by ``tiles``.
+
+    With ``stream_last`` this is a generator of (tile index, output core) pairs in time order, produced as the
+    segment after the last barrier runs; otherwise it returns the whole output.
+    """
+    generator = _exact_segments(tasks, x, tiles, config, mel_per_frame)
+    if stream_last:
+        return generator
+    return torch.cat([core for _, core in generator], dim=2)
+
+
+def _exact_segments(tasks, x, tiles, config, mel_per_frame):
+    segments = split_segments(tasks)
+    stream = _Stream([x[:, :, t.core_start : t.core_stop] for t in tiles], [(t.core_start, t.core_stop) for t in tiles])
+    with _progress(len(segments) * len(tiles), config, "VAE decode (exact)") as bar:
+        for index, segment in enumerate(segments):
+            last = index == len(segments) - 1
+            head = segment[0]
+            if isinstance(head, Global):
+                whole = head.module(stream.whole())
+                stream.cores = [whole[:, :, a:b] for a, b in stream.bounds]
+                del whole
+                segment = segment[1:]
+            stats = [pool_stats([group_stats(c, head.module.num_groups) for c in stream.cores])] \
+                if isinstance(head, Norm) else []
+            halo = math.ceil(receptive_halo(segment))
+            factor = time_scale(segment)
+            uses_residual = any(isinstance(t, AddResidual) for t in segment)
+            saves_residual = any(isinstance(t, SaveResidual) for t in segment)
+            # The cores each tile reads; a core is freed as soon as every tile reading it is done.
+            extents, readers = [], [0] * len(tiles)
+            for s, e in stream.bounds:
+                lo, hi = max(0, s - halo), min(stream.length, e + halo)
+                used = [j for j, (a, b) in enumerate(stream.bounds) if a < hi and b > lo]
+                extents.append((lo, hi, used))
+                for j in used:
+                    readers[j] += 1
+            new_cores: list[torch.Tensor | None] = [None] * len(tiles)
+            new_residual: list[torch.Tensor | None] = [None] * len(tiles)
+            for i in range(len(tiles)) if last else _zigzag(len(tiles), index):
+                (s, e), (lo, hi, used) = stream.bounds[i], extents[i]
+                ext = stream.gather(lo, hi)
+                res = stream.gather(lo, hi, residual=True) if uses_residual else None
+                y, saved, saved_scale = _checked(
+                    lambda inp: _run_local(segment, inp, None if res is None else res.to(inp.dtype), stats),
+                    ext, (tiles[i].core_start, tiles[i].core_stop), mel_per_frame)
+                core = y[:, :, (s - lo) * factor : (e - lo) * factor]
+                if saves_residual:
+                    new_residual[i] = saved[:, :, (s - lo) * saved_scale : (e - lo) * saved_scale].contiguous()
+                del ext, res, y, saved
+                for j in used:
+                    readers[j] -= 1
+                    if readers[j] == 0:
+                        stream.cores[j] = None
+                        if uses_residual:
+                            stream.residual[j] = None
+                bar.update()
+                if last:
+                    yield i, core
+                else:
+                    new_cores[i] = core.contiguous()
+            residual = new_residual if saves_residual else (None if uses_residual else stream.residual)
+            stream = _Stream(new_cores, [(s * factor, e * factor) for s, e in stream.bounds], residual)
+
+
+def _mid_block_end(tasks: list[Task]) -> int:
+    """Index just past the resnet that follows the last attention (the end of the mid block)."""
+    last_global = max((i for i, t in enumerate(tasks) if isinstance(t, Global)), default=None)
+    if last_global is None:
+        return next(i for i, t in enumerate(tasks) if isinstance(t, Upsample)) - 1
+    return next(i for i in range(last_global, len(tasks)) if isinstance(tasks[i], AddResidual)) + 1
+
+
+def estimate_stats(tasks: list[Task], h: torch.Tensor, proxy_frames: int, excerpt_core: int = 32) -> list[GroupStats]:
+    """GroupNorm statistics of ``tasks`` run on ``h``, estimated from a proxy of at most about ``proxy_frames`` frames.
+
+    The proxy is a set of excerpts of ``h`` spread evenly along time (time only: frequency rows are never
+    collapsed), stacked along the batch. Each excerpt carries a margin of the tasks' receptive field on both sides
+    and contributes statistics from its middle only, where its values are those of the full run; the excerpts'
+    moments are pooled, and the proxy's per-channel mean and std are re-matched to those of ``h``.
+    """
+    length = h.shape[2]
+    margin = math.ceil(receptive_halo(tasks))
+    count = max(1, min(proxy_frames // excerpt_core, length // excerpt_core))
+    if count * excerpt_core + 2 * margin >= length:  # the proxy would be as long as the input: use all of it
+        count, excerpt_core, margin = 1, length, 0
+    starts = [min(length - excerpt_core - margin, max(margin, round((k + 0.5) * length / count - excerpt_core / 2)))
+              for k in range(count)]
+    proxy = torch.cat([h[:, :, s - margin : s + excerpt_core + margin] for s in starts])
+    if count > 1:  # re-match each channel's mean and std over the excerpts to the whole input
+        p_std, p_mean = torch.std_mean(proxy.float().reshape(count, *h.shape[:2], -1), dim=(0, 3), keepdim=True)
+        h_std, h_mean = torch.std_mean(h.float().reshape(*h.shape[:2], -1), dim=2, keepdim=True)
+        proxy = ((proxy.float().reshape(count, *h.shape[:2], -1) - p_mean) / p_std.clamp_min(1e-12) * h_std + h_mean)
+        proxy = proxy.reshape(count * h.shape[0], h.shape[1], -1, h.shape[3]).to(h.dtype)
+    recorded: list[GroupStats] = []
+    residual = None
+    for segment in split_segments(tasks):
+        head = segment[0]
+        if isinstance(head, Global):
+            raise ValueError("fast mode estimates statistics only after the mid block's attention")
+        stats = []
+        if isinstance(head, Norm):
+            scale = proxy.shape[2] // (excerpt_core + 2 * margin)
+            middle = proxy[:, :, margin * scale : (margin + excerpt_core) * scale]
+            stats = [group_stats(middle, head.module.num_groups, batch_groups=count)]
+            recorded += stats
+        proxy, saved, _ = _run_local(segment, proxy, residual, stats, batch_groups=count)
+        residual = saved if saved is not None else (None if any(isinstance(t, AddResidual) for t in segment)
+                                                    else residual)
+    if not torch.isfinite(proxy).all():
+        raise NonFiniteTileError("the fast-mode statistics proxy produced NaN or inf")
+    return recorded
+
+
+def _fast_pieces(tasks, latents, tiles, config, mel_per_frame) -> Iterator[torch.Tensor]:
+    split = _mid_block_end(tasks)
+    whole = Tile(0, latents.shape[2], 0, latents.shape[2])
+    h = run_exact(tasks[:split], latents, [whole], config.replace(show_progress=False), mel_per_frame)
+    up = tasks[split:]
+    try:
+        stats = estimate_stats(up, h, config.proxy_frames)
+    except NonFiniteTileError:
+        logger.warning("fast mode: the statistics proxy gave NaN or inf; decoding in exact mode instead")
+        yield from (core for _, core in run_exact(up, h, tiles, config, mel_per_frame, stream_last=True))
+        return
+    halo = math.ceil(receptive_halo(up))
+    factor = time_scale(up)
+    with _progress(len(tiles), config, "VAE decode (fast)") as bar:
+        for tile in tiles:
+            lo, hi = max(0, tile.core_start - halo), min(h.shape[2], tile.core_stop + halo)
+            y, _, _ = _checked(lambda inp: _run_local(up, inp, None, stats), h[:, :, lo:hi],
+                               (tile.core_start, tile.core_stop), mel_per_frame)
+            bar.update()
+            yield y[:, :, (tile.core_start - lo) * factor : (tile.core_stop - lo) * factor]
+
+
+def _mel_per_latent_frame(vae) -> int:
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def _check_latents(vae, latents: torch.Tensor) -> None:
+    if not isinstance(latents, torch.Tensor) or latents.dim() != 4:
+        raise ValueError(f"latents must be a 4-D tensor (B, C, T, F), got {getattr(latents, 'shape', type(latents))}")
+    if latents.shape[1] != vae.config.latent_channels or latents.shape[2] < 1:
+        raise ValueError(
+            f"latents must have {vae.config.latent_channels} channels and at least one frame, got shape "
+            f"{tuple(latents.shape)}"
+        )
+
+
+def plan_decode(vae, latents: torch.Tensor, config: TilingConfig) -> list[Tile] | None:
+    """The tiles to decode with, or None for the untiled decode (disabled, one tile covers it, or it fits)."""
+    if config.enabled is False:
+        return None
+    length = latents.shape[2]
+    tile_frames = config.tile_frames or choose_tile_frames(vae, latents, config)
+    if length <= tile_frames:
+        return None
+    if config.enabled == "auto":
+        fits, needed, budget = decode_fits(vae, latents, config.memory_budget)
+        if fits:
+            return None
+        logger.info("tiling the VAE decode: untiled would need about %.2f GB, the budget is %.2f GB",
+                    needed / 1e9, budget / 1e9)
+    return plan_tiles(length, tile_frames)
+
+
+def iter_decode(vae, latents: torch.Tensor, config: TilingConfig | None = None) -> Iterator[torch.Tensor]:
+    """``vae.decode(latents).sample`` in pieces along time, in order, each (B, 1, t, n_mels).
+
+    Fast mode yields each tile as soon as it is decoded; exact mode yields once the last GroupNorm barrier is
+    passed. An untiled decode yields one piece.
+    """
+    config = config or TilingConfig()
+    _check_latents(vae, latents)
+    tiles = plan_decode(vae, latents, config)
+    if tiles is None:
+        try:
+            yield vae.decode(latents).sample
+            return
+        except Exception as error:  # noqa: BLE001 - only out-of-memory is handled, everything else re-raised
+            if config.enabled != "auto" or not is_out_of_memory(error):
+                raise
+            release_cached_memory(latents.device)
+            logger.warning("untiled VAE decode ran out of memory (%s); retrying once with tiles", error)
+            tiles = plan_tiles(latents.shape[2], config.tile_frames or choose_tile_frames(vae, latents, config))
+    tasks = decoder_tasks(vae)
+    mel_per_frame = _mel_per_latent_frame(vae)
+    if config.mode == "fast":
+        yield from _fast_pieces(tasks, latents, tiles, config, mel_per_frame)
+    else:
+        yield from (core for _, core in run_exact(tasks, latents, tiles, config, mel_per_frame, stream_last=True))
+
+
+@torch.no_grad()
+def tiled_decode(vae, latents: torch.Tensor, config: TilingConfig | None = None) -> torch.Tensor:
+    """What ``vae.decode(latents).sample`` returns, log-mel (B, 1, 4T, n_mels), decoded in tiles along time.
+
+    Args:
+        vae: a diffusers ``AutoencoderKL`` with the standard decoder (AudioLDM, AudioLDM2, MusicLDM).
+        latents: (B, C, T, F), already divided by ``vae.config.scaling_factor``.
+        config: tiling settings; ``None`` is ``TilingConfig()`` (exact mode, tiles only when untiled won't fit).
+    """
+    pieces = list(iter_decode(vae, latents, config))
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
