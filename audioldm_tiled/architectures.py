@@ -159,7 +159,8 @@ def build_components(arch: str = "tiny", seed: int = 0, dtype: torch.dtype = tor
         scheduler=DDIMScheduler(**spec.scheduler),
     )
     for name in ("unet", "vae", "vocoder", "text_encoder"):
-        components[name] = components[name].to(dtype).eval()
+        module = components[name] if dtype == torch.float32 else components[name].to(dtype)
+        components[name] = module.eval()
     return components
 
 

@@ -17,8 +17,8 @@ from diffusers.utils import logging
 from .config import TilingConfig
 from .denoise import denoise, plan_windows
 from .memory import choose_window_batch_size
-from .vae import tiled_decode
-from .vocoder import chunked_vocode
+from .vae import iter_decode, tiled_decode
+from .vocoder import chunked_vocode, stream_vocode
 
 logger = logging.get_logger(__name__)
 
@@ -33,17 +33,23 @@ class _DropParentDeprecation(std_logging.Filter):
 
 @contextlib.contextmanager
 def _parent_deprecation_once() -> Iterator[None]:
-    """Let diffusers' deprecation warning for AudioLDMPipeline through once per process, then drop it."""
+    """Show diffusers' deprecation of AudioLDMPipeline once per process, naming the parent rather than this class
+    (diffusers' own message would say AudioLDMTiledPipeline is deprecated, which it is not)."""
     global _deprecation_shown
     parent_logger = logging.get_logger("diffusers.pipelines.pipeline_utils")
     drop = _DropParentDeprecation()
-    if _deprecation_shown:
-        parent_logger.addFilter(drop)
+    parent_logger.addFilter(drop)
     try:
         yield
     finally:
         parent_logger.removeFilter(drop)
+    if not _deprecation_shown:
         _deprecation_shown = True
+        logger.warning(
+            "diffusers' AudioLDMPipeline, which AudioLDMTiledPipeline subclasses, %s after diffusers %s; "
+            "audioldm_tiled's tests guard the parts it relies on.",
+            _PARENT_DEPRECATION, AudioLDMPipeline._last_supported_version,
+        )
 
 
 class AudioLDMTiledPipeline(AudioLDMPipeline):
@@ -157,13 +163,75 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
         Returns:
             [`AudioPipelineOutput`] with ``audios`` of shape (batch, samples), float32 at the vocoder's sampling rate.
         """
+        config, latents, keep = self._denoise_latents(**{k: v for k, v in locals().items() if k not in (
+            "self", "return_dict", "__class__")})
+        if output_type == "latent":
+            self.maybe_free_model_hooks()
+            return AudioPipelineOutput(audios=latents) if return_dict else (latents,)
+        mel_spectrogram = self.decode_latents(latents, config)
+        audio = self.mel_spectrogram_to_waveform(mel_spectrogram, config)
+        audio = audio[:, :keep]
+        self.maybe_free_model_hooks()
+        if output_type == "np":
+            audio = audio.numpy()
+        if not return_dict:
+            return (audio,)
+        return AudioPipelineOutput(audios=audio)
+
+    @torch.no_grad()
+    def stream(self, prompt: str | list[str] | None = None, **kwargs: Any) -> Iterator[np.ndarray]:
+        """Generate like ``__call__`` and yield the waveform in pieces, float32 numpy arrays (batch, samples).
+
+        After denoising, the VAE decode and the vocoder run tile by tile and each piece is handed out as soon as it
+        is ready (fast mode: per tile; exact mode: once the last GroupNorm barrier is passed), so a one-hour render
+        never holds its whole mel or waveform. The pieces concatenate to ``__call__(...).audios`` for the same
+        arguments, trimmed to ``audio_length_in_s``.
+        """
+        if kwargs.get("output_type", "np") != "np" or "return_dict" in kwargs:
+            raise ValueError("stream() yields numpy pieces; it takes no `output_type` or `return_dict`")
+        kwargs["output_type"] = "np"
+        config, latents, keep = self._denoise_latents(prompt=prompt, **kwargs)
+        latents = 1 / self.vae.config.scaling_factor * latents
+        mel_pieces = (piece.squeeze(1) for piece in iter_decode(self.vae, latents, config))
+        total_frames = latents.shape[2] * self.vae_scale_factor
+        emitted = 0
+        for wave in stream_vocode(self.vocoder, mel_pieces, total_frames, config):
+            wave = wave[:, : max(0, keep - emitted)].cpu().float().numpy()
+            emitted += wave.shape[1]
+            if wave.shape[1]:
+                yield wave
+        self.maybe_free_model_hooks()
+
+    def _denoise_latents(
+        self,
+        prompt=None,
+        audio_length_in_s=None,
+        num_inference_steps=10,
+        guidance_scale=2.5,
+        negative_prompt=None,
+        num_waveforms_per_prompt=1,
+        eta=0.0,
+        generator=None,
+        latents=None,
+        prompt_embeds=None,
+        negative_prompt_embeds=None,
+        callback=None,
+        callback_steps=1,
+        cross_attention_kwargs=None,
+        output_type="np",
+        tiling=None,
+        callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs=("latents",),
+    ) -> tuple[TilingConfig, torch.Tensor, int]:
+        """The parent's steps 0-7: checks, prompt encoding, noise, (windowed) denoising.
+
+        Returns the config for this call, the denoised latents and the number of samples to keep."""
         config = self._config_for_call(tiling)
         self._check_call_inputs(num_inference_steps, guidance_scale, output_type, callback_on_step_end_tensor_inputs)
         audio_length_in_s, height, original_waveform_length = self._audio_geometry(audio_length_in_s)
         vocoder_upsample_factor = np.prod(self.vocoder.config.upsample_rates) / self.vocoder.config.sampling_rate
         self.check_inputs(prompt, audio_length_in_s, vocoder_upsample_factor, callback_steps, negative_prompt,
                           prompt_embeds, negative_prompt_embeds)
-
         if prompt is not None and isinstance(prompt, str):
             batch_size = 1
         elif prompt is not None and isinstance(prompt, list):
@@ -200,16 +268,4 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
                           extra_step_kwargs, window_batch, lambda total: self.progress_bar(total=total),
                           step_callback, cross_attention_kwargs)
 
-        if output_type == "latent":
-            self.maybe_free_model_hooks()
-            return AudioPipelineOutput(audios=latents) if return_dict else (latents,)
-
-        mel_spectrogram = self.decode_latents(latents, config)
-        audio = self.mel_spectrogram_to_waveform(mel_spectrogram, config)
-        audio = audio[:, :original_waveform_length]
-        self.maybe_free_model_hooks()
-        if output_type == "np":
-            audio = audio.numpy()
-        if not return_dict:
-            return (audio,)
-        return AudioPipelineOutput(audios=audio)
+        return config, latents, original_waveform_length

@@ -104,20 +104,24 @@ def _seconds(frame: int, mel_per_frame: int) -> float:
 
 
 def _checked(run, x: torch.Tensor, where: tuple[int, int], mel_per_frame: int):
-    """Run ``run(x)``; on NaN/inf in half precision retry once in float32, else raise naming the time range."""
+    """Run ``run(x)``; on NaN/inf in half precision retry once in float32, else raise naming the time range.
+
+    A retried tile whose values do not fit the half-precision range stays in float32; the next barrier reads
+    float32 and half pieces alike (``torch.cat`` promotes), and the final output is cast back.
+    """
     out = run(x)
     if torch.isfinite(out[0]).all():
         return out
     if x.dtype in (torch.float16, torch.bfloat16):
         logger.warning("non-finite values in %s tile %.2f-%.2f s; retrying it in float32", x.dtype,
                        _seconds(where[0], mel_per_frame), _seconds(where[1], mel_per_frame))
-        retried = run(x.float())
-        out = tuple(t if t is None else t.to(x.dtype) for t in retried[:2]) + tuple(retried[2:])
+        out = run(x.float())
         if torch.isfinite(out[0]).all():
-            return out
+            narrowed = out[0].to(x.dtype)
+            return (narrowed,) + tuple(out[1:]) if torch.isfinite(narrowed).all() else out
     raise NonFiniteTileError(
         f"the VAE decode produced NaN or inf in the tile covering {_seconds(where[0], mel_per_frame):.2f}-"
-        f"{_seconds(where[1], mel_per_frame):.2f} s (dtype {x.dtype}); try float32 or check the latents"
+        f"{_seconds(where[1], mel_per_frame):.2f} s (dtype {x.dtype}); check the latents"
     )
 
 
@@ -322,9 +326,11 @@ def iter_decode(vae, latents: torch.Tensor, config: TilingConfig | None = None) 
     tasks = decoder_tasks(vae)
     mel_per_frame = _mel_per_latent_frame(vae)
     if config.mode == "fast":
-        yield from _fast_pieces(tasks, latents, tiles, config, mel_per_frame)
+        pieces = _fast_pieces(tasks, latents, tiles, config, mel_per_frame)
     else:
-        yield from (core for _, core in run_exact(tasks, latents, tiles, config, mel_per_frame, stream_last=True))
+        pieces = (core for _, core in run_exact(tasks, latents, tiles, config, mel_per_frame, stream_last=True))
+    for piece in pieces:
+        yield piece.to(latents.dtype)
 
 
 @torch.no_grad()

@@ -1,0 +1,137 @@
+"""Benchmarks, run by ``audioldm-tiled bench decode|vocode``: each variant in its own process, so peak RSS is honest.
+
+Not part of the test suite. Components are randomly initialised with the audioldm-s shapes (cost depends only on
+shapes). Ratios are taken within one run, against the untiled / one-pass variant of the same length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+VARIANTS = {"decode": ("untiled", "exact", "fast", "diffusers"), "vocode": ("one-pass", "chunked")}
+
+
+def _measure(stage: str, variant: str, seconds: float, out_path: str) -> None:
+    """Child process: build the component, run one variant, save its output and timing."""
+    import resource
+
+    import torch
+
+    from diffusers import AutoencoderKL
+    from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
+
+    from .architectures import ARCHITECTURES
+    from .config import TilingConfig
+    from .constants import LATENT_FRAMES_PER_SECOND, MEL_FRAMES_PER_SECOND
+
+    torch.manual_seed(0)
+    spec = ARCHITECTURES["audioldm-s"]  # only the measured component, so the peak RSS is that stage's
+    with torch.inference_mode():
+        if stage == "decode":
+            vae = AutoencoderKL(**spec.vae).eval()
+            latents = torch.randn(1, 8, int(seconds * LATENT_FRAMES_PER_SECOND), 16)
+            start = time.perf_counter()
+            if variant == "untiled":
+                out = vae.decode(latents).sample
+            elif variant == "diffusers":
+                vae.enable_tiling()
+                out = vae.decode(latents).sample
+            else:
+                from .vae import tiled_decode
+
+                out = tiled_decode(vae, latents, TilingConfig(enabled=True, mode=variant, show_progress=False))
+        else:
+            vocoder = SpeechT5HifiGan(SpeechT5HifiGanConfig(**spec.vocoder)).eval()
+            mel = torch.randn(1, int(seconds * MEL_FRAMES_PER_SECOND), 64)
+            start = time.perf_counter()
+            if variant == "one-pass":
+                out = vocoder(mel)
+            else:
+                from .vocoder import chunked_vocode
+
+                out = chunked_vocode(vocoder, mel, TilingConfig(show_progress=False))
+        elapsed = time.perf_counter() - start
+    torch.save(out, out_path)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with open(out_path + ".json", "w") as f:
+        json.dump({"time_s": elapsed, "peak_rss_bytes": peak}, f)
+
+
+def run_suite(stage: str, lengths: list[float], variants: list[str]) -> list[dict]:
+    import torch
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seconds in lengths:
+            reference = None
+            for variant in variants:
+                path = os.path.join(tmp, f"{stage}-{variant}-{seconds}.pt")
+                code = subprocess.call([sys.executable, "-m", "audioldm_tiled.bench", "--child", stage, variant,
+                                        str(seconds), path])
+                row = {"stage": stage, "variant": variant, "seconds": seconds}
+                if code != 0:
+                    row["error"] = f"exit status {code} (out of memory?)"
+                    rows.append(row)
+                    continue
+                with open(path + ".json") as f:
+                    row.update(json.load(f))
+                out = torch.load(path).double()
+                if reference is None:
+                    reference = out
+                    row["snr_db"] = float("inf")
+                    row["max_abs_err"] = 0.0
+                else:
+                    err = out - reference
+                    row["snr_db"] = float(10 * torch.log10(reference.pow(2).mean() / err.pow(2).mean()))
+                    row["max_abs_err"] = float(err.abs().max())
+                    base = next(r for r in rows if r["seconds"] == seconds and r["variant"] == variants[0])
+                    row["time_ratio"] = row["time_s"] / base["time_s"]
+                    row["memory_ratio"] = row["peak_rss_bytes"] / base["peak_rss_bytes"]
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    return rows
+
+
+def to_markdown(rows: list[dict]) -> str:
+    lines = ["| stage | variant | audio (s) | time (s) | peak RSS (GB) | time / base | memory / base | SNR (dB) | max abs err |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['stage']} | {r['variant']} | {r['seconds']:g} | {r['error']} | | | | | |")
+            continue
+        lines.append(
+            f"| {r['stage']} | {r['variant']} | {r['seconds']:g} | {r['time_s']:.1f} | {r['peak_rss_bytes'] / 1e9:.2f} "
+            f"| {r.get('time_ratio', 1):.2f} | {r.get('memory_ratio', 1):.2f} | {r['snr_db']:.1f} "
+            f"| {r['max_abs_err']:.2e} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--child":
+        _measure(argv[1], argv[2], float(argv[3]), argv[4])
+        return 0
+    parser = argparse.ArgumentParser(prog="audioldm-tiled bench", description=__doc__)
+    parser.add_argument("stage", choices=sorted(VARIANTS))
+    parser.add_argument("--seconds", type=float, nargs="+", default=[10, 40, 120])
+    parser.add_argument("--variants", nargs="+", default=None, help="first one is the reference")
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    args = parser.parse_args(argv)
+    variants = args.variants or list(VARIANTS[args.stage])
+    rows = run_suite(args.stage, args.seconds, variants)
+    print(to_markdown(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Command line: ``audioldm-tiled PROMPT --seconds S -o out.wav`` and ``audioldm-tiled bench ...``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from pathlib import Path
+
+DEFAULT_MODEL = "cvssp/audioldm-s-full-v2"
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+logger = logging.getLogger("audioldm_tiled.cli")
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seconds must be a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"--seconds must be a positive finite number, got {text!r}")
+    return value
+
+
+def generate_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="audioldm-tiled",
+        description="Generate long audio from a text prompt with AudioLDM; writes a WAV file. "
+        "Benchmarks: audioldm-tiled bench --help.",
+    )
+    parser.add_argument("prompt", help="text describing the sound")
+    parser.add_argument("--seconds", type=_seconds, default=10.0, help="length of the audio in seconds (default 10)")
+    parser.add_argument("-o", "--output", required=True, help="output .wav file")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"hub id, local folder, or random:ARCH for random weights (default {DEFAULT_MODEL})")
+    parser.add_argument("--steps", type=int, default=10, help="denoising steps (default 10)")
+    parser.add_argument("--guidance", type=float, default=2.5, help="classifier-free guidance scale (default 2.5)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--negative-prompt", default=None, help="what the audio should not contain")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda if available)")
+    parser.add_argument("--dtype", default="fp32", help="fp32 (default), fp16 or bf16")
+    parser.add_argument("--mode", choices=("exact", "fast"), default="exact", help="VAE tiling mode (default exact)")
+    parser.add_argument("--float", dest="subtype", action="store_const", const="FLOAT", default="PCM_16",
+                        help="write 32-bit float samples instead of 16-bit PCM")
+    parser.add_argument("--no-overwrite", action="store_true", help="refuse to replace an existing output file")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def _resolve_device(name: str | None):
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise CliError(f"--device: unknown device {name!r}; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CliError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise CliError(f"--device {name}: MPS is not available on this machine; use --device cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise CliError(f"--device: unsupported device {name!r}; use cpu, cuda, cuda:N or mps")
+    return device
+
+
+def _resolve_dtype(name: str):
+    import torch
+
+    if name not in DTYPES:
+        raise CliError(f"--dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    return getattr(torch, DTYPES[name])
+
+
+def load_pipeline(model: str, dtype, device):
+    """A pipeline from a hub id, a local folder written by save_pretrained, or ``random:ARCH``."""
+    from .architectures import ARCHITECTURES, random_pipeline
+    from .pipeline import AudioLDMTiledPipeline
+
+    if model.startswith("random:"):
+        arch = model.split(":", 1)[1]
+        if arch not in ARCHITECTURES:
+            raise CliError(f"--model random:ARCH: ARCH must be one of {', '.join(ARCHITECTURES)}, got {arch!r}")
+        return random_pipeline(arch, torch_dtype=dtype).to(device)
+    try:
+        pipe = AudioLDMTiledPipeline.from_pretrained(model, torch_dtype=dtype)
+    except Exception as error:  # noqa: BLE001 - hub, filesystem and format errors all mean "cannot load this"
+        raise CliError(
+            f"--model {model!r} could not be loaded ({type(error).__name__}: {str(error).splitlines()[0][:200]}). "
+            "Without network access the weights must already be on disk: pass the folder written by "
+            "save_pretrained (or a downloaded snapshot of the hub repo) as --model PATH. To try the pipeline "
+            "without weights, use --model random:audioldm-s."
+        ) from None
+    return pipe.to(device)
+
+
+def generate(args: argparse.Namespace) -> Path:
+    from .audio import check_output_path, open_wav
+    from .config import TilingConfig
+
+    output = check_output_path(args.output, overwrite=not args.no_overwrite)  # before any model is loaded
+    if args.steps < 1:
+        raise CliError(f"--steps must be a positive integer, got {args.steps}")
+    if not math.isfinite(args.guidance):
+        raise CliError(f"--guidance must be a finite number, got {args.guidance}")
+    dtype = _resolve_dtype(args.dtype)
+    device = _resolve_device(args.device)
+    import torch
+
+    pipe = load_pipeline(args.model, dtype, device)
+    pipe.set_progress_bar_config(disable=args.quiet)
+    generator = torch.Generator(device="cpu").manual_seed(args.seed)
+    pieces = pipe.stream(args.prompt, audio_length_in_s=args.seconds, num_inference_steps=args.steps,
+                         guidance_scale=args.guidance, negative_prompt=args.negative_prompt, generator=generator,
+                         tiling=TilingConfig(mode=args.mode))
+    with open_wav(output, pipe.vocoder.config.sampling_rate, args.subtype) as writer:
+        for piece in pieces:
+            writer.write(piece[0])
+    logger.info("wrote %s: %d samples at %d Hz", output, writer.frames, pipe.vocoder.config.sampling_rate)
+    return output
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        if argv and argv[0] == "bench":
+            from .bench import main as bench_main
+
+            return bench_main(argv[1:])
+        args = generate_parser().parse_args(argv)
+        generate(args)
+    except (CliError, ValueError) as error:
+        print(f"audioldm-tiled: error: {error}", file=sys.stderr)
+        return 2
+    except SystemExit as exit_:  # argparse's usage errors (status 2) and --help (status 0)
+        return int(exit_.code or 0)
+    except KeyboardInterrupt:
+        print("audioldm-tiled: interrupted; no output was written", file=sys.stderr)
+        return 130
+    return 0

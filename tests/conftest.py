@@ -1,0 +1,33 @@
+import pytest
+import torch
+
+from audioldm_tiled.architectures import build_components
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """Seeded tiny components (real time geometry: hop 160, VAE factor 4, 64 mels, several GroupNorm groups)."""
+    return build_components("tiny", seed=0)
+
+
+@pytest.fixture()
+def tiny_pipe(tiny):
+    from audioldm_tiled import AudioLDMTiledPipeline
+
+    pipe = AudioLDMTiledPipeline(**tiny)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |actual - expected| / max |expected|: the tolerance unit used throughout the issues."""
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    return ((actual.double() - expected.double()).abs().max() / expected.double().abs().max()).item()
+
+
+def nonstationary_latents(batch: int, frames: int, channels: int = 8, freq: int = 16, seed: int = 0) -> torch.Tensor:
+    """A loud, shifted second half: tiles that normalised themselves would be visibly wrong."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(batch, channels, frames, freq, generator=g)
+    z[:, :, frames // 2 :] = z[:, :, frames // 2 :] * 3 + 1
+    return z

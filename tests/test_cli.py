@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+import soundfile as sf
+
+from audioldm_tiled.audio import open_wav, save_wav
+from audioldm_tiled.cli import main
+
+
+def test_cli_writes_a_wav_of_the_asked_length(tmp_path):
+    out = tmp_path / "rain.wav"
+    assert main(["rain on a tin roof", "--seconds", "2.5", "-o", str(out), "--model", "random:tiny", "--steps", "2",
+                 "--quiet"]) == 0
+    info = sf.info(out)
+    assert (info.samplerate, info.frames, info.subtype) == (16000, 40000, "PCM_16")
+    assert not list(tmp_path.glob(".*part"))
+
+
+def test_cli_float_output(tmp_path):
+    out = tmp_path / "f.wav"
+    assert main(["x", "--seconds", "1", "-o", str(out), "--model", "random:tiny", "--steps", "1", "--float",
+                 "--quiet"]) == 0
+    assert sf.info(out).subtype == "FLOAT"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--seconds", "0"], "--seconds"), (["--seconds", "-3"], "--seconds"), (["--seconds", "nan"], "--seconds"),
+        (["--seconds", "ten"], "--seconds"), (["--dtype", "fp8"], "--dtype"), (["--device", "tpu"], "--device"),
+        (["--model", "random:huge"], "random:ARCH"),
+    ],
+)
+def test_cli_bad_input_gives_one_clear_error(tmp_path, capsys, args, message):
+    code = main(["x", "-o", str(tmp_path / "o.wav"), "--model", "random:tiny", *args])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "o.wav").exists()
+
+
+def test_cli_unloadable_model_names_it_and_the_ways_out(tmp_path, capsys):
+    missing = tmp_path / "no-such-model"
+    assert main(["x", "-o", str(tmp_path / "o.wav"), "--model", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "save_pretrained" in err and "random:audioldm-s" in err
+
+
+def test_cli_checks_the_output_path_before_loading_anything(tmp_path, capsys):
+    assert main(["x", "-o", str(tmp_path / "missing-dir" / "o.wav"), "--model", "no/such-model"]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "could not be loaded" not in err
+
+
+def test_failure_mid_write_leaves_no_file_and_keeps_an_existing_one(tmp_path):
+    out = tmp_path / "a.wav"
+    with pytest.raises(RuntimeError):
+        with open_wav(out) as writer:
+            writer.write(np.zeros(1000, dtype=np.float32))
+            raise RuntimeError("generation failed")
+    assert not out.exists() and not list(tmp_path.iterdir())
+    save_wav(out, np.full(100, 0.5, dtype=np.float32))
+    with pytest.raises(RuntimeError):
+        with open_wav(out) as writer:
+            writer.write(np.zeros(5000, dtype=np.float32))
+            raise RuntimeError("interrupted")
+    assert sf.info(out).frames == 100 and len(list(tmp_path.iterdir())) == 1
+
+
+def test_save_wav_clips_before_integer_conversion(tmp_path):
+    out = save_wav(tmp_path / "c.wav", np.array([2.0, -3.0, 0.5], dtype=np.float32))
+    data, rate = sf.read(out, dtype="int16")
+    assert rate == 16000 and data.tolist() == [32767, -32768, 16384]

@@ -1,0 +1,141 @@
+import inspect
+import logging
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AudioLDMPipeline, DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler
+
+from audioldm_tiled import AudioLDMTiledPipeline, TilingConfig
+from audioldm_tiled.denoise import plan_windows
+
+OFF = TilingConfig(enabled=False, windowed=False)
+
+
+def run(pipe, seconds=2.0, seed=0, steps=3, **kwargs):
+    return pipe("rain on a tin roof", audio_length_in_s=seconds, num_inference_steps=steps,
+                generator=torch.Generator().manual_seed(seed), **kwargs).audios
+
+
+def test_end_to_end_from_text(tiny_pipe):
+    audio = run(tiny_pipe, seconds=1.5)
+    assert audio.shape == (1, 24000) and audio.dtype == np.float32 and np.isfinite(audio).all()
+
+
+def test_equals_parent_with_tiling_and_windowing_off(tiny):
+    pipe = AudioLDMTiledPipeline(**tiny)
+    parent = AudioLDMPipeline(**tiny)
+    for p in (pipe, parent):
+        p.set_progress_bar_config(disable=True)
+    expected = run(parent, seconds=3.0)
+    assert np.array_equal(run(pipe, seconds=3.0, tiling=OFF), expected)
+    assert np.array_equal(run(pipe, seconds=3.0), expected)  # defaults: one window covers it, untiled fits
+
+
+def test_save_pretrained_round_trip(tiny_pipe, tmp_path):
+    tiny_pipe.save_pretrained(tmp_path)
+    for folder in ("unet", "vae", "vocoder", "text_encoder", "tokenizer", "scheduler"):
+        assert (tmp_path / folder).is_dir()
+    assert (tmp_path / "model_index.json").is_file()
+    loaded = AudioLDMTiledPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert np.array_equal(run(loaded), run(tiny_pipe))
+
+
+def test_stream_concatenates_to_the_call(tiny_pipe):
+    for mode in ("exact", "fast"):
+        config = TilingConfig(enabled=True, mode=mode, tile_frames=32, vocoder_chunk_frames=100)
+        whole = run(tiny_pipe, seconds=14.0, tiling=config)
+        pieces = list(tiny_pipe.stream("rain on a tin roof", audio_length_in_s=14.0, num_inference_steps=3,
+                                       generator=torch.Generator().manual_seed(0), tiling=config))
+        assert len(pieces) > 1 and all(p.dtype == np.float32 for p in pieces)
+        assert np.array_equal(np.concatenate(pieces, axis=1), whole)
+
+
+def test_callback_on_step_end_sees_and_replaces_latents(tiny_pipe):
+    seen = []
+
+    def zero_latents(pipe, step, timestep, kwargs):
+        seen.append(step)
+        return {"latents": torch.zeros_like(kwargs["latents"])}
+
+    run(tiny_pipe, callback_on_step_end=zero_latents)
+    assert seen == [0, 1, 2]
+    with pytest.raises(ValueError, match="callback_on_step_end_tensor_inputs"):
+        run(tiny_pipe, callback_on_step_end=zero_latents, callback_on_step_end_tensor_inputs=["noise"])
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), "10"])
+def test_bad_length_raises(tiny_pipe, bad):
+    with pytest.raises(ValueError, match="audio_length_in_s"):
+        run(tiny_pipe, seconds=bad)
+
+
+def test_window_weights_sum_to_one_on_every_frame():
+    for frames in (257, 300, 1000, 7500):
+        for weighting in ("cosine", "triangular", "uniform"):
+            plan = plan_windows(frames, TilingConfig(window_weighting=weighting))
+            total = torch.zeros(frames, dtype=torch.float64)
+            for w, weight in zip(plan.windows, plan.weights):
+                assert w.length == 256
+                total[w.start : w.stop] += weight
+            assert plan.windows[-1].stop == frames and plan.windows[0].start == 0
+            torch.testing.assert_close(total, torch.ones_like(total))
+
+
+def test_windowed_result_does_not_depend_on_window_batch_size(tiny_pipe):
+    windows = TilingConfig(window_frames=64, window_overlap_frames=24)
+    one = run(tiny_pipe, seconds=8.0, tiling=windows.replace(window_batch_size=1))
+    three = run(tiny_pipe, seconds=8.0, tiling=windows.replace(window_batch_size=3))
+    # Batched convolutions may sum in another order: float32 rounding through 3 steps and the decoder.
+    np.testing.assert_allclose(three, one, atol=1e-5 * np.abs(one).max())
+
+
+@pytest.mark.parametrize("scheduler", [DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler])
+def test_windowed_denoising_runs_with_stateful_schedulers(tiny_pipe, scheduler):
+    tiny_pipe.scheduler = scheduler.from_config(tiny_pipe.scheduler.config)
+    # PNDM's Runge-Kutta warm-up needs more than 3 steps (diffusers' own PNDM fails at 3 in the parent too)
+    audio = run(tiny_pipe, seconds=6.0, steps=6, tiling=TilingConfig(window_frames=64, window_overlap_frames=16))
+    assert audio.shape == (1, 96000) and np.isfinite(audio).all()
+
+
+def test_offload_sequence_includes_the_vocoder():
+    assert AudioLDMTiledPipeline.model_cpu_offload_seq.split("->")[-1] == "vocoder"
+
+
+def test_parent_deprecation_warning_shown_at_most_once(tiny, caplog):
+    import audioldm_tiled.pipeline as module
+
+    module._deprecation_shown = False
+    with caplog.at_level(logging.WARNING):
+        AudioLDMTiledPipeline(**tiny)
+        AudioLDMTiledPipeline(**tiny)
+    assert caplog.text.count("deprecated") == 1
+    assert "AudioLDMTiledPipeline has been deprecated" not in caplog.text
+
+
+# The parent's API that this package overrides or calls. A diffusers release that changes any of these must fail here.
+PARENT_SIGNATURES = {
+    "decode_latents": ["self", "latents"],
+    "mel_spectrogram_to_waveform": ["self", "mel_spectrogram"],
+    "prepare_latents": ["self", "batch_size", "num_channels_latents", "height", "dtype", "device", "generator",
+                        "latents"],
+    "_encode_prompt": ["self", "prompt", "device", "num_waveforms_per_prompt", "do_classifier_free_guidance",
+                       "negative_prompt", "prompt_embeds", "negative_prompt_embeds"],
+    "check_inputs": ["self", "prompt", "audio_length_in_s", "vocoder_upsample_factor", "callback_steps",
+                     "negative_prompt", "prompt_embeds", "negative_prompt_embeds"],
+    "prepare_extra_step_kwargs": ["self", "generator", "eta"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(PARENT_SIGNATURES))
+def test_parent_methods_we_rely_on_are_unchanged(name):
+    assert list(inspect.signature(getattr(AudioLDMPipeline, name)).parameters) == PARENT_SIGNATURES[name]
+
+
+def test_call_keeps_the_parents_parameters_and_defaults():
+    parent = inspect.signature(AudioLDMPipeline.__call__).parameters
+    ours = inspect.signature(AudioLDMTiledPipeline.__call__).parameters
+    assert list(ours)[: len(parent)] == list(parent)
+    for name, parameter in parent.items():
+        assert ours[name].default == parameter.default, name
