@@ -16,9 +16,9 @@ from .tasks import Conv, SaveResidual, Upsample, decoder_tasks, receptive_halo
 
 logger = logging.getLogger(__name__)
 
-# Peak bytes of an untiled AudioLDM VAE decode (fp32, CPU), divided by the bytes of its widest activation; the slope
-# of the peak RSS between two lengths, so the fixed cost of the process and the weights cancels. Measured with
-# `audioldm-tiled bench calibrate` (randomly initialised audioldm-s VAE, 10 s and 40 s): see README, "Calibration".
+# Peak bytes of an untiled AudioLDM VAE decode (fp32, CPU), divided by the bytes of its widest activation.
+# NOT YET MEASURED: 3.0 is a placeholder from DESIGN.md's 23 MB per second of audio (about 3.6x the widest
+# activation). It must be replaced by the slope of peak RSS between two lengths from `audioldm-tiled bench decode`.
 UNTILED_DECODE_PEAK_FACTOR = 3.0
 # Exact tiled decode keeps about two activations of the whole sequence (the stream and a resnet's residual).
 EXACT_STORED_ACTIVATIONS = 2.0
