@@ -70,9 +70,9 @@ def untiled_decode_bytes(vae, latents: torch.Tensor) -> int:
     return int(UNTILED_DECODE_PEAK_FACTOR * per_frame * latents.shape[2])
 
 
-def decode_fits(vae, latents: torch.Tensor, budget: int | None) -> tuple[bool, int, int]:
+def decode_fits(vae, latents: torch.Tensor, config: TilingConfig) -> tuple[bool, int, int]:
     """(fits, estimated bytes, budget bytes) for an untiled decode."""
-    budget = budget if budget is not None else int(BUDGET_SHARE * available_memory(latents.device))
+    budget = memory_budget(config, latents.device)
     needed = untiled_decode_bytes(vae, latents)
     return needed <= budget, needed, budget
 

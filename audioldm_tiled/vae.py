@@ -291,17 +291,21 @@ def plan_decode(vae, latents: torch.Tensor, config: TilingConfig) -> list[Tile] 
     """The tiles to decode with, or None for the untiled decode (disabled, one tile covers it, or it fits)."""
     if config.enabled is False:
         return None
-    length = latents.shape[2]
-    tile_frames = config.tile_frames or choose_tile_frames(vae, latents, config)
-    if length <= tile_frames:
+    tiles = _decode_tiles(vae, latents, config)
+    if len(tiles) == 1:
         return None
     if config.enabled == "auto":
-        fits, needed, budget = decode_fits(vae, latents, config.memory_budget)
+        fits, needed, budget = decode_fits(vae, latents, config)
         if fits:
             return None
         logger.info("tiling the VAE decode: untiled would need about %.2f GB, the budget is %.2f GB",
                     needed / 1e9, budget / 1e9)
-    return plan_tiles(length, tile_frames)
+    return tiles
+
+
+def _decode_tiles(vae, latents: torch.Tensor, config: TilingConfig) -> list[Tile]:
+    """Balanced tiles of ``config.tile_frames``, or of the size the memory budget allows."""
+    return plan_tiles(latents.shape[2], config.tile_frames or choose_tile_frames(vae, latents, config))
 
 
 def iter_decode(vae, latents: torch.Tensor, config: TilingConfig | None = None) -> Iterator[torch.Tensor]:
@@ -322,7 +326,7 @@ def iter_decode(vae, latents: torch.Tensor, config: TilingConfig | None = None) 
                 raise
             release_cached_memory(latents.device)
             logger.warning("untiled VAE decode ran out of memory (%s); retrying once with tiles", error)
-            tiles = plan_tiles(latents.shape[2], config.tile_frames or choose_tile_frames(vae, latents, config))
+            tiles = _decode_tiles(vae, latents, config)
     tasks = decoder_tasks(vae)
     mel_per_frame = _mel_per_latent_frame(vae)
     if config.mode == "fast":

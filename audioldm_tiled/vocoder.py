@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .config import TilingConfig
 from .geometry import plan_tiles
-from .memory import BUDGET_SHARE, available_memory
+from .memory import memory_budget
 
 # Default chunk core in mel frames when the budget allows it: long enough that the context (about 2 x 24 frames)
 # costs under 5 % extra compute, short enough that a chunk's activations stay in the CPU caches' neighbourhood.
@@ -78,7 +78,7 @@ def choose_chunk_frames(vocoder: nn.Module, mel: torch.Tensor, config: TilingCon
     """Chunk core in mel frames: DEFAULT_CHUNK_FRAMES, smaller when the memory budget needs it."""
     if config.vocoder_chunk_frames is not None:
         return config.vocoder_chunk_frames
-    budget = config.memory_budget or int(BUDGET_SHARE * available_memory(mel.device))
+    budget = memory_budget(config, mel.device)
     # A HiFi-GAN stage holds its input, one residual block's output and the running sum: 4 widest activations.
     fit = budget // (4 * _widest_per_frame(vocoder, mel.shape[0], mel.dtype))
     return int(max(MIN_CHUNK_FRAMES, min(DEFAULT_CHUNK_FRAMES, fit)))
