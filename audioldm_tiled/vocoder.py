@@ -12,6 +12,7 @@ import math
 from typing import Iterable, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -39,13 +40,18 @@ def _conv_reach(module: nn.Module) -> float:
     return d * (k - 1) / 2
 
 
+def _is_hifigan(vocoder: nn.Module) -> bool:
+    """The SpeechT5HifiGan layout: conv_pre, upsamplers each followed by parallel residual blocks, conv_post."""
+    return all(hasattr(vocoder, name) for name in ("conv_pre", "upsampler", "resblocks", "conv_post", "num_kernels"))
+
+
 def receptive_field_frames(vocoder: nn.Module) -> int:
     """Mel frames per side that one output sample depends on, computed from the modules.
 
     For SpeechT5HifiGan the parallel residual blocks after each upsampler count once (the widest); for other
     vocoders every convolution is summed in module order, an upper bound.
     """
-    if all(hasattr(vocoder, name) for name in ("conv_pre", "upsampler", "resblocks", "conv_post")):
+    if _is_hifigan(vocoder):
         per_stage = len(vocoder.resblocks) // len(vocoder.upsampler)
         reach, rate = _conv_reach(vocoder.conv_pre), 1
         for i, up in enumerate(vocoder.upsampler):
@@ -62,6 +68,55 @@ def receptive_field_frames(vocoder: nn.Module) -> int:
             if isinstance(module, nn.ConvTranspose1d):
                 rate *= module.stride[0]
     return math.ceil(reach)
+
+
+def _conv_channels_last(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A Conv1d / ConvTranspose1d applied to x held as (B, C, 1, L) in channels-last memory."""
+    weight = module.weight[:, :, None, :]
+    if isinstance(module, nn.ConvTranspose1d):
+        return F.conv_transpose2d(x, weight, module.bias, (1, module.stride[0]), (0, module.padding[0]),
+                                  (0, module.output_padding[0]), module.groups, (1, module.dilation[0]))
+    return F.conv2d(x, weight, module.bias, (1, module.stride[0]), (0, module.padding[0]), (1, module.dilation[0]),
+                    module.groups)
+
+
+def _hifigan_channels_last(vocoder: nn.Module, mel: torch.Tensor) -> torch.Tensor:
+    """``SpeechT5HifiGan.forward`` with its activations in channels-last layout, (B, T, n_mels) -> (B, samples).
+
+    Why: oneDNN's 1-D convolutions in the default (B, C, L) layout run the late stages (32-128 channels over 40-160
+    samples per frame) at a fraction of the arithmetic rate of the 512-channel ones; in channels-last they run 3-6x
+    faster, and the whole vocoder about 1.25x (``audioldm-tiled bench vocode``). Same modules, same weights, same
+    order of operations; only the summation order inside each convolution differs (float rounding).
+    """
+    config = vocoder.config
+    if config.normalize_before:
+        mel = (mel - vocoder.mean) / vocoder.scale
+    x = mel.transpose(1, 2)[:, :, None, :].contiguous(memory_format=torch.channels_last)
+    x = _conv_channels_last(vocoder.conv_pre, x)
+    k = vocoder.num_kernels
+    for i, upsampler in enumerate(vocoder.upsampler):
+        x = _conv_channels_last(upsampler, F.leaky_relu(x, config.leaky_relu_slope))
+        total = None
+        for block in vocoder.resblocks[i * k : (i + 1) * k]:
+            h = x
+            for conv1, conv2 in zip(block.convs1, block.convs2):
+                inner = _conv_channels_last(conv1, F.leaky_relu(h, block.leaky_relu_slope))
+                h = _conv_channels_last(conv2, F.leaky_relu(inner, block.leaky_relu_slope)) + h
+            total = h if total is None else total + h
+        x = total / k
+    # the final activation uses leaky_relu's default slope (0.01), as SpeechT5HifiGan.forward does
+    x = torch.tanh(_conv_channels_last(vocoder.conv_post, F.leaky_relu(x)))
+    return x[:, 0, 0, :]
+
+
+def _vocode_function(vocoder: nn.Module, device: torch.device, config: TilingConfig):
+    """The fastest exact way to run this vocoder here: channels-last on CPU for the HiFi-GAN layout.
+
+    With tiling off it is the module's own forward, so a disabled config reproduces the parent pipeline bit for bit.
+    """
+    if config.enabled is not False and device.type == "cpu" and _is_hifigan(vocoder):
+        return lambda mel: _hifigan_channels_last(vocoder, mel)
+    return vocoder
 
 
 def _widest_per_frame(vocoder: nn.Module, batch: int, dtype: torch.dtype) -> int:
@@ -106,6 +161,7 @@ def stream_vocode(
     else:
         chunks = plan_tiles(total_frames, chunk, halo=context)
     hop = hop_length(vocoder)
+    vocode = _vocode_function(vocoder, first.device, config)
     buffer, buffer_start, buffer_end = [first], 0, first.shape[1]
     with tqdm(total=len(chunks), desc="vocoder", disable=not config.show_progress or len(chunks) == 1,
               leave=False) as bar:
@@ -115,7 +171,7 @@ def stream_vocode(
                 buffer.append(piece)
                 buffer_end += piece.shape[1]
             held = torch.cat(buffer, dim=1) if len(buffer) > 1 else buffer[0]
-            wave = vocoder(held[:, c.start - buffer_start : c.stop - buffer_start])
+            wave = vocode(held[:, c.start - buffer_start : c.stop - buffer_start])
             if wave.dim() == 1:
                 wave = wave[None]
             last = index == len(chunks) - 1

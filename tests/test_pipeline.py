@@ -29,7 +29,12 @@ def test_equals_parent_with_tiling_and_windowing_off(tiny):
         p.set_progress_bar_config(disable=True)
     expected = run(parent, seconds=3.0)
     assert np.array_equal(run(pipe, seconds=3.0, tiling=OFF), expected)
-    assert np.array_equal(run(pipe, seconds=3.0), expected)  # defaults: one window covers it, untiled fits
+    # Windowing on by default: one window covers 3 s, so the denoising is the parent's computation exactly.
+    assert np.array_equal(run(pipe, seconds=3.0, tiling=TilingConfig(enabled=False)), expected)
+    # Full defaults: the vocoder runs in channels-last layout on CPU, which changes only the summation order inside
+    # its convolutions (float32 rounding through ~50 layers, measured ~2e-6 of max on audioldm-s).
+    audio = run(pipe, seconds=3.0)
+    assert np.abs(audio - expected).max() <= 1e-5 * np.abs(expected).max()
 
 
 def test_save_pretrained_round_trip(tiny_pipe, tmp_path):

@@ -4,7 +4,7 @@ from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
 
 from audioldm_tiled import TilingConfig, chunked_vocode, stream_vocode
 from audioldm_tiled.architectures import ARCHITECTURES
-from audioldm_tiled.vocoder import hop_length, receptive_field_frames
+from audioldm_tiled.vocoder import _hifigan_channels_last, hop_length, receptive_field_frames
 from conftest import relative_error
 
 # Overlap-save chunks compute the same sums on the same samples; only float32 summation order can differ,
@@ -66,3 +66,16 @@ def test_stream_from_uneven_pieces_equals_whole(tiny):
 def test_bad_mel_raises(tiny):
     with pytest.raises(ValueError, match="mel"):
         chunked_vocode(tiny["vocoder"], torch.zeros(64))
+
+
+@pytest.mark.parametrize("normalize_before", [False, True])
+def test_channels_last_forward_equals_module_forward(normalize_before):
+    config = dict(ARCHITECTURES["tiny"].vocoder, normalize_before=normalize_before)
+    torch.manual_seed(0)
+    vocoder = SpeechT5HifiGan(SpeechT5HifiGanConfig(**config)).eval()
+    if normalize_before:  # non-trivial buffers, so a skipped normalisation would show
+        vocoder.mean.normal_()
+        vocoder.scale.uniform_(0.5, 2.0)
+    mel = torch.randn(2, 37, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert relative_error(_hifigan_channels_last(vocoder, mel), vocoder(mel)) < TOLERANCE
