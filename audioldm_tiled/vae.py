@@ -6,9 +6,11 @@ cores. The halo only has to cover the convolutions between two barriers (one or 
 recomputed and the result equals the untiled decode to float rounding. Self-attention runs on the whole sequence, as
 untiled; it sits at latent resolution, 1/16 of the output's size.
 
-Fast mode runs conv_in and the mid block whole (exact statistics, exact attention), estimates the statistics of
-every later GroupNorm once from a short proxy, then runs each tile start to finish with a halo covering the whole up
-path: no barriers and no stored intermediates, so memory after the mid block does not grow with length.
+Fast mode estimates once, from a short proxy made of excerpts of the latent, the statistics of every GroupNorm and
+the keys and values of the mid-block attention, then runs each tile start to finish with a halo covering the whole
+decoder: no barriers and no stored intermediates, so neither memory nor the attention's cost grows faster than the
+length. A tile's attention sees its own frames exactly and the rest of the sequence through the proxy's keys, each
+weighted by how many frames it stands for (see ``_attend``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from .config import TilingConfig
 from .constants import MEL_FRAMES_PER_SECOND
 from .geometry import Tile, plan_tiles
 from .groupnorm import GroupStats, apply_group_norm, group_stats, pool_stats
-from .memory import choose_tile_frames, decode_fits, is_out_of_memory, release_cached_memory
+from .memory import (
+    choose_tile_frames, decode_fits, is_out_of_memory, release_cached_memory, return_large_allocations_to_the_system,
+)
 from .tasks import (
     Act, AddResidual, Conv, Global, Norm, SaveResidual, Task, Upsample, decoder_tasks, receptive_halo,
     split_segments, time_scale,
@@ -70,17 +74,23 @@ def _conv(x: torch.Tensor, module: torch.nn.Conv2d) -> torch.Tensor:
     return F.conv2d(x, module.weight.to(x.dtype), bias, module.stride, module.padding, module.dilation, module.groups)
 
 
-def _run_local(tasks: list[Task], x: torch.Tensor, residual: torch.Tensor | None, stats: list[GroupStats | None],
+def _run_local(tasks: list[Task], x: torch.Tensor, residual: torch.Tensor | None, stats: list[GroupStats],
+               memories: list | None = None, outside_frames: int = 0,
                batch_groups: int = 1) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-    """Run a barrier-free run of tasks on one extent. ``stats`` holds one entry per Norm task, in order.
+    """Run tasks on one extent with given statistics: one entry per GroupNorm (attention norms included), in order.
 
-    Returns the output, the residual saved by the last SaveResidual (or None) and the time scale at that point.
+    A self-attention (fast mode only) attends to the extent and to its entry of ``memories``, which stands for the
+    ``outside_frames`` frames the extent does not hold. Returns the output, the residual saved by the last
+    SaveResidual (or None) and the time scale at that point.
     """
-    stats = list(stats)
+    stats, memories = list(stats), list(memories or [])
     saved, saved_scale, scale = None, 1, 1
     for task in tasks:
         if isinstance(task, Norm):
             x = apply_group_norm(x, stats.pop(0), task.module, batch_groups)
+        elif isinstance(task, Global):
+            norm_stats = None if task.module.group_norm is None else stats.pop(0)
+            x = _attend(task.module, x, norm_stats, memories.pop(0), outside_frames)
         elif isinstance(task, Conv):
             x = _conv(x, task.module)
         elif isinstance(task, Act):
@@ -202,73 +212,164 @@ def _exact_segments(tasks, x, tiles, config, mel_per_frame):
             stream = _Stream(new_cores, [(s * factor, e * factor) for s, e in stream.bounds], residual)
 
 
-def _mid_block_end(tasks: list[Task]) -> int:
-    """Index just past the resnet that follows the last attention (the end of the mid block)."""
-    last_global = max((i for i, t in enumerate(tasks) if isinstance(t, Global)), default=None)
-    if last_global is None:
-        return next(i for i, t in enumerate(tasks) if isinstance(t, Upsample)) - 1
-    return next(i for i in range(last_global, len(tasks)) if isinstance(tasks[i], AddResidual)) + 1
+@dataclass(frozen=True)
+class _AttentionMemory:
+    """Keys and values of the proxy's tokens at one self-attention, per batch row: (B, heads, n, head_dim)."""
+
+    key: torch.Tensor
+    value: torch.Tensor
+    frames: int  # latent frames the n tokens were taken from
+
+    def rows(self, repeats: int) -> "_AttentionMemory":
+        return _AttentionMemory(self.key.repeat(repeats, 1, 1, 1), self.value.repeat(repeats, 1, 1, 1), self.frames)
 
 
-def estimate_stats(tasks: list[Task], h: torch.Tensor, proxy_frames: int, excerpt_core: int = 32) -> list[GroupStats]:
-    """GroupNorm statistics of ``tasks`` run on ``h``, estimated from a proxy of at most about ``proxy_frames`` frames.
+def _heads(attn, tokens: torch.Tensor) -> torch.Tensor:
+    """(B, n, heads * d) -> (B, heads, n, d)."""
+    return tokens.unflatten(-1, (attn.heads, -1)).transpose(1, 2)
 
-    The proxy is a set of excerpts of ``h`` spread evenly along time (time only: frequency rows are never
-    collapsed), stacked along the batch. Each excerpt carries a margin of the tasks' receptive field on both sides
-    and contributes statistics from its middle only, where its values are those of the full run; the excerpts'
-    moments are pooled, and the proxy's per-channel mean and std are re-matched to those of ``h``.
+
+def _normed_tokens(attn, x: torch.Tensor, stats: GroupStats | None, batch_groups: int = 1) -> torch.Tensor:
+    """The attention's GroupNorm (with the given statistics) applied to x (B, C, T, F), as tokens (B, T*F, C)."""
+    if attn.spatial_norm is not None or attn.norm_q is not None or attn.norm_k is not None:
+        raise ValueError("fast tiled decode: the VAE's attention uses spatial_norm/norm_q/norm_k; use mode='exact'")
+    if attn.group_norm is not None:
+        x = apply_group_norm(x, stats, attn.group_norm, batch_groups)
+    return x.flatten(2).transpose(1, 2)
+
+
+def _attention_memory(attn, x: torch.Tensor, stats: GroupStats | None) -> _AttentionMemory:
+    tokens = _normed_tokens(attn, x, stats)
+    return _AttentionMemory(_heads(attn, attn.to_k(tokens)), _heads(attn, attn.to_v(tokens)), x.shape[2])
+
+
+def _attend(attn, x: torch.Tensor, stats: GroupStats | None, memory: _AttentionMemory | None,
+            outside_frames: int = 0, local: bool = True, batch_groups: int = 1) -> torch.Tensor:
+    """What ``attn(x)`` computes (diffusers' AttnProcessor2_0), with keys from x itself and/or from a memory.
+
+    With ``local`` the tokens of x are keys at weight one. The memory's tokens are a sample of the rest of the
+    sequence: ``outside_frames`` frames stand behind its ``memory.frames`` frames, so each of its keys enters the
+    softmax with the multiplicity outside_frames / memory.frames (a log-weight added to its logits). Without local
+    keys the memory is the whole sequence's sample and its weight cancels in the softmax.
     """
-    length = h.shape[2]
-    margin = math.ceil(receptive_halo(tasks))
-    count = max(1, min(proxy_frames // excerpt_core, length // excerpt_core))
-    if count * excerpt_core + 2 * margin >= length:  # the proxy would be as long as the input: use all of it
-        count, excerpt_core, margin = 1, length, 0
-    starts = [min(length - excerpt_core - margin, max(margin, round((k + 0.5) * length / count - excerpt_core / 2)))
+    b, c, t, f = x.shape
+    tokens = _normed_tokens(attn, x, stats, batch_groups)
+    query = _heads(attn, attn.to_q(tokens))
+    keys, values, bias = [], [], []
+    if local:
+        keys.append(_heads(attn, attn.to_k(tokens)))
+        values.append(_heads(attn, attn.to_v(tokens)))
+        bias.append(torch.zeros(keys[0].shape[2], dtype=query.dtype, device=x.device))
+    if memory is not None and (outside_frames > 0 or not local):
+        keys.append(memory.key.to(query.dtype))
+        values.append(memory.value.to(query.dtype))
+        weight = math.log(outside_frames / memory.frames) if local else 0.0
+        bias.append(torch.full((memory.key.shape[2],), weight, dtype=query.dtype, device=x.device))
+    mask = torch.cat(bias)[None, None, None] if local and len(bias) > 1 else None
+    out = F.scaled_dot_product_attention(query, torch.cat(keys, dim=2), torch.cat(values, dim=2), attn_mask=mask)
+    out = attn.to_out[1](attn.to_out[0](out.transpose(1, 2).flatten(2)))
+    out = out.transpose(1, 2).reshape(b, c, t, f)
+    if attn.residual_connection:
+        out = out + x
+    return out / attn.rescale_output_factor
+
+
+@dataclass(frozen=True)
+class _Proxy:
+    """Where the proxy's excerpts sit: ``count`` cores of ``core`` frames, each with ``margin`` frames per side."""
+
+    count: int
+    core: int
+    margin: int
+
+    @property
+    def frames(self) -> int:
+        """Latent frames the proxy runs through the decoder."""
+        return self.count * (self.core + 2 * self.margin)
+
+
+def plan_proxy(length: int, proxy_frames: int, margin: int, excerpt_core: int = 32) -> _Proxy | None:
+    """The excerpts of a fast-mode proxy, or None where the proxy would cost half an exact decode or more."""
+    count = max(1, min(proxy_frames, length) // excerpt_core)
+    proxy = _Proxy(count, excerpt_core, margin)
+    return None if 2 * proxy.frames >= length else proxy
+
+
+@dataclass(frozen=True)
+class FastEstimate:
+    """What fast mode estimates once: statistics per GroupNorm (attention norms included), in task order, and the
+    proxy's keys and values at each self-attention."""
+
+    stats: list[GroupStats]
+    memories: list[_AttentionMemory]
+
+
+def estimate_stats(tasks: list[Task], latents: torch.Tensor, proxy: _Proxy) -> FastEstimate:
+    """Run ``tasks`` on a proxy of ``latents`` and record its GroupNorm statistics and attention keys/values.
+
+    The proxy is ``proxy.count`` excerpts spread evenly along time (time only: the frequency rows are never
+    collapsed), stacked along the batch. Each carries a margin of the tasks' receptive field on both sides and
+    contributes statistics from its core only, where its values are those of a full run; the excerpts' moments are
+    pooled, and the proxy's per-channel mean and std are first re-matched to those of the latents. At a
+    self-attention every excerpt attends to the cores of all excerpts, a sample of the whole sequence.
+    """
+    length, count, core, margin = latents.shape[2], proxy.count, proxy.core, proxy.margin
+    starts = [min(length - core - margin, max(margin, round((k + 0.5) * length / count - core / 2)))
               for k in range(count)]
-    proxy = torch.cat([h[:, :, s - margin : s + excerpt_core + margin] for s in starts])
-    if count > 1:  # re-match each channel's mean and std over the excerpts to the whole input
-        p_std, p_mean = torch.std_mean(proxy.float().reshape(count, *h.shape[:2], -1), dim=(0, 3), keepdim=True)
-        h_std, h_mean = torch.std_mean(h.float().reshape(*h.shape[:2], -1), dim=2, keepdim=True)
-        proxy = ((proxy.float().reshape(count, *h.shape[:2], -1) - p_mean) / p_std.clamp_min(1e-12) * h_std + h_mean)
-        proxy = proxy.reshape(count * h.shape[0], h.shape[1], -1, h.shape[3]).to(h.dtype)
-    recorded: list[GroupStats] = []
+    x = torch.cat([latents[:, :, s - margin : s + core + margin] for s in starts])
+    rows = x.float().reshape(count, *latents.shape[:2], -1)
+    x_std, x_mean = torch.std_mean(rows, dim=(0, 3), keepdim=True)
+    l_std, l_mean = torch.std_mean(latents.float().reshape(*latents.shape[:2], -1), dim=2, keepdim=True)
+    x = ((rows - x_mean) / x_std.clamp_min(1e-12) * l_std + l_mean).reshape(x.shape).to(latents.dtype)
+    estimate = FastEstimate([], [])
     residual = None
     for segment in split_segments(tasks):
         head = segment[0]
+        scale = x.shape[2] // (core + 2 * margin)
+        middle = x[:, :, margin * scale : (margin + core) * scale]
+        if isinstance(head, (Norm, Global)):
+            norm = head.module if isinstance(head, Norm) else head.module.group_norm
+            stats = None if norm is None else group_stats(middle, norm.num_groups, batch_groups=count)
+            if stats is not None:
+                estimate.stats.append(stats)
         if isinstance(head, Global):
-            raise ValueError("fast mode estimates statistics only after the mid block's attention")
-        stats = []
-        if isinstance(head, Norm):
-            scale = proxy.shape[2] // (excerpt_core + 2 * margin)
-            middle = proxy[:, :, margin * scale : (margin + excerpt_core) * scale]
-            stats = [group_stats(middle, head.module.num_groups, batch_groups=count)]
-            recorded += stats
-        proxy, saved, _ = _run_local(segment, proxy, residual, stats, batch_groups=count)
+            joined = middle.unflatten(0, (count, -1)).permute(1, 2, 0, 3, 4).flatten(2, 3)  # (B, C, count*core, F)
+            memory = _attention_memory(head.module, joined, stats)
+            estimate.memories.append(memory)
+            x = _attend(head.module, x, stats, memory.rows(count), local=False, batch_groups=count)
+            segment = segment[1:]
+        x, saved, _ = _run_local(segment, x, residual, estimate.stats[-1:] if isinstance(head, Norm) else [],
+                                 batch_groups=count)
         residual = saved if saved is not None else (None if any(isinstance(t, AddResidual) for t in segment)
                                                     else residual)
-    if not torch.isfinite(proxy).all():
+    if not torch.isfinite(x).all():
         raise NonFiniteTileError("the fast-mode statistics proxy produced NaN or inf")
-    return recorded
+    return estimate
 
 
 def _fast_pieces(tasks, latents, tiles, config, mel_per_frame) -> Iterator[torch.Tensor]:
-    split = _mid_block_end(tasks)
-    whole = Tile(0, latents.shape[2], 0, latents.shape[2])
-    h = run_exact(tasks[:split], latents, [whole], config.replace(show_progress=False), mel_per_frame)
-    up = tasks[split:]
-    try:
-        stats = estimate_stats(up, h, config.proxy_frames)
-    except NonFiniteTileError:
-        logger.warning("fast mode: the statistics proxy gave NaN or inf; decoding in exact mode instead")
-        yield from (core for _, core in run_exact(up, h, tiles, config, mel_per_frame, stream_last=True))
+    length = latents.shape[2]
+    halo = math.ceil(receptive_halo(tasks)) if config.pad_frames is None else config.pad_frames
+    proxy = plan_proxy(length, config.proxy_frames, halo)
+    estimate = None
+    if proxy is None:
+        logger.info("fast mode: at %d latent frames a proxy costs as much as the exact decode; decoding exactly",
+                    length)
+    else:
+        try:
+            estimate = estimate_stats(tasks, latents, proxy)
+        except NonFiniteTileError:
+            logger.warning("fast mode: the statistics proxy gave NaN or inf; decoding in exact mode instead")
+    if estimate is None:
+        yield from (core for _, core in run_exact(tasks, latents, tiles, config, mel_per_frame, stream_last=True))
         return
-    halo = math.ceil(receptive_halo(up))
-    factor = time_scale(up)
+    factor = time_scale(tasks)
     with _progress(len(tiles), config, "VAE decode (fast)") as bar:
         for tile in tiles:
-            lo, hi = max(0, tile.core_start - halo), min(h.shape[2], tile.core_stop + halo)
-            y, _, _ = _checked(lambda inp: _run_local(up, inp, None, stats), h[:, :, lo:hi],
-                               (tile.core_start, tile.core_stop), mel_per_frame)
+            lo, hi = max(0, tile.core_start - halo), min(length, tile.core_stop + halo)
+            y, _, _ = _checked(
+                lambda inp: _run_local(tasks, inp, None, estimate.stats, estimate.memories, length - (hi - lo)),
+                latents[:, :, lo:hi], (tile.core_start, tile.core_stop), mel_per_frame)
             bar.update()
             yield y[:, :, (tile.core_start - lo) * factor : (tile.core_stop - lo) * factor]
 
@@ -329,6 +430,8 @@ def iter_decode(vae, latents: torch.Tensor, config: TilingConfig | None = None) 
             tiles = _decode_tiles(vae, latents, config)
     tasks = decoder_tasks(vae)
     mel_per_frame = _mel_per_latent_frame(vae)
+    if latents.device.type == "cpu":
+        return_large_allocations_to_the_system()
     if config.mode == "fast":
         pieces = _fast_pieces(tasks, latents, tiles, config, mel_per_frame)
     else:

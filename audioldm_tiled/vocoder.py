@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .config import TilingConfig
 from .geometry import plan_tiles
-from .memory import memory_budget
+from .memory import memory_budget, return_large_allocations_to_the_system
 
 # Default chunk core in mel frames when the budget allows it: long enough that the context (about 2 x 24 frames)
 # costs under 5 % extra compute, short enough that a chunk's activations stay in the CPU caches' neighbourhood.
@@ -161,6 +161,8 @@ def stream_vocode(
     else:
         chunks = plan_tiles(total_frames, chunk, halo=context)
     hop = hop_length(vocoder)
+    if len(chunks) > 1 and first.device.type == "cpu":
+        return_large_allocations_to_the_system()
     vocode = _vocode_function(vocoder, first.device, config)
     buffer, buffer_start, buffer_end = [first], 0, first.shape[1]
     with tqdm(total=len(chunks), desc="vocoder", disable=not config.show_progress or len(chunks) == 1,

@@ -1,10 +1,13 @@
 import logging
+import math
 
 import pytest
 import torch
 
 from audioldm_tiled import TilingConfig, iter_decode, tiled_decode
-from audioldm_tiled.tasks import Norm, decoder_tasks, receptive_halo
+from audioldm_tiled.groupnorm import group_stats
+from audioldm_tiled.tasks import Global, Norm, decoder_tasks, receptive_halo
+from audioldm_tiled.vae import _attend, plan_proxy
 from conftest import nonstationary_latents, relative_error
 
 # Exact mode reorders float32 sums (pooled statistics, convolutions on slices); measured error is ~3e-6 of
@@ -54,18 +57,44 @@ def test_unknown_structure_fails_loudly(tiny):
         decoder_tasks(vae)
 
 
-def test_fast_mode_within_documented_bound_on_stationary_latents(tiny):
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fast_mode_within_documented_bound_and_well_above_per_tile_norms(tiny, seed):
     vae = tiny["vae"]
-    z = torch.randn(1, 8, 200, 16, generator=torch.Generator().manual_seed(1))
+    z = nonstationary_latents(1, 600, seed=seed)
+    assert plan_proxy(600, 128, math.ceil(receptive_halo(decoder_tasks(vae)))) is not None  # the proxy path runs
     expected = vae.decode(z).sample
-    fast = tiled_decode(vae, z, TilingConfig(enabled=True, mode="fast", tile_frames=32, proxy_frames=64,
+    fast = tiled_decode(vae, z, TilingConfig(enabled=True, mode="fast", tile_frames=64, proxy_frames=128,
                                              show_progress=False))
-    # Fast mode's error is the sampling error of its estimated statistics, compounded over the up path's GroupNorms:
-    # measured 29.6 dB here (README, "Fast mode"). 25 dB is the documented floor for proxy 64 of 200 frames.
-    assert snr_db(fast, expected) > 25
+    vae.enable_tiling()
+    try:
+        per_tile = vae.decode(z).sample
+    finally:
+        vae.disable_tiling()
+    # Fast mode's error is the sampling error of its estimated statistics (~1 % per GroupNorm) and of the
+    # attention's proxy keys: measured 27.1-29.5 dB on seeds 0-2 here, diffusers' per-tile tiling 3.2-3.3 dB.
+    assert snr_db(fast, expected) > 22
+    assert snr_db(fast, expected) > snr_db(per_tile, expected) + 10
 
 
-def test_fast_mode_is_exact_when_the_proxy_covers_everything(tiny):
+def test_fast_mode_pad_frames_sets_the_halo(tiny):
+    vae = tiny["vae"]
+    z = nonstationary_latents(1, 600)
+    expected = vae.decode(z).sample
+    config = TilingConfig(enabled=True, mode="fast", tile_frames=64, proxy_frames=128, show_progress=False)
+    full = snr_db(tiled_decode(vae, z, config), expected)
+    # A halo of 1 latent frame, far below the decoder's receptive field (13 frames here), leaves seams at every tile.
+    assert snr_db(tiled_decode(vae, z, config.replace(pad_frames=1)), expected) < full - 3
+
+
+def test_attention_with_local_keys_and_exact_statistics_is_the_module(tiny):
+    attention = next(t.module for t in decoder_tasks(tiny["vae"]) if isinstance(t, Global))
+    x = nonstationary_latents(2, 12, channels=attention.to_q.in_features)
+    stats = group_stats(x, attention.group_norm.num_groups)
+    with torch.no_grad():
+        assert relative_error(_attend(attention, x, stats, None), attention(x)) < EXACT_TOLERANCE
+
+
+def test_fast_mode_is_exact_when_a_proxy_would_cost_as_much(tiny):
     vae = tiny["vae"]
     z = nonstationary_latents(1, 40)
     expected = vae.decode(z).sample
