@@ -1,7 +1,8 @@
-"""Benchmarks, run by ``audioldm-tiled bench decode|vocode``: each variant in its own process, so peak RSS is honest.
+"""Benchmarks, run by ``audioldm-tiled bench decode|vocode|stream``: each point in its own process, so peak RSS is honest.
 
 Not part of the test suite. Components are randomly initialised with the audioldm-s shapes (cost depends only on
-shapes). Ratios are taken within one run, against the untiled / one-pass variant of the same length.
+shapes). Ratios are taken within one run, against the first variant of the same length. ``stream`` runs the CLI
+itself (``random:audioldm-s``, streamed to a WAV) end to end.
 """
 
 from __future__ import annotations
@@ -19,57 +20,90 @@ VARIANTS = {
     "decode": ("untiled", "exact", "fast", "diffusers"),
     # one-pass is the unmodified SpeechT5HifiGan forward; channels-last is the speed work alone, without chunks
     "vocode": ("one-pass", "channels-last", "chunked"),
+    # the CLI's streamed path in fast mode with few steps: what memory a long soundscape needs end to end
+    "stream": ("fast",),
 }
+STREAM_STEPS = 2
 
 
-def _measure(stage: str, variant: str, seconds: float, out_path: str) -> None:
-    """Child process: build the component, run one variant, save its output and timing."""
-    import resource
-
+def _run_decode(variant: str, seconds: float):
     import torch
-
     from diffusers import AutoencoderKL
+
+    from .architectures import ARCHITECTURES
+    from .config import TilingConfig
+    from .constants import LATENT_FRAMES_PER_SECOND
+    from .vae import tiled_decode
+
+    vae = AutoencoderKL(**ARCHITECTURES["audioldm-s"].vae).eval()
+    latents = torch.randn(1, 8, int(seconds * LATENT_FRAMES_PER_SECOND), 16)
+    start = time.perf_counter()
+    if variant == "untiled":
+        out = vae.decode(latents).sample
+    elif variant == "diffusers":
+        vae.enable_tiling()
+        out = vae.decode(latents).sample
+    else:
+        out = tiled_decode(vae, latents, TilingConfig(enabled=True, mode=variant, show_progress=False))
+    return out, time.perf_counter() - start
+
+
+def _run_vocode(variant: str, seconds: float):
+    import torch
     from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
 
     from .architectures import ARCHITECTURES
     from .config import TilingConfig
-    from .constants import LATENT_FRAMES_PER_SECOND, MEL_FRAMES_PER_SECOND
+    from .constants import MEL_FRAMES_PER_SECOND
+    from .vocoder import _hifigan_channels_last, chunked_vocode
+
+    vocoder = SpeechT5HifiGan(SpeechT5HifiGanConfig(**ARCHITECTURES["audioldm-s"].vocoder)).eval()
+    mel = torch.randn(1, int(seconds * MEL_FRAMES_PER_SECOND), 64)
+    start = time.perf_counter()
+    if variant == "one-pass":
+        out = vocoder(mel)
+    elif variant == "channels-last":
+        out = _hifigan_channels_last(vocoder, mel)
+    else:
+        out = chunked_vocode(vocoder, mel, TilingConfig(show_progress=False))
+    return out, time.perf_counter() - start
+
+
+def _run_stream(variant: str, seconds: float):
+    import soundfile
+    import torch
+
+    from .cli import main as cli_main
+
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = os.path.join(tmp, "stream.wav")
+        start = time.perf_counter()
+        code = cli_main(["soft rain on leaves", "--model", "random:audioldm-s", "--seconds", str(seconds), "--steps",
+                         str(STREAM_STEPS), "--mode", variant, "--quiet", "-o", wav])
+        elapsed = time.perf_counter() - start
+        if code != 0:
+            raise SystemExit(code)
+        out = torch.from_numpy(soundfile.read(wav, dtype="float32")[0])
+    return out, elapsed
+
+
+RUNNERS = {"decode": _run_decode, "vocode": _run_vocode, "stream": _run_stream}
+
+
+def _measure(stage: str, variant: str, seconds: float, out_path: str) -> None:
+    """Child process: build only the measured component (so peak RSS is that stage's), run one variant, save its
+    output and timing."""
+    import resource
+
+    import torch
 
     torch.manual_seed(0)
-    spec = ARCHITECTURES["audioldm-s"]  # only the measured component, so the peak RSS is that stage's
     with torch.inference_mode():
-        if stage == "decode":
-            vae = AutoencoderKL(**spec.vae).eval()
-            latents = torch.randn(1, 8, int(seconds * LATENT_FRAMES_PER_SECOND), 16)
-            start = time.perf_counter()
-            if variant == "untiled":
-                out = vae.decode(latents).sample
-            elif variant == "diffusers":
-                vae.enable_tiling()
-                out = vae.decode(latents).sample
-            else:
-                from .vae import tiled_decode
-
-                out = tiled_decode(vae, latents, TilingConfig(enabled=True, mode=variant, show_progress=False))
-        else:
-            vocoder = SpeechT5HifiGan(SpeechT5HifiGanConfig(**spec.vocoder)).eval()
-            mel = torch.randn(1, int(seconds * MEL_FRAMES_PER_SECOND), 64)
-            start = time.perf_counter()
-            if variant == "one-pass":
-                out = vocoder(mel)
-            elif variant == "channels-last":
-                from .vocoder import _hifigan_channels_last
-
-                out = _hifigan_channels_last(vocoder, mel)
-            else:
-                from .vocoder import chunked_vocode
-
-                out = chunked_vocode(vocoder, mel, TilingConfig(show_progress=False))
-        elapsed = time.perf_counter() - start
+        out, elapsed = RUNNERS[stage](variant, seconds)
     torch.save(out, out_path)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     with open(out_path + ".json", "w") as f:
-        json.dump({"time_s": elapsed, "peak_rss_bytes": peak}, f)
+        json.dump({"time_s": elapsed, "peak_rss_bytes": peak, "samples": out.shape[-1]}, f)
 
 
 def run_suite(stage: str, lengths: list[float], variants: list[str]) -> list[dict]:
