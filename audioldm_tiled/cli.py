@@ -28,13 +28,27 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _timeline_segment(text: str) -> tuple[float, str]:
+    start, sep, prompt = text.partition(":")
+    try:
+        return float(start), prompt.strip()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--at takes START:TEXT with START in seconds, e.g. 120:thunderstorm; "
+                                         f"got {text!r}") from None
+
+
 def generate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="audioldm-tiled",
         description="Generate long audio from a text prompt with AudioLDM; writes a WAV file. "
         "Benchmarks: audioldm-tiled bench --help.",
     )
-    parser.add_argument("prompt", help="text describing the sound")
+    parser.add_argument("prompt", nargs="?", help="text describing the sound (or a timeline: --at, --timeline)")
+    parser.add_argument("--at", action="append", type=_timeline_segment, metavar="START:TEXT",
+                        help="timeline segment: TEXT from START seconds on, e.g. --at 0:'light rain' "
+                        "--at 120:thunderstorm (repeatable)")
+    parser.add_argument("--timeline", metavar="FILE.json",
+                        help="timeline file: a JSON list of [start_s, text] or [start_s, end_s, text]")
     parser.add_argument("--seconds", type=_seconds, default=10.0, help="length of the audio in seconds (default 10)")
     parser.add_argument("-o", "--output", required=True, help="output .wav file")
     parser.add_argument("--model", default=DEFAULT_MODEL,
@@ -101,11 +115,36 @@ def load_pipeline(model: str, dtype, device):
     return pipe.to(device)
 
 
+def _prompt_or_timeline(args: argparse.Namespace):
+    """The prompt string, or the validated timeline, from exactly one of PROMPT, --at and --timeline."""
+    from .timeline import parse_timeline
+
+    given = [name for name, value in (("PROMPT", args.prompt), ("--at", args.at), ("--timeline", args.timeline))
+             if value]
+    if len(given) != 1:
+        raise CliError(f"give exactly one of PROMPT, --at or --timeline (got {', '.join(given) or 'none'})")
+    if args.prompt:
+        return args.prompt
+    timeline = args.at
+    if args.timeline:
+        import json
+
+        try:
+            with open(args.timeline) as f:
+                timeline = json.load(f)
+        except (OSError, ValueError) as error:
+            raise CliError(f"--timeline {args.timeline}: cannot read a JSON timeline ({error})") from None
+    timeline = [tuple(item) if isinstance(item, list) else item for item in timeline]
+    parse_timeline(timeline, args.seconds)  # a bad timeline fails here, before any model is loaded
+    return timeline
+
+
 def generate(args: argparse.Namespace) -> Path:
     from .audio import check_output_path, open_wav
     from .config import TilingConfig
 
     output = check_output_path(args.output, overwrite=not args.no_overwrite)  # before any model is loaded
+    prompt = _prompt_or_timeline(args)
     if args.steps < 1:
         raise CliError(f"--steps must be a positive integer, got {args.steps}")
     if not math.isfinite(args.guidance):
@@ -117,7 +156,7 @@ def generate(args: argparse.Namespace) -> Path:
     pipe = load_pipeline(args.model, dtype, device)
     pipe.set_progress_bar_config(disable=args.quiet)
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
-    pieces = pipe.stream(args.prompt, audio_length_in_s=args.seconds, num_inference_steps=args.steps,
+    pieces = pipe.stream(prompt, audio_length_in_s=args.seconds, num_inference_steps=args.steps,
                          guidance_scale=args.guidance, negative_prompt=args.negative_prompt, generator=generator,
                          tiling=TilingConfig(mode=args.mode))
     with open_wav(output, pipe.vocoder.config.sampling_rate, args.subtype) as writer:

@@ -18,6 +18,7 @@ from .config import TilingConfig
 from .denoise import denoise, plan_windows
 from .memory import choose_window_batch_size
 from .vae import iter_decode, tiled_decode
+from .timeline import is_timeline, mix_embeddings, parse_timeline, window_mix
 from .vocoder import chunked_vocode, stream_vocode
 
 logger = logging.get_logger(__name__)
@@ -153,6 +154,10 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
         r"""Generate audio; the arguments up to ``output_type`` are the parent's, with the same defaults.
 
         Args:
+            prompt (`str`, `list[str]` or a timeline): as in the parent, or a list of ``(start_s, text)`` /
+                ``(start_s, end_s, text)`` segments for one soundscape whose text changes along time; each denoising
+                window is conditioned on the segments it covers (see ``audioldm_tiled.timeline``). The negative
+                prompt stays global.
             tiling (`TilingConfig`, *optional*): overrides ``pipe.tiling`` for this call (windows, VAE tiles,
                 vocoder chunks).
             callback_on_step_end (`Callable`, *optional*): ``callback_on_step_end(pipe, step, timestep, kwargs)``
@@ -230,9 +235,20 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
         self._check_call_inputs(num_inference_steps, guidance_scale, output_type, callback_on_step_end_tensor_inputs)
         audio_length_in_s, height, original_waveform_length = self._audio_geometry(audio_length_in_s)
         vocoder_upsample_factor = np.prod(self.vocoder.config.upsample_rates) / self.vocoder.config.sampling_rate
-        self.check_inputs(prompt, audio_length_in_s, vocoder_upsample_factor, callback_steps, negative_prompt,
-                          prompt_embeds, negative_prompt_embeds)
-        if prompt is not None and isinstance(prompt, str):
+        timeline = None
+        if is_timeline(prompt):
+            if prompt_embeds is not None:
+                raise ValueError("a prompt timeline cannot be combined with `prompt_embeds`")
+            if negative_prompt is not None and not isinstance(negative_prompt, str):
+                raise ValueError("with a prompt timeline, `negative_prompt` must be one string (it is global)")
+            timeline = parse_timeline(prompt, audio_length_in_s)
+            prompt = [segment.text for segment in timeline]
+        self.check_inputs(prompt if timeline is None else prompt[0], audio_length_in_s, vocoder_upsample_factor,
+                          callback_steps, negative_prompt, prompt_embeds, negative_prompt_embeds)
+        if timeline is not None:
+            batch_size = 1  # one soundscape; its segments are encoded as a batch below, with the global negative
+            negative_prompt = None if negative_prompt is None else [negative_prompt] * len(timeline)
+        elif prompt is not None and isinstance(prompt, str):
             batch_size = 1
         elif prompt is not None and isinstance(prompt, list):
             batch_size = len(prompt)
@@ -249,9 +265,17 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
                                        prompt_embeds.dtype, device, generator, latents)
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
 
-        # (1, 2 or 1, B, D): one window's negative and positive embeddings; the same for every window.
-        window_embeds = prompt_embeds.view(1, 2 if do_classifier_free_guidance else 1, -1, prompt_embeds.shape[-1])
+        # (windows or 1, 2 or 1, B, D): each window's negative and positive class embeddings.
+        guidance_rows = 2 if do_classifier_free_guidance else 1
         plan = plan_windows(latents.shape[2], config)
+        if timeline is None:
+            window_embeds = prompt_embeds.view(1, guidance_rows, -1, prompt_embeds.shape[-1])
+        else:
+            per_segment = prompt_embeds.view(guidance_rows, len(timeline), -1, prompt_embeds.shape[-1]).transpose(0, 1)
+            frames_per_second = self.vocoder.config.sampling_rate / (
+                np.prod(self.vocoder.config.upsample_rates) * self.vae_scale_factor)
+            mix = window_mix(timeline, plan.windows, latents.shape[2], frames_per_second)
+            window_embeds = mix_embeddings(per_segment, mix)
         window_batch = config.window_batch_size or choose_window_batch_size(
             self.unet, latents, len(plan.windows), do_classifier_free_guidance, config.memory_budget)
 

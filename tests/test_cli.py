@@ -70,3 +70,31 @@ def test_save_wav_clips_before_integer_conversion(tmp_path):
     out = save_wav(tmp_path / "c.wav", np.array([2.0, -3.0, 0.5], dtype=np.float32))
     data, rate = sf.read(out, dtype="int16")
     assert rate == 16000 and data.tolist() == [32767, -32768, 16384]
+
+
+def test_cli_timeline_from_at_and_from_a_json_file(tmp_path):
+    common = ["--seconds", "3", "--model", "random:tiny", "--steps", "1", "--quiet"]
+    out = tmp_path / "at.wav"
+    assert main(["--at", "0:light rain", "--at", "1.5:thunderstorm", "-o", str(out), *common]) == 0
+    timeline = tmp_path / "timeline.json"
+    timeline.write_text('[[0, "light rain"], [1.5, 3, "thunderstorm"]]')
+    assert main(["--timeline", str(timeline), "-o", str(tmp_path / "file.wav"), *common]) == 0
+    assert sf.info(out).frames == sf.info(tmp_path / "file.wav").frames == 48000
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--at", "2:storm", "--at", "1:rain"], "sorted"),
+        (["--at", "0:rain", "--at", "9:storm"], "beyond"),
+        (["--at", "soon:rain"], "--at"),
+        (["--at", "0:"], "empty text"),
+        (["x", "--at", "0:rain"], "exactly one of"),
+        ([], "exactly one of"),
+        (["--timeline", "missing.json"], "--timeline"),
+    ],
+)
+def test_cli_bad_timeline_fails_before_loading_the_model(tmp_path, capsys, args, message):
+    code = main([*args, "--seconds", "3", "-o", str(tmp_path / "o.wav"), "--model", "no/such-model"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "could not be loaded" not in err and "Traceback" not in err
