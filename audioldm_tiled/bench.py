@@ -1,8 +1,10 @@
-"""Benchmarks, run by ``audioldm-tiled bench decode|vocode|stream``: each point in its own process, so peak RSS is honest.
+"""Benchmarks, run by ``audioldm-tiled bench decode|vocode|stream|generate``: each point in its own process, so peak
+RSS is honest.
 
 Not part of the test suite. Components are randomly initialised with the audioldm-s shapes (cost depends only on
 shapes). Ratios are taken within one run, against the first variant of the same length. ``stream`` runs the CLI
-itself (``random:audioldm-s``, streamed to a WAV) end to end.
+itself (``random:audioldm-s``, streamed to a WAV) end to end; ``generate`` calls the pipeline, windowed or in one
+pass.
 """
 
 from __future__ import annotations
@@ -20,13 +22,15 @@ VARIANTS = {
     "decode": ("untiled", "exact", "fast", "diffusers"),
     # one-pass is the unmodified SpeechT5HifiGan forward; channels-last is the speed work alone, without chunks
     "vocode": ("one-pass", "channels-last", "chunked"),
-    # the CLI's streamed path in fast mode with few steps: what memory a long soundscape needs end to end
-    "stream": ("fast",),
+    # the CLI's streamed path (VAE mode exact or fast): what memory a long soundscape needs end to end
+    "stream": ("fast", "exact"),
+    "generate": ("windowed", "single-pass"),
 }
-STREAM_STEPS = 2
+DEFAULT_STEPS = {"stream": 2, "generate": 10}
+DEFAULT_VARIANTS = {"stream": ("fast",)}  # the others run every variant by default
 
 
-def _run_decode(variant: str, seconds: float):
+def _run_decode(variant: str, seconds: float, steps: int):
     import torch
     from diffusers import AutoencoderKL
 
@@ -48,7 +52,7 @@ def _run_decode(variant: str, seconds: float):
     return out, time.perf_counter() - start
 
 
-def _run_vocode(variant: str, seconds: float):
+def _run_vocode(variant: str, seconds: float, steps: int):
     import torch
     from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
 
@@ -69,7 +73,22 @@ def _run_vocode(variant: str, seconds: float):
     return out, time.perf_counter() - start
 
 
-def _run_stream(variant: str, seconds: float):
+def _run_generate(variant: str, seconds: float, steps: int):
+    import torch
+
+    from .architectures import random_pipeline
+    from .config import TilingConfig
+
+    pipe = random_pipeline("audioldm-s", seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    start = time.perf_counter()
+    out = pipe("soft rain on leaves", audio_length_in_s=seconds, num_inference_steps=steps,
+               generator=torch.Generator().manual_seed(0), output_type="pt",
+               tiling=TilingConfig(windowed=variant == "windowed", show_progress=False)).audios
+    return out, time.perf_counter() - start
+
+
+def _run_stream(variant: str, seconds: float, steps: int):
     import soundfile
     import torch
 
@@ -79,7 +98,7 @@ def _run_stream(variant: str, seconds: float):
         wav = os.path.join(tmp, "stream.wav")
         start = time.perf_counter()
         code = cli_main(["soft rain on leaves", "--model", "random:audioldm-s", "--seconds", str(seconds), "--steps",
-                         str(STREAM_STEPS), "--mode", variant, "--quiet", "-o", wav])
+                         str(steps), "--mode", variant, "--quiet", "-o", wav])
         elapsed = time.perf_counter() - start
         if code != 0:
             raise SystemExit(code)
@@ -87,10 +106,10 @@ def _run_stream(variant: str, seconds: float):
     return out, elapsed
 
 
-RUNNERS = {"decode": _run_decode, "vocode": _run_vocode, "stream": _run_stream}
+RUNNERS = {"decode": _run_decode, "vocode": _run_vocode, "stream": _run_stream, "generate": _run_generate}
 
 
-def _measure(stage: str, variant: str, seconds: float, out_path: str) -> None:
+def _measure(stage: str, variant: str, seconds: float, steps: int, out_path: str) -> None:
     """Child process: build only the measured component (so peak RSS is that stage's), run one variant, save its
     output and timing."""
     import resource
@@ -99,14 +118,14 @@ def _measure(stage: str, variant: str, seconds: float, out_path: str) -> None:
 
     torch.manual_seed(0)
     with torch.inference_mode():
-        out, elapsed = RUNNERS[stage](variant, seconds)
+        out, elapsed = RUNNERS[stage](variant, seconds, steps)
     torch.save(out, out_path)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     with open(out_path + ".json", "w") as f:
-        json.dump({"time_s": elapsed, "peak_rss_bytes": peak, "samples": out.shape[-1]}, f)
+        json.dump({"time_s": elapsed, "peak_rss_bytes": peak, "output_shape": list(out.shape)}, f)
 
 
-def run_suite(stage: str, lengths: list[float], variants: list[str]) -> list[dict]:
+def run_suite(stage: str, lengths: list[float], variants: list[str], steps: int = 0) -> list[dict]:
     import torch
 
     rows = []
@@ -116,14 +135,17 @@ def run_suite(stage: str, lengths: list[float], variants: list[str]) -> list[dic
             for variant in variants:
                 path = os.path.join(tmp, f"{stage}-{variant}-{seconds}.pt")
                 code = subprocess.call([sys.executable, "-m", "audioldm_tiled.bench", "--child", stage, variant,
-                                        str(seconds), path])
+                                        str(seconds), str(steps), path])
                 row = {"stage": stage, "variant": variant, "seconds": seconds}
+                if steps:
+                    row["steps"] = steps
                 if code != 0:
                     row["error"] = f"exit status {code} (out of memory?)"
                     rows.append(row)
                     continue
                 with open(path + ".json") as f:
                     row.update(json.load(f))
+                row["time_per_audio_second"] = row["time_s"] / seconds
                 out = torch.load(path).double()
                 if reference is None:
                     reference = out
@@ -142,16 +164,17 @@ def run_suite(stage: str, lengths: list[float], variants: list[str]) -> list[dic
 
 
 def to_markdown(rows: list[dict]) -> str:
-    lines = ["| stage | variant | audio (s) | time (s) | peak RSS (GB) | time / base | memory / base | SNR (dB) | max abs err |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| stage | variant | audio (s) | time (s) | s per audio s | peak RSS (GB) | time / base | memory / base "
+             "| SNR vs base (dB) | max abs err |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['stage']} | {r['variant']} | {r['seconds']:g} | {r['error']} | | | | | |")
+            lines.append(f"| {r['stage']} | {r['variant']} | {r['seconds']:g} | {r['error']} | | | | | | |")
             continue
         lines.append(
-            f"| {r['stage']} | {r['variant']} | {r['seconds']:g} | {r['time_s']:.1f} | {r['peak_rss_bytes'] / 1e9:.2f} "
-            f"| {r.get('time_ratio', 1):.2f} | {r.get('memory_ratio', 1):.2f} | {r['snr_db']:.1f} "
-            f"| {r['max_abs_err']:.2e} |"
+            f"| {r['stage']} | {r['variant']} | {r['seconds']:g} | {r['time_s']:.1f} | {r['time_s'] / r['seconds']:.2f} "
+            f"| {r['peak_rss_bytes'] / 1e9:.2f} | {r.get('time_ratio', 1):.2f} | {r.get('memory_ratio', 1):.2f} "
+            f"| {r['snr_db']:.1f} | {r['max_abs_err']:.2e} |"
         )
     return "\n".join(lines)
 
@@ -159,16 +182,22 @@ def to_markdown(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--child":
-        _measure(argv[1], argv[2], float(argv[3]), argv[4])
+        _measure(argv[1], argv[2], float(argv[3]), int(argv[4]), argv[5])
         return 0
     parser = argparse.ArgumentParser(prog="audioldm-tiled bench", description=__doc__)
     parser.add_argument("stage", choices=sorted(VARIANTS))
     parser.add_argument("--seconds", type=float, nargs="+", default=[10, 40, 120])
     parser.add_argument("--variants", nargs="+", default=None, help="first one is the reference")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="denoising steps for stream/generate (default: stream 2, generate 10)")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
-    variants = args.variants or list(VARIANTS[args.stage])
-    rows = run_suite(args.stage, args.seconds, variants)
+    variants = args.variants or list(DEFAULT_VARIANTS.get(args.stage, VARIANTS[args.stage]))
+    unknown = [v for v in variants if v not in VARIANTS[args.stage]]
+    if unknown:
+        parser.error(f"--variants for {args.stage} must be among {', '.join(VARIANTS[args.stage])}; got {unknown}")
+    steps = args.steps if args.steps is not None else DEFAULT_STEPS.get(args.stage, 0)
+    rows = run_suite(args.stage, args.seconds, variants, steps)
     print(to_markdown(rows))
     if args.json:
         with open(args.json, "w") as f:

@@ -19,16 +19,17 @@ from .tasks import Conv, SaveResidual, Upsample, decoder_tasks, receptive_halo
 
 logger = logging.getLogger(__name__)
 
-# Peak bytes of an untiled AudioLDM VAE decode (fp32, CPU), divided by the bytes of its widest activation.
-# NOT YET MEASURED: 3.0 is a placeholder from DESIGN.md's 23 MB per second of audio (about 3.6x the widest
-# activation). It must be replaced by the slope of peak RSS between two lengths from `audioldm-tiled bench decode`.
-UNTILED_DECODE_PEAK_FACTOR = 3.0
+# Peak bytes of an untiled AudioLDM VAE decode (fp32, CPU) per latent frame, divided by the bytes per frame of its
+# widest activation. Measured: `audioldm-tiled bench decode --seconds 10 40 120` (audioldm-s VAE, one process per
+# point) gave peak RSS 1.775 GB at 40 s and 3.657 GB at 120 s: 0.94 MB more per latent frame, against 0.262 MB per
+# frame for the widest activation (256 channels x 4 mel frames x 64 mel bins, float32): a factor of 3.59.
+UNTILED_DECODE_PEAK_FACTOR = 3.6
 # Exact tiled decode keeps about two activations of the whole sequence (the stream and a resnet's residual).
 EXACT_STORED_ACTIVATIONS = 2.0
 # Only this share of the free memory is planned for: the allocator fragments, and other stages hold memory too.
 BUDGET_SHARE = 0.8
 MIN_TILE_FRAMES = 16
-MAX_TILE_FRAMES = 256  # one training-length clip; larger tiles save nothing measurable, see README
+MAX_TILE_FRAMES = 256  # one training-length clip (10.24 s); halo overhead at this size is under 2 %
 
 
 # glibc's malloc serves a freed block of up to 32 MB back from its heap instead of returning it to the system once it

@@ -195,7 +195,9 @@ def _exact_segments(tasks, x, tiles, config, mel_per_frame):
                     ext, (tiles[i].core_start, tiles[i].core_stop), mel_per_frame)
                 core = y[:, :, (s - lo) * factor : (e - lo) * factor]
                 if saves_residual:
-                    new_residual[i] = saved[:, :, (s - lo) * saved_scale : (e - lo) * saved_scale].contiguous()
+                    # A view, not a copy: where the residual is the segment's output itself (no shortcut), core and
+                    # residual then share one buffer instead of storing the whole sequence twice.
+                    new_residual[i] = saved[:, :, (s - lo) * saved_scale : (e - lo) * saved_scale]
                 del ext, res, y, saved
                 for j in used:
                     readers[j] -= 1
@@ -207,7 +209,7 @@ def _exact_segments(tasks, x, tiles, config, mel_per_frame):
                 if last:
                     yield i, core
                 else:
-                    new_cores[i] = core.contiguous()
+                    new_cores[i] = core  # a view of the tile's output; its few halo frames are not worth a copy
             residual = new_residual if saves_residual else (None if uses_residual else stream.residual)
             stream = _Stream(new_cores, [(s * factor, e * factor) for s, e in stream.bounds], residual)
 
