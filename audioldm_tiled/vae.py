@@ -419,6 +419,8 @@ def iter_decode(vae, latents: torch.Tensor, config: TilingConfig | None = None) 
     """
     config = config or TilingConfig()
     _check_latents(vae, latents)
+    if latents.device.type == "cpu":
+        return_large_allocations_to_the_system()
     tiles = plan_decode(vae, latents, config)
     if tiles is None:
         try:
@@ -432,8 +434,6 @@ def iter_decode(vae, latents: torch.Tensor, config: TilingConfig | None = None) 
             tiles = _decode_tiles(vae, latents, config)
     tasks = decoder_tasks(vae)
     mel_per_frame = _mel_per_latent_frame(vae)
-    if latents.device.type == "cpu":
-        return_large_allocations_to_the_system()
     if config.mode == "fast":
         pieces = _fast_pieces(tasks, latents, tiles, config, mel_per_frame)
     else:

@@ -161,7 +161,7 @@ def stream_vocode(
     else:
         chunks = plan_tiles(total_frames, chunk, halo=context)
     hop = hop_length(vocoder)
-    if len(chunks) > 1 and first.device.type == "cpu":
+    if first.device.type == "cpu":  # one chunk too: the vocoder's own buffers fragment glibc's heap otherwise
         return_large_allocations_to_the_system()
     vocode = _vocode_function(vocoder, first.device, config)
     buffer, buffer_start, buffer_end = [first], 0, first.shape[1]
