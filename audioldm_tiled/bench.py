@@ -155,6 +155,7 @@ def run_suite(stage: str, lengths: list[float], variants: list[str], steps: int 
                     err = out - reference
                     row["snr_db"] = float(10 * torch.log10(reference.pow(2).mean() / err.pow(2).mean()))
                     row["max_abs_err"] = float(err.abs().max())
+                    row["max_rel_err"] = float(err.abs().max() / reference.abs().max())
                     base = next(r for r in rows if r["seconds"] == seconds and r["variant"] == variants[0])
                     row["time_ratio"] = row["time_s"] / base["time_s"]
                     row["memory_ratio"] = row["peak_rss_bytes"] / base["peak_rss_bytes"]
@@ -165,16 +166,16 @@ def run_suite(stage: str, lengths: list[float], variants: list[str], steps: int 
 
 def to_markdown(rows: list[dict]) -> str:
     lines = ["| stage | variant | audio (s) | time (s) | s per audio s | peak RSS (GB) | time / base | memory / base "
-             "| SNR vs base (dB) | max abs err |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| SNR vs base (dB) | max abs err | max err / max abs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['stage']} | {r['variant']} | {r['seconds']:g} | {r['error']} | | | | | | |")
+            lines.append(f"| {r['stage']} | {r['variant']} | {r['seconds']:g} | {r['error']} | | | | | | | |")
             continue
         lines.append(
             f"| {r['stage']} | {r['variant']} | {r['seconds']:g} | {r['time_s']:.1f} | {r['time_s'] / r['seconds']:.2f} "
             f"| {r['peak_rss_bytes'] / 1e9:.2f} | {r.get('time_ratio', 1):.2f} | {r.get('memory_ratio', 1):.2f} "
-            f"| {r['snr_db']:.1f} | {r['max_abs_err']:.2e} |"
+            f"| {r['snr_db']:.1f} | {r['max_abs_err']:.2e} | {r.get('max_rel_err', 0.0):.1e} |"
         )
     return "\n".join(lines)
 
