@@ -164,6 +164,12 @@ def run_suite(stage: str, lengths: list[float], variants: list[str], steps: int 
     return rows
 
 
+def _relative(row: dict) -> str:
+    if "max_rel_err" in row:
+        return f"{row['max_rel_err']:.1e}"
+    return "0" if row["max_abs_err"] == 0 else ""  # rows saved before the field existed
+
+
 def to_markdown(rows: list[dict]) -> str:
     lines = ["| stage | variant | audio (s) | time (s) | s per audio s | peak RSS (GB) | time / base | memory / base "
              "| SNR vs base (dB) | max abs err | max err / max abs |",
@@ -175,7 +181,7 @@ def to_markdown(rows: list[dict]) -> str:
         lines.append(
             f"| {r['stage']} | {r['variant']} | {r['seconds']:g} | {r['time_s']:.1f} | {r['time_s'] / r['seconds']:.2f} "
             f"| {r['peak_rss_bytes'] / 1e9:.2f} | {r.get('time_ratio', 1):.2f} | {r.get('memory_ratio', 1):.2f} "
-            f"| {r['snr_db']:.1f} | {r['max_abs_err']:.2e} | {r.get('max_rel_err', 0.0):.1e} |"
+            f"| {r['snr_db']:.1f} | {r['max_abs_err']:.2e} | {_relative(r)} |"
         )
     return "\n".join(lines)
 
