@@ -40,10 +40,11 @@ def group_stats(x: torch.Tensor, num_groups: int, batch_groups: int = 1) -> Grou
     if c % num_groups:
         raise ValueError(f"{c} channels cannot be split into {num_groups} groups")
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-    flat = x.reshape(batch_groups, b // batch_groups, num_groups, -1).permute(1, 2, 0, 3)
-    flat = flat.reshape(b // batch_groups, num_groups, -1).to(compute)
-    var, mean = torch.var_mean(flat, dim=-1, correction=0)
-    count = torch.full_like(mean, flat.shape[-1], dtype=torch.float64)
+    # Views only, so a tile's core sliced out of a larger output is reduced in place rather than copied first.
+    grouped = x.unflatten(1, (num_groups, c // num_groups)).unflatten(0, (batch_groups, b // batch_groups))
+    dims = (0,) + tuple(range(3, grouped.dim()))  # all but (batch row, group)
+    var, mean = torch.var_mean(grouped.to(compute), dim=dims, correction=0)
+    count = torch.full_like(mean, x.numel() // (b // batch_groups * num_groups), dtype=torch.float64)
     return GroupStats(count, mean.double(), var.double() * count)
 
 
