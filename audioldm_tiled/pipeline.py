@@ -189,13 +189,18 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
 
         After denoising, the VAE decode and the vocoder run tile by tile and each piece is handed out as soon as it
         is ready (fast mode: per tile; exact mode: once the last GroupNorm barrier is passed), so a one-hour render
-        never holds its whole mel or waveform. The pieces concatenate to ``__call__(...).audios`` for the same
+        never holds its whole mel or waveform. ``enabled="auto"`` means tiled here; only ``enabled=False`` decodes
+        in one pass. The pieces concatenate to ``__call__(...).audios`` for the same
         arguments, trimmed to ``audio_length_in_s``.
         """
         if kwargs.get("output_type", "np") != "np" or "return_dict" in kwargs:
             raise ValueError("stream() yields numpy pieces; it takes no `output_type` or `return_dict`")
         kwargs["output_type"] = "np"
         config, latents, keep = self._denoise_latents(prompt=prompt, **kwargs)
+        if config.enabled == "auto":
+            # Streaming is for renders whose memory must not grow with their length: tile even where an untiled
+            # decode would fit today's free memory (at 600 s it would take ~14 GB and a quadratic attention).
+            config = config.replace(enabled=True)
         latents = 1 / self.vae.config.scaling_factor * latents
         mel_pieces = (piece.squeeze(1) for piece in iter_decode(self.vae, latents, config))
         total_frames = latents.shape[2] * self.vae_scale_factor

@@ -57,6 +57,24 @@ def test_stream_concatenates_to_the_call(tiny_pipe):
         assert np.array_equal(np.concatenate(pieces, axis=1), whole)
 
 
+def test_stream_tiles_even_where_an_untiled_decode_would_fit(tiny_pipe, monkeypatch):
+    # "auto" with a huge budget decodes untiled in __call__, but stream() exists for bounded memory: it tiles.
+    import audioldm_tiled.pipeline as pipeline_module
+
+    decoded, original = [], pipeline_module.iter_decode
+
+    def counting_iter_decode(*args, **kwargs):
+        for piece in original(*args, **kwargs):
+            decoded.append(piece.shape[2])
+            yield piece
+
+    monkeypatch.setattr(pipeline_module, "iter_decode", counting_iter_decode)
+    config = TilingConfig(tile_frames=32, memory_budget=10**15)
+    list(tiny_pipe.stream("rain", audio_length_in_s=14.0, num_inference_steps=2,
+                          generator=torch.Generator().manual_seed(0), tiling=config))
+    assert len(decoded) > 1 and sum(decoded) == 1400  # 350 latent frames in tiles of 32, 4 mel frames each
+
+
 def test_callback_on_step_end_sees_and_replaces_latents(tiny_pipe):
     seen = []
 
