@@ -29,7 +29,7 @@ def _seconds(text: str) -> float:
 
 
 def _timeline_segment(text: str) -> tuple[float, str]:
-    start, sep, prompt = text.partition(":")
+    start, _, prompt = text.partition(":")
     try:
         return float(start), prompt.strip()
     except ValueError:
@@ -134,6 +134,9 @@ def _prompt_or_timeline(args: argparse.Namespace):
                 timeline = json.load(f)
         except (OSError, ValueError) as error:
             raise CliError(f"--timeline {args.timeline}: cannot read a JSON timeline ({error})") from None
+        if not isinstance(timeline, list):
+            raise CliError(f"--timeline {args.timeline}: expected a JSON list of [start_s, text] or "
+                           f"[start_s, end_s, text], got {type(timeline).__name__}")
     timeline = [tuple(item) if isinstance(item, list) else item for item in timeline]
     parse_timeline(timeline, args.seconds)  # a bad timeline fails here, before any model is loaded
     return timeline

@@ -29,7 +29,7 @@ EXACT_STORED_ACTIVATIONS = 2.0
 # Only this share of the free memory is planned for: the allocator fragments, and other stages hold memory too.
 BUDGET_SHARE = 0.8
 MIN_TILE_FRAMES = 16
-MAX_TILE_FRAMES = 256  # one training-length clip (10.24 s); halo overhead at this size is under 2 %
+MAX_TILE_FRAMES = 256  # one training-length clip (10.24 s)
 
 
 # glibc's malloc serves a freed block of up to 32 MB back from its heap instead of returning it to the system once it

@@ -277,8 +277,7 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
             window_embeds = prompt_embeds.view(1, guidance_rows, -1, prompt_embeds.shape[-1])
         else:
             per_segment = prompt_embeds.view(guidance_rows, len(timeline), -1, prompt_embeds.shape[-1]).transpose(0, 1)
-            frames_per_second = self.vocoder.config.sampling_rate / (
-                np.prod(self.vocoder.config.upsample_rates) * self.vae_scale_factor)
+            frames_per_second = 1 / (vocoder_upsample_factor * self.vae_scale_factor)  # latent frames per second
             mix = window_mix(timeline, plan.windows, latents.shape[2], frames_per_second)
             window_embeds = mix_embeddings(per_segment, mix)
         window_batch = config.window_batch_size or choose_window_batch_size(

@@ -75,7 +75,7 @@ def _conv(x: torch.Tensor, module: torch.nn.Conv2d) -> torch.Tensor:
 
 
 def _run_local(tasks: list[Task], x: torch.Tensor, residual: torch.Tensor | None, stats: list[GroupStats],
-               memories: list | None = None, outside_frames: int = 0,
+               memories: list[_AttentionMemory] | None = None, outside_frames: int = 0,
                batch_groups: int = 1) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """Run tasks on one extent with given statistics: one entry per GroupNorm (attention norms included), in order.
 
@@ -191,7 +191,7 @@ def _exact_segments(tasks, x, tiles, config, mel_per_frame):
                 ext = stream.gather(lo, hi)
                 res = stream.gather(lo, hi, residual=True) if uses_residual else None
                 y, saved, saved_scale = _checked(
-                    lambda inp: _run_local(segment, inp, None if res is None else res.to(inp.dtype), stats),
+                    lambda inp, res=res: _run_local(segment, inp, None if res is None else res.to(inp.dtype), stats),
                     ext, (tiles[i].core_start, tiles[i].core_stop), mel_per_frame)
                 core = y[:, :, (s - lo) * factor : (e - lo) * factor]
                 if saves_residual:
@@ -340,8 +340,7 @@ def estimate_stats(tasks: list[Task], latents: torch.Tensor, proxy: _Proxy) -> F
             estimate.memories.append(memory)
             x = _attend(head.module, x, stats, memory.rows(count), local=False, batch_groups=count)
             segment = segment[1:]
-        x, saved, _ = _run_local(segment, x, residual, estimate.stats[-1:] if isinstance(head, Norm) else [],
-                                 batch_groups=count)
+        x, saved, _ = _run_local(segment, x, residual, [stats] if isinstance(head, Norm) else [], batch_groups=count)
         residual = saved if saved is not None else (None if any(isinstance(t, AddResidual) for t in segment)
                                                     else residual)
     if not torch.isfinite(x).all():

@@ -92,9 +92,12 @@ def test_cli_timeline_from_at_and_from_a_json_file(tmp_path):
         (["x", "--at", "0:rain"], "exactly one of"),
         ([], "exactly one of"),
         (["--timeline", "missing.json"], "--timeline"),
+        (["--timeline", "number.json"], "expected a JSON list"),
     ],
 )
 def test_cli_bad_timeline_fails_before_loading_the_model(tmp_path, capsys, args, message):
+    (tmp_path / "number.json").write_text("3")
+    args = [str(tmp_path / a) if a.endswith(".json") else a for a in args]
     code = main([*args, "--seconds", "3", "-o", str(tmp_path / "o.wav"), "--model", "no/such-model"])
     err = capsys.readouterr().err
     assert code == 2 and message in err and "could not be loaded" not in err and "Traceback" not in err
