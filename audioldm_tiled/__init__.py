@@ -4,7 +4,7 @@ from .architectures import ARCHITECTURES, random_pipeline
 from .audio import save_wav
 from .config import TilingConfig
 from .pipeline import AudioLDMTiledPipeline
-from .vae import iter_decode, tiled_decode
+from .vae import iter_decode, tiled_decode, tiled_encode
 from .vocoder import chunked_vocode, stream_vocode
 
 __all__ = [
@@ -17,4 +17,5 @@ __all__ = [
     "save_wav",
     "stream_vocode",
     "tiled_decode",
+    "tiled_encode",
 ]

@@ -1,7 +1,7 @@
 """Memory budget, peak estimates from shapes, and the tile sizes they imply.
 
-The untiled VAE decode's peak is modelled as ``UNTILED_DECODE_PEAK_FACTOR`` times its widest activation (the largest
-channels x frequency x time tensor of the decoder); the factor was measured, see its comment.
+An untiled VAE decode's (or encode's) peak is modelled as a measured factor times its widest activation (the
+largest channels x frequency x time tensor it produces); the factors were measured, see their comments.
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ import ctypes.util
 import functools
 import logging
 import os
+from fractions import Fraction
 
 import torch
 
 from .config import TilingConfig
-from .tasks import Conv, SaveResidual, Upsample, decoder_tasks, receptive_halo
+from .tasks import Conv, Downsample, SaveResidual, Task, Upsample, receptive_halo
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +25,8 @@ logger = logging.getLogger(__name__)
 # point) gave peak RSS 1.775 GB at 40 s and 3.657 GB at 120 s: 0.94 MB more per latent frame, against 0.262 MB per
 # frame for the widest activation (256 channels x 4 mel frames x 64 mel bins, float32): a factor of 3.59.
 UNTILED_DECODE_PEAK_FACTOR = 3.6
+# The same for the untiled encode; measured by `audioldm-tiled bench encode` (see README), same method.
+UNTILED_ENCODE_PEAK_FACTOR = 3.6
 # Exact tiled decode keeps about two activations of the whole sequence (the stream and a resnet's residual).
 EXACT_STORED_ACTIVATIONS = 2.0
 # Only this share of the free memory is planned for: the allocator fragments, and other stages hold memory too.
@@ -72,42 +75,43 @@ def memory_budget(config: TilingConfig, device: torch.device | str | None) -> in
     return config.memory_budget if config.memory_budget is not None else int(BUDGET_SHARE * available_memory(device))
 
 
-def widest_activation_per_frame(vae, batch: int, latent_freq: int, dtype: torch.dtype) -> int:
-    """Bytes per latent frame of the decoder's largest activation (channels x frequency x time at one resolution)."""
+def widest_activation_per_frame(tasks: list[Task], batch: int, freq: int, dtype: torch.dtype) -> float:
+    """Bytes per input frame of the largest activation (channels x frequency x time at one resolution) that the
+    tasks (the encoder's or the decoder's) produce from an input with ``freq`` frequency rows."""
     itemsize = torch.empty((), dtype=dtype).element_size()
-    widest, scale = 0, 1
-    for task in decoder_tasks(vae):
-        if isinstance(task, Upsample):
+    widest, scale = 0, Fraction(1)
+    for task in tasks:
+        if isinstance(task, (Conv, SaveResidual, Downsample)):
+            module = task.shortcut if isinstance(task, SaveResidual) else task.module
+            if module is not None:
+                widest = max(widest, max(module.in_channels, module.out_channels) * freq * scale * scale)
+        if isinstance(task, (Upsample, Downsample)):
             scale *= task.factor
-        elif isinstance(task, (Conv, SaveResidual)):
-            module = task.module if isinstance(task, Conv) else task.shortcut
-            if module is None:
-                continue
-            channels = max(module.in_channels, module.out_channels)
-            widest = max(widest, channels * latent_freq * scale * scale)
-    return widest * batch * itemsize
+    return float(widest * batch * itemsize)
 
 
-def untiled_decode_bytes(vae, latents: torch.Tensor) -> int:
-    """Estimated peak bytes of ``vae.decode(latents)`` beyond what the process already holds."""
-    per_frame = widest_activation_per_frame(vae, latents.shape[0], latents.shape[3], latents.dtype)
-    return int(UNTILED_DECODE_PEAK_FACTOR * per_frame * latents.shape[2])
+def untiled_bytes(tasks: list[Task], x: torch.Tensor, peak_factor: float = UNTILED_DECODE_PEAK_FACTOR) -> int:
+    """Estimated peak bytes of running ``tasks`` on ``x`` (B, C, T, F) untiled, beyond what the process holds."""
+    return int(peak_factor * widest_activation_per_frame(tasks, x.shape[0], x.shape[3], x.dtype) * x.shape[2])
 
 
-def decode_fits(vae, latents: torch.Tensor, config: TilingConfig) -> tuple[bool, int, int]:
-    """(fits, estimated bytes, budget bytes) for an untiled decode."""
-    budget = memory_budget(config, latents.device)
-    needed = untiled_decode_bytes(vae, latents)
+def untiled_fits(tasks: list[Task], x: torch.Tensor, config: TilingConfig,
+                 peak_factor: float = UNTILED_DECODE_PEAK_FACTOR) -> tuple[bool, int, int]:
+    """(fits, estimated bytes, budget bytes) for running ``tasks`` on ``x`` untiled."""
+    budget = memory_budget(config, x.device)
+    needed = untiled_bytes(tasks, x, peak_factor)
     return needed <= budget, needed, budget
 
 
-def choose_tile_frames(vae, latents: torch.Tensor, config: TilingConfig) -> int:
-    """The largest tile core (latent frames, at most MAX_TILE_FRAMES) whose working set fits the budget."""
-    budget = memory_budget(config, latents.device)
-    per_frame = widest_activation_per_frame(vae, latents.shape[0], latents.shape[3], latents.dtype)
-    stored = EXACT_STORED_ACTIVATIONS * per_frame * latents.shape[2] if config.mode == "exact" else 0
-    halo = receptive_halo(decoder_tasks(vae)) if config.mode == "fast" else 2
-    frames = int((budget - stored) / (UNTILED_DECODE_PEAK_FACTOR * per_frame) - 2 * halo)
+def choose_tile_frames(tasks: list[Task], x: torch.Tensor, config: TilingConfig, unit: int = 1,
+                       peak_factor: float = UNTILED_DECODE_PEAK_FACTOR) -> int:
+    """The largest tile core in latent frames (``unit`` input frames each; at most MAX_TILE_FRAMES) whose working set
+    fits the budget."""
+    budget = memory_budget(config, x.device)
+    per_frame = widest_activation_per_frame(tasks, x.shape[0], x.shape[3], x.dtype)
+    stored = EXACT_STORED_ACTIVATIONS * per_frame * x.shape[2] if config.mode == "exact" else 0
+    halo = receptive_halo(tasks) if config.mode == "fast" else 2 * unit
+    frames = int(((budget - stored) / (peak_factor * per_frame) - 2 * halo) / unit)
     if frames < MIN_TILE_FRAMES:
         logger.warning("memory budget %.2f GB is below what tiles of %d frames need; using them anyway",
                        budget / 1e9, MIN_TILE_FRAMES)

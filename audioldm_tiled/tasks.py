@@ -1,16 +1,20 @@
-"""The VAE decoder as a typed list of tasks built from its diffusers modules.
+"""The VAE encoder and decoder as typed lists of tasks built from their diffusers modules.
 
 Tasks are either *local* along time (convolutions, activations, nearest upsampling, residual bookkeeping), so a tile
 with a halo computes them exactly, or *barriers* (GroupNorm, which needs statistics of the whole sequence, and
-self-attention, which needs the whole sequence). The executors in ``vae.py`` run tiles up to each barrier.
+self-attention, which needs the whole sequence). The executors in ``vae.py`` run tiles up to each barrier, in both
+directions: resolutions change by exact fractions (upsampling x2 in the decoder, stride-2 downsampling in the
+encoder), so time scales are ``Fraction``s.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 from diffusers.models.attention_processor import Attention
+from diffusers.models.downsampling import Downsample2D
 from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.upsampling import Upsample2D
 from torch import nn
@@ -49,6 +53,17 @@ class Upsample:
 
 
 @dataclass(frozen=True)
+class Downsample:
+    """diffusers' Downsample2D with padding 0: one zero frame appended (time and frequency), then a 3x3 convolution
+    of stride 2. Output frame j reads input frames 2j..2j+2; n input frames give n // 2."""
+
+    module: nn.Conv2d
+
+    factor = Fraction(1, 2)
+    halo = 1  # input frames needed beyond the output frame's own two
+
+
+@dataclass(frozen=True)
 class SaveResidual:
     """Keep ``shortcut(x)`` (or ``x``) for the end of a resnet block; the shortcut is a 1x1 convolution."""
 
@@ -69,14 +84,15 @@ class Global:
     module: nn.Module
 
 
-Task = Conv | Norm | Act | Upsample | SaveResidual | AddResidual | Global
-LOCAL = (Conv, Act, Upsample, SaveResidual, AddResidual)
+Task = Conv | Norm | Act | Upsample | Downsample | SaveResidual | AddResidual | Global
+LOCAL = (Conv, Act, Upsample, Downsample, SaveResidual, AddResidual)
 
 
 def _unsupported(what: str, module: nn.Module) -> ValueError:
     return ValueError(
         f"tiled VAE: unsupported {what} in {type(module).__name__}; the tiled executor knows the standard diffusers "
-        "AutoencoderKL decoder (UpDecoderBlock2D, UNetMidBlock2D, ResnetBlock2D with GroupNorm). "
+        "AutoencoderKL encoder and decoder (DownEncoderBlock2D, UpDecoderBlock2D, UNetMidBlock2D, ResnetBlock2D with "
+        "GroupNorm). "
         "Use TilingConfig(enabled=False) for this model."
     )
 
@@ -124,6 +140,46 @@ def upsampler_tasks(upsampler: nn.Module) -> list[Task]:
     return [Upsample(2), _conv(upsampler.conv)]
 
 
+def downsampler_tasks(downsampler: nn.Module) -> list[Task]:
+    if not isinstance(downsampler, Downsample2D) or downsampler.norm is not None or not downsampler.use_conv:
+        raise _unsupported("downsampler", downsampler)
+    conv = downsampler.conv
+    if downsampler.padding != 0 or conv.kernel_size != (3, 3) or conv.stride != (2, 2) or conv.padding != (0, 0) \
+            or conv.dilation != (1, 1) or conv.groups != 1:
+        raise _unsupported("downsampler", downsampler)
+    return [Downsample(conv)]
+
+
+def mid_block_tasks(mid: nn.Module) -> list[Task]:
+    tasks = resnet_tasks(mid.resnets[0])
+    for attention, resnet in zip(mid.attentions, mid.resnets[1:]):
+        if attention is not None:
+            if not isinstance(attention, Attention):
+                raise _unsupported("attention", attention)
+            tasks.append(Global(attention))
+        tasks += resnet_tasks(resnet)
+    return tasks
+
+
+def encoder_tasks(vae: nn.Module) -> list[Task]:
+    """conv_in, down blocks, mid block, conv_norm_out, activation, conv_out, quant_conv: the moments of the latent
+    distribution (mean and log-variance stacked on channels), as ``vae.encode`` computes them."""
+    encoder = vae.encoder
+    tasks: list[Task] = [_conv(encoder.conv_in)]
+    for block in encoder.down_blocks:
+        if getattr(block, "attentions", None):
+            raise _unsupported("attention in a down block", block)
+        for resnet in block.resnets:
+            tasks += resnet_tasks(resnet)
+        for downsampler in block.downsamplers or []:
+            tasks += downsampler_tasks(downsampler)
+    tasks += mid_block_tasks(encoder.mid_block)
+    tasks += [_norm(encoder.conv_norm_out), Act(encoder.conv_act), _conv(encoder.conv_out)]
+    if getattr(vae, "quant_conv", None) is not None:
+        tasks.append(_conv(vae.quant_conv))
+    return tasks
+
+
 def decoder_tasks(vae: nn.Module) -> list[Task]:
     """post_quant_conv, conv_in, mid block, up blocks, conv_norm_out, activation, conv_out."""
     decoder = vae.decoder
@@ -131,14 +187,7 @@ def decoder_tasks(vae: nn.Module) -> list[Task]:
     if getattr(vae, "post_quant_conv", None) is not None:
         tasks.append(_conv(vae.post_quant_conv))
     tasks.append(_conv(decoder.conv_in))
-    mid = decoder.mid_block
-    tasks += resnet_tasks(mid.resnets[0])
-    for attention, resnet in zip(mid.attentions, mid.resnets[1:]):
-        if attention is not None:
-            if not isinstance(attention, Attention):
-                raise _unsupported("attention", attention)
-            tasks.append(Global(attention))
-        tasks += resnet_tasks(resnet)
+    tasks += mid_block_tasks(decoder.mid_block)
     for block in decoder.up_blocks:
         if getattr(block, "attentions", None):
             raise _unsupported("attention in an up block", block)
@@ -164,17 +213,29 @@ def split_segments(tasks: list[Task]) -> list[list[Task]]:
     return segments
 
 
-def receptive_halo(tasks: list[Task]) -> float:
+def receptive_halo(tasks: list[Task]) -> Fraction:
     """Time frames per side, at the resolution of the first task's input, that the tasks' output depends on."""
-    halo, scale = 0.0, 1
+    halo, scale = Fraction(0), Fraction(1)
     for task in tasks:
-        if isinstance(task, Conv):
+        if isinstance(task, (Conv, Downsample)):
             halo += task.halo / scale
-        elif isinstance(task, Upsample):
+        if isinstance(task, (Upsample, Downsample)):
             scale *= task.factor
     return halo
 
 
-def time_scale(tasks: list[Task]) -> int:
-    """How many output frames each input frame becomes."""
-    return math.prod(t.factor for t in tasks if isinstance(t, Upsample))
+def time_scale(tasks: list[Task]) -> Fraction:
+    """How many output frames each input frame becomes (2 per upsampler, 1/2 per downsampler)."""
+    return math.prod((t.factor for t in tasks if isinstance(t, (Upsample, Downsample))), start=Fraction(1))
+
+
+def alignment(tasks: list[Task]) -> int:
+    """Input frames per output frame of the tasks' downsamplers: where a tile's extent may start, so that the
+    stride-2 convolutions see the same frame pairs as on the whole sequence."""
+    return math.prod(2 for t in tasks if isinstance(t, Downsample))
+
+
+def halo_frames(tasks: list[Task]) -> int:
+    """``receptive_halo`` rounded up to whole frames and to a multiple of the tasks' alignment."""
+    align = alignment(tasks)
+    return math.ceil(receptive_halo(tasks) / align) * align

@@ -1,4 +1,4 @@
-"""Tiled VAE decode along time.
+"""Tiled VAE decode and encode along time: one executor for both directions.
 
 Exact mode runs the decoder's task list segment by segment: every GroupNorm is a barrier where all tiles stop, the
 statistics are pooled over the tiles' cores, and each tile then reads fresh halo frames from its neighbours' stored
@@ -11,17 +11,22 @@ the keys and values of the mid-block attention, then runs each tile start to fin
 decoder: no barriers and no stored intermediates, so neither memory nor the attention's cost grows faster than the
 length. A tile's attention sees its own frames exactly and the rest of the sequence through the proxy's keys, each
 weighted by how many frames it stands for (see ``_attend``).
+
+The encoder is run by the same executors on its own task list: its stride-2 downsamplers only ask that tile extents
+start on even frames at their input, which the halos are rounded to (``tasks.halo_frames``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
-from typing import Iterator
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from tqdm.auto import tqdm
 
 from .config import TilingConfig
@@ -29,11 +34,12 @@ from .constants import MEL_FRAMES_PER_SECOND
 from .geometry import Tile, plan_tiles
 from .groupnorm import GroupStats, apply_group_norm, group_stats, pool_stats
 from .memory import (
-    choose_tile_frames, decode_fits, is_out_of_memory, release_cached_memory, return_large_allocations_to_the_system,
+    UNTILED_DECODE_PEAK_FACTOR, UNTILED_ENCODE_PEAK_FACTOR, choose_tile_frames, is_out_of_memory, release_cached_memory, return_large_allocations_to_the_system,
+    untiled_fits,
 )
 from .tasks import (
-    Act, AddResidual, Conv, Global, Norm, SaveResidual, Task, Upsample, decoder_tasks, receptive_halo,
-    split_segments, time_scale,
+    Act, AddResidual, Conv, Downsample, Global, Norm, SaveResidual, Task, Upsample, alignment, decoder_tasks,
+    encoder_tasks, halo_frames, split_segments, time_scale,
 )
 
 logger = logging.getLogger(__name__)
@@ -66,6 +72,12 @@ class _Stream:
         return self.cores[0] if len(self.cores) == 1 else torch.cat(self.cores, dim=2)
 
 
+def _at(frames: int, scale: Fraction) -> int:
+    """``frames`` input frames at a resolution ``scale`` times the input's: a stride-2 layer turns n frames into
+    n // 2, so scales compose by flooring."""
+    return math.floor(frames * scale)
+
+
 def _conv(x: torch.Tensor, module: torch.nn.Conv2d) -> torch.Tensor:
     """The module's convolution in x's dtype (which is float32 when a half-precision tile is retried)."""
     if x.dtype == module.weight.dtype:
@@ -84,7 +96,7 @@ def _run_local(tasks: list[Task], x: torch.Tensor, residual: torch.Tensor | None
     SaveResidual (or None) and the time scale at that point.
     """
     stats, memories = list(stats), list(memories or [])
-    saved, saved_scale, scale = None, 1, 1
+    saved, saved_scale, scale = None, Fraction(1), Fraction(1)
     for task in tasks:
         if isinstance(task, Norm):
             x = apply_group_norm(x, stats.pop(0), task.module, batch_groups)
@@ -98,6 +110,9 @@ def _run_local(tasks: list[Task], x: torch.Tensor, residual: torch.Tensor | None
         elif isinstance(task, Upsample):
             x = F.interpolate(x, scale_factor=float(task.factor), mode="nearest")
             scale *= task.factor
+        elif isinstance(task, Downsample):
+            x = _conv(F.pad(x, (0, 1, 0, 1)), task.module)  # as Downsample2D(padding=0): a zero frame, then stride 2
+            scale *= task.factor
         elif isinstance(task, SaveResidual):
             saved = residual = x if task.shortcut is None else _conv(x, task.shortcut)
             saved_scale = scale
@@ -109,11 +124,21 @@ def _run_local(tasks: list[Task], x: torch.Tensor, residual: torch.Tensor | None
     return x, saved, saved_scale
 
 
-def _seconds(frame: int, mel_per_frame: int) -> float:
-    return frame * mel_per_frame / MEL_FRAMES_PER_SECOND
+@dataclass(frozen=True)
+class _Job:
+    """What the executors need to know about the direction they run: the task list, how many input frames make
+    one latent frame (tile sizes are set in latent frames), seconds per input frame and a name for messages."""
+
+    tasks: list[Task]
+    unit: int
+    frame_seconds: float
+    name: str
+
+    def seconds(self, frame: int) -> float:
+        return frame * self.frame_seconds
 
 
-def _checked(run, x: torch.Tensor, where: tuple[int, int], mel_per_frame: int):
+def _checked(run, x: torch.Tensor, where: tuple[int, int], job: _Job):
     """Run ``run(x)``; on NaN/inf in half precision retry once in float32, else raise naming the time range.
 
     A retried tile whose values do not fit the half-precision range stays in float32; the next barrier reads
@@ -124,14 +149,14 @@ def _checked(run, x: torch.Tensor, where: tuple[int, int], mel_per_frame: int):
         return out
     if x.dtype in (torch.float16, torch.bfloat16):
         logger.warning("non-finite values in %s tile %.2f-%.2f s; retrying it in float32", x.dtype,
-                       _seconds(where[0], mel_per_frame), _seconds(where[1], mel_per_frame))
+                       job.seconds(where[0]), job.seconds(where[1]))
         out = run(x.float())
         if torch.isfinite(out[0]).all():
             narrowed = out[0].to(x.dtype)
             return (narrowed,) + tuple(out[1:]) if torch.isfinite(narrowed).all() else out
     raise NonFiniteTileError(
-        f"the VAE decode produced NaN or inf in the tile covering {_seconds(where[0], mel_per_frame):.2f}-"
-        f"{_seconds(where[1], mel_per_frame):.2f} s (dtype {x.dtype}); check the latents"
+        f"the {job.name} produced NaN or inf in the tile covering {job.seconds(where[0]):.2f}-"
+        f"{job.seconds(where[1]):.2f} s (dtype {x.dtype}); check its input"
     )
 
 
@@ -145,23 +170,23 @@ def _zigzag(count: int, segment: int) -> list[int]:
     return order if segment % 2 == 0 else order[::-1]
 
 
-def run_exact(tasks: list[Task], x: torch.Tensor, tiles: list[Tile], config: TilingConfig,
-              mel_per_frame: int, stream_last: bool = False) -> Iterator[tuple[int, torch.Tensor]] | torch.Tensor:
+def run_exact(job: _Job, x: torch.Tensor, tiles: list[Tile], config: TilingConfig,
+              stream_last: bool = False) -> Iterator[tuple[int, torch.Tensor]] | torch.Tensor:
     """Exact tiled execution of ``tasks`` on ``x`` (B, C, T, F), tiled along T by ``tiles``.
 
     With ``stream_last`` this is a generator of (tile index, output core) pairs in time order, produced as the
     segment after the last barrier runs; otherwise it returns the whole output.
     """
-    generator = _exact_segments(tasks, x, tiles, config, mel_per_frame)
+    generator = _exact_segments(job, x, tiles, config)
     if stream_last:
         return generator
     return torch.cat([core for _, core in generator], dim=2)
 
 
-def _exact_segments(tasks, x, tiles, config, mel_per_frame):
-    segments = split_segments(tasks)
+def _exact_segments(job: _Job, x: torch.Tensor, tiles: list[Tile], config: TilingConfig):
+    segments = split_segments(job.tasks)
     stream = _Stream([x[:, :, t.core_start : t.core_stop] for t in tiles], [(t.core_start, t.core_stop) for t in tiles])
-    with _progress(len(segments) * len(tiles), config, "VAE decode (exact)") as bar:
+    with _progress(len(segments) * len(tiles), config, f"{job.name} (exact)") as bar:
         for index, segment in enumerate(segments):
             last = index == len(segments) - 1
             head = segment[0]
@@ -172,7 +197,7 @@ def _exact_segments(tasks, x, tiles, config, mel_per_frame):
                 segment = segment[1:]
             stats = [pool_stats([group_stats(c, head.module.num_groups) for c in stream.cores])] \
                 if isinstance(head, Norm) else []
-            halo = math.ceil(receptive_halo(segment))
+            halo = halo_frames(segment)
             factor = time_scale(segment)
             uses_residual = any(isinstance(t, AddResidual) for t in segment)
             saves_residual = any(isinstance(t, SaveResidual) for t in segment)
@@ -192,12 +217,12 @@ def _exact_segments(tasks, x, tiles, config, mel_per_frame):
                 res = stream.gather(lo, hi, residual=True) if uses_residual else None
                 y, saved, saved_scale = _checked(
                     lambda inp, res=res: _run_local(segment, inp, None if res is None else res.to(inp.dtype), stats),
-                    ext, (tiles[i].core_start, tiles[i].core_stop), mel_per_frame)
-                core = y[:, :, (s - lo) * factor : (e - lo) * factor]
+                    ext, (tiles[i].core_start, tiles[i].core_stop), job)
+                core = y[:, :, _at(s - lo, factor) : _at(e - lo, factor)]
                 if saves_residual:
                     # A view, not a copy: where the residual is the segment's output itself (no shortcut), core and
                     # residual then share one buffer instead of storing the whole sequence twice.
-                    new_residual[i] = saved[:, :, (s - lo) * saved_scale : (e - lo) * saved_scale]
+                    new_residual[i] = saved[:, :, _at(s - lo, saved_scale) : _at(e - lo, saved_scale)]
                 del ext, res, y, saved
                 for j in used:
                     readers[j] -= 1
@@ -211,7 +236,7 @@ def _exact_segments(tasks, x, tiles, config, mel_per_frame):
                 else:
                     new_cores[i] = core  # a view of the tile's output; its few halo frames are not worth a copy
             residual = new_residual if saves_residual else (None if uses_residual else stream.residual)
-            stream = _Stream(new_cores, [(s * factor, e * factor) for s, e in stream.bounds], residual)
+            stream = _Stream(new_cores, [(_at(s, factor), _at(e, factor)) for s, e in stream.bounds], residual)
 
 
 @dataclass(frozen=True)
@@ -220,7 +245,7 @@ class _AttentionMemory:
 
     key: torch.Tensor
     value: torch.Tensor
-    frames: int  # latent frames the n tokens were taken from
+    frames: int  # frames of the executor's input that the n tokens were taken from
 
     def rows(self, repeats: int) -> "_AttentionMemory":
         return _AttentionMemory(self.key.repeat(repeats, 1, 1, 1), self.value.repeat(repeats, 1, 1, 1), self.frames)
@@ -240,9 +265,9 @@ def _normed_tokens(attn, x: torch.Tensor, stats: GroupStats | None, batch_groups
     return x.flatten(2).transpose(1, 2)
 
 
-def _attention_memory(attn, x: torch.Tensor, stats: GroupStats | None) -> _AttentionMemory:
+def _attention_memory(attn, x: torch.Tensor, stats: GroupStats | None, frames: int) -> _AttentionMemory:
     tokens = _normed_tokens(attn, x, stats)
-    return _AttentionMemory(_heads(attn, attn.to_k(tokens)), _heads(attn, attn.to_v(tokens)), x.shape[2])
+    return _AttentionMemory(_heads(attn, attn.to_k(tokens)), _heads(attn, attn.to_v(tokens)), frames)
 
 
 def _attend(attn, x: torch.Tensor, stats: GroupStats | None, memory: _AttentionMemory | None,
@@ -278,22 +303,26 @@ def _attend(attn, x: torch.Tensor, stats: GroupStats | None, memory: _AttentionM
 
 @dataclass(frozen=True)
 class _Proxy:
-    """Where the proxy's excerpts sit: ``count`` cores of ``core`` frames, each with ``margin`` frames per side."""
+    """Where the proxy's excerpts sit: ``count`` cores of ``core`` frames, each with ``margin`` frames per side;
+    excerpts start on multiples of ``align`` (and core and margin are multiples of it)."""
 
     count: int
     core: int
     margin: int
+    align: int = 1
 
     @property
     def frames(self) -> int:
-        """Latent frames the proxy runs through the decoder."""
+        """Input frames the proxy runs through the tasks."""
         return self.count * (self.core + 2 * self.margin)
 
 
-def plan_proxy(length: int, proxy_frames: int, margin: int, excerpt_core: int = 32) -> _Proxy | None:
-    """The excerpts of a fast-mode proxy, or None where the proxy would cost half an exact decode or more."""
+def plan_proxy(length: int, proxy_frames: int, margin: int, excerpt_core: int = 32, align: int = 1) -> _Proxy | None:
+    """The excerpts of a fast-mode proxy, or None where the proxy would cost half an exact run or more.
+
+    All sizes are in input frames; ``margin`` and ``excerpt_core`` must be multiples of ``align``."""
     count = max(1, min(proxy_frames, length) // excerpt_core)
-    proxy = _Proxy(count, excerpt_core, margin)
+    proxy = _Proxy(count, excerpt_core, margin, align)
     return None if 2 * proxy.frames >= length else proxy
 
 
@@ -307,7 +336,8 @@ class FastEstimate:
 
 
 def estimate_stats(tasks: list[Task], latents: torch.Tensor, proxy: _Proxy) -> FastEstimate:
-    """Run ``tasks`` on a proxy of ``latents`` and record its GroupNorm statistics and attention keys/values.
+    """Run ``tasks`` on a proxy of ``latents`` (the executor's input, latents or mel) and record its GroupNorm
+    statistics and attention keys/values.
 
     The proxy is ``proxy.count`` excerpts spread evenly along time (time only: the frequency rows are never
     collapsed), stacked along the batch. Each carries a margin of the tasks' receptive field on both sides and
@@ -315,8 +345,9 @@ def estimate_stats(tasks: list[Task], latents: torch.Tensor, proxy: _Proxy) -> F
     pooled, and the proxy's per-channel mean and std are first re-matched to those of the latents. At a
     self-attention every excerpt attends to the cores of all excerpts, a sample of the whole sequence.
     """
-    length, count, core, margin = latents.shape[2], proxy.count, proxy.core, proxy.margin
-    starts = [min(length - core - margin, max(margin, round((k + 0.5) * length / count - core / 2)))
+    length, count, core, margin, align = latents.shape[2], proxy.count, proxy.core, proxy.margin, proxy.align
+    last = (length - core - margin) // align * align
+    starts = [min(last, max(margin, align * round(((k + 0.5) * length / count - core / 2) / align)))
               for k in range(count)]
     x = torch.cat([latents[:, :, s - margin : s + core + margin] for s in starts])
     rows = x.float().reshape(count, *latents.shape[:2], -1)
@@ -327,8 +358,8 @@ def estimate_stats(tasks: list[Task], latents: torch.Tensor, proxy: _Proxy) -> F
     residual = None
     for segment in split_segments(tasks):
         head = segment[0]
-        scale = x.shape[2] // (core + 2 * margin)
-        middle = x[:, :, margin * scale : (margin + core) * scale]
+        scale = Fraction(x.shape[2], core + 2 * margin)
+        middle = x[:, :, _at(margin, scale) : _at(margin + core, scale)]
         if isinstance(head, (Norm, Global)):
             norm = head.module if isinstance(head, Norm) else head.module.group_norm
             stats = None if norm is None else group_stats(middle, norm.num_groups, batch_groups=count)
@@ -336,7 +367,7 @@ def estimate_stats(tasks: list[Task], latents: torch.Tensor, proxy: _Proxy) -> F
                 estimate.stats.append(stats)
         if isinstance(head, Global):
             joined = middle.unflatten(0, (count, -1)).permute(1, 2, 0, 3, 4).flatten(2, 3)  # (B, C, count*core, F)
-            memory = _attention_memory(head.module, joined, stats)
+            memory = _attention_memory(head.module, joined, stats, frames=count * core)
             estimate.memories.append(memory)
             x = _attend(head.module, x, stats, memory.rows(count), local=False, batch_groups=count)
             segment = segment[1:]
@@ -348,66 +379,101 @@ def estimate_stats(tasks: list[Task], latents: torch.Tensor, proxy: _Proxy) -> F
     return estimate
 
 
-def _fast_pieces(tasks, latents, tiles, config, mel_per_frame) -> Iterator[torch.Tensor]:
-    length = latents.shape[2]
-    halo = math.ceil(receptive_halo(tasks)) if config.pad_frames is None else config.pad_frames
-    proxy = plan_proxy(length, config.proxy_frames, halo)
+def _fast_pieces(job: _Job, x: torch.Tensor, tiles: list[Tile], config: TilingConfig) -> Iterator[torch.Tensor]:
+    length, align = x.shape[2], alignment(job.tasks)
+    halo = halo_frames(job.tasks) if config.pad_frames is None else -(-config.pad_frames * job.unit // align) * align
+    proxy = plan_proxy(length, config.proxy_frames * job.unit, halo, 32 * job.unit, align)
     estimate = None
     if proxy is None:
-        logger.info("fast mode: at %d latent frames a proxy costs as much as the exact decode; decoding exactly",
-                    length)
+        logger.info("fast mode: at %d input frames a proxy costs as much as the exact %s; running it exactly",
+                    length, job.name)
     else:
         try:
-            estimate = estimate_stats(tasks, latents, proxy)
+            estimate = estimate_stats(job.tasks, x, proxy)
         except NonFiniteTileError:
-            logger.warning("fast mode: the statistics proxy gave NaN or inf; decoding in exact mode instead")
+            logger.warning("fast mode: the statistics proxy gave NaN or inf; running the %s exactly", job.name)
     if estimate is None:
-        yield from (core for _, core in run_exact(tasks, latents, tiles, config, mel_per_frame, stream_last=True))
+        yield from (core for _, core in run_exact(job, x, tiles, config, stream_last=True))
         return
-    factor = time_scale(tasks)
-    with _progress(len(tiles), config, "VAE decode (fast)") as bar:
+    factor = time_scale(job.tasks)
+    with _progress(len(tiles), config, f"{job.name} (fast)") as bar:
         for tile in tiles:
             lo, hi = max(0, tile.core_start - halo), min(length, tile.core_stop + halo)
             y, _, _ = _checked(
-                lambda inp: _run_local(tasks, inp, None, estimate.stats, estimate.memories, length - (hi - lo)),
-                latents[:, :, lo:hi], (tile.core_start, tile.core_stop), mel_per_frame)
+                lambda inp: _run_local(job.tasks, inp, None, estimate.stats, estimate.memories, length - (hi - lo)),
+                x[:, :, lo:hi], (tile.core_start, tile.core_stop), job)
             bar.update()
-            yield y[:, :, (tile.core_start - lo) * factor : (tile.core_stop - lo) * factor]
+            yield y[:, :, _at(tile.core_start - lo, factor) : _at(tile.core_stop - lo, factor)]
+
+
+def _plan_tiles(job: _Job, x: torch.Tensor, config: TilingConfig,
+                peak_factor: float) -> list[Tile]:
+    """Balanced tiles of ``config.tile_frames`` latent frames, or of the size the memory budget allows, as input
+    frames: boundaries on multiples of ``job.unit``, the last core ending at the input's last frame."""
+    tile = config.tile_frames or choose_tile_frames(job.tasks, x, config, job.unit, peak_factor)
+    length = x.shape[2]
+    tiles = [t.scaled(job.unit) for t in plan_tiles(max(1, length // job.unit), tile)]
+    tiles[-1] = replace(tiles[-1], stop=length, core_stop=length)  # frames past the last whole unit, as untiled
+    return tiles
+
+
+def _iter_tiled(job: _Job, x: torch.Tensor, config: TilingConfig, untiled: Callable[[], torch.Tensor],
+                peak_factor: float) -> Iterator[torch.Tensor]:
+    """``job.tasks`` run on ``x`` in pieces along time, in order: untiled when ``config`` says so or it fits the
+    budget (retried tiled once on out-of-memory under ``enabled="auto"``), else in exact or fast tiles."""
+    if x.device.type == "cpu":
+        return_large_allocations_to_the_system()
+    tiles = None
+    if config.enabled is not False:
+        tiles = _plan_tiles(job, x, config, peak_factor)
+        if len(tiles) == 1:
+            tiles = None
+        elif config.enabled == "auto":
+            fits, needed, budget = untiled_fits(job.tasks, x, config, peak_factor)
+            if fits:
+                tiles = None
+            else:
+                logger.info("tiling the %s: untiled would need about %.2f GB, the budget is %.2f GB",
+                            job.name, needed / 1e9, budget / 1e9)
+    if tiles is None:
+        try:
+            yield untiled()
+            return
+        except Exception as error:  # noqa: BLE001 - only out-of-memory is handled, everything else re-raised
+            if config.enabled != "auto" or not is_out_of_memory(error):
+                raise
+            release_cached_memory(x.device)
+            logger.warning("untiled %s ran out of memory (%s); retrying once with tiles", job.name, error)
+            tiles = _plan_tiles(job, x, config, peak_factor)
+    if config.mode == "fast":
+        pieces = _fast_pieces(job, x, tiles, config)
+    else:
+        pieces = (core for _, core in run_exact(job, x, tiles, config, stream_last=True))
+    for piece in pieces:
+        yield piece.to(x.dtype)
 
 
 def _mel_per_latent_frame(vae) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
-def _check_latents(vae, latents: torch.Tensor) -> None:
-    if not isinstance(latents, torch.Tensor) or latents.dim() != 4:
-        raise ValueError(f"latents must be a 4-D tensor (B, C, T, F), got {getattr(latents, 'shape', type(latents))}")
-    if latents.shape[1] != vae.config.latent_channels or latents.shape[2] < 1:
+def _check_input(name: str, x: torch.Tensor, channels: int, min_frames: int) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise ValueError(f"{name} must be a 4-D tensor (B, C, T, F), got {getattr(x, 'shape', type(x))}")
+    if x.shape[1] != channels or x.shape[2] < min_frames:
         raise ValueError(
-            f"latents must have {vae.config.latent_channels} channels and at least one frame, got shape "
-            f"{tuple(latents.shape)}"
+            f"{name} must have {channels} channel(s) and at least {min_frames} frame(s), got shape {tuple(x.shape)}"
         )
 
 
-def plan_decode(vae, latents: torch.Tensor, config: TilingConfig) -> list[Tile] | None:
-    """The tiles to decode with, or None for the untiled decode (disabled, one tile covers it, or it fits)."""
-    if config.enabled is False:
-        return None
-    tiles = _decode_tiles(vae, latents, config)
-    if len(tiles) == 1:
-        return None
-    if config.enabled == "auto":
-        fits, needed, budget = decode_fits(vae, latents, config)
-        if fits:
-            return None
-        logger.info("tiling the VAE decode: untiled would need about %.2f GB, the budget is %.2f GB",
-                    needed / 1e9, budget / 1e9)
-    return tiles
+def decode_job(vae) -> _Job:
+    mel_per_frame = _mel_per_latent_frame(vae)
+    return _Job(decoder_tasks(vae), unit=1, frame_seconds=mel_per_frame / MEL_FRAMES_PER_SECOND, name="VAE decode")
 
 
-def _decode_tiles(vae, latents: torch.Tensor, config: TilingConfig) -> list[Tile]:
-    """Balanced tiles of ``config.tile_frames``, or of the size the memory budget allows."""
-    return plan_tiles(latents.shape[2], config.tile_frames or choose_tile_frames(vae, latents, config))
+def encode_job(vae) -> _Job:
+    tasks = encoder_tasks(vae)
+    return _Job(tasks, unit=alignment(tasks), frame_seconds=1 / MEL_FRAMES_PER_SECOND, name="VAE encode")
 
 
 def iter_decode(vae, latents: torch.Tensor, config: TilingConfig | None = None) -> Iterator[torch.Tensor]:
@@ -416,29 +482,9 @@ def iter_decode(vae, latents: torch.Tensor, config: TilingConfig | None = None) 
     Fast mode yields each tile as soon as it is decoded; exact mode yields once the last GroupNorm barrier is
     passed. An untiled decode yields one piece.
     """
-    config = config or TilingConfig()
-    _check_latents(vae, latents)
-    if latents.device.type == "cpu":
-        return_large_allocations_to_the_system()
-    tiles = plan_decode(vae, latents, config)
-    if tiles is None:
-        try:
-            yield vae.decode(latents).sample
-            return
-        except Exception as error:  # noqa: BLE001 - only out-of-memory is handled, everything else re-raised
-            if config.enabled != "auto" or not is_out_of_memory(error):
-                raise
-            release_cached_memory(latents.device)
-            logger.warning("untiled VAE decode ran out of memory (%s); retrying once with tiles", error)
-            tiles = _decode_tiles(vae, latents, config)
-    tasks = decoder_tasks(vae)
-    mel_per_frame = _mel_per_latent_frame(vae)
-    if config.mode == "fast":
-        pieces = _fast_pieces(tasks, latents, tiles, config, mel_per_frame)
-    else:
-        pieces = (core for _, core in run_exact(tasks, latents, tiles, config, mel_per_frame, stream_last=True))
-    for piece in pieces:
-        yield piece.to(latents.dtype)
+    _check_input("latents", latents, vae.config.latent_channels, 1)
+    yield from _iter_tiled(decode_job(vae), latents, config or TilingConfig(), lambda: vae.decode(latents).sample,
+                           UNTILED_DECODE_PEAK_FACTOR)
 
 
 @torch.no_grad()
@@ -452,3 +498,23 @@ def tiled_decode(vae, latents: torch.Tensor, config: TilingConfig | None = None)
     """
     pieces = list(iter_decode(vae, latents, config))
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
+
+
+@torch.no_grad()
+def tiled_encode(vae, mel: torch.Tensor, config: TilingConfig | None = None) -> DiagonalGaussianDistribution:
+    """What ``vae.encode(mel).latent_dist`` returns, encoded in tiles along time by the decode's executors.
+
+    Args:
+        vae: a diffusers ``AutoencoderKL`` with the standard encoder (AudioLDM, AudioLDM2, MusicLDM).
+        mel: log-mel (B, 1, T, n_mels). T need not be a multiple of the VAE factor: like the untiled encoder, each
+            stride-2 layer keeps T // 2 frames, so the latent has T // 4 frames (for AudioLDM's VAE).
+        config: tiling settings, in latent frames as for the decode; ``None`` is ``TilingConfig()``.
+
+    Returns:
+        diffusers' ``DiagonalGaussianDistribution`` (``.mean``, ``.std``, ``.sample(generator)``, ``.mode()``).
+    """
+    job = encode_job(vae)
+    _check_input("mel", mel, vae.config.in_channels, job.unit)
+    pieces = list(_iter_tiled(job, mel, config or TilingConfig(), lambda: vae.encode(mel).latent_dist.parameters,
+                              UNTILED_ENCODE_PEAK_FACTOR))
+    return DiagonalGaussianDistribution(pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2))

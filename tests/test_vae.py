@@ -159,5 +159,5 @@ def test_half_precision_tile_overflow_is_retried_in_float32(tiny, caplog):
 
 
 def test_latents_are_checked(tiny):
-    with pytest.raises(ValueError, match="channels"):
+    with pytest.raises(ValueError, match="latents must have 8 channel"):
         tiled_decode(tiny["vae"], torch.zeros(1, 3, 8, 16))
