@@ -1,10 +1,10 @@
-"""Benchmarks, run by ``audioldm-tiled bench decode|vocode|stream|generate``: each point in its own process, so peak
-RSS is honest.
+"""Benchmarks, run by ``audioldm-tiled bench decode|encode|vocode|stream|generate``: each point in its own process,
+so peak RSS is honest.
 
 Not part of the test suite. Components are randomly initialised with the audioldm-s shapes (cost depends only on
 shapes). Ratios are taken within one run, against the first variant of the same length. ``stream`` runs the CLI
-itself (``random:audioldm-s``, streamed to a WAV) end to end; ``generate`` calls the pipeline, windowed or in one
-pass.
+itself (``random:audioldm-s``, streamed to a WAV) end to end; ``generate`` calls the pipeline windowed and tiled
+(memory bounded at any length) or as the parent does (one denoising pass, untiled decode and vocoder).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import time
 # The first variant of each stage is the reference that errors and ratios are taken against.
 VARIANTS = {
     "decode": ("untiled", "exact", "fast", "diffusers"),
+    "encode": ("untiled", "exact", "fast", "diffusers"),
     # one-pass is the unmodified SpeechT5HifiGan forward; channels-last is the speed work alone, without chunks
     "vocode": ("one-pass", "channels-last", "chunked"),
     # the CLI's streamed path (VAE mode exact or fast): what memory a long soundscape needs end to end
@@ -52,6 +53,28 @@ def _run_decode(variant: str, seconds: float, steps: int):
     return out, time.perf_counter() - start
 
 
+def _run_encode(variant: str, seconds: float, steps: int):
+    import torch
+    from diffusers import AutoencoderKL
+
+    from .architectures import ARCHITECTURES
+    from .config import TilingConfig
+    from .constants import MEL_FRAMES_PER_SECOND
+    from .vae import tiled_encode
+
+    vae = AutoencoderKL(**ARCHITECTURES["audioldm-s"].vae).eval()
+    mel = torch.randn(1, 1, int(seconds * MEL_FRAMES_PER_SECOND), 64) - 4  # around a log-mel's level
+    start = time.perf_counter()
+    if variant == "untiled":
+        out = vae.encode(mel).latent_dist.mean
+    elif variant == "diffusers":
+        vae.enable_tiling()
+        out = vae.encode(mel).latent_dist.mean
+    else:
+        out = tiled_encode(vae, mel, TilingConfig(enabled=True, mode=variant, show_progress=False)).mean
+    return out, time.perf_counter() - start
+
+
 def _run_vocode(variant: str, seconds: float, steps: int):
     import torch
     from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
@@ -81,10 +104,11 @@ def _run_generate(variant: str, seconds: float, steps: int):
 
     pipe = random_pipeline("audioldm-s", seed=0)
     pipe.set_progress_bar_config(disable=True)
+    windowed = variant == "windowed"  # windows, tiled decode and vocoder; else the parent's single passes
     start = time.perf_counter()
     out = pipe("soft rain on leaves", audio_length_in_s=seconds, num_inference_steps=steps,
                generator=torch.Generator().manual_seed(0), output_type="pt",
-               tiling=TilingConfig(windowed=variant == "windowed", show_progress=False)).audios
+               tiling=TilingConfig(windowed=windowed, enabled=windowed, show_progress=False)).audios
     return out, time.perf_counter() - start
 
 
@@ -106,7 +130,7 @@ def _run_stream(variant: str, seconds: float, steps: int):
     return out, elapsed
 
 
-RUNNERS = {"decode": _run_decode, "vocode": _run_vocode, "stream": _run_stream, "generate": _run_generate}
+RUNNERS = {"decode": _run_decode, "encode": _run_encode, "vocode": _run_vocode, "stream": _run_stream, "generate": _run_generate}
 
 
 def _measure(stage: str, variant: str, seconds: float, steps: int, out_path: str) -> None:
