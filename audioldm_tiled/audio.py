@@ -1,17 +1,27 @@
-"""Audio files: atomic WAV writing (whole or incremental) with soundfile."""
+"""Audio in and out: AudioLDM's log-mel front end (reading any file soundfile reads), and atomic WAV writing
+(whole or incremental) with soundfile."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
+import logging
+import math
+
+import librosa
 import numpy as np
 import soundfile as sf
+import torch
+from scipy.signal import resample_poly
 
-from .constants import SAMPLE_RATE
+from .constants import F_MAX, F_MIN, HOP_LENGTH, LOG_MEL_FLOOR, N_FFT, N_MELS, SAMPLE_RATE, WIN_LENGTH
+
+logger = logging.getLogger(__name__)
 
 SUBTYPES = ("PCM_16", "PCM_24", "PCM_32", "FLOAT")
 
@@ -91,3 +101,92 @@ def save_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int = SAMP
     with open_wav(path, sample_rate, subtype, channels=1 if frames.ndim == 1 else frames.shape[1]) as writer:
         writer.write(frames)
     return Path(path)
+
+
+# ------------------------------------------------------------------------------------------------------ front end
+@dataclass(frozen=True)
+class MelSettings:
+    """AudioLDM's log-mel: STFT magnitude (Hann window, reflect padding of n_fft / 2 per side), Slaney mel filters,
+    ``log(clamp(mel, floor))``. Sample rate, hop and mel count come from the vocoder's config (``from_vocoder``);
+    n_fft, window and band edges are not in any diffusers config, and are the original's (constants.py)."""
+
+    sample_rate: int = SAMPLE_RATE
+    hop_length: int = HOP_LENGTH
+    n_mels: int = N_MELS
+    n_fft: int = N_FFT
+    win_length: int = WIN_LENGTH
+    f_min: float = F_MIN
+    f_max: float = F_MAX
+    floor: float = LOG_MEL_FLOOR
+
+    @classmethod
+    def from_vocoder(cls, vocoder) -> "MelSettings":
+        config = vocoder.config
+        return cls(sample_rate=int(config.sampling_rate), hop_length=int(np.prod(config.upsample_rates)),
+                   n_mels=int(config.model_in_dim))
+
+
+def load_audio(source: str | os.PathLike | np.ndarray | torch.Tensor, sample_rate: int = SAMPLE_RATE,
+               source_rate: int | None = None) -> np.ndarray:
+    """Mono float32 samples at ``sample_rate`` from a file (any format soundfile reads) or an array.
+
+    Channels are averaged; other rates are resampled with a polyphase filter (scipy's ``resample_poly``). An array
+    is (samples,) or (samples, channels) at ``source_rate`` (default: ``sample_rate``), as soundfile returns it.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise ValueError(f"audio file {str(path)!r} does not exist")
+        try:
+            samples, source_rate = sf.read(path, dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError, TypeError) as error:
+            raise ValueError(f"cannot read audio file {str(path)!r}: {error}") from None
+    else:
+        samples = source.detach().cpu().numpy() if isinstance(source, torch.Tensor) else np.asarray(source)
+        if samples.ndim not in (1, 2) or not np.issubdtype(samples.dtype, np.number):
+            raise ValueError(f"audio must be numeric with shape (samples,) or (samples, channels), got "
+                             f"{samples.dtype} {samples.shape}")
+        if samples.size == 0:
+            raise ValueError("audio is empty (0 samples)")
+        samples = samples.astype(np.float32).reshape(samples.shape[0], -1)
+        source_rate = sample_rate if source_rate is None else source_rate
+    if samples.shape[0] == 0:
+        raise ValueError("audio is empty (0 samples)")
+    if not np.isfinite(samples).all():
+        raise ValueError("audio contains NaN or inf")
+    mono = samples.mean(axis=1)
+    if source_rate != sample_rate:
+        common = math.gcd(int(source_rate), int(sample_rate))
+        mono = resample_poly(mono, sample_rate // common, int(source_rate) // common).astype(np.float32)
+    return mono
+
+
+def normalize_peak(waveform: np.ndarray, peak: float = 0.5) -> np.ndarray:
+    """Remove the mean and scale the peak to ``peak``, as AudioLDM's data loader does; silence stays silent
+    (with a warning: the result will be whatever the prompt makes of nothing)."""
+    centred = waveform - waveform.mean()
+    top = float(np.abs(centred).max())
+    if top < 1e-6:
+        logger.warning("the input audio is silent (peak %.1e)", top)
+    return (centred / (top + 1e-8) * peak).astype(np.float32)
+
+
+def log_mel(waveform: np.ndarray | torch.Tensor, settings: MelSettings = MelSettings()) -> torch.Tensor:
+    """AudioLDM's log-mel of mono samples: float32 (frames, n_mels) with frames = samples // hop + 1."""
+    wave = torch.as_tensor(np.asarray(waveform, dtype=np.float32))
+    window = torch.hann_window(settings.win_length)
+    spec = torch.stft(wave, settings.n_fft, settings.hop_length, settings.win_length, window, center=True,
+                      pad_mode="reflect", return_complex=True).abs()
+    basis = torch.from_numpy(librosa.filters.mel(sr=settings.sample_rate, n_fft=settings.n_fft,
+                                                 n_mels=settings.n_mels, fmin=settings.f_min, fmax=settings.f_max))
+    mel = basis @ spec
+    return torch.log(mel.clamp(min=settings.floor)).T.contiguous()
+
+
+def mel_for_vae(waveform: np.ndarray, settings: MelSettings, multiple: int) -> torch.Tensor:
+    """Peak-normalised log-mel as the VAE takes it, (1, 1, frames, n_mels), padded with silence (the log floor) to
+    a multiple of ``multiple`` frames so that every sample of the input is encoded."""
+    mel = log_mel(normalize_peak(waveform), settings)
+    pad = -mel.shape[0] % multiple
+    mel = torch.cat([mel, mel.new_full((pad, mel.shape[1]), math.log(settings.floor))])
+    return mel[None, None]

@@ -49,7 +49,12 @@ def generate_parser() -> argparse.ArgumentParser:
                         "--at 120:thunderstorm (repeatable)")
     parser.add_argument("--timeline", metavar="FILE.json",
                         help="timeline file: a JSON list of [start_s, text] or [start_s, end_s, text]")
-    parser.add_argument("--seconds", type=_seconds, default=10.0, help="length of the audio in seconds (default 10)")
+    parser.add_argument("--seconds", type=_seconds, default=None,
+                        help="length of the audio in seconds (default 10; with --input, the input's length)")
+    parser.add_argument("--input", metavar="FILE", default=None,
+                        help="audio-to-audio: restyle this recording (any length, any format soundfile reads)")
+    parser.add_argument("--strength", type=float, default=0.5,
+                        help="with --input: how far towards noise the input goes, in (0, 1] (default 0.5)")
     parser.add_argument("-o", "--output", required=True, help="output .wav file")
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"hub id, local folder, or random:ARCH for random weights (default {DEFAULT_MODEL})")
@@ -64,6 +69,10 @@ def generate_parser() -> argparse.ArgumentParser:
                         help="write 32-bit float samples instead of 16-bit PCM")
     parser.add_argument("--no-overwrite", action="store_true", help="refuse to replace an existing output file")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--spectrogram", metavar="FILE.png", default=None,
+                        help="also save a log-mel spectrogram of the result, in rows of 60 s (needs matplotlib)")
+    parser.add_argument("--mark-seams", action="store_true",
+                        help="with --spectrogram: draw the denoising window, VAE tile and vocoder chunk boundaries")
     return parser
 
 
@@ -142,11 +151,34 @@ def _prompt_or_timeline(args: argparse.Namespace):
     return timeline
 
 
+def _resolve_length(args: argparse.Namespace) -> None:
+    """Set ``args.seconds``: the input's length with --input (checked readable now), else --seconds or 10."""
+    if args.input is None:
+        args.seconds = 10.0 if args.seconds is None else args.seconds
+        return
+    import soundfile
+
+    if args.seconds is not None:
+        raise CliError("--seconds cannot be combined with --input: the output has the input's length")
+    if not (0 < args.strength <= 1):
+        raise CliError(f"--strength must be in (0, 1], got {args.strength}")
+    try:
+        info = soundfile.info(args.input)
+    except Exception as error:  # noqa: BLE001 - missing file, unknown format, unreadable: all "cannot read"
+        raise CliError(f"--input {args.input}: cannot read it as audio ({str(error).splitlines()[0][:200]})") \
+            from None
+    if info.frames == 0:
+        raise CliError(f"--input {args.input}: the file holds no samples")
+    args.seconds = info.frames / info.samplerate
+
+
 def generate(args: argparse.Namespace) -> Path:
     from .audio import check_output_path, open_wav
     from .config import TilingConfig
 
     output = check_output_path(args.output, overwrite=not args.no_overwrite)  # before any model is loaded
+    picture = _check_spectrogram_path(args)
+    _resolve_length(args)
     prompt = _prompt_or_timeline(args)
     if args.steps < 1:
         raise CliError(f"--steps must be a positive integer, got {args.steps}")
@@ -159,14 +191,45 @@ def generate(args: argparse.Namespace) -> Path:
     pipe = load_pipeline(args.model, dtype, device)
     pipe.set_progress_bar_config(disable=args.quiet)
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
-    pieces = pipe.stream(prompt, audio_length_in_s=args.seconds, num_inference_steps=args.steps,
-                         guidance_scale=args.guidance, negative_prompt=args.negative_prompt, generator=generator,
-                         tiling=TilingConfig(mode=args.mode))
+    length = {"audio": args.input, "strength": args.strength} if args.input else {"audio_length_in_s": args.seconds}
+    pieces = pipe.stream(prompt, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                         negative_prompt=args.negative_prompt, generator=generator,
+                         tiling=TilingConfig(mode=args.mode), **length)
     with open_wav(output, pipe.vocoder.config.sampling_rate, args.subtype) as writer:
         for piece in pieces:
             writer.write(piece[0])
     logger.info("wrote %s: %d samples at %d Hz", output, writer.frames, pipe.vocoder.config.sampling_rate)
+    if picture is not None:
+        import soundfile
+
+        from .plots import save_spectrogram
+
+        seams = pipe.seam_positions(args.seconds, TilingConfig(mode=args.mode)) if args.mark_seams else None
+        audio, rate = soundfile.read(output, dtype="float32")
+        save_spectrogram(picture, audio, rate, boundaries=seams, title=f"{output.name}: {args.seconds:g} s")
+        logger.info("wrote %s", picture)
     return output
+
+
+def _check_spectrogram_path(args: argparse.Namespace) -> Path | None:
+    """The --spectrogram path, checked (and matplotlib found) before anything is generated."""
+    if args.spectrogram is None:
+        if args.mark_seams:
+            raise CliError("--mark-seams marks the spectrogram: give --spectrogram FILE.png too")
+        return None
+    from .plots import require_matplotlib
+
+    path = Path(args.spectrogram)
+    if path.suffix.lower() != ".png":
+        raise CliError(f"--spectrogram must end in .png, got {args.spectrogram!r}")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise CliError(f"--spectrogram: folder {str(folder)!r} does not exist")
+    try:
+        require_matplotlib()
+    except ImportError as error:
+        raise CliError(f"--spectrogram: {error}") from None
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -108,12 +108,14 @@ def denoise(
     progress_bar: Callable[[int], object],
     step_callback: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     cross_attention_kwargs: dict | None = None,
+    timesteps: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Run the scheduler's timesteps; ``step_callback(i, t, latents)`` may return replacement latents."""
+    """Run ``timesteps`` (default: all of the scheduler's; audio-to-audio starts part way);
+    ``step_callback(i, t, latents)`` may return replacement latents."""
     plan = plan_windows(latents.shape[2], config)
     if window_embeds.shape[0] != len(plan.windows):
         window_embeds = window_embeds.expand(len(plan.windows), *window_embeds.shape[1:])
-    timesteps = scheduler.timesteps
+    timesteps = scheduler.timesteps if timesteps is None else timesteps
     with progress_bar(len(timesteps)) as bar:
         if len(plan.windows) > 1 and hasattr(bar, "set_postfix_str"):
             bar.set_postfix_str(f"{len(plan.windows)} windows")

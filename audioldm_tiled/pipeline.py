@@ -13,13 +13,15 @@ import torch
 from diffusers import AudioLDMPipeline
 from diffusers.pipelines.pipeline_utils import AudioPipelineOutput
 from diffusers.utils import logging
+from diffusers.utils.torch_utils import randn_tensor
 
+from .audio import MelSettings, load_audio, mel_for_vae
 from .config import TilingConfig
 from .denoise import denoise, plan_windows
 from .memory import choose_window_batch_size
-from .vae import iter_decode, tiled_decode
+from .vae import decode_tiles, iter_decode, tiled_decode, tiled_encode
 from .timeline import is_timeline, mix_embeddings, parse_timeline, window_mix
-from .vocoder import chunked_vocode, stream_vocode
+from .vocoder import chunked_vocode, plan_chunks, stream_vocode
 
 logger = logging.get_logger(__name__)
 
@@ -128,6 +130,60 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
                 f"`callback_on_step_end_tensor_inputs` has to be in {self._callback_tensor_inputs}, but found {unknown}"
             )
 
+    def _input_mel(self, audio, strength, audio_length_in_s, latents) -> tuple[torch.Tensor, float]:
+        """Checks for audio-to-audio; the input's log-mel (1, 1, T, n_mels) and its length in seconds."""
+        if audio_length_in_s is not None:
+            raise ValueError("pass either `audio` or `audio_length_in_s`: with `audio` the output has the input's "
+                             "length")
+        if latents is not None:
+            raise ValueError("pass either `audio` or `latents`: with `audio` the starting latents are the input's")
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+            raise ValueError(f"`strength` must be a number in (0, 1], got {strength!r}")
+        settings = MelSettings.from_vocoder(self.vocoder)
+        waveform = load_audio(audio, settings.sample_rate)
+        return mel_for_vae(waveform, settings, self.vae_scale_factor), waveform.shape[0] / settings.sample_rate
+
+    def _noised_input(self, mel, batch, strength, num_inference_steps, dtype, device, generator, config):
+        """SDEdit's start: the input's latent (the posterior mean, tiled encode) noised to the timestep where
+        ``int(num_inference_steps * strength)`` steps remain, and those timesteps."""
+        posterior = tiled_encode(self.vae, mel.to(device=device, dtype=self.vae.dtype), config)
+        init = (posterior.mode() * self.vae.config.scaling_factor).to(dtype).repeat(batch, 1, 1, 1)
+        steps = min(int(num_inference_steps * strength), num_inference_steps)
+        start = (num_inference_steps - steps) * self.scheduler.order
+        timesteps = self.scheduler.timesteps[start:]
+        if hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(start)
+        if steps == 0:
+            return init, timesteps
+        noise = randn_tensor(init.shape, generator=generator, device=device, dtype=dtype)
+        return self.scheduler.add_noise(init, noise, timesteps[:1].repeat(batch)), timesteps
+
+    def seam_positions(self, audio_length_in_s: float | None = None,
+                       tiling: TilingConfig | None = None) -> dict[str, list[float]]:
+        """Where the pieces of a streamed render (``stream()``, the CLI) meet, in seconds: interior edges of the
+        denoising windows, and the core boundaries of the VAE tiles and the vocoder chunks (for seam checks and
+        ``plots.spectrogram_figure``). Each list is empty where that stage runs in one piece."""
+        config = self._config_for_call(tiling)
+        _, height, _ = self._audio_geometry(audio_length_in_s)
+        frames = height // self.vae_scale_factor
+        latent_seconds = self.vae_scale_factor * np.prod(self.vocoder.config.upsample_rates) / \
+            self.vocoder.config.sampling_rate
+        windows = plan_windows(frames, config).windows
+        edges = sorted({w.start for w in windows[1:]} | {w.stop for w in windows[:-1]})
+        # Shape, dtype and device are all the planners read: a zero-stride tensor stands in for the latents.
+        device = self._execution_device
+        latents = torch.empty((), device=device, dtype=self.vae.dtype).expand(
+            1, self.vae.config.latent_channels, frames, int(self.vocoder.config.model_in_dim) // self.vae_scale_factor)
+        tiles = [] if config.enabled is False else decode_tiles(self.vae, latents, config)
+        mel = torch.empty((), device=device, dtype=self.vocoder.dtype).expand(1, 1, self.vocoder.config.model_in_dim)
+        chunks = plan_chunks(self.vocoder, mel, height, config)
+        mel_seconds = latent_seconds / self.vae_scale_factor
+        return {
+            "denoising windows": [round(e * latent_seconds, 6) for e in edges],
+            "VAE tiles": [round(t.core_start * latent_seconds, 6) for t in tiles[1:]],
+            "vocoder chunks": [round(c.core_start * mel_seconds, 6) for c in chunks[1:]],
+        }
+
     @torch.no_grad()
     def __call__(
         self,
@@ -150,6 +206,8 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
         tiling: TilingConfig | None = None,
         callback_on_step_end: Callable[..., dict] | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        audio: str | Any | None = None,
+        strength: float = 0.5,
     ):
         r"""Generate audio; the arguments up to ``output_type`` are the parent's, with the same defaults.
 
@@ -164,6 +222,13 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
                 called after every step with the tensors named in ``callback_on_step_end_tensor_inputs``; a returned
                 ``{"latents": ...}`` replaces the latents.
             output_type: ``"np"`` (default), ``"pt"``, or ``"latent"`` to return the denoised latents undecoded.
+            audio (path, numpy array or tensor, *optional*): restyle this recording instead of starting from noise
+                (audio-to-audio, SDEdit): a file soundfile reads (downmixed, resampled), or mono/(samples, channels)
+                samples at the vocoder's rate (16 kHz). Any length: it is encoded with the tiled VAE encoder and the
+                output has its length (``audio_length_in_s`` must then be None).
+            strength (`float`, defaults to 0.5): with ``audio``, in (0, 1]: how far towards noise the input is taken
+                before denoising; ``int(num_inference_steps * strength)`` steps run. 1 keeps only the input's
+                length; where no step runs (tiny strengths) the result is the input through the VAE and vocoder.
 
         Returns:
             [`AudioPipelineOutput`] with ``audios`` of shape (batch, samples), float32 at the vocoder's sampling rate.
@@ -197,6 +262,27 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
             raise ValueError("stream() yields numpy pieces; it takes no `output_type` or `return_dict`")
         kwargs["output_type"] = "np"
         config, latents, keep = self._denoise_latents(prompt=prompt, **kwargs)
+        yield from self._stream_latents(latents, keep, config)
+        self.maybe_free_model_hooks()
+
+    @torch.no_grad()
+    def stream_latents(self, latents: torch.Tensor, audio_length_in_s: float | None = None,
+                       tiling: TilingConfig | None = None) -> Iterator[np.ndarray]:
+        """Decode latents returned by ``output_type="latent"`` (perhaps saved, on another machine) and yield the
+        waveform in pieces like ``stream()``: tiled VAE decode and chunked vocoder. ``audio_length_in_s`` trims
+        the result (the latents cover it rounded up to whole latent frames)."""
+        if not isinstance(latents, torch.Tensor) or latents.dim() != 4:
+            raise ValueError(f"`latents` must be a tensor (B, C, T, F), got {getattr(latents, 'shape', type(latents))}")
+        rate = self.vocoder.config.sampling_rate
+        samples = latents.shape[2] * self.vae_scale_factor * int(np.prod(self.vocoder.config.upsample_rates))
+        keep = samples if audio_length_in_s is None else int(audio_length_in_s * rate)
+        if not 0 < keep <= samples:
+            raise ValueError(f"`audio_length_in_s` must be in (0, {samples / rate:g}] s for these latents, got "
+                             f"{audio_length_in_s!r}")
+        latents = latents.to(device=self._execution_device, dtype=self.vae.dtype)
+        yield from self._stream_latents(latents, keep, self._config_for_call(tiling))
+
+    def _stream_latents(self, latents: torch.Tensor, keep: int, config: TilingConfig) -> Iterator[np.ndarray]:
         if config.enabled == "auto":
             # Streaming is for renders whose memory must not grow with their length: tile even where an untiled
             # decode would fit today's free memory (at 600 s it would take ~14 GB and a quadratic attention).
@@ -210,7 +296,6 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
             emitted += wave.shape[1]
             if wave.shape[1]:
                 yield wave
-        self.maybe_free_model_hooks()
 
     def _denoise_latents(
         self,
@@ -232,13 +317,22 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
         tiling=None,
         callback_on_step_end=None,
         callback_on_step_end_tensor_inputs=("latents",),
+        audio=None,
+        strength=0.5,
     ) -> tuple[TilingConfig, torch.Tensor, int]:
-        """The parent's steps 0-7: checks, prompt encoding, noise, (windowed) denoising.
+        """The parent's steps 0-7: checks, prompt encoding, noise (or the encoded input audio, noised to
+        ``strength``), (windowed) denoising.
 
         Returns the config for this call, the denoised latents and the number of samples to keep."""
         config = self._config_for_call(tiling)
         self._check_call_inputs(num_inference_steps, guidance_scale, output_type, callback_on_step_end_tensor_inputs)
+        input_mel = None
+        if audio is not None:
+            input_mel, audio_length_in_s = self._input_mel(audio, strength, audio_length_in_s, latents)
         audio_length_in_s, height, original_waveform_length = self._audio_geometry(audio_length_in_s)
+        if input_mel is not None:  # every input sample is encoded: the mel is padded up to whole latent frames
+            height, original_waveform_length = input_mel.shape[2], round(
+                audio_length_in_s * self.vocoder.config.sampling_rate)
         vocoder_upsample_factor = np.prod(self.vocoder.config.upsample_rates) / self.vocoder.config.sampling_rate
         timeline = None
         if is_timeline(prompt):
@@ -266,8 +360,14 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
                                             negative_prompt, prompt_embeds=prompt_embeds,
                                             negative_prompt_embeds=negative_prompt_embeds)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        latents = self.prepare_latents(batch_size * num_waveforms_per_prompt, self.unet.config.in_channels, height,
-                                       prompt_embeds.dtype, device, generator, latents)
+        timesteps = self.scheduler.timesteps
+        if input_mel is None:
+            latents = self.prepare_latents(batch_size * num_waveforms_per_prompt, self.unet.config.in_channels,
+                                           height, prompt_embeds.dtype, device, generator, latents)
+        else:
+            latents, timesteps = self._noised_input(input_mel, batch_size * num_waveforms_per_prompt, strength,
+                                                    num_inference_steps, prompt_embeds.dtype, device, generator,
+                                                    config)
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
 
         # (windows or 1, 2 or 1, B, D): each window's negative and positive class embeddings.
@@ -294,6 +394,6 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
 
         latents = denoise(self.unet, self.scheduler, latents, window_embeds, guidance_scale, config,
                           extra_step_kwargs, window_batch, lambda total: self.progress_bar(total=total),
-                          step_callback, cross_attention_kwargs)
+                          step_callback, cross_attention_kwargs, timesteps)
 
         return config, latents, original_waveform_length

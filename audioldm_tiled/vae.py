@@ -476,6 +476,11 @@ def encode_job(vae) -> _Job:
     return _Job(tasks, unit=alignment(tasks), frame_seconds=1 / MEL_FRAMES_PER_SECOND, name="VAE encode")
 
 
+def decode_tiles(vae, latents: torch.Tensor, config: TilingConfig) -> list[Tile]:
+    """The tiles a tiled decode of ``latents`` uses (what the memory budget or ``config.tile_frames`` gives)."""
+    return _plan_tiles(decode_job(vae), latents, config, UNTILED_DECODE_PEAK_FACTOR)
+
+
 def iter_decode(vae, latents: torch.Tensor, config: TilingConfig | None = None) -> Iterator[torch.Tensor]:
     """``vae.decode(latents).sample`` in pieces along time, in order, each (B, 1, t, n_mels).
 

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import TilingConfig
-from .geometry import plan_tiles
+from .geometry import Tile, plan_tiles
 from .memory import memory_budget, return_large_allocations_to_the_system
 
 # Default chunk core in mel frames when the budget allows it: long enough that the context (about 2 x 24 frames)
@@ -139,6 +139,16 @@ def choose_chunk_frames(vocoder: nn.Module, mel: torch.Tensor, config: TilingCon
     return int(max(MIN_CHUNK_FRAMES, min(DEFAULT_CHUNK_FRAMES, fit)))
 
 
+def plan_chunks(vocoder: nn.Module, mel: torch.Tensor, total_frames: int, config: TilingConfig) -> list[Tile]:
+    """The chunks (mel frames) for ``total_frames`` frames like ``mel`` (B, t, n_mels): one when disabled or short."""
+    context = config.vocoder_context_frames
+    context = receptive_field_frames(vocoder) if context is None else context
+    chunk = choose_chunk_frames(vocoder, mel, config)
+    if config.enabled is False or total_frames <= chunk:
+        return plan_tiles(total_frames, total_frames)
+    return plan_tiles(total_frames, chunk, halo=context)
+
+
 def stream_vocode(
     vocoder: nn.Module,
     mel_pieces: Iterable[torch.Tensor],
@@ -153,13 +163,7 @@ def stream_vocode(
     config = config or TilingConfig()
     iterator = iter(mel_pieces)
     first = next(iterator)
-    context = config.vocoder_context_frames
-    context = receptive_field_frames(vocoder) if context is None else context
-    chunk = choose_chunk_frames(vocoder, first, config)
-    if config.enabled is False or total_frames <= chunk:
-        chunks = plan_tiles(total_frames, total_frames)
-    else:
-        chunks = plan_tiles(total_frames, chunk, halo=context)
+    chunks = plan_chunks(vocoder, first, total_frames, config)
     hop = hop_length(vocoder)
     if first.device.type == "cpu":  # one chunk too: the vocoder's own buffers fragment glibc's heap otherwise
         return_large_allocations_to_the_system()
