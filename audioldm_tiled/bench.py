@@ -26,8 +26,10 @@ VARIANTS = {
     # the CLI's streamed path (VAE mode exact or fast): what memory a long soundscape needs end to end
     "stream": ("fast", "exact"),
     "generate": ("windowed", "single-pass"),
+    # denoising only (output_type="latent"), windows per UNet call: what a window costs in memory and time
+    "windows": ("batch-1", "batch-2", "batch-4"),
 }
-DEFAULT_STEPS = {"stream": 2, "generate": 10}
+DEFAULT_STEPS = {"stream": 2, "generate": 10, "windows": 2}
 DEFAULT_VARIANTS = {"stream": ("fast",)}  # the others run every variant by default
 
 
@@ -38,10 +40,11 @@ def _run_decode(variant: str, seconds: float, steps: int):
     from .architectures import ARCHITECTURES
     from .config import TilingConfig
     from .constants import LATENT_FRAMES_PER_SECOND
-    from .vae import tiled_decode
+    from .vae import decode_tiles, tiled_decode
 
     vae = AutoencoderKL(**ARCHITECTURES["audioldm-s"].vae).eval()
     latents = torch.randn(1, 8, int(seconds * LATENT_FRAMES_PER_SECOND), 16)
+    config = TilingConfig(enabled=True, mode=variant if variant in ("exact", "fast") else "exact", show_progress=False)
     start = time.perf_counter()
     if variant == "untiled":
         out = vae.decode(latents).sample
@@ -49,8 +52,13 @@ def _run_decode(variant: str, seconds: float, steps: int):
         vae.enable_tiling()
         out = vae.decode(latents).sample
     else:
-        out = tiled_decode(vae, latents, TilingConfig(enabled=True, mode=variant, show_progress=False))
-    return out, time.perf_counter() - start
+        out = tiled_decode(vae, latents, config)
+    elapsed = time.perf_counter() - start
+    factor = out.shape[2] // latents.shape[2]
+    # Seams are looked for where this variant's tiles meet (untiled: where the tiled variants' would).
+    seams = _diffusers_seams(vae, out.shape[2]) if variant == "diffusers" else \
+        [t.core_start * factor for t in decode_tiles(vae, latents, config)[1:]]
+    return out, elapsed, seams
 
 
 def _run_encode(variant: str, seconds: float, steps: int):
@@ -60,10 +68,12 @@ def _run_encode(variant: str, seconds: float, steps: int):
     from .architectures import ARCHITECTURES
     from .config import TilingConfig
     from .constants import MEL_FRAMES_PER_SECOND
-    from .vae import tiled_encode
+    from .memory import UNTILED_ENCODE_PEAK_FACTOR
+    from .vae import _plan_tiles, encode_job, tiled_encode
 
     vae = AutoencoderKL(**ARCHITECTURES["audioldm-s"].vae).eval()
     mel = torch.randn(1, 1, int(seconds * MEL_FRAMES_PER_SECOND), 64) - 4  # around a log-mel's level
+    config = TilingConfig(enabled=True, mode=variant if variant in ("exact", "fast") else "exact", show_progress=False)
     start = time.perf_counter()
     if variant == "untiled":
         out = vae.encode(mel).latent_dist.mean
@@ -71,8 +81,11 @@ def _run_encode(variant: str, seconds: float, steps: int):
         vae.enable_tiling()
         out = vae.encode(mel).latent_dist.mean
     else:
-        out = tiled_encode(vae, mel, TilingConfig(enabled=True, mode=variant, show_progress=False)).mean
-    return out, time.perf_counter() - start
+        out = tiled_encode(vae, mel, config).mean
+    elapsed = time.perf_counter() - start
+    job = encode_job(vae)
+    seams = [t.core_start // job.unit for t in _plan_tiles(job, mel, config, UNTILED_ENCODE_PEAK_FACTOR)[1:]]
+    return out, elapsed, seams
 
 
 def _run_vocode(variant: str, seconds: float, steps: int):
@@ -82,18 +95,21 @@ def _run_vocode(variant: str, seconds: float, steps: int):
     from .architectures import ARCHITECTURES
     from .config import TilingConfig
     from .constants import MEL_FRAMES_PER_SECOND
-    from .vocoder import _hifigan_channels_last, chunked_vocode
+    from .vocoder import _hifigan_channels_last, chunked_vocode, plan_chunks
 
     vocoder = SpeechT5HifiGan(SpeechT5HifiGanConfig(**ARCHITECTURES["audioldm-s"].vocoder)).eval()
     mel = torch.randn(1, int(seconds * MEL_FRAMES_PER_SECOND), 64)
+    config = TilingConfig(show_progress=False)
     start = time.perf_counter()
     if variant == "one-pass":
         out = vocoder(mel)
     elif variant == "channels-last":
         out = _hifigan_channels_last(vocoder, mel)
     else:
-        out = chunked_vocode(vocoder, mel, TilingConfig(show_progress=False))
-    return out, time.perf_counter() - start
+        out = chunked_vocode(vocoder, mel, config)
+    elapsed = time.perf_counter() - start
+    seams = [c.core_start / MEL_FRAMES_PER_SECOND for c in plan_chunks(vocoder, mel, mel.shape[1], config)[1:]]
+    return out, elapsed, seams
 
 
 def _run_generate(variant: str, seconds: float, steps: int):
@@ -105,11 +121,27 @@ def _run_generate(variant: str, seconds: float, steps: int):
     pipe = random_pipeline("audioldm-s", seed=0)
     pipe.set_progress_bar_config(disable=True)
     windowed = variant == "windowed"  # windows, tiled decode and vocoder; else the parent's single passes
+    config = TilingConfig(windowed=windowed, enabled=windowed, show_progress=False)
     start = time.perf_counter()
     out = pipe("soft rain on leaves", audio_length_in_s=seconds, num_inference_steps=steps,
-               generator=torch.Generator().manual_seed(0), output_type="pt",
-               tiling=TilingConfig(windowed=windowed, enabled=windowed, show_progress=False)).audios
-    return out, time.perf_counter() - start
+               generator=torch.Generator().manual_seed(0), output_type="pt", tiling=config).audios
+    elapsed = time.perf_counter() - start
+    return out, elapsed, _all_seams(pipe.seam_positions(seconds, config.replace(windowed=True, enabled=True)))
+
+
+def _run_windows(variant: str, seconds: float, steps: int):
+    import torch
+
+    from .architectures import random_pipeline
+    from .config import TilingConfig
+
+    pipe = random_pipeline("audioldm-s", seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    config = TilingConfig(window_batch_size=int(variant.split("-")[1]), show_progress=False)
+    start = time.perf_counter()
+    out = pipe("soft rain on leaves", audio_length_in_s=seconds, num_inference_steps=steps,
+               generator=torch.Generator().manual_seed(0), output_type="latent", tiling=config).audios
+    return out, time.perf_counter() - start, []
 
 
 def _run_stream(variant: str, seconds: float, steps: int):
@@ -127,10 +159,22 @@ def _run_stream(variant: str, seconds: float, steps: int):
         if code != 0:
             raise SystemExit(code)
         out = torch.from_numpy(soundfile.read(wav, dtype="float32")[0])
-    return out, elapsed
+    return out, elapsed, []  # the CLI's pipeline is gone here; generate reports seams of the same pieces
 
 
-RUNNERS = {"decode": _run_decode, "encode": _run_encode, "vocode": _run_vocode, "stream": _run_stream, "generate": _run_generate}
+def _all_seams(positions: dict[str, list[float]]) -> list[float]:
+    return sorted({t for times in positions.values() for t in times})
+
+
+def _diffusers_seams(vae, frames: int) -> list[int]:
+    """Where diffusers' AutoencoderKL.tiled_decode crops its blended rows: every ``row_limit`` output frames."""
+    size = vae.tile_sample_min_size
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    row_limit = size - int(size * vae.tile_overlap_factor)
+    return list(range(row_limit, frames, row_limit))
+
+
+RUNNERS = {"decode": _run_decode, "encode": _run_encode, "vocode": _run_vocode, "windows": _run_windows, "stream": _run_stream, "generate": _run_generate}
 
 
 def _measure(stage: str, variant: str, seconds: float, steps: int, out_path: str) -> None:
@@ -142,45 +186,107 @@ def _measure(stage: str, variant: str, seconds: float, steps: int, out_path: str
 
     torch.manual_seed(0)
     with torch.inference_mode():
-        out, elapsed = RUNNERS[stage](variant, seconds, steps)
+        out, elapsed, seams = RUNNERS[stage](variant, seconds, steps)
+    seam = _seam(out, seams)
     torch.save(out, out_path)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     with open(out_path + ".json", "w") as f:
-        json.dump({"time_s": elapsed, "peak_rss_bytes": peak, "output_shape": list(out.shape)}, f)
+        json.dump({"time_s": elapsed, "peak_rss_bytes": peak, "output_shape": list(out.shape), "seam": seam,
+                   **environment()}, f)
 
 
-def run_suite(stage: str, lengths: list[float], variants: list[str], steps: int = 0) -> list[dict]:
+def _seam(out, seams: list) -> float | None:
+    """The seam score (see seams.py) of a stage's output at its boundaries: frames of a (B, C, T, F) output, the
+    channels and frequency rows as bands; seconds of a waveform. None without boundaries."""
+    import math
+
+    from .seams import audio_seam_score, seam_score
+
+    if not seams:
+        return None
+    if out.dim() == 4:
+        score = seam_score(out[0].transpose(0, 1).flatten(1), seams)
+    else:
+        score = audio_seam_score(out.reshape(-1).float().numpy(), seams)
+    return None if math.isnan(score) else score
+
+
+def environment() -> dict:
+    """What a measurement ran on: machine, library versions, date."""
+    import datetime
+    import platform
+
+    import diffusers
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    return {"machine": f"{cpu}, {os.cpu_count()} cores, {memory_gb:.0f} GB", "torch": torch.__version__,
+            "diffusers": diffusers.__version__, "date": datetime.date.today().isoformat()}
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return 0
+
+
+def _run_child(args: list[str], memory_limit: int | None) -> str | None:
+    """Run one measurement in its own process; None on success, else why it failed. With ``memory_limit`` (bytes)
+    the child is stopped once its resident memory passes it: what a machine with that much free memory would do."""
+    child = subprocess.Popen([sys.executable, "-m", "audioldm_tiled.bench", "--child", *args])
+    while child.poll() is None:
+        if memory_limit is not None and _rss(child.pid) > memory_limit:
+            child.kill()
+            child.wait()
+            return f"out of memory: passed the {memory_limit / 1e9:.1f} GB limit"
+        time.sleep(0.05)
+    if child.returncode == 0:
+        return None
+    return "out of memory (killed)" if child.returncode in (-9, 137) else f"exit status {child.returncode}"
+
+
+def run_suite(stage: str, lengths: list[float], variants: list[str], steps: int = 0,
+              memory_limit: int | None = None) -> list[dict]:
     import torch
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seconds in lengths:
-            reference = None
+            reference, base = None, None
             for variant in variants:
                 path = os.path.join(tmp, f"{stage}-{variant}-{seconds}.pt")
-                code = subprocess.call([sys.executable, "-m", "audioldm_tiled.bench", "--child", stage, variant,
-                                        str(seconds), str(steps), path])
+                failure = _run_child([stage, variant, str(seconds), str(steps), path], memory_limit)
                 row = {"stage": stage, "variant": variant, "seconds": seconds}
                 if steps:
                     row["steps"] = steps
-                if code != 0:
-                    row["error"] = f"exit status {code} (out of memory?)"
+                if memory_limit is not None:
+                    row["memory_limit_bytes"] = memory_limit
+                if failure is not None:
+                    row["error"] = failure
                     rows.append(row)
+                    print(json.dumps(row), flush=True)
                     continue
                 with open(path + ".json") as f:
                     row.update(json.load(f))
                 row["time_per_audio_second"] = row["time_s"] / seconds
                 out = torch.load(path).double()
-                if reference is None:
-                    reference = out
+                if variant == variants[0]:
+                    reference, base = out, row
                     row["snr_db"] = float("inf")
                     row["max_abs_err"] = 0.0
-                else:
+                elif reference is not None:  # no comparison when the reference itself could not run
                     err = out - reference
                     row["snr_db"] = float(10 * torch.log10(reference.pow(2).mean() / err.pow(2).mean()))
                     row["max_abs_err"] = float(err.abs().max())
                     row["max_rel_err"] = float(err.abs().max() / reference.abs().max())
-                    base = next(r for r in rows if r["seconds"] == seconds and r["variant"] == variants[0])
                     row["time_ratio"] = row["time_s"] / base["time_s"]
                     row["memory_ratio"] = row["peak_rss_bytes"] / base["peak_rss_bytes"]
                 rows.append(row)
@@ -191,21 +297,33 @@ def run_suite(stage: str, lengths: list[float], variants: list[str], steps: int 
 def _relative(row: dict) -> str:
     if "max_rel_err" in row:
         return f"{row['max_rel_err']:.1e}"
-    return "0" if row["max_abs_err"] == 0 else ""  # rows saved before the field existed
+    return "0" if row.get("max_abs_err") == 0 else ""  # rows saved before the field existed
+
+
+def _ratio(row: dict, key: str) -> float | None:
+    """A ratio to the reference; 1 for the reference itself, None where the reference could not run."""
+    return 1.0 if row.get("snr_db") == float("inf") else row.get(key)
+
+
+def _number(value, spec: str) -> str:
+    return "" if value is None else format(value, spec)
 
 
 def to_markdown(rows: list[dict]) -> str:
     lines = ["| stage | variant | audio (s) | time (s) | s per audio s | peak RSS (GB) | time / base | memory / base "
-             "| SNR vs base (dB) | max abs err | max err / max abs |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| SNR vs base (dB) | max abs err | max err / max abs | seam score |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['stage']} | {r['variant']} | {r['seconds']:g} | {r['error']} | | | | | | | |")
+            lines.append(f"| {r['stage']} | {r['variant']} | {r['seconds']:g} | {r['error']} | | | | | | | | |")
             continue
         lines.append(
-            f"| {r['stage']} | {r['variant']} | {r['seconds']:g} | {r['time_s']:.1f} | {r['time_s'] / r['seconds']:.2f} "
-            f"| {r['peak_rss_bytes'] / 1e9:.2f} | {r.get('time_ratio', 1):.2f} | {r.get('memory_ratio', 1):.2f} "
-            f"| {r['snr_db']:.1f} | {r['max_abs_err']:.2e} | {_relative(r)} |"
+            f"| {r['stage']} | {r['variant']} | {r['seconds']:g} | {r['time_s']:.1f} "
+            f"| {r['time_s'] / r['seconds']:.2f} "
+            f"| {r['peak_rss_bytes'] / 1e9:.2f} | {_number(_ratio(r, 'time_ratio'), '.2f')} "
+            f"| {_number(_ratio(r, 'memory_ratio'), '.2f')} "
+            f"| {_number(r.get('snr_db'), '.1f')} | {_number(r.get('max_abs_err'), '.2e')} | {_relative(r)} "
+            f"| {_number(r.get('seam'), '.2f')} |"
         )
     return "\n".join(lines)
 
@@ -215,20 +333,29 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "--child":
         _measure(argv[1], argv[2], float(argv[3]), int(argv[4]), argv[5])
         return 0
-    parser = argparse.ArgumentParser(prog="audioldm-tiled bench", description=__doc__)
+    if argv and argv[0] == "report":
+        from .report import main as report_main
+
+        return report_main(argv[1:])
+    parser = argparse.ArgumentParser(prog="audioldm-tiled bench", description=__doc__,
+                                     epilog="audioldm-tiled bench report --help: the report with plots")
     parser.add_argument("stage", choices=sorted(VARIANTS))
     parser.add_argument("--seconds", type=float, nargs="+", default=[10, 40, 120])
     parser.add_argument("--variants", nargs="+", default=None, help="first one is the reference")
     parser.add_argument("--steps", type=int, default=None,
-                        help="denoising steps for stream/generate (default: stream 2, generate 10)")
+                        help="denoising steps for stream/generate/windows (default: stream 2, generate 10, "
+                        "windows 2)")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument("--memory-limit", type=float, default=None, metavar="GB",
+                        help="stop a point whose resident memory passes this; it is reported as out of memory")
     args = parser.parse_args(argv)
     variants = args.variants or list(DEFAULT_VARIANTS.get(args.stage, VARIANTS[args.stage]))
     unknown = [v for v in variants if v not in VARIANTS[args.stage]]
     if unknown:
         parser.error(f"--variants for {args.stage} must be among {', '.join(VARIANTS[args.stage])}; got {unknown}")
     steps = args.steps if args.steps is not None else DEFAULT_STEPS.get(args.stage, 0)
-    rows = run_suite(args.stage, args.seconds, variants, steps)
+    limit = None if args.memory_limit is None else int(args.memory_limit * 1e9)
+    rows = run_suite(args.stage, args.seconds, variants, steps, limit)
     print(to_markdown(rows))
     if args.json:
         with open(args.json, "w") as f:
