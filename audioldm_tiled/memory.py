@@ -25,8 +25,10 @@ logger = logging.getLogger(__name__)
 # point) gave peak RSS 1.775 GB at 40 s and 3.657 GB at 120 s: 0.94 MB more per latent frame, against 0.262 MB per
 # frame for the widest activation (256 channels x 4 mel frames x 64 mel bins, float32): a factor of 3.59.
 UNTILED_DECODE_PEAK_FACTOR = 3.6
-# The same for the untiled encode; measured by `audioldm-tiled bench encode` (see README), same method.
-UNTILED_ENCODE_PEAK_FACTOR = 3.6
+# The same for the untiled encode, same method: `audioldm-tiled bench encode --seconds 10 40 120` gave peak RSS
+# 1.350 GB at 40 s and 2.662 GB at 120 s: 164 kB more per mel frame, against 32.8 kB per mel frame for the widest
+# activation (conv_in's 128 channels x 64 mel bins, float32): a factor of 5.01.
+UNTILED_ENCODE_PEAK_FACTOR = 5.0
 # Exact tiled decode keeps about two activations of the whole sequence (the stream and a resnet's residual).
 EXACT_STORED_ACTIVATIONS = 2.0
 # Only this share of the free memory is planned for: the allocator fragments, and other stages hold memory too.
@@ -132,7 +134,22 @@ def release_cached_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def choose_window_batch_size(unet, latents: torch.Tensor, windows: int, guided: bool, budget: int | None) -> int:
-    """Windows per UNet call: 1. On 2 CPU cores batching gains nothing (the cores are busy at batch 1); on an
-    accelerator, set ``TilingConfig.window_batch_size`` (no measurement of the UNet's per-window cost exists yet)."""
-    return 1
+# Extra peak bytes of one more window in a UNet call, per byte of that window's model input (both guidance rows).
+# Measured: `audioldm-tiled bench windows --seconds 60` (audioldm-s UNet, fp32, guided, 256-frame windows, 2 steps)
+# gave peak RSS 2.31 GB at 1 window per call and 2.86 GB at 4: 0.184 GB per window, against 2 x 8 x 256 x 16 x 4 B
+# = 262 kB of input per window: a factor of 700. It scales the input linearly; the UNet's self-attention grows with
+# the square of the window, so windows much longer than 256 frames are under-estimated.
+UNET_WINDOW_PEAK_FACTOR = 700
+# On CPU the same run took 37.3 s at 1 window per call, 42.5 s at 2 and 39.9 s at 4: the cores are busy at one.
+
+
+def choose_window_batch_size(latents: torch.Tensor, windows: int, window_frames: int, guided: bool,
+                             config: TilingConfig) -> int:
+    """Windows per UNet call: 1 on CPU (batching was slower there, see above); on an accelerator as many as the
+    memory budget holds, at most ``windows``."""
+    if latents.device.type == "cpu" or windows <= 1:
+        return 1
+    rows = 2 if guided else 1
+    window_bytes = rows * latents[:, :, :window_frames].numel() * latents.element_size()
+    fit = memory_budget(config, latents.device) // (UNET_WINDOW_PEAK_FACTOR * window_bytes)
+    return int(max(1, min(windows, fit)))

@@ -381,7 +381,7 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
             mix = window_mix(timeline, plan.windows, latents.shape[2], frames_per_second)
             window_embeds = mix_embeddings(per_segment, mix)
         window_batch = config.window_batch_size or choose_window_batch_size(
-            self.unet, latents, len(plan.windows), do_classifier_free_guidance, config.memory_budget)
+            latents, len(plan.windows), plan.windows[0].length, do_classifier_free_guidance, config)
 
         def step_callback(i: int, t: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
             if callback_on_step_end is not None:

@@ -162,3 +162,16 @@ def test_call_keeps_the_parents_parameters_and_defaults():
     assert list(ours)[: len(parent)] == list(parent)
     for name, parameter in parent.items():
         assert ours[name].default == parameter.default, name
+
+
+def test_window_batch_size_follows_the_memory_budget_off_the_cpu():
+    from audioldm_tiled.memory import UNET_WINDOW_PEAK_FACTOR, choose_window_batch_size
+
+    latents = torch.empty(1, 8, 1500, 16, device="meta")  # shape, dtype and device are all it reads
+    per_window = UNET_WINDOW_PEAK_FACTOR * 2 * 8 * 256 * 16 * 4  # guided: two rows per window, float32
+    choose = lambda budget, windows=10: choose_window_batch_size(  # noqa: E731
+        latents, windows, 256, True, TilingConfig(memory_budget=budget))
+    assert choose(int(3.5 * per_window)) == 3
+    assert choose(100 * per_window) == 10 and choose(100 * per_window, windows=4) == 4
+    assert choose(per_window // 2) == 1  # never below one window
+    assert choose_window_batch_size(torch.empty(1, 8, 1500, 16), 10, 256, True, TilingConfig(memory_budget=10**12)) == 1
