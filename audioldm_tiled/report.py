@@ -54,7 +54,7 @@ def _plot(rows: list[dict], stage: str, measures: list[tuple[str, str]], title: 
                 y = limit / scale if key == "peak_rss_bytes" and limit else (points[-1][1] if points else 0)
                 ax.plot([r["seconds"]], [y], marker="x", markersize=10, color=line.get_color())
                 ax.annotate("out of memory" if "memory" in r["error"] else "failed", (r["seconds"], y),
-                            textcoords="offset points", xytext=(-40, 8), fontsize="small", color=line.get_color())
+                            textcoords="offset points", xytext=(-80, -16), fontsize="small", color=line.get_color())
         limits = {r["memory_limit_bytes"] for r in rows if "memory_limit_bytes" in r}
         if key == "peak_rss_bytes" and limits:
             ax.axhline(max(limits) / scale, color="grey", linestyle=":", linewidth=1, label="memory limit")
@@ -63,7 +63,7 @@ def _plot(rows: list[dict], stage: str, measures: list[tuple[str, str]], title: 
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     figure.suptitle(title)
-    figure.text(0.01, 0.005, _environment(rows), fontsize="x-small", color="grey")
+    figure.supxlabel(_environment(rows), fontsize="x-small", color="grey")
     figure.savefig(path, dpi=80)
     return True
 

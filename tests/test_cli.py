@@ -101,3 +101,20 @@ def test_cli_bad_timeline_fails_before_loading_the_model(tmp_path, capsys, args,
     code = main([*args, "--seconds", "3", "-o", str(tmp_path / "o.wav"), "--model", "no/such-model"])
     err = capsys.readouterr().err
     assert code == 2 and message in err and "could not be loaded" not in err and "Traceback" not in err
+
+
+def test_cli_spectrogram_with_seams_marked(tmp_path):
+    pytest.importorskip("matplotlib")
+    out, picture = tmp_path / "s.wav", tmp_path / "s.png"
+    assert main(["x", "--seconds", "14", "-o", str(out), "--model", "random:tiny", "--steps", "1", "--quiet",
+                 "--spectrogram", str(picture), "--mark-seams"]) == 0
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and picture.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("args, message", [(["--spectrogram", "missing-dir/s.png"], "does not exist"),
+                                           (["--spectrogram", "s.jpg"], ".png"), (["--mark-seams"], "--spectrogram")])
+def test_cli_spectrogram_path_is_checked_before_loading(tmp_path, capsys, args, message):
+    args = [str(tmp_path / a) if a.endswith(("png", "jpg")) else a for a in args]
+    assert main(["x", "-o", str(tmp_path / "o.wav"), "--model", "no/such-model", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "could not be loaded" not in err

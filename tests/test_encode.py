@@ -110,3 +110,18 @@ def test_nan_in_the_input_names_the_time_range(tiny):
 def test_mel_is_checked(tiny, shape, message):
     with pytest.raises(ValueError, match=message):
         tiled_encode(tiny["vae"], torch.zeros(shape))
+
+
+def test_out_of_memory_in_the_untiled_encode_retries_tiled(tiny, monkeypatch, caplog):
+    vae = tiny["vae"]
+    mel = nonstationary_mel(1, 160)
+    expected = vae.encode(mel).latent_dist.mean
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(vae, "encode", out_of_memory)
+    with caplog.at_level(logging.WARNING, logger="audioldm_tiled.vae"):
+        actual = tiled_encode(vae, mel, TilingConfig(tile_frames=8, memory_budget=10**12, show_progress=False))
+    assert "untiled VAE encode ran out of memory" in caplog.text
+    assert relative_error(actual.mean, expected) < EXACT_TOLERANCE

@@ -68,3 +68,13 @@ def test_report_from_saved_bench_rows(tmp_path):
         width, height = _png_size(tmp_path / name)
         assert (width, height) == (440, 336) and 5_000 < (tmp_path / name).stat().st_size < 500_000
     assert not (tmp_path / "end_to_end.png").exists()  # no generate rows in the fixture
+
+
+def test_missing_matplotlib_names_the_extra(monkeypatch):
+    import sys
+
+    from audioldm_tiled.plots import require_matplotlib
+
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # what an environment without it raises
+    with pytest.raises(ImportError, match=r"audioldm-tiled\[plot\]"):
+        require_matplotlib()
