@@ -33,6 +33,27 @@ DEFAULT_STEPS = {"stream": 2, "generate": 10, "windows": 2}
 DEFAULT_VARIANTS = {"stream": ("fast",)}  # the others run every variant by default
 
 
+# Where a child runs its stage: set from the command line in _measure.
+_TARGET = {"device": "cpu", "dtype_name": "fp32"}
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def _target() -> dict:
+    """``.to(**_target())`` arguments: the bench's device and dtype."""
+    import torch
+
+    return {"device": torch.device(_TARGET["device"]), "dtype": getattr(torch, DTYPES[_TARGET["dtype_name"]])}
+
+
+def _elapsed(start: float) -> float:
+    """Seconds since ``start``, after the device has finished its queued work."""
+    import torch
+
+    if _TARGET["device"].startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
 def _run_decode(variant: str, seconds: float, steps: int):
     import torch
     from diffusers import AutoencoderKL
@@ -42,8 +63,8 @@ def _run_decode(variant: str, seconds: float, steps: int):
     from .constants import LATENT_FRAMES_PER_SECOND
     from .vae import decode_tiles, tiled_decode
 
-    vae = AutoencoderKL(**ARCHITECTURES["audioldm-s"].vae).eval()
-    latents = torch.randn(1, 8, int(seconds * LATENT_FRAMES_PER_SECOND), 16)
+    vae = AutoencoderKL(**ARCHITECTURES["audioldm-s"].vae).eval().to(**_target())
+    latents = torch.randn(1, 8, int(seconds * LATENT_FRAMES_PER_SECOND), 16).to(**_target())
     config = TilingConfig(enabled=True, mode=variant if variant in ("exact", "fast") else "exact", show_progress=False)
     start = time.perf_counter()
     if variant == "untiled":
@@ -53,7 +74,7 @@ def _run_decode(variant: str, seconds: float, steps: int):
         out = vae.decode(latents).sample
     else:
         out = tiled_decode(vae, latents, config)
-    elapsed = time.perf_counter() - start
+    elapsed = _elapsed(start)
     factor = out.shape[2] // latents.shape[2]
     # Seams are looked for where this variant's tiles meet (untiled: where the tiled variants' would).
     seams = _diffusers_seams(vae, out.shape[2]) if variant == "diffusers" else \
@@ -71,8 +92,8 @@ def _run_encode(variant: str, seconds: float, steps: int):
     from .memory import UNTILED_ENCODE_PEAK_FACTOR
     from .vae import _plan_tiles, encode_job, tiled_encode
 
-    vae = AutoencoderKL(**ARCHITECTURES["audioldm-s"].vae).eval()
-    mel = torch.randn(1, 1, int(seconds * MEL_FRAMES_PER_SECOND), 64) - 4  # around a log-mel's level
+    vae = AutoencoderKL(**ARCHITECTURES["audioldm-s"].vae).eval().to(**_target())
+    mel = (torch.randn(1, 1, int(seconds * MEL_FRAMES_PER_SECOND), 64) - 4).to(**_target())  # a log-mel's level
     config = TilingConfig(enabled=True, mode=variant if variant in ("exact", "fast") else "exact", show_progress=False)
     start = time.perf_counter()
     if variant == "untiled":
@@ -82,7 +103,7 @@ def _run_encode(variant: str, seconds: float, steps: int):
         out = vae.encode(mel).latent_dist.mean
     else:
         out = tiled_encode(vae, mel, config).mean
-    elapsed = time.perf_counter() - start
+    elapsed = _elapsed(start)
     job = encode_job(vae)
     seams = [t.core_start // job.unit for t in _plan_tiles(job, mel, config, UNTILED_ENCODE_PEAK_FACTOR)[1:]]
     return out, elapsed, seams
@@ -97,8 +118,8 @@ def _run_vocode(variant: str, seconds: float, steps: int):
     from .constants import MEL_FRAMES_PER_SECOND
     from .vocoder import _hifigan_channels_last, chunked_vocode, plan_chunks
 
-    vocoder = SpeechT5HifiGan(SpeechT5HifiGanConfig(**ARCHITECTURES["audioldm-s"].vocoder)).eval()
-    mel = torch.randn(1, int(seconds * MEL_FRAMES_PER_SECOND), 64)
+    vocoder = SpeechT5HifiGan(SpeechT5HifiGanConfig(**ARCHITECTURES["audioldm-s"].vocoder)).eval().to(**_target())
+    mel = torch.randn(1, int(seconds * MEL_FRAMES_PER_SECOND), 64).to(**_target())
     config = TilingConfig(show_progress=False)
     start = time.perf_counter()
     if variant == "one-pass":
@@ -107,7 +128,7 @@ def _run_vocode(variant: str, seconds: float, steps: int):
         out = _hifigan_channels_last(vocoder, mel)
     else:
         out = chunked_vocode(vocoder, mel, config)
-    elapsed = time.perf_counter() - start
+    elapsed = _elapsed(start)
     seams = [c.core_start / MEL_FRAMES_PER_SECOND for c in plan_chunks(vocoder, mel, mel.shape[1], config)[1:]]
     return out, elapsed, seams
 
@@ -118,14 +139,14 @@ def _run_generate(variant: str, seconds: float, steps: int):
     from .architectures import random_pipeline
     from .config import TilingConfig
 
-    pipe = random_pipeline("audioldm-s", seed=0)
+    pipe = random_pipeline("audioldm-s", seed=0, torch_dtype=_target()["dtype"]).to(_target()["device"])
     pipe.set_progress_bar_config(disable=True)
     windowed = variant == "windowed"  # windows, tiled decode and vocoder; else the parent's single passes
     config = TilingConfig(windowed=windowed, enabled=windowed, show_progress=False)
     start = time.perf_counter()
     out = pipe("soft rain on leaves", audio_length_in_s=seconds, num_inference_steps=steps,
                generator=torch.Generator().manual_seed(0), output_type="pt", tiling=config).audios
-    elapsed = time.perf_counter() - start
+    elapsed = _elapsed(start)
     return out, elapsed, _all_seams(pipe.seam_positions(seconds, config.replace(windowed=True, enabled=True)))
 
 
@@ -135,13 +156,13 @@ def _run_windows(variant: str, seconds: float, steps: int):
     from .architectures import random_pipeline
     from .config import TilingConfig
 
-    pipe = random_pipeline("audioldm-s", seed=0)
+    pipe = random_pipeline("audioldm-s", seed=0, torch_dtype=_target()["dtype"]).to(_target()["device"])
     pipe.set_progress_bar_config(disable=True)
     config = TilingConfig(window_batch_size=int(variant.split("-")[1]), show_progress=False)
     start = time.perf_counter()
     out = pipe("soft rain on leaves", audio_length_in_s=seconds, num_inference_steps=steps,
                generator=torch.Generator().manual_seed(0), output_type="latent", tiling=config).audios
-    return out, time.perf_counter() - start, []
+    return out, _elapsed(start), []
 
 
 def _run_stream(variant: str, seconds: float, steps: int):
@@ -154,8 +175,9 @@ def _run_stream(variant: str, seconds: float, steps: int):
         wav = os.path.join(tmp, "stream.wav")
         start = time.perf_counter()
         code = cli_main(["soft rain on leaves", "--model", "random:audioldm-s", "--seconds", str(seconds), "--steps",
-                         str(steps), "--mode", variant, "--quiet", "-o", wav])
-        elapsed = time.perf_counter() - start
+                         str(steps), "--mode", variant, "--quiet", "-o", wav, "--device", str(_target()["device"]),
+                         "--dtype", _TARGET["dtype_name"]])
+        elapsed = _elapsed(start)
         if code != 0:
             raise SystemExit(code)
         out = torch.from_numpy(soundfile.read(wav, dtype="float32")[0])
@@ -177,22 +199,37 @@ def _diffusers_seams(vae, frames: int) -> list[int]:
 RUNNERS = {"decode": _run_decode, "encode": _run_encode, "vocode": _run_vocode, "windows": _run_windows, "stream": _run_stream, "generate": _run_generate}
 
 
-def _measure(stage: str, variant: str, seconds: float, steps: int, out_path: str) -> None:
-    """Child process: build only the measured component (so peak RSS is that stage's), run one variant, save its
-    output and timing."""
+# A child's exit status for a CUDA out-of-memory error (the parent reports it as out of memory).
+CUDA_OUT_OF_MEMORY = 3
+
+
+def _measure(stage: str, variant: str, seconds: float, steps: int, out_path: str, device: str = "cpu",
+             dtype: str = "fp32") -> None:
+    """Child process: build only the measured component (so peak memory is that stage's), run one variant, save its
+    output (float32, on the CPU) and timing."""
     import resource
 
     import torch
 
+    _TARGET.update(device=device, dtype_name=dtype)
+    cuda = device.startswith("cuda")
     torch.manual_seed(0)
-    with torch.inference_mode():
-        out, elapsed, seams = RUNNERS[stage](variant, seconds, steps)
+    try:
+        with torch.inference_mode():
+            out, elapsed, seams = RUNNERS[stage](variant, seconds, steps)
+    except torch.OutOfMemoryError as error:
+        print(f"out of memory: {error}", file=sys.stderr)
+        sys.exit(CUDA_OUT_OF_MEMORY)
+    out = out.float().cpu()
     seam = _seam(out, seams)
     torch.save(out, out_path)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    row = {"time_s": elapsed, "peak_rss_bytes": peak, "output_shape": list(out.shape), "seam": seam,
+           "device": torch.cuda.get_device_name(device) if cuda else "cpu", "dtype": dtype, **environment()}
+    if cuda:
+        row["peak_cuda_bytes"] = torch.cuda.max_memory_allocated(device)
     with open(out_path + ".json", "w") as f:
-        json.dump({"time_s": elapsed, "peak_rss_bytes": peak, "output_shape": list(out.shape), "seam": seam,
-                   **environment()}, f)
+        json.dump(row, f)
 
 
 def _seam(out, seams: list) -> float | None:
@@ -250,11 +287,13 @@ def _run_child(args: list[str], memory_limit: int | None) -> str | None:
         time.sleep(0.05)
     if child.returncode == 0:
         return None
+    if child.returncode == CUDA_OUT_OF_MEMORY:
+        return "out of memory (CUDA)"
     return "out of memory (killed)" if child.returncode in (-9, 137) else f"exit status {child.returncode}"
 
 
 def run_suite(stage: str, lengths: list[float], variants: list[str], steps: int = 0,
-              memory_limit: int | None = None) -> list[dict]:
+              memory_limit: int | None = None, device: str = "cpu", dtype: str = "fp32") -> list[dict]:
     import torch
 
     rows = []
@@ -263,7 +302,7 @@ def run_suite(stage: str, lengths: list[float], variants: list[str], steps: int 
             reference, base = None, None
             for variant in variants:
                 path = os.path.join(tmp, f"{stage}-{variant}-{seconds}.pt")
-                failure = _run_child([stage, variant, str(seconds), str(steps), path], memory_limit)
+                failure = _run_child([stage, variant, str(seconds), str(steps), path, device, dtype], memory_limit)
                 row = {"stage": stage, "variant": variant, "seconds": seconds}
                 if steps:
                     row["steps"] = steps
@@ -288,10 +327,15 @@ def run_suite(stage: str, lengths: list[float], variants: list[str], steps: int 
                     row["max_abs_err"] = float(err.abs().max())
                     row["max_rel_err"] = float(err.abs().max() / reference.abs().max())
                     row["time_ratio"] = row["time_s"] / base["time_s"]
-                    row["memory_ratio"] = row["peak_rss_bytes"] / base["peak_rss_bytes"]
+                    key = memory_key(row)  # on a GPU, the device's peak; else the process's
+                    row["memory_ratio"] = row[key] / base[key]
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     return rows
+
+
+def memory_key(row: dict) -> str:
+    return "peak_cuda_bytes" if "peak_cuda_bytes" in row else "peak_rss_bytes"
 
 
 def _relative(row: dict) -> str:
@@ -302,7 +346,9 @@ def _relative(row: dict) -> str:
 
 def _ratio(row: dict, key: str) -> float | None:
     """A ratio to the reference; 1 for the reference itself, None where the reference could not run."""
-    return 1.0 if row.get("snr_db") == float("inf") else row.get(key)
+    if key in row:
+        return row[key]
+    return 1.0 if row.get("snr_db") == float("inf") and "max_rel_err" not in row else None
 
 
 def _number(value, spec: str) -> str:
@@ -310,18 +356,21 @@ def _number(value, spec: str) -> str:
 
 
 def to_markdown(rows: list[dict]) -> str:
-    lines = ["| stage | variant | audio (s) | time (s) | s per audio s | peak RSS (GB) | time / base | memory / base "
-             "| SNR vs base (dB) | max abs err | max err / max abs | seam score |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    cuda = any("peak_cuda_bytes" in r for r in rows)
+    extra = " peak CUDA (GB) |" if cuda else ""
+    lines = ["| stage | variant | audio (s) | time (s) | s per audio s | peak RSS (GB) |" + extra + " time / base "
+             "| memory / base | SNR vs base (dB) | max abs err | max err / max abs | seam score |",
+             "|---|---|---|---|---|---|" + ("---|" if cuda else "") + "---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['stage']} | {r['variant']} | {r['seconds']:g} | {r['error']} | | | | | | | | |")
+            lines.append(f"| {r['stage']} | {r['variant']} | {r['seconds']:g} | {r['error']} |" + " |" * (8 + cuda))
             continue
+        cuda_cell = f" {_number(r.get('peak_cuda_bytes', None) and r['peak_cuda_bytes'] / 1e9, '.2f')} |" if cuda \
+            else ""
         lines.append(
             f"| {r['stage']} | {r['variant']} | {r['seconds']:g} | {r['time_s']:.1f} "
-            f"| {r['time_s'] / r['seconds']:.2f} "
-            f"| {r['peak_rss_bytes'] / 1e9:.2f} | {_number(_ratio(r, 'time_ratio'), '.2f')} "
-            f"| {_number(_ratio(r, 'memory_ratio'), '.2f')} "
+            f"| {r['time_s'] / r['seconds']:.2f} | {r['peak_rss_bytes'] / 1e9:.2f} |{cuda_cell} "
+            f"{_number(_ratio(r, 'time_ratio'), '.2f')} | {_number(_ratio(r, 'memory_ratio'), '.2f')} "
             f"| {_number(r.get('snr_db'), '.1f')} | {_number(r.get('max_abs_err'), '.2e')} | {_relative(r)} "
             f"| {_number(r.get('seam'), '.2f')} |"
         )
@@ -331,7 +380,7 @@ def to_markdown(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--child":
-        _measure(argv[1], argv[2], float(argv[3]), int(argv[4]), argv[5])
+        _measure(argv[1], argv[2], float(argv[3]), int(argv[4]), *argv[5:8])
         return 0
     if argv and argv[0] == "report":
         from .report import main as report_main
@@ -348,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     parser.add_argument("--memory-limit", type=float, default=None, metavar="GB",
                         help="stop a point whose resident memory passes this; it is reported as out of memory")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="fp32 (default), fp16 or bf16")
     args = parser.parse_args(argv)
     variants = args.variants or list(DEFAULT_VARIANTS.get(args.stage, VARIANTS[args.stage]))
     unknown = [v for v in variants if v not in VARIANTS[args.stage]]
@@ -355,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--variants for {args.stage} must be among {', '.join(VARIANTS[args.stage])}; got {unknown}")
     steps = args.steps if args.steps is not None else DEFAULT_STEPS.get(args.stage, 0)
     limit = None if args.memory_limit is None else int(args.memory_limit * 1e9)
-    rows = run_suite(args.stage, args.seconds, variants, steps, limit)
+    rows = run_suite(args.stage, args.seconds, variants, steps, limit, args.device, args.dtype)
     print(to_markdown(rows))
     if args.json:
         with open(args.json, "w") as f:

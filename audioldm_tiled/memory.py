@@ -136,8 +136,8 @@ def release_cached_memory(device: torch.device) -> None:
 
 # Extra peak bytes of one more window in a UNet call, per byte of that window's model input (both guidance rows).
 # Measured: `audioldm-tiled bench windows --seconds 60` (audioldm-s UNet, fp32, guided, 256-frame windows, 2 steps)
-# gave peak RSS 2.31 GB at 1 window per call and 2.86 GB at 4: 0.184 GB per window, against 2 x 8 x 256 x 16 x 4 B
-# = 262 kB of input per window: a factor of 700. It scales the input linearly; the UNet's self-attention grows with
+# gave peak RSS 2.308 GB at 1 window per call and 2.855 GB at 4: 0.182 GB per window, against 2 x 8 x 256 x 16 x 4 B
+# = 262 kB of input per window: a factor of 696, rounded to 700. It scales the input linearly; the UNet's self-attention grows with
 # the square of the window, so windows much longer than 256 frames are under-estimated.
 UNET_WINDOW_PEAK_FACTOR = 700
 # On CPU the same run took 37.3 s at 1 window per call, 42.5 s at 2 and 39.9 s at 4: the cores are busy at one.

@@ -166,8 +166,8 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
         config = self._config_for_call(tiling)
         _, height, _ = self._audio_geometry(audio_length_in_s)
         frames = height // self.vae_scale_factor
-        latent_seconds = self.vae_scale_factor * np.prod(self.vocoder.config.upsample_rates) / \
-            self.vocoder.config.sampling_rate
+        latent_seconds = float(self.vae_scale_factor * np.prod(self.vocoder.config.upsample_rates) /
+                               self.vocoder.config.sampling_rate)
         windows = plan_windows(frames, config).windows
         edges = sorted({w.start for w in windows[1:]} | {w.stop for w in windows[:-1]})
         # Shape, dtype and device are all the planners read: a zero-stride tensor stands in for the latents.

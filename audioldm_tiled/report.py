@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from .bench import run_suite, to_markdown
+from .bench import memory_key, run_suite, to_markdown
 from .plots import _figure_class
 
 # What ``--run`` measures: stage, lengths (s), variants (the first is the reference).
@@ -27,7 +27,7 @@ _MARKERS = {"untiled": "o", "exact": "s", "fast": "^", "diffusers": "v", "window
 def _environment(rows: list[dict]) -> str:
     """One line naming what the rows were measured on (several values where rows differ)."""
     parts = []
-    for key in ("machine", "torch", "diffusers", "date"):
+    for key in ("machine", "device", "dtype", "torch", "diffusers", "date"):
         values = sorted({str(r[key]) for r in rows if key in r})
         parts.append(f"{key}: {', '.join(values) if values else 'not recorded'}")
     return "; ".join(parts)
@@ -43,7 +43,7 @@ def _plot(rows: list[dict], stage: str, measures: list[tuple[str, str]], title: 
     axes = figure.subplots(1, len(measures), squeeze=False)[0]
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     for ax, (key, label) in zip(axes, measures):
-        scale = 1e9 if key == "peak_rss_bytes" else 1
+        scale = 1e9 if key.startswith("peak") else 1
         for variant in variants:
             points = sorted((r["seconds"], r[key] / scale) for r in rows if r["variant"] == variant and key in r)
             line = ax.plot([p[0] for p in points], [p[1] for p in points], marker=_MARKERS.get(variant, "o"),
@@ -51,7 +51,7 @@ def _plot(rows: list[dict], stage: str, measures: list[tuple[str, str]], title: 
             failed = [r for r in rows if r["variant"] == variant and "error" in r]
             for r in failed:
                 limit = r.get("memory_limit_bytes")
-                y = limit / scale if key == "peak_rss_bytes" and limit else (points[-1][1] if points else 0)
+                y = limit / scale if key.startswith("peak") and limit else (points[-1][1] if points else 0)
                 ax.plot([r["seconds"]], [y], marker="x", markersize=10, color=line.get_color())
                 ax.annotate("out of memory" if "memory" in r["error"] else "failed", (r["seconds"], y),
                             textcoords="offset points", xytext=(-80, -16), fontsize="small", color=line.get_color())
@@ -73,7 +73,9 @@ def build_report(rows: list[dict], folder: str | os.PathLike) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     pictures = []
-    if _plot(rows, "decode", [("peak_rss_bytes", "peak RSS (GB)")], "VAE decode: peak memory", folder / "memory.png"):
+    decode_memory = "peak_cuda_bytes" if any(memory_key(r) == "peak_cuda_bytes" for r in rows) else "peak_rss_bytes"
+    label = "peak CUDA memory (GB)" if decode_memory == "peak_cuda_bytes" else "peak RSS (GB)"
+    if _plot(rows, "decode", [(decode_memory, label)], "VAE decode: peak memory", folder / "memory.png"):
         pictures.append(("Peak memory of the VAE decode against length", "memory.png"))
     if _plot(rows, "decode", [("time_s", "wall time (s)")], "VAE decode: time", folder / "time.png"):
         pictures.append(("Time of the VAE decode against length", "time.png"))

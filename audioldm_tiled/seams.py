@@ -49,7 +49,13 @@ def seam_score(mel: torch.Tensor, boundaries: Iterable[int], reach: int = 2) -> 
 
 
 def audio_seam_score(audio: np.ndarray, boundaries_s: Iterable[float], settings: MelSettings = MelSettings()) -> float:
-    """``seam_score`` of a waveform's log-mel, boundaries in seconds; ``reach`` spans the STFT window."""
+    """``seam_score`` of a waveform's log-mel, boundaries in seconds; ``reach`` spans the STFT window.
+
+    The waveform is scaled to a peak of 1 first: the score does not depend on level, and quiet audio (random
+    weights make outputs of order 1e-10) is not flattened by the log-mel's floor."""
+    audio = np.asarray(audio, dtype=np.float64)
+    top = np.abs(audio).max() if audio.size else 0.0
+    audio = (audio / top if top > 0 else audio).astype(np.float32)
     frames_per_second = settings.sample_rate / settings.hop_length
     reach = math.ceil(settings.n_fft / 2 / settings.hop_length)
     boundaries = [round(s * frames_per_second) for s in boundaries_s]

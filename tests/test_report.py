@@ -78,3 +78,20 @@ def test_missing_matplotlib_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # what an environment without it raises
     with pytest.raises(ImportError, match=r"audioldm-tiled\[plot\]"):
         require_matplotlib()
+
+
+def test_bench_rows_from_child_processes_record_device_dtype_and_ratios():
+    from audioldm_tiled.bench import run_suite
+
+    import torch
+
+    from audioldm_tiled import bench
+
+    rows = run_suite("decode", [0.5], ["untiled", "exact"], dtype="fp32")  # bf16 convolutions take minutes on CPU
+    assert [(r["variant"], r["device"], r["dtype"]) for r in rows] == [("untiled", "cpu", "fp32"), ("exact", "cpu", "fp32")]
+    assert rows[0]["output_shape"] == [1, 1, 48, 64] and rows[1]["time_ratio"] > 0 and rows[1]["snr_db"] > 40
+    bench._TARGET.update(device="cpu", dtype_name="bf16")
+    try:
+        assert bench._target() == {"device": torch.device("cpu"), "dtype": torch.bfloat16}
+    finally:
+        bench._TARGET.update(device="cpu", dtype_name="fp32")
