@@ -25,12 +25,12 @@ VARIANTS = {
     "vocode": ("one-pass", "channels-last", "chunked"),
     # the CLI's streamed path (VAE mode exact or fast): what memory a long soundscape needs end to end
     "stream": ("fast", "exact"),
-    "generate": ("windowed", "single-pass"),
+    "generate": ("windowed", "single-pass", "windowed-fast"),
     # denoising only (output_type="latent"), windows per UNet call: what a window costs in memory and time
     "windows": ("batch-1", "batch-2", "batch-4"),
 }
 DEFAULT_STEPS = {"stream": 2, "generate": 10, "windows": 2}
-DEFAULT_VARIANTS = {"stream": ("fast",)}  # the others run every variant by default
+DEFAULT_VARIANTS = {"stream": ("fast",), "generate": ("windowed", "single-pass")}  # the others run every variant by default
 
 
 # Where a child runs its stage: set from the command line in _measure.
@@ -141,8 +141,10 @@ def _run_generate(variant: str, seconds: float, steps: int):
 
     pipe = random_pipeline("audioldm-s", seed=0, torch_dtype=_target()["dtype"]).to(_target()["device"])
     pipe.set_progress_bar_config(disable=True)
-    windowed = variant == "windowed"  # windows, tiled decode and vocoder; else the parent's single passes
-    config = TilingConfig(windowed=windowed, enabled=windowed, show_progress=False)
+    # windows, tiled decode (exact, or fast for windowed-fast) and chunked vocoder; else the parent's single passes
+    windowed = variant.startswith("windowed")
+    config = TilingConfig(windowed=windowed, enabled=windowed, mode="fast" if variant.endswith("fast") else "exact",
+                          show_progress=False)
     start = time.perf_counter()
     out = pipe("soft rain on leaves", audio_length_in_s=seconds, num_inference_steps=steps,
                generator=torch.Generator().manual_seed(0), output_type="pt", tiling=config).audios
