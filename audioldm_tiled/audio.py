@@ -121,9 +121,10 @@ class MelSettings:
 
     @classmethod
     def from_vocoder(cls, vocoder) -> "MelSettings":
-        config = vocoder.config
-        return cls(sample_rate=int(config.sampling_rate), hop_length=int(np.prod(config.upsample_rates)),
-                   n_mels=int(config.model_in_dim))
+        from .vocoder import hop_length
+
+        return cls(sample_rate=int(vocoder.config.sampling_rate), hop_length=hop_length(vocoder),
+                   n_mels=int(vocoder.config.model_in_dim))
 
 
 def load_audio(source: str | os.PathLike | np.ndarray | torch.Tensor, sample_rate: int = SAMPLE_RATE,

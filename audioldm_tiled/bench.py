@@ -30,7 +30,8 @@ VARIANTS = {
     "windows": ("batch-1", "batch-2", "batch-4"),
 }
 DEFAULT_STEPS = {"stream": 2, "generate": 10, "windows": 2}
-DEFAULT_VARIANTS = {"stream": ("fast",), "generate": ("windowed", "single-pass")}  # the others run every variant by default
+# the others run every variant by default
+DEFAULT_VARIANTS = {"stream": ("fast",), "generate": ("windowed", "single-pass")}
 
 
 # Where a child runs its stage: set from the command line in _measure.
@@ -89,8 +90,7 @@ def _run_encode(variant: str, seconds: float, steps: int):
     from .architectures import ARCHITECTURES
     from .config import TilingConfig
     from .constants import MEL_FRAMES_PER_SECOND
-    from .memory import UNTILED_ENCODE_PEAK_FACTOR
-    from .vae import _plan_tiles, encode_job, tiled_encode
+    from .vae import encode_tiles, tiled_encode
 
     vae = AutoencoderKL(**ARCHITECTURES["audioldm-s"].vae).eval().to(**_target())
     mel = (torch.randn(1, 1, int(seconds * MEL_FRAMES_PER_SECOND), 64) - 4).to(**_target())  # a log-mel's level
@@ -104,8 +104,8 @@ def _run_encode(variant: str, seconds: float, steps: int):
     else:
         out = tiled_encode(vae, mel, config).mean
     elapsed = _elapsed(start)
-    job = encode_job(vae)
-    seams = [t.core_start // job.unit for t in _plan_tiles(job, mel, config, UNTILED_ENCODE_PEAK_FACTOR)[1:]]
+    factor = mel.shape[2] // out.shape[2]  # mel frames per latent frame
+    seams = [t.core_start // factor for t in encode_tiles(vae, mel, config)[1:]]
     return out, elapsed, seams
 
 
@@ -198,7 +198,8 @@ def _diffusers_seams(vae, frames: int) -> list[int]:
     return list(range(row_limit, frames, row_limit))
 
 
-RUNNERS = {"decode": _run_decode, "encode": _run_encode, "vocode": _run_vocode, "windows": _run_windows, "stream": _run_stream, "generate": _run_generate}
+RUNNERS = {"decode": _run_decode, "encode": _run_encode, "vocode": _run_vocode, "windows": _run_windows,
+           "stream": _run_stream, "generate": _run_generate}
 
 
 # A child's exit status for a CUDA out-of-memory error (the parent reports it as out of memory).
@@ -417,4 +418,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     sys.exit(main())

@@ -92,21 +92,21 @@ def widest_activation_per_frame(tasks: list[Task], batch: int, freq: int, dtype:
     return float(widest * batch * itemsize)
 
 
-def untiled_bytes(tasks: list[Task], x: torch.Tensor, peak_factor: float = UNTILED_DECODE_PEAK_FACTOR) -> int:
+def untiled_bytes(tasks: list[Task], x: torch.Tensor, peak_factor: float) -> int:
     """Estimated peak bytes of running ``tasks`` on ``x`` (B, C, T, F) untiled, beyond what the process holds."""
     return int(peak_factor * widest_activation_per_frame(tasks, x.shape[0], x.shape[3], x.dtype) * x.shape[2])
 
 
 def untiled_fits(tasks: list[Task], x: torch.Tensor, config: TilingConfig,
-                 peak_factor: float = UNTILED_DECODE_PEAK_FACTOR) -> tuple[bool, int, int]:
+                 peak_factor: float) -> tuple[bool, int, int]:
     """(fits, estimated bytes, budget bytes) for running ``tasks`` on ``x`` untiled."""
     budget = memory_budget(config, x.device)
     needed = untiled_bytes(tasks, x, peak_factor)
     return needed <= budget, needed, budget
 
 
-def choose_tile_frames(tasks: list[Task], x: torch.Tensor, config: TilingConfig, unit: int = 1,
-                       peak_factor: float = UNTILED_DECODE_PEAK_FACTOR) -> int:
+def choose_tile_frames(tasks: list[Task], x: torch.Tensor, config: TilingConfig, unit: int,
+                       peak_factor: float) -> int:
     """The largest tile core in latent frames (``unit`` input frames each; at most MAX_TILE_FRAMES) whose working set
     fits the budget."""
     budget = memory_budget(config, x.device)
@@ -137,8 +137,8 @@ def release_cached_memory(device: torch.device) -> None:
 # Extra peak bytes of one more window in a UNet call, per byte of that window's model input (both guidance rows).
 # Measured: `audioldm-tiled bench windows --seconds 60` (audioldm-s UNet, fp32, guided, 256-frame windows, 2 steps)
 # gave peak RSS 2.308 GB at 1 window per call and 2.855 GB at 4: 0.182 GB per window, against 2 x 8 x 256 x 16 x 4 B
-# = 262 kB of input per window: a factor of 696, rounded to 700. It scales the input linearly; the UNet's self-attention grows with
-# the square of the window, so windows much longer than 256 frames are under-estimated.
+# = 262 kB of input per window: a factor of 696, rounded to 700. It scales the input linearly; the UNet's
+# self-attention grows with the square of the window, so windows much longer than 256 frames are under-estimated.
 UNET_WINDOW_PEAK_FACTOR = 700
 # On CPU the same run took 37.3 s at 1 window per call, 42.5 s at 2 and 39.9 s at 4: the cores are busy at one.
 

@@ -21,7 +21,7 @@ from .denoise import denoise, plan_windows
 from .memory import choose_window_batch_size
 from .vae import decode_tiles, iter_decode, tiled_decode, tiled_encode
 from .timeline import is_timeline, mix_embeddings, parse_timeline, window_mix
-from .vocoder import chunked_vocode, plan_chunks, stream_vocode
+from .vocoder import chunked_vocode, hop_length, plan_chunks, stream_vocode
 
 logger = logging.get_logger(__name__)
 
@@ -130,8 +130,8 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
                 f"`callback_on_step_end_tensor_inputs` has to be in {self._callback_tensor_inputs}, but found {unknown}"
             )
 
-    def _input_mel(self, audio, strength, audio_length_in_s, latents) -> tuple[torch.Tensor, float]:
-        """Checks for audio-to-audio; the input's log-mel (1, 1, T, n_mels) and its length in seconds."""
+    def _input_mel(self, audio, strength, audio_length_in_s, latents) -> tuple[torch.Tensor, int]:
+        """Checks for audio-to-audio; the input's log-mel (1, 1, T, n_mels) and its length in samples."""
         if audio_length_in_s is not None:
             raise ValueError("pass either `audio` or `audio_length_in_s`: with `audio` the output has the input's "
                              "length")
@@ -141,7 +141,7 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
             raise ValueError(f"`strength` must be a number in (0, 1], got {strength!r}")
         settings = MelSettings.from_vocoder(self.vocoder)
         waveform = load_audio(audio, settings.sample_rate)
-        return mel_for_vae(waveform, settings, self.vae_scale_factor), waveform.shape[0] / settings.sample_rate
+        return mel_for_vae(waveform, settings, self.vae_scale_factor), waveform.shape[0]
 
     def _noised_input(self, mel, batch, strength, num_inference_steps, dtype, device, generator, config):
         """SDEdit's start: the input's latent (the posterior mean, tiled encode) noised to the timestep where
@@ -166,8 +166,8 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
         config = self._config_for_call(tiling)
         _, height, _ = self._audio_geometry(audio_length_in_s)
         frames = height // self.vae_scale_factor
-        latent_seconds = float(self.vae_scale_factor * np.prod(self.vocoder.config.upsample_rates) /
-                               self.vocoder.config.sampling_rate)
+        mel_seconds = hop_length(self.vocoder) / self.vocoder.config.sampling_rate
+        latent_seconds = self.vae_scale_factor * mel_seconds
         windows = plan_windows(frames, config).windows
         edges = sorted({w.start for w in windows[1:]} | {w.stop for w in windows[:-1]})
         # Shape, dtype and device are all the planners read: a zero-stride tensor stands in for the latents.
@@ -177,7 +177,6 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
         tiles = [] if config.enabled is False else decode_tiles(self.vae, latents, config)
         mel = torch.empty((), device=device, dtype=self.vocoder.dtype).expand(1, 1, self.vocoder.config.model_in_dim)
         chunks = plan_chunks(self.vocoder, mel, height, config)
-        mel_seconds = latent_seconds / self.vae_scale_factor
         return {
             "denoising windows": [round(e * latent_seconds, 6) for e in edges],
             "VAE tiles": [round(t.core_start * latent_seconds, 6) for t in tiles[1:]],
@@ -274,7 +273,7 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
         if not isinstance(latents, torch.Tensor) or latents.dim() != 4:
             raise ValueError(f"`latents` must be a tensor (B, C, T, F), got {getattr(latents, 'shape', type(latents))}")
         rate = self.vocoder.config.sampling_rate
-        samples = latents.shape[2] * self.vae_scale_factor * int(np.prod(self.vocoder.config.upsample_rates))
+        samples = latents.shape[2] * self.vae_scale_factor * hop_length(self.vocoder)
         keep = samples if audio_length_in_s is None else int(audio_length_in_s * rate)
         if not 0 < keep <= samples:
             raise ValueError(f"`audio_length_in_s` must be in (0, {samples / rate:g}] s for these latents, got "
@@ -328,11 +327,11 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
         self._check_call_inputs(num_inference_steps, guidance_scale, output_type, callback_on_step_end_tensor_inputs)
         input_mel = None
         if audio is not None:
-            input_mel, audio_length_in_s = self._input_mel(audio, strength, audio_length_in_s, latents)
+            input_mel, input_samples = self._input_mel(audio, strength, audio_length_in_s, latents)
+            audio_length_in_s = input_samples / self.vocoder.config.sampling_rate
         audio_length_in_s, height, original_waveform_length = self._audio_geometry(audio_length_in_s)
         if input_mel is not None:  # every input sample is encoded: the mel is padded up to whole latent frames
-            height, original_waveform_length = input_mel.shape[2], round(
-                audio_length_in_s * self.vocoder.config.sampling_rate)
+            height, original_waveform_length = input_mel.shape[2], input_samples
         vocoder_upsample_factor = np.prod(self.vocoder.config.upsample_rates) / self.vocoder.config.sampling_rate
         timeline = None
         if is_timeline(prompt):

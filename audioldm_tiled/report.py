@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -21,6 +22,7 @@ SUITES = [
     ("decode", [10, 40, 120, 300], ["untiled", "exact", "fast", "diffusers"]),
     ("generate", [10, 30, 60], ["windowed", "single-pass"]),
 ]
+logger = logging.getLogger(__name__)
 _MARKERS = {"untiled": "o", "exact": "s", "fast": "^", "diffusers": "v", "windowed": "s", "single-pass": "o"}
 
 
@@ -118,5 +120,5 @@ def main(argv: list[str]) -> int:
                 rows += json.loads(Path(name).read_text())
             except (OSError, ValueError) as error:
                 parser.error(f"--json {name}: cannot read benchmark rows ({error})")
-    print(build_report(rows, args.out))
+    logger.info("wrote %s", build_report(rows, args.out))
     return 0

@@ -161,20 +161,30 @@ def mid_block_tasks(mid: nn.Module) -> list[Task]:
     return tasks
 
 
+def _block_tasks(block: nn.Module, resamplers, resampler_tasks, kind: str) -> list[Task]:
+    """A down or up block: its resnets, then its resamplers (``resampler_tasks`` turns one into tasks)."""
+    if getattr(block, "attentions", None):
+        raise _unsupported(f"attention in {kind} block", block)
+    tasks = [task for resnet in block.resnets for task in resnet_tasks(resnet)]
+    for resampler in resamplers or []:
+        tasks += resampler_tasks(resampler)
+    return tasks
+
+
+def _output_tasks(coder: nn.Module) -> list[Task]:
+    """conv_norm_out, activation, conv_out: the end of the encoder and of the decoder."""
+    return [_norm(coder.conv_norm_out), Act(coder.conv_act), _conv(coder.conv_out)]
+
+
 def encoder_tasks(vae: nn.Module) -> list[Task]:
     """conv_in, down blocks, mid block, conv_norm_out, activation, conv_out, quant_conv: the moments of the latent
     distribution (mean and log-variance stacked on channels), as ``vae.encode`` computes them."""
     encoder = vae.encoder
     tasks: list[Task] = [_conv(encoder.conv_in)]
     for block in encoder.down_blocks:
-        if getattr(block, "attentions", None):
-            raise _unsupported("attention in a down block", block)
-        for resnet in block.resnets:
-            tasks += resnet_tasks(resnet)
-        for downsampler in block.downsamplers or []:
-            tasks += downsampler_tasks(downsampler)
+        tasks += _block_tasks(block, block.downsamplers, downsampler_tasks, "a down")
     tasks += mid_block_tasks(encoder.mid_block)
-    tasks += [_norm(encoder.conv_norm_out), Act(encoder.conv_act), _conv(encoder.conv_out)]
+    tasks += _output_tasks(encoder)
     if getattr(vae, "quant_conv", None) is not None:
         tasks.append(_conv(vae.quant_conv))
     return tasks
@@ -189,13 +199,8 @@ def decoder_tasks(vae: nn.Module) -> list[Task]:
     tasks.append(_conv(decoder.conv_in))
     tasks += mid_block_tasks(decoder.mid_block)
     for block in decoder.up_blocks:
-        if getattr(block, "attentions", None):
-            raise _unsupported("attention in an up block", block)
-        for resnet in block.resnets:
-            tasks += resnet_tasks(resnet)
-        for upsampler in block.upsamplers or []:
-            tasks += upsampler_tasks(upsampler)
-    tasks += [_norm(decoder.conv_norm_out), Act(decoder.conv_act), _conv(decoder.conv_out)]
+        tasks += _block_tasks(block, block.upsamplers, upsampler_tasks, "an up")
+    tasks += _output_tasks(decoder)
     return tasks
 
 
@@ -232,7 +237,7 @@ def time_scale(tasks: list[Task]) -> Fraction:
 def alignment(tasks: list[Task]) -> int:
     """Input frames per output frame of the tasks' downsamplers: where a tile's extent may start, so that the
     stride-2 convolutions see the same frame pairs as on the whole sequence."""
-    return math.prod(2 for t in tasks if isinstance(t, Downsample))
+    return math.prod(t.factor.denominator for t in tasks if isinstance(t, Downsample))
 
 
 def halo_frames(tasks: list[Task]) -> int:

@@ -34,8 +34,8 @@ from .constants import MEL_FRAMES_PER_SECOND
 from .geometry import Tile, plan_tiles
 from .groupnorm import GroupStats, apply_group_norm, group_stats, pool_stats
 from .memory import (
-    UNTILED_DECODE_PEAK_FACTOR, UNTILED_ENCODE_PEAK_FACTOR, choose_tile_frames, is_out_of_memory, release_cached_memory, return_large_allocations_to_the_system,
-    untiled_fits,
+    UNTILED_DECODE_PEAK_FACTOR, UNTILED_ENCODE_PEAK_FACTOR, choose_tile_frames, is_out_of_memory,
+    release_cached_memory, return_large_allocations_to_the_system, untiled_fits,
 )
 from .tasks import (
     Act, AddResidual, Conv, Downsample, Global, Norm, SaveResidual, Task, Upsample, alignment, decoder_tasks,
@@ -127,12 +127,14 @@ def _run_local(tasks: list[Task], x: torch.Tensor, residual: torch.Tensor | None
 @dataclass(frozen=True)
 class _Job:
     """What the executors need to know about the direction they run: the task list, how many input frames make
-    one latent frame (tile sizes are set in latent frames), seconds per input frame and a name for messages."""
+    one latent frame (tile sizes are set in latent frames), seconds per input frame, a name for messages and the
+    measured peak factor of running it untiled (``memory.UNTILED_*_PEAK_FACTOR``)."""
 
     tasks: list[Task]
     unit: int
     frame_seconds: float
     name: str
+    peak_factor: float
 
     def seconds(self, frame: int) -> float:
         return frame * self.frame_seconds
@@ -406,30 +408,29 @@ def _fast_pieces(job: _Job, x: torch.Tensor, tiles: list[Tile], config: TilingCo
             yield y[:, :, _at(tile.core_start - lo, factor) : _at(tile.core_stop - lo, factor)]
 
 
-def _plan_tiles(job: _Job, x: torch.Tensor, config: TilingConfig,
-                peak_factor: float) -> list[Tile]:
+def _plan_tiles(job: _Job, x: torch.Tensor, config: TilingConfig) -> list[Tile]:
     """Balanced tiles of ``config.tile_frames`` latent frames, or of the size the memory budget allows, as input
     frames: boundaries on multiples of ``job.unit``, the last core ending at the input's last frame."""
-    tile = config.tile_frames or choose_tile_frames(job.tasks, x, config, job.unit, peak_factor)
+    tile = config.tile_frames or choose_tile_frames(job.tasks, x, config, job.unit, job.peak_factor)
     length = x.shape[2]
     tiles = [t.scaled(job.unit) for t in plan_tiles(max(1, length // job.unit), tile)]
     tiles[-1] = replace(tiles[-1], stop=length, core_stop=length)  # frames past the last whole unit, as untiled
     return tiles
 
 
-def _iter_tiled(job: _Job, x: torch.Tensor, config: TilingConfig, untiled: Callable[[], torch.Tensor],
-                peak_factor: float) -> Iterator[torch.Tensor]:
+def _iter_tiled(job: _Job, x: torch.Tensor, config: TilingConfig,
+                untiled: Callable[[], torch.Tensor]) -> Iterator[torch.Tensor]:
     """``job.tasks`` run on ``x`` in pieces along time, in order: untiled when ``config`` says so or it fits the
     budget (retried tiled once on out-of-memory under ``enabled="auto"``), else in exact or fast tiles."""
     if x.device.type == "cpu":
         return_large_allocations_to_the_system()
     tiles = None
     if config.enabled is not False:
-        tiles = _plan_tiles(job, x, config, peak_factor)
+        tiles = _plan_tiles(job, x, config)
         if len(tiles) == 1:
             tiles = None
         elif config.enabled == "auto":
-            fits, needed, budget = untiled_fits(job.tasks, x, config, peak_factor)
+            fits, needed, budget = untiled_fits(job.tasks, x, config, job.peak_factor)
             if fits:
                 tiles = None
             else:
@@ -444,7 +445,7 @@ def _iter_tiled(job: _Job, x: torch.Tensor, config: TilingConfig, untiled: Calla
                 raise
             release_cached_memory(x.device)
             logger.warning("untiled %s ran out of memory (%s); retrying once with tiles", job.name, error)
-            tiles = _plan_tiles(job, x, config, peak_factor)
+            tiles = _plan_tiles(job, x, config)
     if config.mode == "fast":
         pieces = _fast_pieces(job, x, tiles, config)
     else:
@@ -468,17 +469,24 @@ def _check_input(name: str, x: torch.Tensor, channels: int, min_frames: int) -> 
 
 def decode_job(vae) -> _Job:
     mel_per_frame = _mel_per_latent_frame(vae)
-    return _Job(decoder_tasks(vae), unit=1, frame_seconds=mel_per_frame / MEL_FRAMES_PER_SECOND, name="VAE decode")
+    return _Job(decoder_tasks(vae), unit=1, frame_seconds=mel_per_frame / MEL_FRAMES_PER_SECOND, name="VAE decode",
+                peak_factor=UNTILED_DECODE_PEAK_FACTOR)
 
 
 def encode_job(vae) -> _Job:
     tasks = encoder_tasks(vae)
-    return _Job(tasks, unit=alignment(tasks), frame_seconds=1 / MEL_FRAMES_PER_SECOND, name="VAE encode")
+    return _Job(tasks, unit=alignment(tasks), frame_seconds=1 / MEL_FRAMES_PER_SECOND, name="VAE encode",
+                peak_factor=UNTILED_ENCODE_PEAK_FACTOR)
 
 
 def decode_tiles(vae, latents: torch.Tensor, config: TilingConfig) -> list[Tile]:
     """The tiles a tiled decode of ``latents`` uses (what the memory budget or ``config.tile_frames`` gives)."""
-    return _plan_tiles(decode_job(vae), latents, config, UNTILED_DECODE_PEAK_FACTOR)
+    return _plan_tiles(decode_job(vae), latents, config)
+
+
+def encode_tiles(vae, mel: torch.Tensor, config: TilingConfig) -> list[Tile]:
+    """The tiles (in mel frames) a tiled encode of ``mel`` uses."""
+    return _plan_tiles(encode_job(vae), mel, config)
 
 
 def iter_decode(vae, latents: torch.Tensor, config: TilingConfig | None = None) -> Iterator[torch.Tensor]:
@@ -488,8 +496,7 @@ def iter_decode(vae, latents: torch.Tensor, config: TilingConfig | None = None) 
     passed. An untiled decode yields one piece.
     """
     _check_input("latents", latents, vae.config.latent_channels, 1)
-    yield from _iter_tiled(decode_job(vae), latents, config or TilingConfig(), lambda: vae.decode(latents).sample,
-                           UNTILED_DECODE_PEAK_FACTOR)
+    yield from _iter_tiled(decode_job(vae), latents, config or TilingConfig(), lambda: vae.decode(latents).sample)
 
 
 @torch.no_grad()
@@ -520,6 +527,5 @@ def tiled_encode(vae, mel: torch.Tensor, config: TilingConfig | None = None) -> 
     """
     job = encode_job(vae)
     _check_input("mel", mel, vae.config.in_channels, job.unit)
-    pieces = list(_iter_tiled(job, mel, config or TilingConfig(), lambda: vae.encode(mel).latent_dist.parameters,
-                              UNTILED_ENCODE_PEAK_FACTOR))
+    pieces = list(_iter_tiled(job, mel, config or TilingConfig(), lambda: vae.encode(mel).latent_dist.parameters))
     return DiagonalGaussianDistribution(pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2))
