@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 
 @dataclass(frozen=True)
@@ -79,3 +80,41 @@ def plan_tiles(length: int, tile: int, halo: int = 0, multiple: int = 1, fixed_e
             start, stop = max(0, core_start - halo), min(length, core_stop + halo)
         tiles.append(Tile(start, stop, core_start, core_stop))
     return tiles
+
+
+def frames_at(frames: int, scale: Fraction) -> int:
+    """``frames`` input frames at a resolution ``scale`` times the input's: a stride-2 layer turns n frames into
+    n // 2, so scales compose by flooring."""
+    return math.floor(frames * scale)
+
+
+class ShrinkingExtent:
+    """The frames of a tile's extent still computed by a chain of layers, at the current resolution, counted from
+    the extent's first frame: [start, stop). ``core`` is the wanted part, in input frames.
+
+    Before each layer the extent is cut to the core plus what that layer and the ones after it still read, so the
+    last layers (in a VAE decoder the widest, at the highest resolution) do not compute the outer halo that only
+    the first ones needed. ``start`` stays on the frame pairs of later stride-2 layers when the extent's start, the
+    core's and the reaches are multiples of their alignment, as the tile planner and ``tasks.reaches`` make them.
+    """
+
+    def __init__(self, frames: int, core: tuple[int, int]):
+        self.start, self.stop, self.core, self.scale = 0, frames, core, Fraction(1)
+
+    def core_bounds(self) -> tuple[int, int]:
+        return frames_at(self.core[0], self.scale), frames_at(self.core[1], self.scale)
+
+    def cut(self, reach: int) -> tuple[int, int]:
+        """Cut to the core +- ``reach``; returns the part kept, relative to the previous start."""
+        a, b = self.core_bounds()
+        start, stop = max(self.start, a - reach), min(self.stop, b + reach)
+        kept = (start - self.start, stop - self.start)
+        self.start, self.stop = start, stop
+        return kept
+
+    def rescale(self, factor: Fraction) -> None:
+        """Follow an upsampler (n frames -> 2n) or a stride-2 downsampler (n frames -> n // 2)."""
+        frames = self.stop - self.start
+        self.scale *= factor
+        self.start = frames_at(self.start, factor)
+        self.stop = self.start + frames_at(frames, factor)

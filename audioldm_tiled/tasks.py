@@ -19,6 +19,8 @@ from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.upsampling import Upsample2D
 from torch import nn
 
+from .geometry import ShrinkingExtent
+
 
 @dataclass(frozen=True)
 class Conv:
@@ -244,3 +246,37 @@ def halo_frames(tasks: list[Task]) -> int:
     """``receptive_halo`` rounded up to whole frames and to a multiple of the tasks' alignment."""
     align = alignment(tasks)
     return math.ceil(receptive_halo(tasks) / align) * align
+
+
+def reaches(tasks: list[Task]) -> list[int]:
+    """For each task, how many frames per side past the wanted core (at that task's input resolution) it and the
+    tasks after it still read: ``halo_frames(tasks[i:])`` for every i, in one backward pass."""
+    out, reach, align = [0] * len(tasks), Fraction(0), 1
+    for i in reversed(range(len(tasks))):
+        task = tasks[i]
+        if isinstance(task, (Upsample, Downsample)):
+            reach /= task.factor
+            align *= task.factor.denominator
+        if isinstance(task, (Conv, Downsample)):
+            reach += task.halo
+        out[i] = math.ceil(reach / align) * align
+    return out
+
+
+def conv_cost(tasks: list[Task], frames: int, core: tuple[int, int] | None = None) -> float:
+    """Multiply-adds of the tasks' convolutions per input frequency row, on an extent of ``frames`` input frames,
+    shrunk around ``core`` as the fast executor does (whole without it): what proxies and tiles are compared by."""
+    extent = ShrinkingExtent(frames, core or (0, frames))
+    needed = reaches(tasks) if core is not None else None
+    cost = Fraction(0)
+    for index, task in enumerate(tasks):
+        if needed is not None and not isinstance(task, (SaveResidual, AddResidual)):
+            extent.cut(needed[index])
+        if isinstance(task, (Upsample, Downsample)):
+            extent.rescale(task.factor)
+        module = task.shortcut if isinstance(task, SaveResidual) else getattr(task, "module", None)
+        if isinstance(task, (Conv, Downsample, SaveResidual)) and module is not None:
+            # output frames x output frequency rows (which scale as time does) x weights per output value
+            weights = module.in_channels * module.out_channels * module.kernel_size[0] * module.kernel_size[1]
+            cost += weights * (extent.stop - extent.start) * extent.scale
+    return float(cost)

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from .config import TilingConfig
 from .constants import MEL_FRAMES_PER_SECOND
-from .geometry import Tile, plan_tiles
+from .geometry import ShrinkingExtent, Tile, frames_at, plan_tiles
 from .groupnorm import GroupStats, apply_group_norm, group_stats, pool_stats
 from .memory import (
     UNTILED_DECODE_PEAK_FACTOR, UNTILED_ENCODE_PEAK_FACTOR, choose_tile_frames, is_out_of_memory,
@@ -39,7 +39,7 @@ from .memory import (
 )
 from .tasks import (
     Act, AddResidual, Conv, Downsample, Global, Norm, SaveResidual, Task, Upsample, alignment, decoder_tasks,
-    encoder_tasks, halo_frames, split_segments, time_scale,
+    conv_cost, encoder_tasks, halo_frames, reaches, split_segments, time_scale,
 )
 
 logger = logging.getLogger(__name__)
@@ -72,12 +72,6 @@ class _Stream:
         return self.cores[0] if len(self.cores) == 1 else torch.cat(self.cores, dim=2)
 
 
-def _at(frames: int, scale: Fraction) -> int:
-    """``frames`` input frames at a resolution ``scale`` times the input's: a stride-2 layer turns n frames into
-    n // 2, so scales compose by flooring."""
-    return math.floor(frames * scale)
-
-
 def _conv(x: torch.Tensor, module: torch.nn.Conv2d) -> torch.Tensor:
     """The module's convolution in x's dtype (which is float32 when a half-precision tile is retried)."""
     if x.dtype == module.weight.dtype:
@@ -86,41 +80,64 @@ def _conv(x: torch.Tensor, module: torch.nn.Conv2d) -> torch.Tensor:
     return F.conv2d(x, module.weight.to(x.dtype), bias, module.stride, module.padding, module.dilation, module.groups)
 
 
-def _run_local(tasks: list[Task], x: torch.Tensor, residual: torch.Tensor | None, stats: list[GroupStats],
-               memories: list[_AttentionMemory] | None = None, outside_frames: int = 0,
-               batch_groups: int = 1) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-    """Run tasks on one extent with given statistics: one entry per GroupNorm (attention norms included), in order.
+Statistics = Callable[[torch.nn.GroupNorm, torch.Tensor], GroupStats]
+Attend = Callable[[torch.nn.Module, torch.Tensor, "GroupStats | None", torch.Tensor, int], torch.Tensor]
 
-    A self-attention (fast mode only) attends to the extent and to its entry of ``memories``, which stands for the
-    ``outside_frames`` frames the extent does not hold. Returns the output, the residual saved by the last
-    SaveResidual (or None) and the time scale at that point.
+
+def _run_local(tasks: list[Task], x: torch.Tensor, residual: torch.Tensor | None, statistics: Statistics,
+               attend: Attend | None = None, core: tuple[int, int] | None = None, length: int = 0,
+               batch_groups: int = 1) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """Run tasks on one extent of the sequence.
+
+    ``statistics(norm, core values)`` gives each GroupNorm's statistics (attention norms included), in order; the
+    proxy computes them from the values, the tiles look them up. A self-attention (fast mode only) is
+    ``attend(module, x, norm statistics, core values, outside frames)``; ``length`` (input frames) tells how many
+    frames of the sequence the extent does not hold. With ``core`` ([start, stop) in input frames of x) the extent
+    shrinks task by task to what the remaining tasks still read (``geometry.ShrinkingExtent``) and the output is the
+    core alone. Returns the output, the residual saved by the last SaveResidual (or None) and the time scale there.
     """
-    stats, memories = list(stats), list(memories or [])
-    saved, saved_scale, scale = None, Fraction(1), Fraction(1)
-    for task in tasks:
+    extent = ShrinkingExtent(x.shape[2], core if core is not None else (0, x.shape[2]))
+    needed = reaches(tasks) if core is not None else None
+    saved, saved_scale, residual_start = None, Fraction(1), 0
+
+    def core_of(x: torch.Tensor) -> torch.Tensor:
+        a, b = extent.core_bounds()
+        return x[:, :, a - extent.start : b - extent.start]
+
+    for index, task in enumerate(tasks):
+        if needed is not None and not isinstance(task, (AddResidual, SaveResidual)):
+            lo, hi = extent.cut(needed[index])
+            if (lo, hi) != (0, x.shape[2]):
+                x = x[:, :, lo:hi]
         if isinstance(task, Norm):
-            x = apply_group_norm(x, stats.pop(0), task.module, batch_groups)
+            x = apply_group_norm(x, statistics(task.module, core_of(x)), task.module, batch_groups)
         elif isinstance(task, Global):
-            norm_stats = None if task.module.group_norm is None else stats.pop(0)
-            x = _attend(task.module, x, norm_stats, memories.pop(0), outside_frames)
+            if attend is None:
+                raise TypeError(f"not a local task: {task!r}")
+            norm = task.module.group_norm
+            norm_stats = None if norm is None else statistics(norm, core_of(x))
+            x = attend(task.module, x, norm_stats, core_of(x), max(0, frames_at(length, extent.scale) - x.shape[2]))
         elif isinstance(task, Conv):
             x = _conv(x, task.module)
         elif isinstance(task, Act):
             x = task.module(x)
         elif isinstance(task, Upsample):
             x = F.interpolate(x, scale_factor=float(task.factor), mode="nearest")
-            scale *= task.factor
+            extent.rescale(task.factor)
         elif isinstance(task, Downsample):
             x = _conv(F.pad(x, (0, 1, 0, 1)), task.module)  # as Downsample2D(padding=0): a zero frame, then stride 2
-            scale *= task.factor
+            extent.rescale(task.factor)
         elif isinstance(task, SaveResidual):
             saved = residual = x if task.shortcut is None else _conv(x, task.shortcut)
-            saved_scale = scale
+            saved_scale, residual_start = extent.scale, extent.start
         elif isinstance(task, AddResidual):
-            x = (residual + x) / task.scale
+            offset = extent.start - residual_start
+            x = (residual[:, :, offset : offset + x.shape[2]] + x) / task.scale
             residual = None
         else:
             raise TypeError(f"not a local task: {task!r}")
+    if core is not None:
+        x = core_of(x)
     return x, saved, saved_scale
 
 
@@ -197,8 +214,8 @@ def _exact_segments(job: _Job, x: torch.Tensor, tiles: list[Tile], config: Tilin
                 stream.cores = [whole[:, :, a:b] for a, b in stream.bounds]
                 del whole
                 segment = segment[1:]
-            stats = [pool_stats([group_stats(c, head.module.num_groups) for c in stream.cores])] \
-                if isinstance(head, Norm) else []
+            stats = pool_stats([group_stats(c, head.module.num_groups) for c in stream.cores]) \
+                if isinstance(head, Norm) else None
             halo = halo_frames(segment)
             factor = time_scale(segment)
             uses_residual = any(isinstance(t, AddResidual) for t in segment)
@@ -218,13 +235,14 @@ def _exact_segments(job: _Job, x: torch.Tensor, tiles: list[Tile], config: Tilin
                 ext = stream.gather(lo, hi)
                 res = stream.gather(lo, hi, residual=True) if uses_residual else None
                 y, saved, saved_scale = _checked(
-                    lambda inp, res=res: _run_local(segment, inp, None if res is None else res.to(inp.dtype), stats),
+                    lambda inp, res=res: _run_local(segment, inp, None if res is None else res.to(inp.dtype),
+                                                    lambda norm, core: stats),
                     ext, (tiles[i].core_start, tiles[i].core_stop), job)
-                core = y[:, :, _at(s - lo, factor) : _at(e - lo, factor)]
+                core = y[:, :, frames_at(s - lo, factor) : frames_at(e - lo, factor)]
                 if saves_residual:
                     # A view, not a copy: where the residual is the segment's output itself (no shortcut), core and
                     # residual then share one buffer instead of storing the whole sequence twice.
-                    new_residual[i] = saved[:, :, _at(s - lo, saved_scale) : _at(e - lo, saved_scale)]
+                    new_residual[i] = saved[:, :, frames_at(s - lo, saved_scale) : frames_at(e - lo, saved_scale)]
                 del ext, res, y, saved
                 for j in used:
                     readers[j] -= 1
@@ -238,7 +256,8 @@ def _exact_segments(job: _Job, x: torch.Tensor, tiles: list[Tile], config: Tilin
                 else:
                     new_cores[i] = core  # a view of the tile's output; its few halo frames are not worth a copy
             residual = new_residual if saves_residual else (None if uses_residual else stream.residual)
-            stream = _Stream(new_cores, [(_at(s, factor), _at(e, factor)) for s, e in stream.bounds], residual)
+            bounds = [(frames_at(s, factor), frames_at(e, factor)) for s, e in stream.bounds]
+            stream = _Stream(new_cores, bounds, residual)
 
 
 @dataclass(frozen=True)
@@ -247,7 +266,7 @@ class _AttentionMemory:
 
     key: torch.Tensor
     value: torch.Tensor
-    frames: int  # frames of the executor's input that the n tokens were taken from
+    frames: int  # time frames (at the attention's resolution) that the n tokens were taken from
 
     def rows(self, repeats: int) -> "_AttentionMemory":
         return _AttentionMemory(self.key.repeat(repeats, 1, 1, 1), self.value.repeat(repeats, 1, 1, 1), self.frames)
@@ -267,9 +286,9 @@ def _normed_tokens(attn, x: torch.Tensor, stats: GroupStats | None, batch_groups
     return x.flatten(2).transpose(1, 2)
 
 
-def _attention_memory(attn, x: torch.Tensor, stats: GroupStats | None, frames: int) -> _AttentionMemory:
+def _attention_memory(attn, x: torch.Tensor, stats: GroupStats | None) -> _AttentionMemory:
     tokens = _normed_tokens(attn, x, stats)
-    return _AttentionMemory(_heads(attn, attn.to_k(tokens)), _heads(attn, attn.to_v(tokens)), frames)
+    return _AttentionMemory(_heads(attn, attn.to_k(tokens)), _heads(attn, attn.to_v(tokens)), x.shape[2])
 
 
 def _attend(attn, x: torch.Tensor, stats: GroupStats | None, memory: _AttentionMemory | None,
@@ -319,13 +338,18 @@ class _Proxy:
         return self.count * (self.core + 2 * self.margin)
 
 
-def plan_proxy(length: int, proxy_frames: int, margin: int, excerpt_core: int = 32, align: int = 1) -> _Proxy | None:
-    """The excerpts of a fast-mode proxy, or None where the proxy would cost half an exact run or more.
+def plan_proxy(tasks: list[Task], length: int, proxy_frames: int, margin: int, excerpt_core: int = 32,
+               align: int = 1) -> _Proxy | None:
+    """The excerpts of a fast-mode proxy for ``tasks`` run on ``length`` input frames, or None where the proxy would
+    cost half a whole run or more (in convolution work, ``tasks.conv_cost``): there fast mode runs exactly.
 
     All sizes are in input frames; ``margin`` and ``excerpt_core`` must be multiples of ``align``."""
     count = max(1, min(proxy_frames, length) // excerpt_core)
     proxy = _Proxy(count, excerpt_core, margin, align)
-    return None if 2 * proxy.frames >= length else proxy
+    if excerpt_core + 2 * margin > length:
+        return None
+    cost = count * conv_cost(tasks, excerpt_core + 2 * margin, (margin, margin + excerpt_core))
+    return None if 2 * cost >= conv_cost(tasks, length) else proxy
 
 
 @dataclass(frozen=True)
@@ -357,34 +381,37 @@ def estimate_stats(tasks: list[Task], latents: torch.Tensor, proxy: _Proxy) -> F
     l_std, l_mean = torch.std_mean(latents.float().reshape(*latents.shape[:2], -1), dim=2, keepdim=True)
     x = ((rows - x_mean) / x_std.clamp_min(1e-12) * l_std + l_mean).reshape(x.shape).to(latents.dtype)
     estimate = FastEstimate([], [])
-    residual = None
-    for segment in split_segments(tasks):
-        head = segment[0]
-        scale = Fraction(x.shape[2], core + 2 * margin)
-        middle = x[:, :, _at(margin, scale) : _at(margin + core, scale)]
-        if isinstance(head, (Norm, Global)):
-            norm = head.module if isinstance(head, Norm) else head.module.group_norm
-            stats = None if norm is None else group_stats(middle, norm.num_groups, batch_groups=count)
-            if stats is not None:
-                estimate.stats.append(stats)
-        if isinstance(head, Global):
-            joined = middle.unflatten(0, (count, -1)).permute(1, 2, 0, 3, 4).flatten(2, 3)  # (B, C, count*core, F)
-            memory = _attention_memory(head.module, joined, stats, frames=count * core)
-            estimate.memories.append(memory)
-            x = _attend(head.module, x, stats, memory.rows(count), local=False, batch_groups=count)
-            segment = segment[1:]
-        x, saved, _ = _run_local(segment, x, residual, [stats] if isinstance(head, Norm) else [], batch_groups=count)
-        residual = saved if saved is not None else (None if any(isinstance(t, AddResidual) for t in segment)
-                                                    else residual)
+
+    def statistics(norm: torch.nn.GroupNorm, values: torch.Tensor) -> GroupStats:
+        estimate.stats.append(group_stats(values, norm.num_groups, batch_groups=count))
+        return estimate.stats[-1]
+
+    def attend(attn, x: torch.Tensor, stats: GroupStats | None, values: torch.Tensor, outside: int) -> torch.Tensor:
+        joined = values.unflatten(0, (count, -1)).permute(1, 2, 0, 3, 4).flatten(2, 3)  # (B, C, count * core, F)
+        estimate.memories.append(_attention_memory(attn, joined, stats))
+        return _attend(attn, x, stats, estimate.memories[-1].rows(count), local=False, batch_groups=count)
+
+    x, _, _ = _run_local(tasks, x, None, statistics, attend, core=(margin, margin + core), batch_groups=count)
     if not torch.isfinite(x).all():
         raise NonFiniteTileError("the fast-mode statistics proxy produced NaN or inf")
     return estimate
 
 
+def _run_tile(tasks: list[Task], x: torch.Tensor, estimate: FastEstimate, core: tuple[int, int], length: int):
+    """One fast-mode tile, start to finish, with the estimated statistics; its attention attends to its own
+    frames and, through the proxy's keys, to the ``length`` - (its frames) others."""
+    stats, memories = iter(estimate.stats), iter(estimate.memories)
+
+    def attend(attn, x: torch.Tensor, norm_stats: GroupStats | None, values: torch.Tensor, outside: int):
+        return _attend(attn, x, norm_stats, next(memories), outside)
+
+    return _run_local(tasks, x, None, lambda norm, values: next(stats), attend, core=core, length=length)
+
+
 def _fast_pieces(job: _Job, x: torch.Tensor, tiles: list[Tile], config: TilingConfig) -> Iterator[torch.Tensor]:
     length, align = x.shape[2], alignment(job.tasks)
     halo = halo_frames(job.tasks) if config.pad_frames is None else -(-config.pad_frames * job.unit // align) * align
-    proxy = plan_proxy(length, config.proxy_frames * job.unit, halo, 32 * job.unit, align)
+    proxy = plan_proxy(job.tasks, length, config.proxy_frames * job.unit, halo, 32 * job.unit, align)
     estimate = None
     if proxy is None:
         logger.info("fast mode: at %d input frames a proxy costs as much as the exact %s; running it exactly",
@@ -397,15 +424,14 @@ def _fast_pieces(job: _Job, x: torch.Tensor, tiles: list[Tile], config: TilingCo
     if estimate is None:
         yield from (core for _, core in run_exact(job, x, tiles, config, stream_last=True))
         return
-    factor = time_scale(job.tasks)
     with _progress(len(tiles), config, f"{job.name} (fast)") as bar:
         for tile in tiles:
             lo, hi = max(0, tile.core_start - halo), min(length, tile.core_stop + halo)
-            y, _, _ = _checked(
-                lambda inp: _run_local(job.tasks, inp, None, estimate.stats, estimate.memories, length - (hi - lo)),
-                x[:, :, lo:hi], (tile.core_start, tile.core_stop), job)
+            y, _, _ = _checked(lambda inp: _run_tile(job.tasks, inp, estimate, (tile.core_start - lo,
+                                                                          tile.core_stop - lo), length),
+                               x[:, :, lo:hi], (tile.core_start, tile.core_stop), job)
             bar.update()
-            yield y[:, :, _at(tile.core_start - lo, factor) : _at(tile.core_stop - lo, factor)]
+            yield y
 
 
 def _plan_tiles(job: _Job, x: torch.Tensor, config: TilingConfig) -> list[Tile]:

@@ -72,7 +72,8 @@ def test_fast_encode_runs_its_proxy_and_beats_per_tile_statistics(tiny):
     frames = 1200
     mel = nonstationary_mel(1, frames)
     config = TilingConfig(enabled=True, mode="fast", tile_frames=32, proxy_frames=64, show_progress=False)
-    assert plan_proxy(frames, 64 * 4, halo_frames(encoder_tasks(vae)), 128, 4) is not None  # the proxy path runs
+    tasks = encoder_tasks(vae)
+    assert plan_proxy(tasks, frames, 64 * 4, halo_frames(tasks), 128, 4) is not None  # the proxy path runs
     expected = vae.encode(mel).latent_dist.mean
     fast = tiled_encode(vae, mel, config).mean
     vae.enable_tiling()
