@@ -69,7 +69,7 @@ def test_encode_then_decode_tiled_agrees_with_untiled(tiny):
 
 def test_fast_encode_runs_its_proxy_and_beats_per_tile_statistics(tiny):
     vae = tiny["vae"]
-    frames = 1200
+    frames = 2400
     mel = nonstationary_mel(1, frames)
     config = TilingConfig(enabled=True, mode="fast", tile_frames=32, proxy_frames=64, show_progress=False)
     tasks = encoder_tasks(vae)
@@ -81,8 +81,8 @@ def test_fast_encode_runs_its_proxy_and_beats_per_tile_statistics(tiny):
         per_tile = vae.encode(mel).latent_dist.mean
     finally:
         vae.disable_tiling()
-    # Same sources of error as the fast decode (estimated statistics, proxy attention keys): 29.1-31.0 dB measured
-    # on seeds 0-2 here, diffusers' per-tile tiling 5.8-5.9 dB.
+    # Same sources of error as the fast decode (estimated statistics, proxy attention keys): 32.5-35.3 dB measured
+    # on seeds 0-2 at 2400 frames, diffusers' per-tile tiling 5.2 dB.
     assert snr_db(fast, expected) > 25
     assert snr_db(fast, expected) > snr_db(per_tile, expected) + 10
 
