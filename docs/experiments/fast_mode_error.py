@@ -12,6 +12,7 @@ decode, recorded once per length with every GroupNorm's pooled statistics and ca
     perturbed:EPS       the exact statistics, each group's mean moved by EPS std and its std scaled by 1 + EPS (random
                         normal signs and sizes), whole-sequence attention: how sensitive the decoder is to statistics
     stats-error[:P:C]   per GroupNorm: mean error (in stds) and std error of the proxy's estimates
+    diffusers           diffusers' vae.enable_tiling() (each tile normalises itself), for comparison
 
 Each variant decodes the whole length (about a minute per variant at 120 s on 2 cores).
 """
@@ -94,6 +95,12 @@ def main() -> None:
             elif name == "perturbed":
                 stats = perturbed(exact_stats, float(spec[0]))
                 result = f"{snr(decode(V.FastEstimate(stats, [whole_memory(stats)]), whole_attention=True)):.1f} dB"
+            elif name == "diffusers":
+                vae.enable_tiling()
+                try:
+                    result = f"{snr(vae.decode(latents).sample):.1f} dB"
+                finally:
+                    vae.disable_tiling()
             elif name == "stats-error":
                 result = "\n" + stats_error(estimate(spec).stats, exact_stats)
             else:
