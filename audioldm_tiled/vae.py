@@ -157,6 +157,14 @@ class _Job:
         return frame * self.frame_seconds
 
 
+def _all_finite(x: torch.Tensor) -> bool:
+    """True when no value of x is NaN or inf: one float64 sum, in which NaN and inf propagate and finite float32 or
+    half values cannot overflow. ``torch.isfinite(x).all()`` builds an abs() copy of x and a boolean mask; under the
+    torch profiler those abs() calls took 1.2 s of an exact 40 s decode's 26.4 s (audioldm-s, CPU), though one
+    unprofiled run took 27.3 s either way (within this machine's noise)."""
+    return math.isfinite(x.sum(dtype=torch.float64).item())
+
+
 def _checked(run, x: torch.Tensor, where: tuple[int, int], job: _Job):
     """Run ``run(x)``; on NaN/inf in half precision retry once in float32, else raise naming the time range.
 
@@ -164,15 +172,15 @@ def _checked(run, x: torch.Tensor, where: tuple[int, int], job: _Job):
     float32 and half pieces alike (``torch.cat`` promotes), and the final output is cast back.
     """
     out = run(x)
-    if torch.isfinite(out[0]).all():
+    if _all_finite(out[0]):
         return out
     if x.dtype in (torch.float16, torch.bfloat16):
         logger.warning("non-finite values in %s tile %.2f-%.2f s; retrying it in float32", x.dtype,
                        job.seconds(where[0]), job.seconds(where[1]))
         out = run(x.float())
-        if torch.isfinite(out[0]).all():
+        if _all_finite(out[0]):
             narrowed = out[0].to(x.dtype)
-            return (narrowed,) + tuple(out[1:]) if torch.isfinite(narrowed).all() else out
+            return (narrowed,) + tuple(out[1:]) if _all_finite(narrowed) else out
     raise NonFiniteTileError(
         f"the {job.name} produced NaN or inf in the tile covering {job.seconds(where[0]):.2f}-"
         f"{job.seconds(where[1]):.2f} s (dtype {x.dtype}); check its input"
@@ -400,7 +408,7 @@ def estimate_stats(tasks: list[Task], latents: torch.Tensor, proxy: _Proxy) -> F
         return _attend(attn, x, stats, estimate.memories[-1].rows(count), local=False, batch_groups=count)
 
     x, _, _ = _run_local(tasks, x, None, statistics, attend, core=(margin, margin + core), batch_groups=count)
-    if not torch.isfinite(x).all():
+    if not _all_finite(x):
         raise NonFiniteTileError("the fast-mode statistics proxy produced NaN or inf")
     return estimate
 
