@@ -244,13 +244,13 @@ def alignment(tasks: list[Task]) -> int:
 
 def halo_frames(tasks: list[Task]) -> int:
     """``receptive_halo`` rounded up to whole frames and to a multiple of the tasks' alignment."""
-    align = alignment(tasks)
-    return math.ceil(receptive_halo(tasks) / align) * align
+    return reaches(tasks)[0] if tasks else 0
 
 
 def reaches(tasks: list[Task]) -> list[int]:
     """For each task, how many frames per side past the wanted core (at that task's input resolution) it and the
-    tasks after it still read: ``halo_frames(tasks[i:])`` for every i, in one backward pass."""
+    tasks after it still read: ``receptive_halo(tasks[i:])`` rounded up to whole frames and to the alignment of the
+    downsamplers among tasks[i:], for every i, in one backward pass."""
     out, reach, align = [0] * len(tasks), Fraction(0), 1
     for i in reversed(range(len(tasks))):
         task = tasks[i]
@@ -263,17 +263,35 @@ def reaches(tasks: list[Task]) -> list[int]:
     return out
 
 
+class TaskExtent(ShrinkingExtent):
+    """A ShrinkingExtent walked through a task list, by the fast executor and by its cost model alike: ``enter(i)``
+    cuts it before task i to ``reaches(tasks)[i]`` (residual bookkeeping is left as it is) and returns the part kept,
+    relative to the previous start; ``leave(i)`` follows task i's resampling. Without a core nothing is cut."""
+
+    def __init__(self, tasks: list[Task], frames: int, core: tuple[int, int] | None = None):
+        super().__init__(frames, core or (0, frames))
+        self.tasks = tasks
+        self.needed = reaches(tasks) if core is not None else None
+
+    def enter(self, index: int) -> tuple[int, int]:
+        if self.needed is None or isinstance(self.tasks[index], (SaveResidual, AddResidual)):
+            return 0, self.stop - self.start
+        return self.cut(self.needed[index])
+
+    def leave(self, index: int) -> None:
+        task = self.tasks[index]
+        if isinstance(task, (Upsample, Downsample)):
+            self.rescale(task.factor)
+
+
 def conv_cost(tasks: list[Task], frames: int, core: tuple[int, int] | None = None) -> float:
     """Multiply-adds of the tasks' convolutions per input frequency row, on an extent of ``frames`` input frames,
     shrunk around ``core`` as the fast executor does (whole without it): what proxies and tiles are compared by."""
-    extent = ShrinkingExtent(frames, core or (0, frames))
-    needed = reaches(tasks) if core is not None else None
+    extent = TaskExtent(tasks, frames, core)
     cost = Fraction(0)
     for index, task in enumerate(tasks):
-        if needed is not None and not isinstance(task, (SaveResidual, AddResidual)):
-            extent.cut(needed[index])
-        if isinstance(task, (Upsample, Downsample)):
-            extent.rescale(task.factor)
+        extent.enter(index)
+        extent.leave(index)
         module = task.shortcut if isinstance(task, SaveResidual) else getattr(task, "module", None)
         if isinstance(task, (Conv, Downsample, SaveResidual)) and module is not None:
             # output frames x output frequency rows (which scale as time does) x weights per output value

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from .config import TilingConfig
 from .constants import MEL_FRAMES_PER_SECOND
-from .geometry import ShrinkingExtent, Tile, frames_at, plan_tiles
+from .geometry import Tile, frames_at, plan_tiles
 from .groupnorm import GroupStats, apply_group_norm, group_stats, pool_stats
 from .memory import (
     UNTILED_DECODE_PEAK_FACTOR, UNTILED_ENCODE_PEAK_FACTOR, choose_tile_frames, is_out_of_memory,
@@ -39,7 +39,7 @@ from .memory import (
 )
 from .tasks import (
     Act, AddResidual, Conv, Downsample, Global, Norm, SaveResidual, Task, Upsample, alignment, decoder_tasks,
-    conv_cost, encoder_tasks, halo_frames, reaches, split_segments, time_scale,
+    TaskExtent, conv_cost, encoder_tasks, halo_frames, split_segments, time_scale,
 )
 
 logger = logging.getLogger(__name__)
@@ -93,11 +93,10 @@ def _run_local(tasks: list[Task], x: torch.Tensor, residual: torch.Tensor | None
     proxy computes them from the values, the tiles look them up. A self-attention (fast mode only) is
     ``attend(module, x, norm statistics, core values, outside frames)``; ``length`` (input frames) tells how many
     frames of the sequence the extent does not hold. With ``core`` ([start, stop) in input frames of x) the extent
-    shrinks task by task to what the remaining tasks still read (``geometry.ShrinkingExtent``) and the output is the
+    shrinks task by task to what the remaining tasks still read (``tasks.TaskExtent``) and the output is the
     core alone. Returns the output, the residual saved by the last SaveResidual (or None) and the time scale there.
     """
-    extent = ShrinkingExtent(x.shape[2], core if core is not None else (0, x.shape[2]))
-    needed = reaches(tasks) if core is not None else None
+    extent = TaskExtent(tasks, x.shape[2], core)
     saved, saved_scale, residual_start = None, Fraction(1), 0
 
     def core_of(x: torch.Tensor) -> torch.Tensor:
@@ -105,10 +104,9 @@ def _run_local(tasks: list[Task], x: torch.Tensor, residual: torch.Tensor | None
         return x[:, :, a - extent.start : b - extent.start]
 
     for index, task in enumerate(tasks):
-        if needed is not None and not isinstance(task, (AddResidual, SaveResidual)):
-            lo, hi = extent.cut(needed[index])
-            if (lo, hi) != (0, x.shape[2]):
-                x = x[:, :, lo:hi]
+        lo, hi = extent.enter(index)
+        if (lo, hi) != (0, x.shape[2]):
+            x = x[:, :, lo:hi]
         if isinstance(task, Norm):
             x = apply_group_norm(x, statistics(task.module, core_of(x)), task.module, batch_groups)
         elif isinstance(task, Global):
@@ -123,10 +121,8 @@ def _run_local(tasks: list[Task], x: torch.Tensor, residual: torch.Tensor | None
             x = task.module(x)
         elif isinstance(task, Upsample):
             x = F.interpolate(x, scale_factor=float(task.factor), mode="nearest")
-            extent.rescale(task.factor)
         elif isinstance(task, Downsample):
             x = _conv(F.pad(x, (0, 1, 0, 1)), task.module)  # as Downsample2D(padding=0): a zero frame, then stride 2
-            extent.rescale(task.factor)
         elif isinstance(task, SaveResidual):
             saved = residual = x if task.shortcut is None else _conv(x, task.shortcut)
             saved_scale, residual_start = extent.scale, extent.start
@@ -136,6 +132,7 @@ def _run_local(tasks: list[Task], x: torch.Tensor, residual: torch.Tensor | None
             residual = None
         else:
             raise TypeError(f"not a local task: {task!r}")
+        extent.leave(index)
     if core is not None:
         x = core_of(x)
     return x, saved, saved_scale
@@ -340,11 +337,6 @@ class _Proxy:
     margin: int
     align: int = 1
 
-    @property
-    def frames(self) -> int:
-        """Input frames the proxy runs through the tasks."""
-        return self.count * (self.core + 2 * self.margin)
-
 
 # Fast mode runs its proxy only where the proxy costs less than this share of a whole decode (in convolution work).
 # Measured with `audioldm-tiled bench decode --seconds 40` (audioldm-s, 1000 latent frames, where the proxy is 0.35
@@ -439,7 +431,14 @@ def _fast_pieces(job: _Job, x: torch.Tensor, tiles: list[Tile], config: TilingCo
             logger.warning("fast mode: the statistics proxy gave NaN or inf; running the %s exactly", job.name)
     if estimate is None:
         yield from (core for _, core in run_exact(job, x, tiles, config, stream_last=True))
-        return
+    else:
+        yield from _fast_tiles(job, x, tiles, halo, estimate, config)
+
+
+def _fast_tiles(job: _Job, x: torch.Tensor, tiles: list[Tile], halo: int, estimate: FastEstimate,
+                config: TilingConfig) -> Iterator[torch.Tensor]:
+    """Each tile's output core, in order: the tile run start to finish with ``halo`` input frames a side."""
+    length = x.shape[2]
     with _progress(len(tiles), config, f"{job.name} (fast)") as bar:
         for tile in tiles:
             lo, hi = max(0, tile.core_start - halo), min(length, tile.core_stop + halo)

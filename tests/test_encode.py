@@ -7,7 +7,7 @@ import torch
 from audioldm_tiled import TilingConfig, tiled_decode, tiled_encode
 from audioldm_tiled.tasks import Downsample, Global, Norm, alignment, encoder_tasks, halo_frames, receptive_halo
 from audioldm_tiled.vae import plan_proxy
-from conftest import relative_error
+from conftest import raise_cuda_out_of_memory, relative_error
 from test_vae import EXACT_TOLERANCE, snr_db
 
 
@@ -117,11 +117,7 @@ def test_out_of_memory_in_the_untiled_encode_retries_tiled(tiny, monkeypatch, ca
     vae = tiny["vae"]
     mel = nonstationary_mel(1, 160)
     expected = vae.encode(mel).latent_dist.mean
-
-    def out_of_memory(*args, **kwargs):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-
-    monkeypatch.setattr(vae, "encode", out_of_memory)
+    monkeypatch.setattr(vae, "encode", raise_cuda_out_of_memory)
     with caplog.at_level(logging.WARNING, logger="audioldm_tiled.vae"):
         actual = tiled_encode(vae, mel, TilingConfig(tile_frames=8, memory_budget=10**12, show_progress=False))
     assert "untiled VAE encode ran out of memory" in caplog.text

@@ -7,7 +7,7 @@ from audioldm_tiled import TilingConfig, iter_decode, tiled_decode
 from audioldm_tiled.groupnorm import group_stats
 from audioldm_tiled.tasks import Global, Norm, decoder_tasks, halo_frames, receptive_halo
 from audioldm_tiled.vae import _attend, plan_proxy
-from conftest import nonstationary_latents, relative_error
+from conftest import nonstationary_latents, raise_cuda_out_of_memory, relative_error
 
 # Exact mode reorders float32 sums (pooled statistics, convolutions on slices); measured error is ~3e-6 of
 # max|untiled|, so 1e-4 (the bound) leaves a wide margin while any wrong statistic shows as >1e-2.
@@ -129,11 +129,7 @@ def test_out_of_memory_in_the_untiled_decode_retries_tiled(tiny, monkeypatch, ca
     vae = tiny["vae"]
     z = nonstationary_latents(1, 60)
     expected = vae.decode(z).sample
-
-    def out_of_memory(*args, **kwargs):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-
-    monkeypatch.setattr(vae, "decode", out_of_memory)
+    monkeypatch.setattr(vae, "decode", raise_cuda_out_of_memory)
     with caplog.at_level(logging.WARNING, logger="audioldm_tiled.vae"):
         actual = tiled_decode(vae, z, TilingConfig(tile_frames=16, memory_budget=10**12, show_progress=False))
     assert "retrying once with tiles" in caplog.text

@@ -48,7 +48,8 @@ def main() -> None:
     if not args.stationary:
         latents[:, :, : frames // 2] *= 1.5
     job = V.decode_job(vae)
-    tiles = V._plan_tiles(job, latents, TilingConfig(enabled=True, show_progress=False))
+    config = TilingConfig(enabled=True, show_progress=False)
+    tiles = V._plan_tiles(job, latents, config)
     halo = halo_frames(job.tasks)
     attention = next(t for t in job.tasks if isinstance(t, Global))
     before_attention = job.tasks[: job.tasks.index(attention)]
@@ -73,14 +74,9 @@ def main() -> None:
         if whole_attention:  # the memory is the whole sequence: no local keys, no weights
             V._attend = lambda attn, x, stats, memory, outside: attend(attn, x, stats, memory, local=False)
         try:
-            pieces = []
-            for tile in tiles:
-                lo, hi = max(0, tile.core_start - halo), min(frames, tile.core_stop + halo)
-                core = (tile.core_start - lo, tile.core_stop - lo)
-                pieces.append(V._run_tile(job.tasks, latents[:, :, lo:hi], estimate, core, frames)[0])
+            return torch.cat(list(V._fast_tiles(job, latents, tiles, halo, estimate, config)), dim=2)
         finally:
             V._attend = attend
-        return torch.cat(pieces, dim=2)
 
     with torch.no_grad():
         for variant in args.variants:
