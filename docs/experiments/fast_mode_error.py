@@ -6,12 +6,13 @@ Runs the audioldm-s VAE with random weights (as `audioldm-tiled bench decode`) o
 loud first half (x1.5; `--stationary` for plain randn, what the bench decodes). The reference is the exact tiled
 decode, recorded once per length with every GroupNorm's pooled statistics and cached under `--cache`. Variants:
 
-    fast[:P:C]          fast mode as shipped: statistics and attention keys from a proxy of P frames in excerpts of C
+    fast[:P:C[:R]]      fast mode as shipped (or R rounds of P frames in excerpts of C): statistics and attention
+                        keys from the proxy, the first GroupNorm's statistics exact
     exact-stats[:P:C]   the exact statistics, the proxy's attention keys
     whole-attention     the estimated statistics, keys and values of the whole sequence (no proxy at the attention)
     perturbed:EPS       the exact statistics, each group's mean moved by EPS std and its std scaled by 1 + EPS (random
                         normal signs and sizes), whole-sequence attention: how sensitive the decoder is to statistics
-    stats-error[:P:C]   per GroupNorm: mean error (in stds) and std error of the proxy's estimates
+    stats-error[:P:C:R] per GroupNorm: mean error (in stds) and std error of the proxy's estimates
     diffusers           diffusers' vae.enable_tiling() (each tile normalises itself), for comparison
 
 Each variant decodes the whole length (about a minute per variant at 120 s on 2 cores).
@@ -59,9 +60,13 @@ def main() -> None:
         return 10 * math.log10(reference.pow(2).sum() / (decoded - reference).pow(2).sum())
 
     def estimate(spec: list[str]) -> V.FastEstimate:
-        proxy_frames, core = (int(spec[0]), int(spec[1])) if spec else (256, 32)
-        # The proxy is built directly, so it runs even where fast mode itself would decode exactly (plan_proxy).
-        return V.estimate_stats(job.tasks, latents, V._Proxy(proxy_frames // core, core, halo))
+        if spec:  # built directly, so it runs even where fast mode itself would decode exactly (plan_proxy)
+            proxy_frames, core, rounds = (int(spec[0]), int(spec[1]), int(spec[2]) if len(spec) > 2 else 1)
+            proxy = V._Proxy(proxy_frames // core, core, halo, rounds=rounds)
+        else:
+            proxy = V.plan_proxy(job.tasks, frames, config.proxy_frames, halo) or V._Proxy(8, 32, halo)
+        print(f"  proxy: {proxy.rounds} round(s) of {proxy.count} excerpts of {proxy.core} frames", flush=True)
+        return V.estimate_stats(job.tasks, latents, proxy, tiles)
 
     def whole_memory(stats: list[GroupStats]) -> V._AttentionMemory:
         """Keys and values of every token, computed with the given statistics."""
