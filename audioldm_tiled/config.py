@@ -29,7 +29,7 @@ class TilingConfig:
     tile_frames: int | None = None  # latent frames per tile core; None: chosen from memory_budget
     pad_frames: int | None = None  # fast mode halo per side in latent frames; None: the decoder's receptive field
     memory_budget: int | None = None  # bytes; None: free memory of the device (available RAM on CPU)
-    proxy_frames: int = 256  # fast mode: latent frames sampled to estimate the GroupNorm statistics
+    proxy_frames: int = 256  # fast mode: latent frames per proxy round (rounds: up to a quarter of the decode)
     vocoder_chunk_frames: int | None = None  # mel frames per vocoder chunk core; None: chosen from memory_budget
     vocoder_context_frames: int | None = None  # mel frames of context per side; None: the vocoder's receptive field
     windowed: bool = True  # denoise in overlapping time windows when the latent is longer than one window
