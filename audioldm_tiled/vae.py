@@ -276,6 +276,11 @@ class _AttentionMemory:
     def rows(self, repeats: int) -> "_AttentionMemory":
         return _AttentionMemory(self.key.repeat(repeats, 1, 1, 1), self.value.repeat(repeats, 1, 1, 1), self.frames)
 
+    @staticmethod
+    def join(parts: list["_AttentionMemory"]) -> "_AttentionMemory":
+        return _AttentionMemory(torch.cat([m.key for m in parts], dim=2), torch.cat([m.value for m in parts], dim=2),
+                                sum(m.frames for m in parts))
+
 
 def _heads(attn, tokens: torch.Tensor) -> torch.Tensor:
     """(B, n, heads * d) -> (B, heads, n, d)."""
@@ -363,6 +368,12 @@ def plan_proxy(tasks: list[Task], length: int, proxy_frames: int, margin: int, e
     return _Proxy(count, excerpt_core, margin, align, rounds) if rounds >= 1 else None
 
 
+# The tiles attend to the keys and values of this many proxy rounds (1024 latent frames with the defaults, 64 MB in
+# float32), a fixed size so that memory does not grow with the length. Measured with exact statistics on 300 s of
+# randn (3 tiles): round 0's keys 37.7 dB, all 5 rounds' 46.9 dB, every 5th frame of all rounds 39.8 dB.
+ATTENTION_ROUNDS = 4
+
+
 @dataclass(frozen=True)
 class FastEstimate:
     """What fast mode estimates once: statistics per GroupNorm (attention norms included), in task order, and the
@@ -380,7 +391,8 @@ def estimate_stats(tasks: list[Task], latents: torch.Tensor, proxy: _Proxy, tile
     The proxy is ``proxy.rounds * proxy.count`` excerpts spread evenly along time (time only: the frequency rows are
     never collapsed); round r takes every rounds-th of them, so each round spans the whole sequence. A round runs on
     its own (``_proxy_round``, memory of one round whatever the length) and the rounds' moments are pooled: the
-    sampling error of the estimate falls with the number of frames sampled. The attention keys are round 0's.
+    sampling error of the estimate falls with the number of frames sampled. The attention keys are those of the
+    first ``ATTENTION_ROUNDS`` rounds.
 
     The first GroupNorm, which only convolutions precede, gets its exact statistics from a pass over ``tiles``.
     """
@@ -391,13 +403,17 @@ def estimate_stats(tasks: list[Task], latents: torch.Tensor, proxy: _Proxy, tile
               for k in range(slots)]
     rounds = []
     for r in range(proxy.rounds):
-        rounds.append(_proxy_round(tasks, latents, starts[r::proxy.rounds], core, margin))
+        round_estimate = _proxy_round(tasks, latents, starts[r::proxy.rounds], core, margin)
+        if r >= ATTENTION_ROUNDS:
+            round_estimate = FastEstimate(round_estimate.stats, [])
+        rounds.append(round_estimate)
         on_round()
     stats = [pool_stats(list(per_round)) for per_round in zip(*(e.stats for e in rounds))]
     first = first_norm_stats(tasks, latents, tiles)
     if first is not None:
         stats[0] = first
-    return FastEstimate(stats, rounds[0].memories)
+    memories = [_AttentionMemory.join(list(per_round)) for per_round in zip(*(e.memories for e in rounds))]
+    return FastEstimate(stats, memories)
 
 
 def _proxy_round(tasks: list[Task], latents: torch.Tensor, starts: list[int], core: int,
