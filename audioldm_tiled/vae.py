@@ -403,16 +403,16 @@ def estimate_stats(tasks: list[Task], latents: torch.Tensor, proxy: _Proxy, tile
               for k in range(slots)]
     rounds = []
     for r in range(proxy.rounds):
-        round_estimate = _proxy_round(tasks, latents, starts[r::proxy.rounds], core, margin)
+        rounds.append(_proxy_round(tasks, latents, starts[r::proxy.rounds], core, margin))
         if r >= ATTENTION_ROUNDS:
-            round_estimate = FastEstimate(round_estimate.stats, [])
-        rounds.append(round_estimate)
+            rounds[-1].memories.clear()  # not kept: the keys stay a fixed size
         on_round()
     stats = [pool_stats(list(per_round)) for per_round in zip(*(e.stats for e in rounds))]
     first = first_norm_stats(tasks, latents, tiles)
     if first is not None:
         stats[0] = first
-    memories = [_AttentionMemory.join(list(per_round)) for per_round in zip(*(e.memories for e in rounds))]
+    memories = [_AttentionMemory.join(list(per_round))
+                for per_round in zip(*(e.memories for e in rounds[:ATTENTION_ROUNDS]))]
     return FastEstimate(stats, memories)
 
 
