@@ -482,8 +482,8 @@ def _fast_pieces(job: _Job, x: torch.Tensor, tiles: list[Tile], config: TilingCo
     proxy = plan_proxy(job.tasks, length, config.proxy_frames * job.unit, halo, 32 * job.unit, align)
     estimate = None
     if proxy is None:
-        logger.info("fast mode: at %d input frames a proxy costs too large a share of the %s; running it exactly",
-                    length, job.name)
+        logger.info("fast mode: at %d input frames one proxy round costs too large a share of the %s; "
+                    "running it exactly", length, job.name)
     else:
         try:
             with _progress(proxy.rounds, config, f"{job.name} (fast, statistics)") as bar:
