@@ -368,10 +368,12 @@ def plan_proxy(tasks: list[Task], length: int, proxy_frames: int, margin: int, e
     return _Proxy(count, excerpt_core, margin, align, rounds) if rounds >= 1 else None
 
 
-# The tiles attend to the keys and values of this many proxy rounds (1024 latent frames with the defaults, 64 MB in
-# float32), a fixed size so that memory does not grow with the length. Measured with exact statistics on 300 s of
-# randn (3 tiles): round 0's keys 37.7 dB, all 5 rounds' 46.9 dB, every 5th frame of all rounds 39.8 dB.
-ATTENTION_ROUNDS = 4
+# The tiles attend to the keys and values of this many proxy rounds (512 latent frames with the defaults, 34 MB in
+# float32), a fixed size so that memory does not grow with the length. Measured on 300 s of randn (3 tiles), keys of
+# round 0, rounds 0-1 and rounds 0-3: with exact statistics 37.7, 39.9 and 43.6 dB; with fast mode's estimated ones
+# (the limit there) 37.4 dB for two rounds and 37.6 dB for four, whose keys raised fast mode's peak at 300 s from
+# 1.08 to 1.16 GB (`bench decode`), past 1.2x its 10 s peak.
+ATTENTION_ROUNDS = 2
 
 
 @dataclass(frozen=True)
