@@ -403,35 +403,36 @@ def estimate_stats(tasks: list[Task], latents: torch.Tensor, proxy: _Proxy, tile
     last = (length - core - margin) // align * align
     starts = [min(last, max(margin, align * round(((k + 0.5) * length / slots - core / 2) / align)))
               for k in range(slots)]
-    rounds = []
+    level = torch.std_mean(latents.float().flatten(2), dim=2, keepdim=True)  # per channel, what each round matches
+    stats_per_round, keys_per_round = [], []
     for r in range(proxy.rounds):
-        rounds.append(_proxy_round(tasks, latents, starts[r::proxy.rounds], core, margin))
-        if r >= ATTENTION_ROUNDS:
-            rounds[-1].memories.clear()  # not kept: the keys stay a fixed size
+        estimate = _proxy_round(tasks, latents, starts[r::proxy.rounds], core, margin, level)
+        stats_per_round.append(estimate.stats)
+        if r < ATTENTION_ROUNDS:  # later rounds' keys are dropped: the keys stay a fixed size
+            keys_per_round.append(estimate.memories)
         on_round()
-    stats = [pool_stats(list(per_round)) for per_round in zip(*(e.stats for e in rounds))]
+    stats = [pool_stats(list(per_norm)) for per_norm in zip(*stats_per_round)]
     first = first_norm_stats(tasks, latents, tiles)
     if first is not None:
         stats[0] = first
-    memories = [_AttentionMemory.join(list(per_round))
-                for per_round in zip(*(e.memories for e in rounds[:ATTENTION_ROUNDS]))]
-    return FastEstimate(stats, memories)
+    return FastEstimate(stats, [_AttentionMemory.join(list(per_attention)) for per_attention in zip(*keys_per_round)])
 
 
-def _proxy_round(tasks: list[Task], latents: torch.Tensor, starts: list[int], core: int,
-                 margin: int) -> FastEstimate:
+def _proxy_round(tasks: list[Task], latents: torch.Tensor, starts: list[int], core: int, margin: int,
+                 level: tuple[torch.Tensor, torch.Tensor]) -> FastEstimate:
     """Run ``tasks`` on excerpts of ``latents`` at ``starts`` (each ``core`` frames plus ``margin`` a side), stacked
     along the batch, and record their GroupNorm statistics and attention keys/values.
 
     Each excerpt contributes statistics from its core only, where its values are those of a full run; the
-    excerpts' moments are pooled, and the proxy's per-channel mean and std are first re-matched to those of the
-    latents. At a self-attention every excerpt attends to the cores of all excerpts, a sample of the whole sequence.
+    excerpts' moments are pooled, and the proxy's per-channel mean and std are first re-matched to ``level``, the
+    latents' (std, mean) per channel. At a self-attention every excerpt attends to the cores of all excerpts, a
+    sample of the whole sequence.
     """
     count = len(starts)
     x = torch.cat([latents[:, :, s - margin : s + core + margin] for s in starts])
     rows = x.float().reshape(count, *latents.shape[:2], -1)
     x_std, x_mean = torch.std_mean(rows, dim=(0, 3), keepdim=True)
-    l_std, l_mean = torch.std_mean(latents.float().reshape(*latents.shape[:2], -1), dim=2, keepdim=True)
+    l_std, l_mean = level
     x = ((rows - x_mean) / x_std.clamp_min(1e-12) * l_std + l_mean).reshape(x.shape).to(latents.dtype)
     estimate = FastEstimate([], [])
 
