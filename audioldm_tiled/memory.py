@@ -58,19 +58,109 @@ def return_large_allocations_to_the_system() -> bool:
 
 
 def available_memory(device: torch.device | str | None = None) -> int:
-    """Free bytes on ``device``: ``torch.cuda.mem_get_info`` on CUDA, MemAvailable of the host otherwise."""
+    """Free bytes on ``device``: on CUDA ``torch.cuda.mem_get_info`` within the process's memory fraction; on the
+    host the least of MemAvailable and the headroom under the process's memory cgroups and rlimits (see
+    ``host_limits_headroom``)."""
     device = torch.device(device or "cpu")
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+        free, total = torch.cuda.mem_get_info(device)
+        allocated = torch.cuda.memory_allocated(device)
+        free = free + torch.cuda.memory_reserved(device) - allocated
+        # A cap from torch.cuda.set_per_process_memory_fraction binds the caching allocator before the device does
+        # (torch 2.8 and later can tell it).
+        get_fraction = getattr(torch.cuda, "get_per_process_memory_fraction", None)
+        if get_fraction is not None:
+            free = min(free, int(get_fraction(device) * total) - allocated)
+        return int(max(0, free))
+    free = None
     try:
         with open("/proc/meminfo") as meminfo:
             for line in meminfo:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    free = int(line.split()[1]) * 1024
     except OSError:
         pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if free is None:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return min([free, *host_limits_headroom()])
+
+
+def host_limits_headroom(cgroup_root: str = "/sys/fs/cgroup", proc_self: str = "/proc/self") -> list[int]:
+    """Bytes this process may still take under each limit that binds it beyond the machine's free memory.
+
+    A container's or a batch job's (Slurm's) memory cgroup: MemAvailable still shows the whole machine, and a
+    process that passes the cgroup's limit is killed, with no out-of-memory error left to catch. Every enclosing
+    cgroup's limit applies; headroom is limit - usage + inactive page cache (reclaimed before anything is killed).
+    And ``ulimit -v`` / ``-d`` (RLIMIT_AS, RLIMIT_DATA): passing those fails the allocation instead, which the
+    fallback could catch, but planning under them avoids the wasted untiled attempt."""
+    headrooms = []
+    try:
+        with open(os.path.join(proc_self, "cgroup")) as f:
+            memberships = [line.rstrip("\n").split(":", 2) for line in f if line.count(":") >= 2]
+    except OSError:
+        memberships = []
+    for _, controllers, path in memberships:
+        if controllers == "":  # the unified (v2) hierarchy
+            base, files = cgroup_root, ("memory.max", "memory.current", "inactive_file")
+        elif "memory" in controllers.split(","):
+            base, files = os.path.join(cgroup_root, "memory"), (
+                "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+        else:
+            continue
+        # Without a cgroup namespace the path may not exist under this mount; its root is then the process's own.
+        parts = [part for part in path.split("/") if part]
+        for depth in range(len(parts), -1, -1):
+            headroom = _cgroup_headroom(os.path.join(base, *parts[:depth]), *files)
+            if headroom is not None:
+                headrooms.append(headroom)
+    try:
+        import resource
+
+        sizes = process_sizes(proc_self)
+        for limit, used in ((resource.RLIMIT_AS, "VmSize"), (resource.RLIMIT_DATA, "VmData")):
+            soft, _ = resource.getrlimit(limit)
+            if soft != resource.RLIM_INFINITY and used in sizes:
+                headrooms.append(max(0, soft - sizes[used]))
+    except ImportError:  # no rlimits off Unix
+        pass
+    return headrooms
+
+
+def process_sizes(proc: str = "/proc/self") -> dict[str, int]:
+    """The Vm* lines of a process's status file (VmRSS, VmData, VmSize ...) in bytes; empty where it can't be read."""
+    try:
+        with open(os.path.join(proc, "status")) as f:
+            return {key: int(value.split()[0]) * 1024 for key, value in (line.split(":", 1) for line in f)
+                    if key.startswith("Vm")}
+    except (OSError, ValueError):
+        return {}
+
+
+# cgroup v1 writes "no limit" as 2**63 - 1 rounded down to a page; anything this large is no limit.
+_CGROUP_UNLIMITED = 1 << 60
+
+
+def _cgroup_headroom(directory: str, limit_file: str, usage_file: str, inactive_key: str) -> int | None:
+    """limit - usage + inactive file cache of one cgroup directory; None where it sets no limit or can't be read."""
+    try:
+        with open(os.path.join(directory, limit_file)) as f:
+            limit = f.read().strip()
+        if limit == "max" or int(limit) >= _CGROUP_UNLIMITED:
+            return None
+        with open(os.path.join(directory, usage_file)) as f:
+            usage = int(f.read())
+    except (OSError, ValueError):
+        return None
+    inactive = 0
+    try:
+        with open(os.path.join(directory, "memory.stat")) as f:
+            for line in f:
+                key, _, value = line.partition(" ")
+                if key == inactive_key:
+                    inactive = int(value)
+    except (OSError, ValueError):
+        pass  # without it the headroom is only underestimated
+    return max(0, int(limit) - usage + inactive)
 
 
 def memory_budget(config: TilingConfig, device: torch.device | str | None) -> int:
