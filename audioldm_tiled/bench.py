@@ -19,7 +19,10 @@ import time
 
 # The first variant of each stage is the reference that errors and ratios are taken against.
 VARIANTS = {
-    "decode": ("untiled", "exact", "fast", "diffusers"),
+    # Under a real allocator limit (--memory-limit, see _cap_allocator), enabled="auto": "auto" with the budget it
+    # reads from the device, "fallback" with one that wrongly says the untiled decode fits, so that the untiled
+    # attempt's out-of-memory error is caught and the decode retried in exact tiles.
+    "decode": ("untiled", "exact", "fast", "diffusers", "auto", "fallback"),
     "encode": ("untiled", "exact", "fast", "diffusers"),
     # one-pass is the unmodified SpeechT5HifiGan forward; channels-last is the speed work alone, without chunks
     "vocode": ("one-pass", "channels-last", "chunked"),
@@ -31,11 +34,12 @@ VARIANTS = {
 }
 DEFAULT_STEPS = {"stream": 2, "generate": 10, "windows": 2}
 # the others run every variant by default
-DEFAULT_VARIANTS = {"stream": ("fast",), "generate": ("windowed", "single-pass")}
+DEFAULT_VARIANTS = {"stream": ("fast",), "generate": ("windowed", "single-pass"),
+                    "decode": ("untiled", "exact", "fast", "diffusers")}
 
 
 # Where a child runs its stage: set from the command line in _measure.
-_TARGET = {"device": "cpu", "dtype_name": "fp32"}
+_TARGET = {"device": "cpu", "dtype_name": "fp32", "memory_limit": None}
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
@@ -67,6 +71,9 @@ def _run_decode(variant: str, seconds: float, steps: int):
     vae = AutoencoderKL(**ARCHITECTURES["audioldm-s"].vae).eval().to(**_target())
     latents = torch.randn(1, 8, int(seconds * LATENT_FRAMES_PER_SECOND), 16).to(**_target())
     config = TilingConfig(enabled=True, mode=variant if variant in ("exact", "fast") else "exact", show_progress=False)
+    if variant in ("auto", "fallback"):
+        config = config.replace(enabled="auto", memory_budget=10**15 if variant == "fallback" else None)
+        _cap_allocator(_TARGET["memory_limit"])
     start = time.perf_counter()
     if variant == "untiled":
         out = vae.decode(latents).sample
@@ -207,16 +214,21 @@ CUDA_OUT_OF_MEMORY = 3
 
 
 def _measure(stage: str, variant: str, seconds: float, steps: int, out_path: str, device: str = "cpu",
-             dtype: str = "fp32") -> None:
+             dtype: str = "fp32", memory_limit: str = "none") -> None:
     """Child process: build only the measured component (so peak memory is that stage's), run one variant, save its
-    output (float32, on the CPU) and timing."""
+    output (float32, on the CPU), timing and the library's warnings (a fallback, a float32 retry)."""
+    import logging
     import resource
 
     import torch
 
-    _TARGET.update(device=device, dtype_name=dtype)
+    _TARGET.update(device=device, dtype_name=dtype, memory_limit=None if memory_limit == "none" else int(memory_limit))
     cuda = device.startswith("cuda")
     torch.manual_seed(0)
+    warnings = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warnings.append(record.getMessage()[:500])
+    logging.getLogger("audioldm_tiled").addHandler(handler)
     try:
         with torch.inference_mode():
             out, elapsed, seams = RUNNERS[stage](variant, seconds, steps)
@@ -229,6 +241,8 @@ def _measure(stage: str, variant: str, seconds: float, steps: int, out_path: str
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     row = {"time_s": elapsed, "peak_rss_bytes": peak, "output_shape": list(out.shape), "seam": seam,
            "device": torch.cuda.get_device_name(device) if cuda else "cpu", "dtype": dtype, **environment()}
+    if warnings:
+        row["warnings"] = warnings
     if cuda:
         row["peak_cuda_bytes"] = torch.cuda.max_memory_allocated(device)
     with open(out_path + ".json", "w") as f:
@@ -271,11 +285,32 @@ def environment() -> dict:
 
 
 def _rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
-    except (OSError, StopIteration):
-        return 0
+    from .memory import process_sizes
+
+    return process_sizes(f"/proc/{pid}").get("VmRSS", 0)
+
+
+def _cap_allocator(limit: int | None) -> None:
+    """Make this process's allocations past ``limit`` bytes fail, as on a device of that size: on CUDA the caching
+    allocator's share of the device, on the host the data segment's rlimit (what is left under the limit now, as
+    more data segment). Without a limit only the device's real size binds."""
+    import resource
+
+    import torch
+
+    from .memory import process_sizes
+
+    if limit is None:
+        return
+    device = torch.device(_TARGET["device"])
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, limit / total), device)
+        return
+    sizes = process_sizes()
+    soft = sizes["VmData"] + max(0, limit - sizes["VmRSS"])
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    resource.setrlimit(resource.RLIMIT_DATA, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
 
 
 def _run_child(args: list[str], memory_limit: int | None) -> str | None:
@@ -305,7 +340,8 @@ def run_suite(stage: str, lengths: list[float], variants: list[str], steps: int 
             reference, base = None, None
             for variant in variants:
                 path = os.path.join(tmp, f"{stage}-{variant}-{seconds}.pt")
-                failure = _run_child([stage, variant, str(seconds), str(steps), path, device, dtype], memory_limit)
+                failure = _run_child([stage, variant, str(seconds), str(steps), path, device, dtype,
+                                      "none" if memory_limit is None else str(memory_limit)], memory_limit)
                 row = {"stage": stage, "variant": variant, "seconds": seconds}
                 if steps:
                     row["steps"] = steps
@@ -383,7 +419,7 @@ def to_markdown(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--child":
-        _measure(argv[1], argv[2], float(argv[3]), int(argv[4]), *argv[5:8])
+        _measure(argv[1], argv[2], float(argv[3]), int(argv[4]), *argv[5:9])
         return 0
     if argv and argv[0] == "report":
         from .report import main as report_main
@@ -399,7 +435,8 @@ def main(argv: list[str] | None = None) -> int:
                         "windows 2)")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     parser.add_argument("--memory-limit", type=float, default=None, metavar="GB",
-                        help="stop a point whose resident memory passes this; it is reported as out of memory")
+                        help="stop a point whose resident memory passes this; it is reported as out of memory (the "
+                        "auto and fallback variants instead fail their allocations past it, on the device under cuda)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="fp32 (default), fp16 or bf16")
     args = parser.parse_args(argv)
