@@ -50,6 +50,18 @@ def _target() -> dict:
     return {"device": torch.device(_TARGET["device"]), "dtype": getattr(torch, DTYPES[_TARGET["dtype_name"]])}
 
 
+def _audioldm_vae():
+    """The audioldm-s VAE, randomly initialised, on the bench's device and dtype."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    from .architectures import ARCHITECTURES
+
+    vae = AutoencoderKL(**ARCHITECTURES["audioldm-s"].vae).eval().to(_target()["device"])
+    # diffusers warns on every dtype cast of a model (naming no module here), so cast only when there is one to do
+    return vae if _target()["dtype"] == torch.float32 else vae.to(_target()["dtype"])
+
+
 def _elapsed(start: float) -> float:
     """Seconds since ``start``, after the device has finished its queued work."""
     import torch
@@ -61,14 +73,12 @@ def _elapsed(start: float) -> float:
 
 def _run_decode(variant: str, seconds: float, steps: int):
     import torch
-    from diffusers import AutoencoderKL
 
-    from .architectures import ARCHITECTURES
     from .config import TilingConfig
     from .constants import LATENT_FRAMES_PER_SECOND
     from .vae import decode_tiles, tiled_decode
 
-    vae = AutoencoderKL(**ARCHITECTURES["audioldm-s"].vae).eval().to(**_target())
+    vae = _audioldm_vae()
     latents = torch.randn(1, 8, int(seconds * LATENT_FRAMES_PER_SECOND), 16).to(**_target())
     config = TilingConfig(enabled=True, mode=variant if variant in ("exact", "fast") else "exact", show_progress=False)
     if variant in ("auto", "fallback"):
@@ -92,14 +102,12 @@ def _run_decode(variant: str, seconds: float, steps: int):
 
 def _run_encode(variant: str, seconds: float, steps: int):
     import torch
-    from diffusers import AutoencoderKL
 
-    from .architectures import ARCHITECTURES
     from .config import TilingConfig
     from .constants import MEL_FRAMES_PER_SECOND
     from .vae import encode_tiles, tiled_encode
 
-    vae = AutoencoderKL(**ARCHITECTURES["audioldm-s"].vae).eval().to(**_target())
+    vae = _audioldm_vae()
     mel = (torch.randn(1, 1, int(seconds * MEL_FRAMES_PER_SECOND), 64) - 4).to(**_target())  # a log-mel's level
     config = TilingConfig(enabled=True, mode=variant if variant in ("exact", "fast") else "exact", show_progress=False)
     start = time.perf_counter()
