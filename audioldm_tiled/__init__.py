@@ -3,6 +3,7 @@
 from .architectures import ARCHITECTURES, random_pipeline
 from .audio import save_wav
 from .config import TilingConfig
+from .memory import InsufficientMemoryError
 from .pipeline import AudioLDMTiledPipeline
 from .vae import iter_decode, tiled_decode, tiled_encode
 from .vocoder import chunked_vocode, stream_vocode
@@ -10,6 +11,7 @@ from .vocoder import chunked_vocode, stream_vocode
 __all__ = [
     "ARCHITECTURES",
     "AudioLDMTiledPipeline",
+    "InsufficientMemoryError",
     "TilingConfig",
     "chunked_vocode",
     "iter_decode",

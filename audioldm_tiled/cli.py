@@ -242,8 +242,8 @@ def main(argv: list[str] | None = None) -> int:
             return bench_main(argv[1:])
         args = generate_parser().parse_args(argv)
         generate(args)
-    except (CliError, ValueError) as error:
-        print(f"audioldm-tiled: error: {error}", file=sys.stderr)
+    except (CliError, ValueError, MemoryError) as error:  # MemoryError: a decode that cannot fit, said before denoising
+        print(f"audioldm-tiled: error: {error or 'out of memory'}", file=sys.stderr)
         return 2
     except SystemExit as exit_:  # argparse's usage errors (status 2) and --help (status 0)
         return int(exit_.code or 0)

@@ -29,8 +29,11 @@ UNTILED_DECODE_PEAK_FACTOR = 3.6
 # 1.350 GB at 40 s and 2.662 GB at 120 s: 164 kB more per mel frame, against 32.8 kB per mel frame for the widest
 # activation (conv_in's 128 channels x 64 mel bins, float32): a factor of 5.01.
 UNTILED_ENCODE_PEAK_FACTOR = 5.0
-# Exact tiled decode keeps about two activations of the whole sequence (the stream and a resnet's residual).
-EXACT_STORED_ACTIVATIONS = 2.0
+# What exact tiled decoding holds for the whole sequence (the stream and a resnet's residual, at most), per latent
+# frame, divided by the widest activation's bytes per frame. Measured: `audioldm-tiled bench decode` (audioldm-s,
+# docs/bench/decode-report.json) gave exact peak RSS 1.364, 2.158 and 3.944 GB at 40, 120 and 300 s: 0.397 MB more
+# per latent frame over both steps, against 0.262 MB for the widest activation: a factor of 1.52.
+EXACT_STORED_ACTIVATIONS = 1.5
 # Only this share of the free memory is planned for: the allocator fragments, and other stages hold memory too.
 BUDGET_SHARE = 0.8
 MIN_TILE_FRAMES = 16
@@ -195,13 +198,23 @@ def untiled_fits(tasks: list[Task], x: torch.Tensor, config: TilingConfig,
     return needed <= budget, needed, budget
 
 
+class InsufficientMemoryError(MemoryError):
+    """Raised before long work starts when what it must hold exceeds the memory budget."""
+
+
+def exact_stored_bytes(tasks: list[Task], x: torch.Tensor) -> float:
+    """Bytes that exact tiling of ``x`` holds for the whole sequence whatever its tile size (see
+    EXACT_STORED_ACTIVATIONS): what grows with the length."""
+    return EXACT_STORED_ACTIVATIONS * widest_activation_per_frame(tasks, x.shape[0], x.shape[3], x.dtype) * x.shape[2]
+
+
 def choose_tile_frames(tasks: list[Task], x: torch.Tensor, config: TilingConfig, unit: int,
                        peak_factor: float) -> int:
     """The largest tile core in latent frames (``unit`` input frames each; at most MAX_TILE_FRAMES) whose working set
     fits the budget."""
     budget = memory_budget(config, x.device)
     per_frame = widest_activation_per_frame(tasks, x.shape[0], x.shape[3], x.dtype)
-    stored = EXACT_STORED_ACTIVATIONS * per_frame * x.shape[2] if config.mode == "exact" else 0
+    stored = exact_stored_bytes(tasks, x) if config.mode == "exact" else 0
     halo = receptive_halo(tasks) if config.mode == "fast" else 2 * unit
     frames = int(((budget - stored) / (peak_factor * per_frame) - 2 * halo) / unit)
     if frames < MIN_TILE_FRAMES:

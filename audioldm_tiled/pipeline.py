@@ -19,7 +19,7 @@ from .audio import MelSettings, load_audio, mel_for_vae
 from .config import TilingConfig
 from .denoise import denoise, plan_windows
 from .memory import choose_window_batch_size
-from .vae import decode_tiles, iter_decode, tiled_decode, tiled_encode
+from .vae import check_exact_decode_fits, decode_tiles, iter_decode, tiled_decode, tiled_encode
 from .timeline import is_timeline, mix_embeddings, parse_timeline, window_mix
 from .vocoder import chunked_vocode, hop_length, plan_chunks, stream_vocode
 
@@ -368,6 +368,8 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
                                                     num_inference_steps, prompt_embeds.dtype, device, generator,
                                                     config)
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
+        if output_type != "latent":  # fail now rather than after the denoising if the decode cannot fit
+            check_exact_decode_fits(self.vae, latents, config)
 
         # (windows or 1, 2 or 1, B, D): each window's negative and positive class embeddings.
         guidance_rows = 2 if do_classifier_free_guidance else 1

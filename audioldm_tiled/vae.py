@@ -34,8 +34,9 @@ from .constants import MEL_FRAMES_PER_SECOND
 from .geometry import Tile, frames_at, plan_tiles
 from .groupnorm import GroupStats, apply_group_norm, group_stats, pool_stats
 from .memory import (
-    UNTILED_DECODE_PEAK_FACTOR, UNTILED_ENCODE_PEAK_FACTOR, choose_tile_frames, is_out_of_memory,
-    release_cached_memory, return_large_allocations_to_the_system, untiled_fits,
+    BUDGET_SHARE, UNTILED_DECODE_PEAK_FACTOR, UNTILED_ENCODE_PEAK_FACTOR, InsufficientMemoryError, choose_tile_frames,
+    exact_stored_bytes, is_out_of_memory, memory_budget, release_cached_memory, return_large_allocations_to_the_system,
+    untiled_fits,
 )
 from .tasks import (
     Act, AddResidual, Conv, Downsample, Global, Norm, SaveResidual, Task, Upsample, alignment, decoder_tasks,
@@ -582,6 +583,25 @@ def encode_job(vae) -> _Job:
     tasks = encoder_tasks(vae)
     return _Job(tasks, unit=alignment(tasks), frame_seconds=1 / MEL_FRAMES_PER_SECOND, name="VAE encode",
                 peak_factor=UNTILED_ENCODE_PEAK_FACTOR)
+
+
+def check_exact_decode_fits(vae, latents: torch.Tensor, config: TilingConfig) -> None:
+    """Raise InsufficientMemoryError where exact tiling of ``latents`` must hold more than the memory budget for the
+    whole sequence. Pipelines call it before denoising: a render whose decode cannot fit then fails in seconds, not
+    after the whole denoising (fast mode's memory does not grow with the length, and ``enabled=False`` is the
+    caller's choice to fail hard)."""
+    if config.mode != "exact" or config.enabled is False:
+        return
+    job = decode_job(vae)
+    needed, budget = exact_stored_bytes(job.tasks, latents), memory_budget(config, latents.device)
+    if needed <= budget or len(_plan_tiles(job, latents, config)) == 1:
+        return
+    raise InsufficientMemoryError(
+        f"an exact VAE decode of {latents.shape[2] * job.frame_seconds:.0f} s holds about {needed / 1e9:.1f} GB for "
+        f"the whole sequence, more than the memory budget of {budget / 1e9:.1f} GB ({BUDGET_SHARE:.0%} of the free memory "
+        "unless TilingConfig.memory_budget says otherwise). Decode in fast mode (TilingConfig(mode='fast'), CLI --mode fast), "
+        "whose memory does not grow with the length, or set memory_budget if more memory is free."
+    )
 
 
 def decode_tiles(vae, latents: torch.Tensor, config: TilingConfig) -> list[Tile]:

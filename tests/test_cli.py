@@ -51,6 +51,17 @@ def test_cli_checks_the_output_path_before_loading_anything(tmp_path, capsys):
     assert "does not exist" in err and "could not be loaded" not in err
 
 
+def test_cli_says_before_denoising_that_the_decode_cannot_fit(tmp_path, capsys, monkeypatch):
+    import audioldm_tiled.memory
+
+    monkeypatch.setattr(audioldm_tiled.memory, "available_memory", lambda device=None: 10**5)
+    out = tmp_path / "o.wav"
+    assert main(["x", "--seconds", "20", "-o", str(out), "--model", "random:tiny", "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--mode fast" in err and "0/1" not in err  # the denoising's progress bar never started
+    assert not out.exists() and not list(tmp_path.glob(".*part"))
+
+
 def test_failure_mid_write_leaves_no_file_and_keeps_an_existing_one(tmp_path):
     out = tmp_path / "a.wav"
     with pytest.raises(RuntimeError):

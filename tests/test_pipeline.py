@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers import AudioLDMPipeline, DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler
 
-from audioldm_tiled import AudioLDMTiledPipeline, TilingConfig
+from audioldm_tiled import AudioLDMTiledPipeline, InsufficientMemoryError, TilingConfig
 from audioldm_tiled.denoise import plan_windows
 
 OFF = TilingConfig(enabled=False, windowed=False)
@@ -55,6 +55,28 @@ def test_stream_concatenates_to_the_call(tiny_pipe):
                                        generator=torch.Generator().manual_seed(0), tiling=config))
         assert len(pieces) > 1 and all(p.dtype == np.float32 for p in pieces)
         assert np.array_equal(np.concatenate(pieces, axis=1), whole)
+
+
+def test_a_decode_that_cannot_fit_fails_before_denoising(tiny_pipe):
+    steps = []
+
+    def on_step(pipe, i, t, tensors):
+        steps.append(i)
+        return tensors
+
+    tight = TilingConfig(memory_budget=1000, tile_frames=16)  # exact tiling of 4 s holds far more than 1 kB
+    args = dict(audio_length_in_s=4.0, num_inference_steps=1, callback_on_step_end=on_step)
+    with pytest.raises(InsufficientMemoryError, match="fast mode"):
+        tiny_pipe("rain", tiling=tight, **args)
+    with pytest.raises(InsufficientMemoryError):
+        next(tiny_pipe.stream("rain", tiling=tight, **args))
+    assert steps == []
+    # fast mode's memory does not grow with the length; latents are not decoded; a budget that holds them decodes
+    for tiling, output_type in ((tight.replace(mode="fast"), "np"), (tight, "latent"),
+                                (tight.replace(memory_budget=10**9), "np")):
+        steps.clear()
+        tiny_pipe("rain", tiling=tiling, output_type=output_type, **args)
+        assert steps == [0]
 
 
 def test_stream_tiles_even_where_an_untiled_decode_would_fit(tiny_pipe, monkeypatch):
