@@ -549,9 +549,10 @@ def _iter_tiled(job: _Job, x: torch.Tensor, config: TilingConfig,
         except Exception as error:  # noqa: BLE001 - only out-of-memory is handled, everything else re-raised
             if config.enabled != "auto" or not is_out_of_memory(error):
                 raise
-            release_cached_memory(x.device)
-            logger.warning("untiled %s ran out of memory (%s); retrying once with tiles", job.name, error)
-            tiles = _plan_tiles(job, x, config)
+            failure = str(error)  # not the error: its traceback holds the failed attempt's tensors
+        release_cached_memory(x.device)  # now that they are free
+        logger.warning("untiled %s ran out of memory (%s); retrying once with tiles", job.name, failure)
+        tiles = _plan_tiles(job, x, config)
     if config.mode == "fast":
         pieces = _fast_pieces(job, x, tiles, config)
     else:
