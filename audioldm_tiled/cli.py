@@ -18,14 +18,19 @@ class CliError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seconds must be a number of seconds, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"--seconds must be a positive finite number, got {text!r}")
-    return value
+def _positive(option: str, unit: str):
+    """An argparse type for a positive finite number of ``unit``, its errors naming ``option``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{option} must be a number of {unit}, got {text!r}") from None
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"{option} must be a positive finite number, got {text!r}")
+        return value
+
+    return parse
 
 
 def _timeline_segment(text: str) -> tuple[float, str]:
@@ -49,7 +54,7 @@ def generate_parser() -> argparse.ArgumentParser:
                         "--at 120:thunderstorm (repeatable)")
     parser.add_argument("--timeline", metavar="FILE.json",
                         help="timeline file: a JSON list of [start_s, text] or [start_s, end_s, text]")
-    parser.add_argument("--seconds", type=_seconds, default=None,
+    parser.add_argument("--seconds", type=_positive("--seconds", "seconds"), default=None,
                         help="length of the audio in seconds (default 10; with --input, the input's length)")
     parser.add_argument("--input", metavar="FILE", default=None,
                         help="audio-to-audio: restyle this recording (any length, any format soundfile reads)")
@@ -65,6 +70,8 @@ def generate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda if available)")
     parser.add_argument("--dtype", default="fp32", help="fp32 (default), fp16 or bf16")
     parser.add_argument("--mode", choices=("exact", "fast"), default="exact", help="VAE tiling mode (default exact)")
+    parser.add_argument("--memory-budget", type=_positive("--memory-budget", "GB"), default=None, metavar="GB",
+                        help="memory to plan tiles and chunks for (default: most of the free memory)")
     parser.add_argument("--float", dest="subtype", action="store_const", const="FLOAT", default="PCM_16",
                         help="write 32-bit float samples instead of 16-bit PCM")
     parser.add_argument("--no-overwrite", action="store_true", help="refuse to replace an existing output file")
@@ -192,9 +199,10 @@ def generate(args: argparse.Namespace) -> Path:
     pipe.set_progress_bar_config(disable=args.quiet)
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
     length = {"audio": args.input, "strength": args.strength} if args.input else {"audio_length_in_s": args.seconds}
+    tiling = TilingConfig(mode=args.mode,
+                          memory_budget=None if args.memory_budget is None else int(args.memory_budget * 1e9))
     pieces = pipe.stream(prompt, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                         negative_prompt=args.negative_prompt, generator=generator,
-                         tiling=TilingConfig(mode=args.mode), **length)
+                         negative_prompt=args.negative_prompt, generator=generator, tiling=tiling, **length)
     with open_wav(output, pipe.vocoder.config.sampling_rate, args.subtype) as writer:
         for piece in pieces:
             writer.write(piece[0])
@@ -204,7 +212,7 @@ def generate(args: argparse.Namespace) -> Path:
 
         from .plots import save_spectrogram
 
-        seams = pipe.seam_positions(args.seconds, TilingConfig(mode=args.mode)) if args.mark_seams else None
+        seams = pipe.seam_positions(args.seconds, tiling) if args.mark_seams else None
         audio, rate = soundfile.read(output, dtype="float32")
         save_spectrogram(picture, audio, rate, boundaries=seams, title=f"{output.name}: {args.seconds:g} s")
         logger.info("wrote %s", picture)

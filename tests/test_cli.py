@@ -27,7 +27,7 @@ def test_cli_float_output(tmp_path):
     [
         (["--seconds", "0"], "--seconds"), (["--seconds", "-3"], "--seconds"), (["--seconds", "nan"], "--seconds"),
         (["--seconds", "ten"], "--seconds"), (["--dtype", "fp8"], "--dtype"), (["--device", "tpu"], "--device"),
-        (["--model", "random:huge"], "random:ARCH"),
+        (["--model", "random:huge"], "random:ARCH"), (["--memory-budget", "0"], "--memory-budget"),
     ],
 )
 def test_cli_bad_input_gives_one_clear_error(tmp_path, capsys, args, message):
@@ -51,14 +51,13 @@ def test_cli_checks_the_output_path_before_loading_anything(tmp_path, capsys):
     assert "does not exist" in err and "could not be loaded" not in err
 
 
-def test_cli_says_before_denoising_that_the_decode_cannot_fit(tmp_path, capsys, monkeypatch):
-    import audioldm_tiled.memory
-
-    monkeypatch.setattr(audioldm_tiled.memory, "available_memory", lambda device=None: 10**5)
+def test_cli_says_before_denoising_that_the_decode_cannot_fit(tmp_path, capsys):
     out = tmp_path / "o.wav"
-    assert main(["x", "--seconds", "20", "-o", str(out), "--model", "random:tiny", "--steps", "1"]) == 2
+    assert main(["x", "--seconds", "20", "-o", str(out), "--model", "random:tiny", "--steps", "1",
+                 "--memory-budget", "0.0001"]) == 2
     err = capsys.readouterr().err
-    assert "--mode fast" in err and "0/1" not in err  # the denoising's progress bar never started
+    assert "--mode fast" in err and "--memory-budget" in err
+    assert "0/1" not in err  # the denoising's progress bar never started
     assert not out.exists() and not list(tmp_path.glob(".*part"))
 
 
