@@ -599,10 +599,10 @@ def check_exact_decode_fits(vae, latents: torch.Tensor, config: TilingConfig) ->
         return
     raise InsufficientMemoryError(
         f"an exact VAE decode of {latents.shape[2] * job.frame_seconds:.0f} s holds about {needed / 1e9:.1f} GB for "
-        f"the whole sequence, more than the memory budget of {budget / 1e9:.1f} GB ({BUDGET_SHARE:.0%} of the free memory "
-        "unless TilingConfig.memory_budget says otherwise). Decode in fast mode (TilingConfig(mode='fast'), CLI --mode fast), "
-        "whose memory does not grow with the length, or set memory_budget (CLI --memory-budget GB) if more memory is "
-        "free."
+        f"the whole sequence, more than the memory budget of {budget / 1e9:.1f} GB ({BUDGET_SHARE:.0%} of the free "
+        "memory unless TilingConfig.memory_budget says otherwise). Decode in fast mode (TilingConfig(mode='fast'), "
+        "CLI --mode fast), whose memory does not grow with the length, or set memory_budget (CLI --memory-budget GB) "
+        "if more memory is free."
     )
 
 
