@@ -595,7 +595,7 @@ def check_exact_decode_fits(vae, latents: torch.Tensor, config: TilingConfig) ->
         return
     job = decode_job(vae)
     needed, budget = exact_stored_bytes(job.tasks, latents), memory_budget(config, latents.device)
-    if needed <= budget or len(_plan_tiles(job, latents, config)) == 1:
+    if needed <= budget:
         return
     raise InsufficientMemoryError(
         f"an exact VAE decode of {latents.shape[2] * job.frame_seconds:.0f} s holds about {needed / 1e9:.1f} GB for "
