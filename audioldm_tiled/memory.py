@@ -81,6 +81,7 @@ def available_memory(device: torch.device | str | None = None) -> int:
             for line in meminfo:
                 if line.startswith("MemAvailable:"):
                     free = int(line.split()[1]) * 1024
+                    break
     except OSError:
         pass
     if free is None:

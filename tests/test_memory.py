@@ -51,7 +51,9 @@ _REAL_OUT_OF_MEMORY = textwrap.dedent("""
     import json, logging, resource, sys, torch
     from audioldm_tiled.architectures import build_components
     from audioldm_tiled.config import TilingConfig
-    from audioldm_tiled.memory import UNTILED_DECODE_PEAK_FACTOR, available_memory, untiled_bytes, untiled_fits
+    from audioldm_tiled.memory import (
+        UNTILED_DECODE_PEAK_FACTOR, available_memory, process_sizes, untiled_bytes, untiled_fits,
+    )
     from audioldm_tiled.vae import decode_job, tiled_decode
 
     torch.set_num_threads(2)
@@ -65,8 +67,7 @@ _REAL_OUT_OF_MEMORY = textwrap.dedent("""
     # The data segment may grow by 0.85 x the untiled decode's estimate (0.35 GB). Measured on 2 cores: the untiled
     # decode failed under 0.35 GB and ran under 0.38; these exact tiles failed under 0.24 GB and ran under 0.26.
     cap = int(0.85 * untiled_bytes(tasks, z, UNTILED_DECODE_PEAK_FACTOR))
-    used = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmData"))
-    resource.setrlimit(resource.RLIMIT_DATA, (used + cap, resource.RLIM_INFINITY))
+    resource.setrlimit(resource.RLIMIT_DATA, (process_sizes()["VmData"] + cap, resource.RLIM_INFINITY))
     # what the automatic plan decides with the budget taken from the machine (and now the rlimit)
     fits_default_budget = untiled_fits(tasks, z, TilingConfig(), UNTILED_DECODE_PEAK_FACTOR)[0]
     available = available_memory()

@@ -5,8 +5,7 @@ import torch
 
 from audioldm_tiled import TilingConfig, iter_decode, tiled_decode
 from audioldm_tiled.groupnorm import group_stats
-from audioldm_tiled.tasks import Global, Norm, decoder_tasks, halo_frames, receptive_halo
-from audioldm_tiled.tasks import conv_cost
+from audioldm_tiled.tasks import Global, Norm, conv_cost, decoder_tasks, halo_frames, receptive_halo
 from audioldm_tiled.vae import (
     ATTENTION_ROUNDS, PROXY_MAX_SHARE, _attend, _fast_tiles, _plan_tiles, _Proxy, _run_local, decode_job,
     estimate_stats, first_norm_stats, plan_proxy,
