@@ -1,23 +1,69 @@
-"""Long audio with AudioLDM: windowed denoising, tiled VAE decode with shared GroupNorm statistics, chunked vocoder."""
+"""Long audio with AudioLDM: windowed denoising, tiled VAE decode with shared GroupNorm statistics, chunked vocoder.
 
-from .architectures import ARCHITECTURES, random_pipeline
-from .audio import save_wav
-from .config import TilingConfig
-from .memory import InsufficientMemoryError
-from .pipeline import AudioLDMTiledPipeline
-from .vae import iter_decode, tiled_decode, tiled_encode
-from .vocoder import chunked_vocode, stream_vocode
+Names are imported on first use, so that ``audioldm-tiled --help`` answers without loading torch and diffusers.
+"""
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# public name -> module that defines it
+_EXPORTS = {
+    "ARCHITECTURES": "architectures",
+    "random_pipeline": "architectures",
+    "save_wav": "audio",
+    "TilingConfig": "config",
+    "DEFAULT_MODEL": "loading",
+    "ModelLoadError": "loading",
+    "load_pipeline": "loading",
+    "InsufficientMemoryError": "memory",
+    "AudioLDMTiledPipeline": "pipeline",
+    "render_to_wav": "render",
+    "iter_decode": "vae",
+    "tiled_decode": "vae",
+    "tiled_encode": "vae",
+    "chunked_vocode": "vocoder",
+    "stream_vocode": "vocoder",
+}
 __all__ = [
     "ARCHITECTURES",
+    "DEFAULT_MODEL",
     "AudioLDMTiledPipeline",
     "InsufficientMemoryError",
+    "ModelLoadError",
     "TilingConfig",
     "chunked_vocode",
     "iter_decode",
+    "load_pipeline",
     "random_pipeline",
+    "render_to_wav",
     "save_wav",
     "stream_vocode",
     "tiled_decode",
     "tiled_encode",
 ]
+assert sorted(__all__) == sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from .architectures import ARCHITECTURES, random_pipeline
+    from .audio import save_wav
+    from .config import TilingConfig
+    from .loading import DEFAULT_MODEL, ModelLoadError, load_pipeline
+    from .memory import InsufficientMemoryError
+    from .pipeline import AudioLDMTiledPipeline
+    from .render import render_to_wav
+    from .vae import iter_decode, tiled_decode, tiled_encode
+    from .vocoder import chunked_vocode, stream_vocode
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'audioldm_tiled' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

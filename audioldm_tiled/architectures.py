@@ -11,8 +11,13 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-from transformers import ClapTextConfig, ClapTextModelWithProjection, RobertaTokenizer, SpeechT5HifiGan
-from transformers import SpeechT5HifiGanConfig
+from transformers import (
+    ClapTextConfig,
+    ClapTextModelWithProjection,
+    RobertaTokenizer,
+    SpeechT5HifiGan,
+    SpeechT5HifiGanConfig,
+)
 
 from .constants import HOP_LENGTH, N_MELS, SAMPLE_RATE
 
@@ -149,15 +154,18 @@ def offline_tokenizer(model_max_length: int = 512) -> RobertaTokenizer:
 def build_components(arch: str = "tiny", seed: int = 0, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
     """Randomly initialised components of the named architecture, as keyword arguments for the pipeline."""
     spec = _architecture(arch)
-    torch.manual_seed(seed)
-    components = dict(
-        unet=UNet2DConditionModel(**spec.unet),
-        vae=AutoencoderKL(**spec.vae),
-        vocoder=SpeechT5HifiGan(SpeechT5HifiGanConfig(**spec.vocoder)),
-        text_encoder=ClapTextModelWithProjection(ClapTextConfig(**spec.text_encoder)),
-        tokenizer=offline_tokenizer(spec.tokenizer_max_length),
-        scheduler=DDIMScheduler(**spec.scheduler),
-    )
+    # diffusers and transformers initialise weights from the global generator: seed it inside a fork of its state,
+    # so that building components leaves the caller's random stream where it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        components = dict(
+            unet=UNet2DConditionModel(**spec.unet),
+            vae=AutoencoderKL(**spec.vae),
+            vocoder=SpeechT5HifiGan(SpeechT5HifiGanConfig(**spec.vocoder)),
+            text_encoder=ClapTextModelWithProjection(ClapTextConfig(**spec.text_encoder)),
+            tokenizer=offline_tokenizer(spec.tokenizer_max_length),
+            scheduler=DDIMScheduler(**spec.scheduler),
+        )
     for name in ("unet", "vae", "vocoder", "text_encoder"):
         module = components[name] if dtype == torch.float32 else components[name].to(dtype)
         components[name] = module.eval()

@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import contextlib
-import os
-from dataclasses import dataclass
-import tempfile
-from pathlib import Path
-from typing import Iterator
-
 import logging
 import math
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import librosa
 import numpy as np
@@ -120,7 +119,7 @@ class MelSettings:
     floor: float = LOG_MEL_FLOOR
 
     @classmethod
-    def from_vocoder(cls, vocoder) -> "MelSettings":
+    def from_vocoder(cls, vocoder) -> MelSettings:
         from .vocoder import hop_length
 
         return cls(sample_rate=int(vocoder.config.sampling_rate), hop_length=hop_length(vocoder),

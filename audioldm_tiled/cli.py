@@ -8,8 +8,8 @@ import math
 import sys
 from pathlib import Path
 
-DEFAULT_MODEL = "cvssp/audioldm-s-full-v2"
-DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+from .constants import DTYPES
+from .loading import DEFAULT_MODEL
 
 logger = logging.getLogger("audioldm_tiled.cli")
 
@@ -109,28 +109,6 @@ def _resolve_dtype(name: str):
     return getattr(torch, DTYPES[name])
 
 
-def load_pipeline(model: str, dtype, device):
-    """A pipeline from a hub id, a local folder written by save_pretrained, or ``random:ARCH``."""
-    from .architectures import ARCHITECTURES, random_pipeline
-    from .pipeline import AudioLDMTiledPipeline
-
-    if model.startswith("random:"):
-        arch = model.split(":", 1)[1]
-        if arch not in ARCHITECTURES:
-            raise CliError(f"--model random:ARCH: ARCH must be one of {', '.join(ARCHITECTURES)}, got {arch!r}")
-        return random_pipeline(arch, torch_dtype=dtype).to(device)
-    try:
-        pipe = AudioLDMTiledPipeline.from_pretrained(model, torch_dtype=dtype)
-    except Exception as error:  # noqa: BLE001 - hub, filesystem and format errors all mean "cannot load this"
-        raise CliError(
-            f"--model {model!r} could not be loaded ({type(error).__name__}: {str(error).splitlines()[0][:200]}). "
-            "Without network access the weights must already be on disk: pass the folder written by "
-            "save_pretrained (or a downloaded snapshot of the hub repo) as --model PATH. To try the pipeline "
-            "without weights, use --model random:audioldm-s."
-        ) from None
-    return pipe.to(device)
-
-
 def _prompt_or_timeline(args: argparse.Namespace):
     """The prompt string, or the validated timeline, from exactly one of PROMPT, --at and --timeline."""
     from .timeline import parse_timeline
@@ -180,8 +158,9 @@ def _resolve_length(args: argparse.Namespace) -> None:
 
 
 def generate(args: argparse.Namespace) -> Path:
-    from .audio import check_output_path, open_wav
+    from .audio import check_output_path
     from .config import TilingConfig
+    from .render import render_to_wav
 
     output = check_output_path(args.output, overwrite=not args.no_overwrite)  # before any model is loaded
     picture = _check_spectrogram_path(args)
@@ -195,18 +174,21 @@ def generate(args: argparse.Namespace) -> Path:
     device = _resolve_device(args.device)
     import torch
 
-    pipe = load_pipeline(args.model, dtype, device)
+    from .loading import ModelLoadError, load_pipeline
+
+    try:
+        pipe = load_pipeline(args.model, dtype, device)
+    except ModelLoadError as error:
+        raise CliError(f"--model: {error}") from None
     pipe.set_progress_bar_config(disable=args.quiet)
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
     length = {"audio": args.input, "strength": args.strength} if args.input else {"audio_length_in_s": args.seconds}
     tiling = TilingConfig(mode=args.mode,
                           memory_budget=None if args.memory_budget is None else int(args.memory_budget * 1e9))
-    pieces = pipe.stream(prompt, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                         negative_prompt=args.negative_prompt, generator=generator, tiling=tiling, **length)
-    with open_wav(output, pipe.vocoder.config.sampling_rate, args.subtype) as writer:
-        for piece in pieces:
-            writer.write(piece[0])
-    logger.info("wrote %s: %d samples at %d Hz", output, writer.frames, pipe.vocoder.config.sampling_rate)
+    render_to_wav(pipe, output, prompt, subtype=args.subtype, overwrite=not args.no_overwrite,
+                  num_inference_steps=args.steps, guidance_scale=args.guidance, negative_prompt=args.negative_prompt,
+                  generator=generator, tiling=tiling, **length)
+    logger.info("wrote %s", output)
     if picture is not None:
         import soundfile
 
@@ -245,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         if argv and argv[0] == "bench":
-            from .bench import main as bench_main
+            from .benchmarks.cli import main as bench_main
 
             return bench_main(argv[1:])
         args = generate_parser().parse_args(argv)

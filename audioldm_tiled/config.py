@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields, replace
-from typing import Literal, Union
+from typing import Literal
 
-Enabled = Union[bool, Literal["auto"]]
+Enabled = bool | Literal["auto"]
 
 MODES = ("exact", "fast")
 WEIGHTINGS = ("cosine", "triangular", "uniform")
@@ -68,7 +68,7 @@ class TilingConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"TilingConfig.{name} must be True or False, got {getattr(self, name)!r}")
 
-    def replace(self, **changes: object) -> "TilingConfig":
+    def replace(self, **changes: object) -> TilingConfig:
         """A copy with some fields changed; unknown names raise a ValueError listing the fields."""
         known = {f.name for f in fields(self)}
         unknown = sorted(set(changes) - known)
@@ -77,7 +77,7 @@ class TilingConfig:
         return replace(self, **changes)
 
     @classmethod
-    def from_seconds(cls, window_s: float | None = None, overlap_s: float | None = None, **fields_) -> "TilingConfig":
+    def from_seconds(cls, window_s: float | None = None, overlap_s: float | None = None, **fields_) -> TilingConfig:
         """Window and overlap given in seconds, rounded to whole multiples of 8 latent frames (0.32 s)."""
         from .constants import LATENT_FRAMES_PER_SECOND
 

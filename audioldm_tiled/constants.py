@@ -19,3 +19,6 @@ MEL_FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100
 assert MEL_FRAMES_PER_SECOND % VAE_FACTOR == 0
 LATENT_FRAMES_PER_SECOND = MEL_FRAMES_PER_SECOND // VAE_FACTOR  # 25
 TRAINING_LATENT_FRAMES = 256  # AudioLDM was trained on 10.24 s clips
+
+# Precisions by their short names (command line, benchmarks), as names of torch dtypes: no torch import needed here.
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}

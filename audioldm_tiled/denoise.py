@@ -9,8 +9,8 @@ the model output, so this equals merging per-window steps, and it keeps the inte
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -102,7 +102,7 @@ def denoise(
     latents: torch.Tensor,
     window_embeds: torch.Tensor,
     guidance_scale: float,
-    config: TilingConfig,
+    plan: WindowPlan,
     extra_step_kwargs: dict,
     batch_size: int,
     progress_bar: Callable[[int], object],
@@ -110,9 +110,8 @@ def denoise(
     cross_attention_kwargs: dict | None = None,
     timesteps: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Run ``timesteps`` (default: all of the scheduler's; audio-to-audio starts part way);
-    ``step_callback(i, t, latents)`` may return replacement latents."""
-    plan = plan_windows(latents.shape[2], config)
+    """Run ``timesteps`` (default: all of the scheduler's; audio-to-audio starts part way) on the windows of
+    ``plan`` (``plan_windows``); ``step_callback(i, t, latents)`` may return replacement latents."""
     if window_embeds.shape[0] != len(plan.windows):
         window_embeds = window_embeds.expand(len(plan.windows), *window_embeds.shape[1:])
     timesteps = scheduler.timesteps if timesteps is None else timesteps

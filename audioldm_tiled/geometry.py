@@ -38,7 +38,7 @@ class Tile:
     def core_length(self) -> int:
         return self.core_stop - self.core_start
 
-    def scaled(self, factor: int, length: int | None = None) -> "Tile":
+    def scaled(self, factor: int, length: int | None = None) -> Tile:
         """The same tile at a resolution ``factor`` times finer (e.g. latent frames to mel frames)."""
         stop = self.stop * factor if length is None or self.stop * factor < length else length
         core_stop = self.core_stop * factor if length is None or self.core_stop * factor < length else length

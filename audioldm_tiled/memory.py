@@ -1,43 +1,28 @@
-"""Memory budget, peak estimates from shapes, and the tile sizes they imply.
+"""How much memory a stage may plan for: the device's free memory under every limit that binds the process, the
+out-of-memory errors a fallback may catch, and glibc's allocation threshold while tiles come and go.
 
-An untiled VAE decode's (or encode's) peak is modelled as a measured factor times its widest activation (the
-largest channels x frequency x time tensor it produces); the factors were measured, see their comments.
+The VAE's own peak models are in ``vae.budget``; the vocoder's and the UNet's sit beside their planners.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
 import logging
 import os
-from fractions import Fraction
+import threading
+from collections.abc import Callable, Iterator
 
 import torch
 
 from .config import TilingConfig
-from .tasks import Conv, Downsample, SaveResidual, Task, Upsample, receptive_halo
 
 logger = logging.getLogger(__name__)
 
-# Peak bytes of an untiled AudioLDM VAE decode (fp32, CPU) per latent frame, divided by the bytes per frame of its
-# widest activation. Measured: `audioldm-tiled bench decode --seconds 10 40 120` (audioldm-s VAE, one process per
-# point) gave peak RSS 1.775 GB at 40 s and 3.657 GB at 120 s: 0.94 MB more per latent frame, against 0.262 MB per
-# frame for the widest activation (256 channels x 4 mel frames x 64 mel bins, float32): a factor of 3.59.
-UNTILED_DECODE_PEAK_FACTOR = 3.6
-# The same for the untiled encode, same method: `audioldm-tiled bench encode --seconds 10 40 120` gave peak RSS
-# 1.350 GB at 40 s and 2.662 GB at 120 s: 164 kB more per mel frame, against 32.8 kB per mel frame for the widest
-# activation (conv_in's 128 channels x 64 mel bins, float32): a factor of 5.01.
-UNTILED_ENCODE_PEAK_FACTOR = 5.0
-# What exact tiled decoding holds for the whole sequence (the stream and a resnet's residual, at most), per latent
-# frame, divided by the widest activation's bytes per frame. Measured: `audioldm-tiled bench decode` (audioldm-s,
-# docs/bench/decode-report.json) gave exact peak RSS 1.364, 2.158 and 3.944 GB at 40, 120 and 300 s: 0.397 MB more
-# per latent frame over both steps, against 0.262 MB for the widest activation: a factor of 1.52.
-EXACT_STORED_ACTIVATIONS = 1.5
 # Only this share of the free memory is planned for: the allocator fragments, and other stages hold memory too.
 BUDGET_SHARE = 0.8
-MIN_TILE_FRAMES = 16
-MAX_TILE_FRAMES = 256  # one training-length clip (10.24 s)
 
 
 # glibc's malloc serves a freed block of up to 32 MB back from its heap instead of returning it to the system once it
@@ -45,19 +30,52 @@ MAX_TILE_FRAMES = 256  # one training-length clip (10.24 s)
 # (measured: chunked vocoder 0.93 GB at 10 s, 1.60 GB at 30 s). A fixed threshold keeps every large tensor in its own
 # mapping, returned when freed: 0.87 GB at 30 s. M_MMAP_THRESHOLD is -3 in glibc's malloc.h.
 _M_MMAP_THRESHOLD = -3
+GLIBC_DEFAULT_MMAP_THRESHOLD = 128 * 1024  # glibc's starting threshold (DEFAULT_MMAP_THRESHOLD_MIN)
 LARGE_ALLOCATION_BYTES = 4 << 20  # below every tile activation of the AudioLDM VAE and vocoder at default sizes
+_large_allocation_scopes = 0
+_scopes_lock = threading.Lock()
 
 
 @functools.cache
-def return_large_allocations_to_the_system() -> bool:
-    """Make glibc map (and unmap) every allocation of 4 MB or more, so memory freed by one tile is not kept for the
-    next. Process-wide and idempotent; a no-op (False) where the C library is not glibc."""
+def _mallopt() -> Callable[[int, int], int] | None:
+    """glibc's ``mallopt``, or None where the C library is another one."""
     name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name) if name else None
-        return bool(libc is not None and libc.mallopt(_M_MMAP_THRESHOLD, LARGE_ALLOCATION_BYTES))
+        return ctypes.CDLL(name).mallopt if name else None
     except (OSError, AttributeError):
-        return False
+        return None
+
+
+def _threshold_outside_scopes() -> int:
+    """The threshold this process runs with otherwise: glibc's environment setting, else its default."""
+    try:
+        return int(os.environ.get("MALLOC_MMAP_THRESHOLD_", GLIBC_DEFAULT_MMAP_THRESHOLD))
+    except ValueError:
+        return GLIBC_DEFAULT_MMAP_THRESHOLD
+
+
+@contextlib.contextmanager
+def large_allocations_returned() -> Iterator[bool]:
+    """Within the block, glibc maps every allocation of ``LARGE_ALLOCATION_BYTES`` or more on its own and unmaps it
+    when freed, so memory freed by one tile is not kept for the next; yields whether that took effect (False where
+    the C library is not glibc).
+
+    Blocks may nest and interleave (a streamed decode feeding a streamed vocoder); when the last one ends the
+    threshold goes back to ``MALLOC_MMAP_THRESHOLD_`` if set, else glibc's default of 128 kB. glibc then keeps that
+    value fixed: mallopt cannot give back its sliding threshold, which only ever rose from that default.
+    """
+    global _large_allocation_scopes
+    mallopt = _mallopt()
+    with _scopes_lock:
+        _large_allocation_scopes += 1
+        active = mallopt is not None and bool(mallopt(_M_MMAP_THRESHOLD, LARGE_ALLOCATION_BYTES))
+    try:
+        yield active
+    finally:
+        with _scopes_lock:
+            _large_allocation_scopes -= 1
+            if _large_allocation_scopes == 0 and mallopt is not None:
+                mallopt(_M_MMAP_THRESHOLD, _threshold_outside_scopes())
 
 
 def available_memory(device: torch.device | str | None = None) -> int:
@@ -171,57 +189,8 @@ def memory_budget(config: TilingConfig, device: torch.device | str | None) -> in
     return config.memory_budget if config.memory_budget is not None else int(BUDGET_SHARE * available_memory(device))
 
 
-def widest_activation_per_frame(tasks: list[Task], batch: int, freq: int, dtype: torch.dtype) -> float:
-    """Bytes per input frame of the largest activation (channels x frequency x time at one resolution) that the
-    tasks (the encoder's or the decoder's) produce from an input with ``freq`` frequency rows."""
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    widest, scale = 0, Fraction(1)
-    for task in tasks:
-        if isinstance(task, (Conv, SaveResidual, Downsample)):
-            module = task.shortcut if isinstance(task, SaveResidual) else task.module
-            if module is not None:
-                widest = max(widest, max(module.in_channels, module.out_channels) * freq * scale * scale)
-        if isinstance(task, (Upsample, Downsample)):
-            scale *= task.factor
-    return float(widest * batch * itemsize)
-
-
-def untiled_bytes(tasks: list[Task], x: torch.Tensor, peak_factor: float) -> int:
-    """Estimated peak bytes of running ``tasks`` on ``x`` (B, C, T, F) untiled, beyond what the process holds."""
-    return int(peak_factor * widest_activation_per_frame(tasks, x.shape[0], x.shape[3], x.dtype) * x.shape[2])
-
-
-def untiled_fits(tasks: list[Task], x: torch.Tensor, config: TilingConfig,
-                 peak_factor: float) -> tuple[bool, int, int]:
-    """(fits, estimated bytes, budget bytes) for running ``tasks`` on ``x`` untiled."""
-    budget = memory_budget(config, x.device)
-    needed = untiled_bytes(tasks, x, peak_factor)
-    return needed <= budget, needed, budget
-
-
 class InsufficientMemoryError(MemoryError):
     """Raised before long work starts when what it must hold exceeds the memory budget."""
-
-
-def exact_stored_bytes(tasks: list[Task], x: torch.Tensor) -> float:
-    """Bytes that exact tiling of ``x`` holds for the whole sequence whatever its tile size (see
-    EXACT_STORED_ACTIVATIONS): what grows with the length."""
-    return EXACT_STORED_ACTIVATIONS * widest_activation_per_frame(tasks, x.shape[0], x.shape[3], x.dtype) * x.shape[2]
-
-
-def choose_tile_frames(tasks: list[Task], x: torch.Tensor, config: TilingConfig, unit: int,
-                       peak_factor: float) -> int:
-    """The largest tile core in latent frames (``unit`` input frames each; at most MAX_TILE_FRAMES) whose working set
-    fits the budget."""
-    budget = memory_budget(config, x.device)
-    per_frame = widest_activation_per_frame(tasks, x.shape[0], x.shape[3], x.dtype)
-    stored = exact_stored_bytes(tasks, x) if config.mode == "exact" else 0
-    halo = receptive_halo(tasks) if config.mode == "fast" else 2 * unit
-    frames = int(((budget - stored) / (peak_factor * per_frame) - 2 * halo) / unit)
-    if frames < MIN_TILE_FRAMES:
-        logger.warning("memory budget %.2f GB is below what tiles of %d frames need; using them anyway",
-                       budget / 1e9, MIN_TILE_FRAMES)
-    return max(MIN_TILE_FRAMES, min(MAX_TILE_FRAMES, frames))
 
 
 def is_out_of_memory(error: BaseException) -> bool:

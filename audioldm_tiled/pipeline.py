@@ -6,7 +6,8 @@ from __future__ import annotations
 import contextlib
 import logging as std_logging
 import math
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,8 +20,8 @@ from .audio import MelSettings, load_audio, mel_for_vae
 from .config import TilingConfig
 from .denoise import denoise, plan_windows
 from .memory import choose_window_batch_size
-from .vae import check_exact_decode_fits, decode_tiles, iter_decode, tiled_decode, tiled_encode
 from .timeline import is_timeline, mix_embeddings, parse_timeline, window_mix
+from .vae import check_exact_decode_fits, decode_tiles, iter_decode, tiled_decode, tiled_encode
 from .vocoder import chunked_vocode, hop_length, plan_chunks, stream_vocode
 
 logger = logging.get_logger(__name__)
@@ -102,15 +103,22 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
         return waveform.cpu().float()
 
     # ------------------------------------------------------------------------------------------------------ helpers
+    @property
+    def _mel_frame_seconds(self) -> float:
+        """Seconds per mel frame: the vocoder's hop over its sampling rate (the parent's vocoder_upsample_factor)."""
+        return hop_length(self.vocoder) / self.vocoder.config.sampling_rate
+
     def _audio_geometry(self, audio_length_in_s: float | None) -> tuple[float, int, int]:
         """(seconds, mel frames rounded up to the VAE factor, samples to keep), as the parent computes them."""
-        vocoder_upsample_factor = np.prod(self.vocoder.config.upsample_rates) / self.vocoder.config.sampling_rate
+        vocoder_upsample_factor = self._mel_frame_seconds
         if audio_length_in_s is None:
             audio_length_in_s = self.unet.config.sample_size * self.vae_scale_factor * vocoder_upsample_factor
         if isinstance(audio_length_in_s, bool) or not isinstance(audio_length_in_s, (int, float, np.number)) or not (
             math.isfinite(audio_length_in_s) and audio_length_in_s > 0
         ):
-            raise ValueError(f"`audio_length_in_s` must be a positive finite number of seconds, got {audio_length_in_s!r}")
+            raise ValueError(
+                f"`audio_length_in_s` must be a positive finite number of seconds, got {audio_length_in_s!r}"
+            )
         height = int(audio_length_in_s / vocoder_upsample_factor)
         if height % self.vae_scale_factor != 0:
             height = int(np.ceil(height / self.vae_scale_factor)) * self.vae_scale_factor
@@ -166,7 +174,7 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
         config = self._config_for_call(tiling)
         _, height, _ = self._audio_geometry(audio_length_in_s)
         frames = height // self.vae_scale_factor
-        mel_seconds = hop_length(self.vocoder) / self.vocoder.config.sampling_rate
+        mel_seconds = self._mel_frame_seconds
         latent_seconds = self.vae_scale_factor * mel_seconds
         windows = plan_windows(frames, config).windows
         edges = sorted({w.start for w in windows[1:]} | {w.stop for w in windows[:-1]})
@@ -204,7 +212,7 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
         output_type: str | None = "np",
         tiling: TilingConfig | None = None,
         callback_on_step_end: Callable[..., dict] | None = None,
-        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        callback_on_step_end_tensor_inputs: list[str] | tuple[str, ...] = ("latents",),
         audio: str | Any | None = None,
         strength: float = 0.5,
     ):
@@ -332,7 +340,7 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
         audio_length_in_s, height, original_waveform_length = self._audio_geometry(audio_length_in_s)
         if input_mel is not None:  # every input sample is encoded: the mel is padded up to whole latent frames
             height, original_waveform_length = input_mel.shape[2], input_samples
-        vocoder_upsample_factor = np.prod(self.vocoder.config.upsample_rates) / self.vocoder.config.sampling_rate
+        vocoder_upsample_factor = self._mel_frame_seconds
         timeline = None
         if is_timeline(prompt):
             if prompt_embeds is not None:
@@ -387,13 +395,14 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
         def step_callback(i: int, t: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
             if callback_on_step_end is not None:
                 available = {"latents": current, "prompt_embeds": prompt_embeds}
-                outputs = callback_on_step_end(self, i, t, {k: available[k] for k in callback_on_step_end_tensor_inputs})
+                inputs = {k: available[k] for k in callback_on_step_end_tensor_inputs}
+                outputs = callback_on_step_end(self, i, t, inputs)
                 current = (outputs or {}).get("latents", current)
             if callback is not None and i % callback_steps == 0:
                 callback(i // getattr(self.scheduler, "order", 1), t, current)
             return current
 
-        latents = denoise(self.unet, self.scheduler, latents, window_embeds, guidance_scale, config,
+        latents = denoise(self.unet, self.scheduler, latents, window_embeds, guidance_scale, plan,
                           extra_step_kwargs, window_batch, lambda total: self.progress_bar(total=total),
                           step_callback, cross_attention_kwargs, timesteps)
 

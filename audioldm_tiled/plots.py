@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from .audio import MelSettings, log_mel
+from .constants import SAMPLE_RATE
 
 # Line styles for boundary kinds, in the order they are given.
 _BOUNDARY_STYLES = [("white", "--"), ("cyan", ":"), ("magenta", "-.")]
 
 
-def _figure_class():
+def figure_class():
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -30,17 +31,17 @@ def _figure_class():
 
 def require_matplotlib() -> None:
     """Raise the ImportError with the install hint now (before a long generation), if matplotlib is missing."""
-    _figure_class()
+    figure_class()
 
 
-def spectrogram_figure(audio: np.ndarray, sample_rate: int = 16_000, row_seconds: float = 60.0,
+def spectrogram_figure(audio: np.ndarray, sample_rate: int = SAMPLE_RATE, row_seconds: float = 60.0,
                        boundaries: Mapping[str, Sequence[float]] | None = None, title: str | None = None):
     """A log-mel spectrogram of mono ``audio``, in rows of ``row_seconds`` so that minutes stay legible.
 
     ``boundaries`` maps a label ("denoising windows", "VAE tiles", ...) to times in seconds, drawn as vertical lines
     to inspect seams by eye (``AudioLDMTiledPipeline.seam_positions`` gives them for a render).
     """
-    Figure = _figure_class()
+    Figure = figure_class()
     audio = np.asarray(audio, dtype=np.float32).reshape(-1)
     if audio.size == 0:
         raise ValueError("audio is empty")
@@ -74,6 +75,6 @@ def spectrogram_figure(audio: np.ndarray, sample_rate: int = 16_000, row_seconds
     return figure
 
 
-def save_spectrogram(path: str | os.PathLike, audio: np.ndarray, sample_rate: int = 16_000, **kwargs) -> None:
+def save_spectrogram(path: str | os.PathLike, audio: np.ndarray, sample_rate: int = SAMPLE_RATE, **kwargs) -> None:
     """``spectrogram_figure(...)`` saved as an image (PNG by the file's suffix)."""
     spectrogram_figure(audio, sample_rate, **kwargs).savefig(path, dpi=100)

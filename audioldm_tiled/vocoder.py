@@ -9,7 +9,7 @@ chunking is exact; only float rounding differs.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .config import TilingConfig
 from .geometry import Tile, plan_tiles
-from .memory import memory_budget, return_large_allocations_to_the_system
+from .memory import large_allocations_returned, memory_budget
 
 # Default chunk core in mel frames when the budget allows it: long enough that the context (about 2 x 24 frames)
 # costs under 5 % extra compute, short enough that a chunk's activations stay in the CPU caches' neighbourhood.
@@ -80,7 +80,7 @@ def _conv_channels_last(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
                     module.groups)
 
 
-def _hifigan_channels_last(vocoder: nn.Module, mel: torch.Tensor) -> torch.Tensor:
+def hifigan_channels_last(vocoder: nn.Module, mel: torch.Tensor) -> torch.Tensor:
     """``SpeechT5HifiGan.forward`` with its activations in channels-last layout, (B, T, n_mels) -> (B, samples).
 
     Why: oneDNN's 1-D convolutions in the default (B, C, L) layout run the late stages (32-128 channels over 40-160
@@ -115,7 +115,7 @@ def _vocode_function(vocoder: nn.Module, device: torch.device, config: TilingCon
     With tiling off it is the module's own forward, so a disabled config reproduces the parent pipeline bit for bit.
     """
     if config.enabled is not False and device.type == "cpu" and _is_hifigan(vocoder):
-        return lambda mel: _hifigan_channels_last(vocoder, mel)
+        return lambda mel: hifigan_channels_last(vocoder, mel)
     return vocoder
 
 
@@ -149,6 +149,7 @@ def plan_chunks(vocoder: nn.Module, mel: torch.Tensor, total_frames: int, config
     return plan_tiles(total_frames, chunk, halo=context)
 
 
+@torch.no_grad()
 def stream_vocode(
     vocoder: nn.Module,
     mel_pieces: Iterable[torch.Tensor],
@@ -165,12 +166,11 @@ def stream_vocode(
     first = next(iterator)
     chunks = plan_chunks(vocoder, first, total_frames, config)
     hop = hop_length(vocoder)
-    if first.device.type == "cpu":  # one chunk too: the vocoder's own buffers fragment glibc's heap otherwise
-        return_large_allocations_to_the_system()
     vocode = _vocode_function(vocoder, first.device, config)
     buffer, buffer_start, buffer_end = [first], 0, first.shape[1]
-    with tqdm(total=len(chunks), desc="vocoder", disable=not config.show_progress or len(chunks) == 1,
-              leave=False) as bar:
+    # one chunk too: the vocoder's own buffers fragment glibc's heap otherwise
+    with large_allocations_returned(), tqdm(total=len(chunks), desc="vocoder", leave=False,
+                                            disable=not config.show_progress or len(chunks) == 1) as bar:
         for index, c in enumerate(chunks):
             while buffer_end < c.stop:
                 piece = next(iterator)

@@ -9,8 +9,8 @@ Does it help? Only where the two stages do not compete for the same processor. M
 ``python samples/batch_queue.py rain wind surf --seconds 10 --steps 4 --model random:audioldm-s --compare``:
 - CPU (2-core AMD EPYC, torch 2.13.0, fp32): one at a time 66.2 s, overlapped 65.2 s: 0.99, no gain. Both stages
   already use every core through torch's intra-op threads, so overlapping them only interleaves the same work.
-- GPU: not measured yet (no GPU was lent to the session that wrote this); on a GPU the UNet and the VAE share the
-  device, and overlap helps only where one of them leaves it idle (e.g. the vocoder on CPU while the UNet runs).
+- GPU: not measured. There the UNet and the VAE share the device, and overlap helps only where one of them leaves
+  it idle (e.g. the vocoder on the CPU while the UNet runs).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from audioldm_tiled.audio import check_output_path, open_wav
-from audioldm_tiled.cli import DEFAULT_MODEL, load_pipeline
+from audioldm_tiled.loading import DEFAULT_MODEL, load_pipeline
 
 _DONE = object()
 

@@ -20,7 +20,7 @@ import torch
 
 from audioldm_tiled import TilingConfig
 from audioldm_tiled.audio import check_output_path, open_wav
-from audioldm_tiled.cli import DEFAULT_MODEL, load_pipeline
+from audioldm_tiled.loading import DEFAULT_MODEL, load_pipeline
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 
 from audioldm_tiled import TilingConfig
-from audioldm_tiled.audio import check_output_path, open_wav
-from audioldm_tiled.cli import DEFAULT_MODEL, load_pipeline
+from audioldm_tiled.audio import check_output_path
+from audioldm_tiled.loading import DEFAULT_MODEL, load_pipeline
+from audioldm_tiled.render import render_to_wav
 
 
 def slug(text: str, limit: int = 40) -> str:
@@ -58,12 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = {"prompt": prompt, "seed": seed, "seconds": args.seconds, "steps": args.steps,
                     "guidance": args.guidance, "mode": args.mode, "model": args.model,
                     "sample_rate": pipe.vocoder.config.sampling_rate}
-        pieces = pipe.stream(prompt, audio_length_in_s=args.seconds, num_inference_steps=args.steps,
-                             guidance_scale=args.guidance, generator=torch.Generator().manual_seed(seed),
-                             tiling=TilingConfig(mode=args.mode))
-        with open_wav(path, pipe.vocoder.config.sampling_rate) as wav:
-            for piece in pieces:
-                wav.write(piece[0])
+        render_to_wav(pipe, path, prompt, audio_length_in_s=args.seconds, num_inference_steps=args.steps,
+                      guidance_scale=args.guidance, generator=torch.Generator().manual_seed(seed),
+                      tiling=TilingConfig(mode=args.mode))
         path.with_suffix(".json").write_text(json.dumps(settings, indent=1) + "\n")
         print(path)
     return 0

@@ -16,8 +16,9 @@ import sys
 import torch
 
 from audioldm_tiled import TilingConfig
-from audioldm_tiled.audio import check_output_path, open_wav
-from audioldm_tiled.cli import DEFAULT_MODEL, load_pipeline
+from audioldm_tiled.audio import check_output_path
+from audioldm_tiled.loading import DEFAULT_MODEL, load_pipeline
+from audioldm_tiled.render import render_to_wav
 from audioldm_tiled.timeline import parse_timeline
 
 
@@ -37,12 +38,9 @@ def main(argv: list[str] | None = None) -> int:
         timeline = [tuple(segment) for segment in json.load(f)]
     parse_timeline(timeline, args.seconds)  # a bad timeline fails now, not after loading the model
     pipe = load_pipeline(args.model, torch.float32, "cuda" if torch.cuda.is_available() else "cpu")
-    pieces = pipe.stream(timeline, audio_length_in_s=args.seconds, num_inference_steps=args.steps,
-                         generator=torch.Generator().manual_seed(args.seed), tiling=TilingConfig(mode=args.mode))
-    with open_wav(output, pipe.vocoder.config.sampling_rate) as wav:
-        for piece in pieces:
-            wav.write(piece[0])
-    print(f"{output}: {wav.frames / pipe.vocoder.config.sampling_rate:g} s")
+    render_to_wav(pipe, output, timeline, audio_length_in_s=args.seconds, num_inference_steps=args.steps,
+                  generator=torch.Generator().manual_seed(args.seed), tiling=TilingConfig(mode=args.mode))
+    print(f"{output}: {args.seconds:g} s")
     return 0
 
 

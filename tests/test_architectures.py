@@ -3,7 +3,7 @@ import pytest
 from audioldm_tiled import random_pipeline
 from audioldm_tiled.architectures import build_components, offline_tokenizer
 
-# Parameter counts of cvssp/audioldm-s-full-v2 in millions, rounded to 0.1 M as the issue states them.
+# Parameter counts of cvssp/audioldm-s-full-v2's components in millions, rounded to 0.1 M.
 AUDIOLDM_S_MILLIONS = {"unet": 185.0, "vae": 55.4, "vocoder": 55.3, "text_encoder": 125.3}
 
 

@@ -42,7 +42,17 @@ def test_cli_unloadable_model_names_it_and_the_ways_out(tmp_path, capsys):
     missing = tmp_path / "no-such-model"
     assert main(["x", "-o", str(tmp_path / "o.wav"), "--model", str(missing)]) == 2
     err = capsys.readouterr().err
-    assert str(missing) in err and "save_pretrained" in err and "random:audioldm-s" in err
+    assert f"--model: model folder '{missing}' does not exist" in err
+    (tmp_path / "empty").mkdir()
+    assert main(["x", "-o", str(tmp_path / "o.wav"), "--model", str(tmp_path / "empty")]) == 2
+    assert "has no model_index.json" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model_index.json").write_text("{not json")
+    assert main(["x", "-o", str(tmp_path / "o.wav"), "--model", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert str(broken) in err and "save_pretrained" in err and "random:audioldm-s" in err
+    assert not (tmp_path / "o.wav").exists()
 
 
 def test_cli_checks_the_output_path_before_loading_anything(tmp_path, capsys):

@@ -5,10 +5,9 @@ import pytest
 import torch
 
 from audioldm_tiled import TilingConfig, tiled_decode, tiled_encode
-from audioldm_tiled.tasks import Downsample, Global, Norm, alignment, encoder_tasks, halo_frames, receptive_halo
-from audioldm_tiled.vae import plan_proxy
-from conftest import raise_cuda_out_of_memory, relative_error
-from test_vae import EXACT_TOLERANCE, snr_db
+from audioldm_tiled.vae.fast import plan_proxy
+from audioldm_tiled.vae.tasks import Downsample, Global, Norm, alignment, encoder_tasks, halo_frames, receptive_halo
+from conftest import EXACT_TOLERANCE, raise_cuda_out_of_memory, relative_error, snr_db
 
 
 def nonstationary_mel(batch: int, frames: int, seed: int = 0) -> torch.Tensor:

@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from audioldm_tiled.groupnorm import GroupStats, apply_group_norm, group_stats, pool_stats
+from audioldm_tiled.vae.groupnorm import GroupStats, apply_group_norm, group_stats, pool_stats
 from conftest import nonstationary_latents, relative_error
 
 

@@ -9,9 +9,7 @@ import torch
 
 from audioldm_tiled.architectures import build_components
 from audioldm_tiled.memory import host_limits_headroom
-
-from conftest import relative_error
-from test_vae import EXACT_TOLERANCE
+from conftest import EXACT_TOLERANCE, relative_error
 
 GB = 10**9
 
@@ -51,10 +49,9 @@ _REAL_OUT_OF_MEMORY = textwrap.dedent("""
     import json, logging, resource, sys, torch
     from audioldm_tiled.architectures import build_components
     from audioldm_tiled.config import TilingConfig
-    from audioldm_tiled.memory import (
-        UNTILED_DECODE_PEAK_FACTOR, available_memory, process_sizes, untiled_bytes, untiled_fits,
-    )
+    from audioldm_tiled.memory import available_memory, process_sizes
     from audioldm_tiled.vae import decode_job, tiled_decode
+    from audioldm_tiled.vae.budget import UNTILED_DECODE_PEAK_FACTOR, untiled_bytes, untiled_fits
 
     torch.set_num_threads(2)
     messages = []

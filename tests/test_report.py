@@ -4,15 +4,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from audioldm_tiled.seams import audio_seam_score
+from audioldm_tiled.benchmarks.seams import audio_seam_score
 
 matplotlib = pytest.importorskip("matplotlib")  # the [plot] extra; installed by the test extra too
 
+from audioldm_tiled.benchmarks.report import build_report  # noqa: E402
 from audioldm_tiled.plots import save_spectrogram  # noqa: E402
-from audioldm_tiled.report import build_report  # noqa: E402
 
-FIXTURE = Path(__file__).parent / "data" / "bench_rows.json"  # written by `audioldm-tiled bench decode`, see README
+FIXTURE = Path(__file__).parent / "data" / "bench_rows.json"  # written by `audioldm-tiled bench decode`
 RATE = 16_000
 
 
@@ -81,17 +82,13 @@ def test_missing_matplotlib_names_the_extra(monkeypatch):
 
 
 def test_bench_rows_from_child_processes_record_device_dtype_and_ratios():
-    from audioldm_tiled.bench import run_suite
-
-    import torch
-
-    from audioldm_tiled import bench
+    from audioldm_tiled.benchmarks.runner import Point, run_suite
+    from audioldm_tiled.benchmarks.stages import Target
 
     rows = run_suite("decode", [0.5], ["untiled", "exact"], dtype="fp32")  # bf16 convolutions take minutes on CPU
-    assert [(r["variant"], r["device"], r["dtype"]) for r in rows] == [("untiled", "cpu", "fp32"), ("exact", "cpu", "fp32")]
+    assert [(r["variant"], r["device"], r["dtype"]) for r in rows] == [
+        ("untiled", "cpu", "fp32"), ("exact", "cpu", "fp32")]
     assert rows[0]["output_shape"] == [1, 1, 48, 64] and rows[1]["time_ratio"] > 0 and rows[1]["snr_db"] > 40
-    bench._TARGET.update(device="cpu", dtype_name="bf16")
-    try:
-        assert bench._target() == {"device": torch.device("cpu"), "dtype": torch.bfloat16}
-    finally:
-        bench._TARGET.update(device="cpu", dtype_name="fp32")
+    assert Target("cpu", "bf16").dtype == torch.bfloat16
+    point = Point("decode", "exact", 0.5, 0, "/tmp/x.pt", "cpu", "bf16", 10**9)
+    assert Point.parse(point.argv()) == point  # the child reads back every field, by name

@@ -5,13 +5,19 @@ import pytest
 import torch
 
 from audioldm_tiled.geometry import frames_at
-from audioldm_tiled.groupnorm import group_stats
-from audioldm_tiled.tasks import (
-    Global, alignment, conv_cost, decoder_tasks, encoder_tasks, halo_frames, reaches, time_scale,
+from audioldm_tiled.vae.groupnorm import group_stats
+from audioldm_tiled.vae.interpreter import run_tasks
+from audioldm_tiled.vae.tasks import (
+    Global,
+    alignment,
+    conv_cost,
+    decoder_tasks,
+    encoder_tasks,
+    halo_frames,
+    reaches,
+    time_scale,
 )
-from audioldm_tiled.vae import _run_local
-from conftest import relative_error
-from test_vae import EXACT_TOLERANCE
+from conftest import EXACT_TOLERANCE, relative_error
 
 
 def local_tasks(vae, direction: str):
@@ -55,9 +61,9 @@ def test_shrinking_the_extent_leaves_the_core_unchanged(tiny, direction, place):
 
     replay = iter([])
     with torch.no_grad():
-        whole, _, _ = _run_local(tasks, x, None, record)
+        whole, _, _ = run_tasks(tasks, x, None, record)
         replay = iter(recorded)
-        shrunk, _, _ = _run_local(tasks, x, None, lambda norm, values: next(replay), core=core)
+        shrunk, _, _ = run_tasks(tasks, x, None, lambda norm, values: next(replay), core=core)
     scale = time_scale(tasks)
     expected = whole[:, :, frames_at(core[0], scale) : frames_at(core[1], scale)]
     assert relative_error(shrunk, expected) < EXACT_TOLERANCE

@@ -4,21 +4,22 @@ import pytest
 import torch
 
 from audioldm_tiled import TilingConfig, iter_decode, tiled_decode
-from audioldm_tiled.groupnorm import group_stats
-from audioldm_tiled.tasks import Global, Norm, conv_cost, decoder_tasks, halo_frames, receptive_halo
-from audioldm_tiled.vae import (
-    ATTENTION_ROUNDS, PROXY_MAX_SHARE, _attend, _fast_tiles, _plan_tiles, _Proxy, _run_local, decode_job,
-    estimate_stats, first_norm_stats, plan_proxy,
+from audioldm_tiled.vae import decode_job
+from audioldm_tiled.vae.attention import attend
+from audioldm_tiled.vae.dispatch import plan_job_tiles
+from audioldm_tiled.vae.fast import (
+    ATTENTION_ROUNDS,
+    PROXY_MAX_SHARE,
+    Proxy,
+    estimate_stats,
+    fast_tiles,
+    first_norm_stats,
+    plan_proxy,
 )
-from conftest import nonstationary_latents, raise_cuda_out_of_memory, relative_error
-
-# Exact mode reorders float32 sums (pooled statistics, convolutions on slices); measured error is ~3e-6 of
-# max|untiled|, so 1e-4 (the bound) leaves a wide margin while any wrong statistic shows as >1e-2.
-EXACT_TOLERANCE = 1e-4
-
-
-def snr_db(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return (10 * torch.log10(expected.double().pow(2).mean() / (actual.double() - expected.double()).pow(2).mean())).item()
+from audioldm_tiled.vae.groupnorm import group_stats
+from audioldm_tiled.vae.interpreter import run_tasks
+from audioldm_tiled.vae.tasks import Global, Norm, conv_cost, decoder_tasks, halo_frames, receptive_halo
+from conftest import EXACT_TOLERANCE, nonstationary_latents, raise_cuda_out_of_memory, relative_error, snr_db
 
 
 @pytest.mark.parametrize("frames", [5, 16, 31, 37, 64, 97])
@@ -97,15 +98,15 @@ def test_more_proxy_rounds_estimate_better(tiny, seed):
     z = nonstationary_latents(1, 600, seed=seed)
     job = decode_job(vae)
     config = TilingConfig(enabled=True, mode="fast", tile_frames=64, show_progress=False)
-    tiles = _plan_tiles(job, z, config)
+    tiles = plan_job_tiles(job, z, config)
     halo = halo_frames(job.tasks)
     expected = vae.decode(z).sample
 
     def fast_snr(rounds: int) -> float:
-        estimate = estimate_stats(job.tasks, z, _Proxy(4, 32, halo, rounds=rounds), tiles)
+        estimate = estimate_stats(job.tasks, z, Proxy(4, 32, halo, rounds=rounds), tiles)
         # the attention keys of at most ATTENTION_ROUNDS rounds, 4 excerpts of 32 frames each
         assert [m.frames for m in estimate.memories] == [min(rounds, ATTENTION_ROUNDS) * 4 * 32]
-        return snr_db(torch.cat(list(_fast_tiles(job, z, tiles, halo, estimate, config)), dim=2), expected)
+        return snr_db(torch.cat(list(fast_tiles(job, z, tiles, halo, estimate, config)), dim=2), expected)
 
     # Three times the frames sampled (and twice the keys) divide the variance of the estimates by two to three:
     # +3-4.8 dB expected; measured 28.4 -> 34.2 and 29.6 -> 35.1 dB on seeds 0 and 1.
@@ -116,10 +117,10 @@ def test_first_norm_statistics_are_exact(tiny):
     tasks = decoder_tasks(tiny["vae"])
     z = nonstationary_latents(2, 97)
     head = next(i for i, task in enumerate(tasks) if isinstance(task, Norm))
-    whole, _, _ = _run_local(tasks[:head], z, None, None)
+    whole, _, _ = run_tasks(tasks[:head], z, None, None)
     expected = group_stats(whole, tasks[head].module.num_groups)
     config = TilingConfig(enabled=True, tile_frames=16, show_progress=False)
-    pooled = first_norm_stats(tasks, z, _plan_tiles(decode_job(tiny["vae"]), z, config))
+    pooled = first_norm_stats(tasks, z, plan_job_tiles(decode_job(tiny["vae"]), z, config))
     # float32 moments per tile pooled in float64, against float32 moments of the whole: rounding only (~1e-7).
     assert torch.allclose(pooled.mean, expected.mean, rtol=1e-5, atol=1e-6)
     assert torch.allclose(pooled.var, expected.var, rtol=1e-5)
@@ -140,7 +141,7 @@ def test_attention_with_local_keys_and_exact_statistics_is_the_module(tiny):
     x = nonstationary_latents(2, 12, channels=attention.to_q.in_features)
     stats = group_stats(x, attention.group_norm.num_groups)
     with torch.no_grad():
-        assert relative_error(_attend(attention, x, stats, None), attention(x)) < EXACT_TOLERANCE
+        assert relative_error(attend(attention, x, stats, None), attention(x)) < EXACT_TOLERANCE
 
 
 def test_fast_mode_is_exact_when_a_proxy_would_cost_as_much(tiny):

@@ -27,11 +27,14 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 
-from audioldm_tiled import vae as V
 from audioldm_tiled.architectures import ARCHITECTURES
 from audioldm_tiled.config import TilingConfig
-from audioldm_tiled.groupnorm import GroupStats, group_stats
-from audioldm_tiled.tasks import Global, halo_frames
+from audioldm_tiled.vae import exact, fast
+from audioldm_tiled.vae.attention import AttentionMemory, attention_memory
+from audioldm_tiled.vae.dispatch import decode_job, plan_job_tiles
+from audioldm_tiled.vae.groupnorm import GroupStats, group_stats
+from audioldm_tiled.vae.interpreter import run_tasks
+from audioldm_tiled.vae.tasks import Global, halo_frames
 
 
 def main() -> None:
@@ -48,9 +51,9 @@ def main() -> None:
     latents = torch.randn(1, 8, frames, 16)
     if not args.stationary:
         latents[:, :, : frames // 2] *= 1.5
-    job = V.decode_job(vae)
+    job = decode_job(vae)
     config = TilingConfig(enabled=True, show_progress=False)
-    tiles = V._plan_tiles(job, latents, config)
+    tiles = plan_job_tiles(job, latents, config)
     halo = halo_frames(job.tasks)
     attention = next(t for t in job.tasks if isinstance(t, Global))
     before_attention = job.tasks[: job.tasks.index(attention)]
@@ -59,29 +62,29 @@ def main() -> None:
     def snr(decoded: torch.Tensor) -> float:
         return 10 * math.log10(reference.pow(2).sum() / (decoded - reference).pow(2).sum())
 
-    def estimate(spec: list[str]) -> V.FastEstimate:
+    def estimate(spec: list[str]) -> fast.FastEstimate:
         if spec:  # built directly, so it runs even where fast mode itself would decode exactly (plan_proxy)
             proxy_frames, core, rounds = (int(spec[0]), int(spec[1]), int(spec[2]) if len(spec) > 2 else 1)
-            proxy = V._Proxy(proxy_frames // core, core, halo, rounds=rounds)
+            proxy = fast.Proxy(proxy_frames // core, core, halo, rounds=rounds)
         else:
-            proxy = V.plan_proxy(job.tasks, frames, config.proxy_frames, halo) or V._Proxy(8, 32, halo)
+            proxy = fast.plan_proxy(job.tasks, frames, config.proxy_frames, halo) or fast.Proxy(8, 32, halo)
         print(f"  proxy: {proxy.rounds} round(s) of {proxy.count} excerpts of {proxy.core} frames", flush=True)
-        return V.estimate_stats(job.tasks, latents, proxy, tiles)
+        return fast.estimate_stats(job.tasks, latents, proxy, tiles)
 
-    def whole_memory(stats: list[GroupStats]) -> V._AttentionMemory:
+    def whole_memory(stats: list[GroupStats]) -> AttentionMemory:
         """Keys and values of every token, computed with the given statistics."""
         given = iter(stats)
-        x, _, _ = V._run_local(before_attention, latents, None, lambda norm, values: next(given))
-        return V._attention_memory(attention.module, x, next(given))
+        x, _, _ = run_tasks(before_attention, latents, None, lambda norm, values: next(given))
+        return attention_memory(attention.module, x, next(given))
 
-    def decode(estimate: V.FastEstimate, whole_attention: bool = False) -> torch.Tensor:
-        attend = V._attend
+    def decode(estimate: fast.FastEstimate, whole_attention: bool = False) -> torch.Tensor:
+        attend = fast.attend
         if whole_attention:  # the memory is the whole sequence: no local keys, no weights
-            V._attend = lambda attn, x, stats, memory, outside: attend(attn, x, stats, memory, local=False)
+            fast.attend = lambda attn, x, stats, memory, outside: attend(attn, x, stats, memory, local=False)
         try:
-            return torch.cat(list(V._fast_tiles(job, latents, tiles, halo, estimate, config)), dim=2)
+            return torch.cat(list(fast.fast_tiles(job, latents, tiles, halo, estimate, config)), dim=2)
         finally:
-            V._attend = attend
+            fast.attend = attend
 
     with torch.no_grad():
         for variant in args.variants:
@@ -89,13 +92,13 @@ def main() -> None:
             if name == "fast":
                 result = f"{snr(decode(estimate(spec))):.1f} dB"
             elif name == "exact-stats":
-                result = f"{snr(decode(V.FastEstimate(exact_stats, estimate(spec).memories))):.1f} dB"
+                result = f"{snr(decode(fast.FastEstimate(exact_stats, estimate(spec).memories))):.1f} dB"
             elif name == "whole-attention":
                 stats = estimate(spec).stats
-                result = f"{snr(decode(V.FastEstimate(stats, [whole_memory(stats)]), whole_attention=True)):.1f} dB"
+                result = f"{snr(decode(fast.FastEstimate(stats, [whole_memory(stats)]), whole_attention=True)):.1f} dB"
             elif name == "perturbed":
                 stats = perturbed(exact_stats, float(spec[0]))
-                result = f"{snr(decode(V.FastEstimate(stats, [whole_memory(stats)]), whole_attention=True)):.1f} dB"
+                result = f"{snr(decode(fast.FastEstimate(stats, [whole_memory(stats)]), whole_attention=True)):.1f} dB"
             elif name == "diffusers":
                 vae.enable_tiling()
                 try:
@@ -114,7 +117,7 @@ def exact_reference(job, latents: torch.Tensor, tiles, path: Path) -> tuple[torc
     if path.exists():
         return torch.load(path, weights_only=False)
     recorded = []
-    pool = V.pool_stats
+    pool = exact.pool_stats
 
     def recording_pool(parts):
         recorded.append(pool(parts))
@@ -123,12 +126,12 @@ def exact_reference(job, latents: torch.Tensor, tiles, path: Path) -> tuple[torc
     attention = next(t for t in job.tasks if isinstance(t, Global)).module
     hook = attention.register_forward_pre_hook(
         lambda module, inputs: recorded.append(group_stats(inputs[0], module.group_norm.num_groups)))
-    V.pool_stats = recording_pool
+    exact.pool_stats = recording_pool
     try:
         with torch.no_grad():
-            reference = V.run_exact(job, latents, tiles, TilingConfig(show_progress=False))
+            reference = exact.run_exact(job, latents, tiles, TilingConfig(show_progress=False))
     finally:
-        V.pool_stats = pool
+        exact.pool_stats = pool
         hook.remove()
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save((reference, recorded), path)

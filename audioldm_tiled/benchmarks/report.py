@@ -1,7 +1,7 @@
 """``audioldm-tiled bench report``: benchmark rows (run now, or read from saved JSON) into a Markdown table and PNG
 plots of memory and time against audio length.
 
-Every point comes from its own process (``bench.run_suite``). A point that could not run within the memory limit is
+Every point comes from its own process (``runner.run_suite``). A point that could not run within the memory limit is
 drawn as "out of memory" at the limit, not left out. Each figure names the machine, the torch and diffusers
 versions and the date the rows record.
 """
@@ -14,8 +14,8 @@ import logging
 import os
 from pathlib import Path
 
-from .bench import memory_key, run_suite, to_markdown
-from .plots import _figure_class
+from ..plots import figure_class
+from .runner import memory_key, run_suite, to_markdown
 
 # What ``--run`` measures: stage, lengths (s), variants (the first is the reference).
 SUITES = [
@@ -40,7 +40,7 @@ def _plot(rows: list[dict], stage: str, measures: list[tuple[str, str]], title: 
     rows = [r for r in rows if r["stage"] == stage]
     if not rows:
         return False
-    Figure = _figure_class()
+    Figure = figure_class()
     figure = Figure(figsize=(5.5 * len(measures), 4.2), layout="constrained")
     axes = figure.subplots(1, len(measures), squeeze=False)[0]
     variants = list(dict.fromkeys(r["variant"] for r in rows))
@@ -105,7 +105,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if bool(args.json) == args.run:
         parser.error("give either --json FILE... or --run")
-    _figure_class()  # matplotlib missing: say so before running anything
+    figure_class()  # matplotlib missing: say so before running anything
     if args.run:
         limit = None if args.memory_limit is None else int(args.memory_limit * 1e9)
         rows = []

@@ -2,8 +2,8 @@
 
 Tasks are either *local* along time (convolutions, activations, nearest upsampling, residual bookkeeping), so a tile
 with a halo computes them exactly, or *barriers* (GroupNorm, which needs statistics of the whole sequence, and
-self-attention, which needs the whole sequence). The executors in ``vae.py`` run tiles up to each barrier, in both
-directions: resolutions change by exact fractions (upsampling x2 in the decoder, stride-2 downsampling in the
+self-attention, which needs the whole sequence). The executors (``exact``, ``fast``) run tiles up to each barrier,
+in both directions: resolutions change by exact fractions (upsampling x2 in the decoder, stride-2 downsampling in the
 encoder), so time scales are ``Fraction``s.
 """
 
@@ -19,7 +19,7 @@ from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.upsampling import Upsample2D
 from torch import nn
 
-from .geometry import ShrinkingExtent
+from ..geometry import ShrinkingExtent
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,6 @@ class Global:
 
 
 Task = Conv | Norm | Act | Upsample | Downsample | SaveResidual | AddResidual | Global
-LOCAL = (Conv, Act, Upsample, Downsample, SaveResidual, AddResidual)
 
 
 def _unsupported(what: str, module: nn.Module) -> ValueError:

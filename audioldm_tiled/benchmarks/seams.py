@@ -14,13 +14,13 @@ STFT frame whose window spans it (n_fft / 2 / hop = 3.2 frames per side for Audi
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .audio import MelSettings, log_mel
+from ..audio import MelSettings, log_mel
 
 
 def spectral_flux(mel: torch.Tensor) -> torch.Tensor:
@@ -48,11 +48,12 @@ def seam_score(mel: torch.Tensor, boundaries: Iterable[int], reach: int = 2) -> 
     return float(peak[pairs].mean() / peak[~near].median())
 
 
-def audio_seam_score(audio: np.ndarray, boundaries_s: Iterable[float], settings: MelSettings = MelSettings()) -> float:
+def audio_seam_score(audio: np.ndarray, boundaries_s: Iterable[float], settings: MelSettings | None = None) -> float:
     """``seam_score`` of a waveform's log-mel, boundaries in seconds; ``reach`` spans the STFT window.
 
     The waveform is scaled to a peak of 1 first: the score does not depend on level, and quiet audio (random
     weights make outputs of order 1e-10) is not flattened by the log-mel's floor."""
+    settings = settings or MelSettings()
     audio = np.asarray(audio, dtype=np.float64)
     top = np.abs(audio).max() if audio.size else 0.0
     audio = (audio / top if top > 0 else audio).astype(np.float32)

@@ -1,0 +1,65 @@
+"""A pipeline from a hub id, a local folder written by ``save_pretrained``, or ``random:ARCH`` (random weights of a
+public checkpoint's shapes, built offline): what the command line, the samples and the notebooks load with."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported on use: the command line's --help does not need it
+    import torch
+
+DEFAULT_MODEL = "cvssp/audioldm-s-full-v2"
+RANDOM_PREFIX = "random:"
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # OWNER/NAME, as the hub spells repository ids
+
+
+class ModelLoadError(ValueError):
+    """The model named could not be loaded; the message says why and what to pass instead."""
+
+
+def load_pipeline(model: str = DEFAULT_MODEL, torch_dtype: torch.dtype | None = None,
+                  device: torch.device | str = "cpu"):
+    """An ``AudioLDMTiledPipeline`` on ``device``.
+
+    Args:
+        model: a hub id (``"cvssp/audioldm-s-full-v2"``), a folder written by ``save_pretrained`` or a downloaded
+            snapshot, or ``"random:ARCH"`` with ARCH one of ``ARCHITECTURES`` (random weights, no download).
+        torch_dtype: the components' dtype (default float32).
+        device: where the pipeline runs.
+
+    Raises:
+        ModelLoadError: the model could not be loaded (no such folder, not a pipeline folder, no network, ...).
+    """
+    import torch
+
+    from .architectures import ARCHITECTURES, random_pipeline
+    from .pipeline import AudioLDMTiledPipeline
+
+    torch_dtype = torch.float32 if torch_dtype is None else torch_dtype
+
+    if not isinstance(model, str) or not model:
+        raise ModelLoadError(f"model must be a hub id, a folder or random:ARCH, got {model!r}")
+    if model.startswith(RANDOM_PREFIX):
+        arch = model[len(RANDOM_PREFIX):]
+        if arch not in ARCHITECTURES:
+            raise ModelLoadError(f"random:ARCH: ARCH must be one of {', '.join(ARCHITECTURES)}, got {arch!r}")
+        return random_pipeline(arch, torch_dtype=torch_dtype).to(device)
+    folder = os.path.expanduser(model)
+    if not os.path.isdir(folder) and not _HUB_ID.fullmatch(model):
+        raise ModelLoadError(f"model folder {model!r} does not exist (a hub id reads OWNER/NAME)")
+    if os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, "model_index.json")):
+        raise ModelLoadError(f"model folder {model!r} has no model_index.json: pass a folder written by "
+                             "save_pretrained or a downloaded snapshot of the hub repo")
+    try:
+        pipe = AudioLDMTiledPipeline.from_pretrained(folder if os.path.isdir(folder) else model,
+                                                     torch_dtype=torch_dtype)
+    except Exception as error:  # noqa: BLE001 - hub, filesystem and format errors all mean "cannot load this"
+        raise ModelLoadError(
+            f"{model!r} could not be loaded ({type(error).__name__}: {str(error).splitlines()[0][:200]}). "
+            "Without network access the weights must already be on disk: pass the folder written by "
+            "save_pretrained (or a downloaded snapshot of the hub repo). To try the pipeline without weights, "
+            "use random:audioldm-s."
+        ) from None
+    return pipe.to(device)

@@ -1,0 +1,40 @@
+"""One render, streamed straight into a WAV file: what the command line, the samples and the benchmarks call."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .audio import check_output_path, open_wav
+
+
+def render_to_wav(pipe, path: str | os.PathLike, prompt: Any = None, *, subtype: str = "PCM_16",
+                  overwrite: bool = True, **call_kwargs: Any) -> Path:
+    """Generate with ``pipe.stream(prompt, **call_kwargs)`` and write the waveform to ``path`` as it arrives.
+
+    The path is checked before any model work; the file appears only once the render has succeeded (an existing
+    file is replaced then, or kept when the render fails). Memory stays that of one piece, whatever the length.
+
+    Args:
+        pipe: an ``AudioLDMTiledPipeline``.
+        path: the ``.wav`` file to write.
+        prompt: a prompt or a timeline (one waveform: the file holds one channel).
+        subtype: soundfile subtype, ``"PCM_16"`` (default), ``"PCM_24"``, ``"PCM_32"`` or ``"FLOAT"``.
+        overwrite: replace an existing file; with False an existing ``path`` raises before anything runs.
+        call_kwargs: the pipeline's call arguments (``audio_length_in_s``, ``num_inference_steps``, ``tiling``, ...).
+
+    Returns:
+        The path written.
+    """
+    path = check_output_path(path, overwrite=overwrite)
+    if call_kwargs.get("num_waveforms_per_prompt", 1) != 1 or (
+        isinstance(prompt, list) and len(prompt) > 1 and all(isinstance(p, str) for p in prompt)
+    ):
+        raise ValueError("render_to_wav writes one waveform: give one prompt (or one timeline) and "
+                         "num_waveforms_per_prompt=1")
+    pieces = pipe.stream(prompt, **call_kwargs)
+    with open_wav(path, pipe.vocoder.config.sampling_rate, subtype) as writer:
+        for piece in pieces:
+            writer.write(piece[0])
+    return path

@@ -1,0 +1,184 @@
+"""The public entry points of the tiled VAE: ``tiled_decode``, ``iter_decode``, ``tiled_encode``.
+
+Each decides, for one call, whether to run untiled (when that fits the memory budget, retried in tiles once on
+out-of-memory under ``enabled="auto"``) or in exact or fast tiles, and plans the tiles.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+
+import torch
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+from ..config import TilingConfig
+from ..constants import MEL_FRAMES_PER_SECOND
+from ..geometry import Tile, plan_tiles
+from ..memory import (
+    BUDGET_SHARE,
+    InsufficientMemoryError,
+    is_out_of_memory,
+    large_allocations_returned,
+    memory_budget,
+    release_cached_memory,
+)
+from .budget import (
+    UNTILED_DECODE_PEAK_FACTOR,
+    UNTILED_ENCODE_PEAK_FACTOR,
+    choose_tile_frames,
+    exact_stored_bytes,
+    untiled_fits,
+)
+from .exact import run_exact
+from .fast import fast_pieces
+from .interpreter import Job
+from .tasks import alignment, decoder_tasks, encoder_tasks, time_scale
+
+logger = logging.getLogger(__name__)
+
+
+def plan_job_tiles(job: Job, x: torch.Tensor, config: TilingConfig) -> list[Tile]:
+    """Balanced tiles of ``config.tile_frames`` latent frames, or of the size the memory budget allows, as input
+    frames: boundaries on multiples of ``job.unit``, the last core ending at the input's last frame."""
+    tile = config.tile_frames or choose_tile_frames(job.tasks, x, config, job.unit, job.peak_factor)
+    length = x.shape[2]
+    tiles = [t.scaled(job.unit) for t in plan_tiles(max(1, length // job.unit), tile)]
+    tiles[-1] = replace(tiles[-1], stop=length, core_stop=length)  # frames past the last whole unit, as untiled
+    return tiles
+
+
+def iter_tiled(job: Job, x: torch.Tensor, config: TilingConfig,
+               untiled: Callable[[], torch.Tensor]) -> Iterator[torch.Tensor]:
+    """``job.tasks`` run on ``x`` in pieces along time, in order: untiled when ``config`` says so or it fits the
+    budget (retried tiled once on out-of-memory under ``enabled="auto"``), else in exact or fast tiles."""
+    with large_allocations_returned():
+        yield from _pieces(job, x, config, untiled)
+
+
+def _pieces(job: Job, x: torch.Tensor, config: TilingConfig,
+            untiled: Callable[[], torch.Tensor]) -> Iterator[torch.Tensor]:
+    tiles = None
+    if config.enabled is not False:
+        tiles = plan_job_tiles(job, x, config)
+        if len(tiles) == 1:
+            tiles = None
+        elif config.enabled == "auto":
+            fits, needed, budget = untiled_fits(job.tasks, x, config, job.peak_factor)
+            if fits:
+                tiles = None
+            else:
+                logger.info("tiling the %s: untiled would need about %.2f GB, the budget is %.2f GB",
+                            job.name, needed / 1e9, budget / 1e9)
+    if tiles is None:
+        try:
+            yield untiled()
+            return
+        except Exception as error:  # noqa: BLE001 - only out-of-memory is handled, everything else re-raised
+            if config.enabled != "auto" or not is_out_of_memory(error):
+                raise
+            failure = str(error)  # not the error: its traceback holds the failed attempt's tensors
+        release_cached_memory(x.device)  # now that they are free
+        logger.warning("untiled %s ran out of memory (%s); retrying once with tiles", job.name, failure)
+        tiles = plan_job_tiles(job, x, config)
+    if config.mode == "fast":
+        pieces = fast_pieces(job, x, tiles, config)
+    else:
+        pieces = (core for _, core in run_exact(job, x, tiles, config, stream_last=True))
+    for piece in pieces:
+        yield piece.to(x.dtype)
+
+
+def _check_input(name: str, x: torch.Tensor, channels: int, min_frames: int) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise ValueError(f"{name} must be a 4-D tensor (B, C, T, F), got {getattr(x, 'shape', type(x))}")
+    if x.shape[1] != channels or x.shape[2] < min_frames:
+        raise ValueError(
+            f"{name} must have {channels} channel(s) and at least {min_frames} frame(s), got shape {tuple(x.shape)}"
+        )
+
+
+def decode_job(vae) -> Job:
+    tasks = decoder_tasks(vae)  # each latent frame becomes time_scale(tasks) mel frames
+    return Job(tasks, unit=1, frame_seconds=float(time_scale(tasks)) / MEL_FRAMES_PER_SECOND, name="VAE decode",
+               peak_factor=UNTILED_DECODE_PEAK_FACTOR)
+
+
+def encode_job(vae) -> Job:
+    tasks = encoder_tasks(vae)
+    return Job(tasks, unit=alignment(tasks), frame_seconds=1 / MEL_FRAMES_PER_SECOND, name="VAE encode",
+               peak_factor=UNTILED_ENCODE_PEAK_FACTOR)
+
+
+def check_exact_decode_fits(vae, latents: torch.Tensor, config: TilingConfig) -> None:
+    """Raise InsufficientMemoryError where exact tiling of ``latents`` must hold more than the memory budget for the
+    whole sequence. Pipelines call it before denoising: a render whose decode cannot fit then fails in seconds, not
+    after the whole denoising (fast mode's memory does not grow with the length, and ``enabled=False`` is the
+    caller's choice to fail hard)."""
+    if config.mode != "exact" or config.enabled is False:
+        return
+    job = decode_job(vae)
+    needed, budget = exact_stored_bytes(job.tasks, latents), memory_budget(config, latents.device)
+    if needed <= budget:
+        return
+    raise InsufficientMemoryError(
+        f"an exact VAE decode of {latents.shape[2] * job.frame_seconds:.0f} s holds about {needed / 1e9:.1f} GB for "
+        f"the whole sequence, more than the memory budget of {budget / 1e9:.1f} GB ({BUDGET_SHARE:.0%} of the free "
+        "memory unless TilingConfig.memory_budget says otherwise). Decode in fast mode (TilingConfig(mode='fast'), "
+        "CLI --mode fast), whose memory does not grow with the length, or set memory_budget (CLI --memory-budget GB) "
+        "if more memory is free."
+    )
+
+
+def decode_tiles(vae, latents: torch.Tensor, config: TilingConfig) -> list[Tile]:
+    """The tiles a tiled decode of ``latents`` uses (what the memory budget or ``config.tile_frames`` gives)."""
+    return plan_job_tiles(decode_job(vae), latents, config)
+
+
+def encode_tiles(vae, mel: torch.Tensor, config: TilingConfig) -> list[Tile]:
+    """The tiles (in mel frames) a tiled encode of ``mel`` uses."""
+    return plan_job_tiles(encode_job(vae), mel, config)
+
+
+@torch.no_grad()
+def iter_decode(vae, latents: torch.Tensor, config: TilingConfig | None = None) -> Iterator[torch.Tensor]:
+    """``vae.decode(latents).sample`` in pieces along time, in order, each (B, 1, t, n_mels).
+
+    Fast mode yields each tile as soon as it is decoded; exact mode yields once the last GroupNorm barrier is
+    passed. An untiled decode yields one piece.
+    """
+    _check_input("latents", latents, vae.config.latent_channels, 1)
+    yield from iter_tiled(decode_job(vae), latents, config or TilingConfig(), lambda: vae.decode(latents).sample)
+
+
+@torch.no_grad()
+def tiled_decode(vae, latents: torch.Tensor, config: TilingConfig | None = None) -> torch.Tensor:
+    """What ``vae.decode(latents).sample`` returns, log-mel (B, 1, 4T, n_mels), decoded in tiles along time.
+
+    Args:
+        vae: a diffusers ``AutoencoderKL`` with the standard decoder (AudioLDM, AudioLDM2, MusicLDM).
+        latents: (B, C, T, F), already divided by ``vae.config.scaling_factor``.
+        config: tiling settings; ``None`` is ``TilingConfig()`` (exact mode, tiles only when untiled won't fit).
+    """
+    pieces = list(iter_decode(vae, latents, config))
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
+
+
+@torch.no_grad()
+def tiled_encode(vae, mel: torch.Tensor, config: TilingConfig | None = None) -> DiagonalGaussianDistribution:
+    """What ``vae.encode(mel).latent_dist`` returns, encoded in tiles along time by the decode's executors.
+
+    Args:
+        vae: a diffusers ``AutoencoderKL`` with the standard encoder (AudioLDM, AudioLDM2, MusicLDM).
+        mel: log-mel (B, 1, T, n_mels). T need not be a multiple of the VAE factor: like the untiled encoder, each
+            stride-2 layer keeps T // 2 frames, so the latent has T // 4 frames (for AudioLDM's VAE).
+        config: tiling settings, in latent frames as for the decode; ``None`` is ``TilingConfig()``.
+
+    Returns:
+        diffusers' ``DiagonalGaussianDistribution`` (``.mean``, ``.std``, ``.sample(generator)``, ``.mode()``).
+    """
+    job = encode_job(vae)
+    _check_input("mel", mel, vae.config.in_channels, job.unit)
+    pieces = list(iter_tiled(job, mel, config or TilingConfig(), lambda: vae.encode(mel).latent_dist.parameters))
+    return DiagonalGaussianDistribution(pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2))
