@@ -8,6 +8,7 @@ import math
 import sys
 from pathlib import Path
 
+from .arguments import positive_number
 from .constants import DTYPES
 from .loading import DEFAULT_MODEL
 
@@ -16,21 +17,6 @@ logger = logging.getLogger("audioldm_tiled.cli")
 
 class CliError(Exception):
     """A user error: printed as one line, exit status 2."""
-
-
-def _positive(option: str, unit: str):
-    """An argparse type for a positive finite number of ``unit``, its errors naming ``option``."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{option} must be a number of {unit}, got {text!r}") from None
-        if not math.isfinite(value) or value <= 0:
-            raise argparse.ArgumentTypeError(f"{option} must be a positive finite number, got {text!r}")
-        return value
-
-    return parse
 
 
 def _timeline_segment(text: str) -> tuple[float, str]:
@@ -54,7 +40,7 @@ def generate_parser() -> argparse.ArgumentParser:
                         "--at 120:thunderstorm (repeatable)")
     parser.add_argument("--timeline", metavar="FILE.json",
                         help="timeline file: a JSON list of [start_s, text] or [start_s, end_s, text]")
-    parser.add_argument("--seconds", type=_positive("--seconds", "seconds"), default=None,
+    parser.add_argument("--seconds", type=positive_number("--seconds", "seconds"), default=None,
                         help="length of the audio in seconds (default 10; with --input, the input's length)")
     parser.add_argument("--input", metavar="FILE", default=None,
                         help="audio-to-audio: restyle this recording (any length, any format soundfile reads)")
@@ -70,7 +56,7 @@ def generate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda if available)")
     parser.add_argument("--dtype", default="fp32", help="fp32 (default), fp16 or bf16")
     parser.add_argument("--mode", choices=("exact", "fast"), default="exact", help="VAE tiling mode (default exact)")
-    parser.add_argument("--memory-budget", type=_positive("--memory-budget", "GB"), default=None, metavar="GB",
+    parser.add_argument("--memory-budget", type=positive_number("--memory-budget", "GB"), default=None, metavar="GB",
                         help="memory to plan tiles and chunks for (default: most of the free memory)")
     parser.add_argument("--float", dest="subtype", action="store_const", const="FLOAT", default="PCM_16",
                         help="write 32-bit float samples instead of 16-bit PCM")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 
+from ..arguments import positive_int, positive_number
 from ..constants import DTYPES
 from .runner import DEFAULT_STEPS, DEFAULT_VARIANTS, VARIANTS, is_memory_failure, run_suite, to_markdown
 
@@ -15,29 +15,6 @@ randomly initialised with the audioldm-s shapes (cost depends only on shapes). R
 against the first variant of the same length. 'stream' is the command line's path (streamed to a WAV file);
 'generate' calls the pipeline windowed and tiled, or as the parent does (one denoising pass, untiled decode and
 vocoder)."""
-
-
-def _positive(option: str):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{option} must be a number, got {text!r}") from None
-        if not math.isfinite(value) or value <= 0:
-            raise argparse.ArgumentTypeError(f"{option} must be a positive finite number, got {text!r}")
-        return value
-
-    return parse
-
-
-def _steps(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"--steps must be a positive integer, got {text!r}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,13 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="audioldm-tiled bench", description=DESCRIPTION,
                                      epilog="audioldm-tiled bench report --help: the report with plots")
     parser.add_argument("stage", choices=sorted(VARIANTS))
-    parser.add_argument("--seconds", type=_positive("--seconds"), nargs="+", default=[10, 40, 120])
+    parser.add_argument("--seconds", type=positive_number("--seconds", "seconds"), nargs="+", default=[10, 40, 120])
     parser.add_argument("--variants", nargs="+", default=None, help="first one is the reference")
-    parser.add_argument("--steps", type=_steps, default=None,
+    parser.add_argument("--steps", type=positive_int("--steps"), default=None,
                         help="denoising steps for stream/generate/windows (default: stream 2, generate 10, "
                         "windows 2)")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
-    parser.add_argument("--memory-limit", type=_positive("--memory-limit"), default=None, metavar="GB",
+    parser.add_argument("--memory-limit", type=positive_number("--memory-limit", "GB"), default=None, metavar="GB",
                         help="stop a point whose resident memory passes this; it is reported as out of memory (the "
                         "auto and fallback variants instead fail their allocations past it, on the device under cuda)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
