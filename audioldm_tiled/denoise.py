@@ -91,7 +91,7 @@ def predict_noise(
         for j, i in enumerate(group):
             w = plan.windows[i]
             rows = noise[j * latents.shape[0] : (j + 1) * latents.shape[0]]
-            weight = plan.weights[i].to(device=rows.device, dtype=rows.dtype)[:, None]
+            weight = plan.weights[i].to(rows.dtype).to(rows.device)[:, None]  # narrowed on the host (MPS: no float64)
             merged[:, :, w.start : w.stop] += rows * weight
     return merged
 

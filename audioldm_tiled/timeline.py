@@ -100,5 +100,5 @@ def mix_embeddings(embeddings: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
     AudioLDM's class embeddings are unit vectors (CLAP, normalised in ``_encode_prompt``); a blend is rescaled to
     unit length so that every window is conditioned in the range the UNet was trained on.
     """
-    mixed = torch.einsum("ws,s...d->w...d", mix.to(embeddings), embeddings)
+    mixed = torch.einsum("ws,s...d->w...d", mix.to(embeddings.dtype).to(embeddings.device), embeddings)
     return F.normalize(mixed, dim=-1)

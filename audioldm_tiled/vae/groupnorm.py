@@ -6,7 +6,8 @@ mean of per-tile variances drops:
 
     n = sum n_i,   mean = sum n_i mean_i / n,   M2 = sum M2_i + sum n_i (mean_i - mean)^2,   var = M2 / n
 
-Per-tile moments are taken in float32 (float64 for float64 input) and pooled in float64, whatever the compute dtype.
+Per-tile moments are taken in float32 (float64 for float64 input) on the activations' device, then moved to the host
+and pooled there in float64, whatever the compute dtype: they are (B, G) numbers, and Apple's MPS has no float64.
 """
 
 from __future__ import annotations
@@ -17,9 +18,17 @@ import torch
 from torch import nn
 
 
+HOST = torch.device("cpu")
+
+
+def to_host(moment: torch.Tensor) -> torch.Tensor:
+    """A (B, G) moment moved to the host and widened to float64 there (never float64 on the compute device)."""
+    return moment.to(HOST, copy=True).double()  # a copy on the CPU too, so the move is an explicit transfer
+
+
 @dataclass(frozen=True)
 class GroupStats:
-    """Moments per (batch, group), each of shape (B, G), float64."""
+    """Moments per (batch, group), each of shape (B, G), float64 on the host."""
 
     count: torch.Tensor
     mean: torch.Tensor
@@ -44,8 +53,9 @@ def group_stats(x: torch.Tensor, num_groups: int, batch_groups: int = 1) -> Grou
     grouped = x.unflatten(1, (num_groups, c // num_groups)).unflatten(0, (batch_groups, b // batch_groups))
     dims = (0,) + tuple(range(3, grouped.dim()))  # all but (batch row, group)
     var, mean = torch.var_mean(grouped.to(compute), dim=dims, correction=0)
-    count = torch.full_like(mean, x.numel() // (b // batch_groups * num_groups), dtype=torch.float64)
-    return GroupStats(count, mean.double(), var.double() * count)
+    mean, var = to_host(mean), to_host(var)
+    count = torch.full_like(mean, x.numel() // (b // batch_groups * num_groups))
+    return GroupStats(count, mean, var * count)
 
 
 def pool_stats(parts: list[GroupStats]) -> GroupStats:
@@ -61,8 +71,9 @@ def apply_group_norm(x: torch.Tensor, stats: GroupStats, norm: nn.GroupNorm, bat
     b, c = x.shape[:2]
     g = norm.num_groups
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-    mean = stats.mean.to(device=x.device, dtype=compute).repeat(batch_groups, 1)
-    rstd = torch.rsqrt(stats.var + norm.eps).to(device=x.device, dtype=compute).repeat(batch_groups, 1)
+    # narrowed on the host, then moved: a float64 tensor never reaches the device
+    mean = stats.mean.to(compute).to(x.device).repeat(batch_groups, 1)
+    rstd = torch.rsqrt(stats.var + norm.eps).to(compute).to(x.device).repeat(batch_groups, 1)
     shape = (b, g, c // g) + (1,) * (x.dim() - 2)
     # Fold mean, rstd and the affine parameters into one scale and shift per (batch, channel).
     scale = rstd.reshape(b, g, 1).expand(b, g, c // g)
