@@ -288,6 +288,7 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
                              f"{audio_length_in_s!r}")
         latents = latents.to(device=self._execution_device, dtype=self.vae.dtype)
         yield from self._stream_latents(latents, keep, self._config_for_call(tiling))
+        self.maybe_free_model_hooks()
 
     def _stream_latents(self, latents: torch.Tensor, keep: int, config: TilingConfig) -> Iterator[np.ndarray]:
         if config.enabled == "auto":

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from .config import TilingConfig
 from .geometry import Tile, plan_tiles
 from .memory import large_allocations_returned, memory_budget
+from .offload import fire_hook, weights_on_device
 
 # Default chunk core in mel frames when the budget allows it: long enough that the context (about 2 x 24 frames)
 # costs under 5 % extra compute, short enough that a chunk's activations stay in the CPU caches' neighbourhood.
@@ -72,11 +73,12 @@ def receptive_field_frames(vocoder: nn.Module) -> int:
 
 def _conv_channels_last(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A Conv1d / ConvTranspose1d applied to x held as (B, C, 1, L) in channels-last memory."""
-    weight = module.weight[:, :, None, :]
+    with weights_on_device(module):
+        weight, bias = module.weight[:, :, None, :], module.bias
     if isinstance(module, nn.ConvTranspose1d):
-        return F.conv_transpose2d(x, weight, module.bias, (1, module.stride[0]), (0, module.padding[0]),
+        return F.conv_transpose2d(x, weight, bias, (1, module.stride[0]), (0, module.padding[0]),
                                   (0, module.output_padding[0]), module.groups, (1, module.dilation[0]))
-    return F.conv2d(x, weight, module.bias, (1, module.stride[0]), (0, module.padding[0]), (1, module.dilation[0]),
+    return F.conv2d(x, weight, bias, (1, module.stride[0]), (0, module.padding[0]), (1, module.dilation[0]),
                     module.groups)
 
 
@@ -177,6 +179,7 @@ def stream_vocode(
                 buffer.append(piece)
                 buffer_end += piece.shape[1]
             held = torch.cat(buffer, dim=1) if len(buffer) > 1 else buffer[0]
+            fire_hook(vocoder)  # the VAE may have run since the last chunk, and its hook offloaded the vocoder
             wave = vocode(held[:, c.start - buffer_start : c.stop - buffer_start])
             if wave.dim() == 1:
                 wave = wave[None]

@@ -24,6 +24,7 @@ from ..memory import (
     memory_budget,
     release_cached_memory,
 )
+from ..offload import with_hook_fired
 from .budget import (
     UNTILED_DECODE_PEAK_FACTOR,
     UNTILED_ENCODE_PEAK_FACTOR,
@@ -149,7 +150,8 @@ def iter_decode(vae, latents: torch.Tensor, config: TilingConfig | None = None) 
     passed. An untiled decode yields one piece.
     """
     _check_input("latents", latents, vae.config.latent_channels, 1)
-    yield from iter_tiled(decode_job(vae), latents, config or TilingConfig(), lambda: vae.decode(latents).sample)
+    pieces = iter_tiled(decode_job(vae), latents, config or TilingConfig(), lambda: vae.decode(latents).sample)
+    yield from with_hook_fired(vae, pieces)
 
 
 @torch.no_grad()
@@ -180,5 +182,6 @@ def tiled_encode(vae, mel: torch.Tensor, config: TilingConfig | None = None) -> 
     """
     job = encode_job(vae)
     _check_input("mel", mel, vae.config.in_channels, job.unit)
-    pieces = list(iter_tiled(job, mel, config or TilingConfig(), lambda: vae.encode(mel).latent_dist.parameters))
+    pieces = iter_tiled(job, mel, config or TilingConfig(), lambda: vae.encode(mel).latent_dist.parameters)
+    pieces = list(with_hook_fired(vae, pieces))
     return DiagonalGaussianDistribution(pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2))

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..offload import weights_on_device
 
 HOST = torch.device("cpu")
 
@@ -79,7 +80,8 @@ def apply_group_norm(x: torch.Tensor, stats: GroupStats, norm: nn.GroupNorm, bat
     scale = rstd.reshape(b, g, 1).expand(b, g, c // g)
     shift = -mean.reshape(b, g, 1) * scale
     if norm.affine:
-        weight = norm.weight.to(compute).reshape(1, g, c // g)
-        scale, shift = scale * weight, shift * weight + norm.bias.to(compute).reshape(1, g, c // g)
+        with weights_on_device(norm):
+            weight, bias = norm.weight.to(compute).reshape(1, g, c // g), norm.bias.to(compute).reshape(1, g, c // g)
+        scale, shift = scale * weight, shift * weight + bias
     out = torch.addcmul(shift.reshape(shape).flatten(1, 2), x.to(compute), scale.reshape(shape).flatten(1, 2))
     return out.to(x.dtype)

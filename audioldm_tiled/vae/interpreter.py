@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ..config import TilingConfig
 from ..geometry import frames_at
+from ..offload import weights_on_device
 from .groupnorm import GroupStats, apply_group_norm
 from .tasks import Act, AddResidual, Conv, Downsample, Global, Norm, SaveResidual, Task, TaskExtent, Upsample
 
@@ -32,8 +33,9 @@ def convolve(x: torch.Tensor, module: torch.nn.Conv2d) -> torch.Tensor:
     """The module's convolution in x's dtype (which is float32 when a half-precision tile is retried)."""
     if x.dtype == module.weight.dtype:
         return module(x)
-    bias = None if module.bias is None else module.bias.to(x.dtype)
-    return F.conv2d(x, module.weight.to(x.dtype), bias, module.stride, module.padding, module.dilation, module.groups)
+    with weights_on_device(module):
+        weight, bias = module.weight.to(x.dtype), None if module.bias is None else module.bias.to(x.dtype)
+    return F.conv2d(x, weight, bias, module.stride, module.padding, module.dilation, module.groups)
 
 
 Statistics = Callable[[torch.nn.GroupNorm, torch.Tensor], GroupStats]
