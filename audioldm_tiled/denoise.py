@@ -96,12 +96,29 @@ def predict_noise(
     return merged
 
 
+def guidance_rows(prompt_embeds: torch.Tensor, groups: int, guided: bool) -> torch.Tensor:
+    """(2 or 1, groups, D): the negative and conditional rows of ``prompt_embeds`` (negatives first, as
+    ``_encode_prompt`` stacks them), or the conditional rows alone without guidance. A callback may have cut the
+    negatives off (diffusers' ``SDCFGCutoffCallback`` keeps ``prompt_embeds[-1:]``)."""
+    rows = prompt_embeds.shape[0]
+    if rows == 2 * groups:
+        both = prompt_embeds.view(2, groups, -1)
+        return both if guided else both[1:]
+    if rows == groups:
+        if guided:
+            raise ValueError("guidance_scale > 1 needs negative embeddings, but `prompt_embeds` holds only the "
+                             f"{groups} conditional row(s): the prompt was encoded without guidance, or a callback "
+                             "removed them")
+        return prompt_embeds.view(1, groups, -1)
+    raise ValueError(f"`prompt_embeds` has {rows} rows; expected {groups} (conditional) or {2 * groups} "
+                     "(negative, then conditional)")
+
+
 def denoise(
     unet: torch.nn.Module,
     scheduler,
     latents: torch.Tensor,
-    window_embeds: torch.Tensor,
-    guidance_scale: float,
+    conditioning: Callable[[], tuple[torch.Tensor, float]],
     plan: WindowPlan,
     extra_step_kwargs: dict,
     batch_size: int,
@@ -109,16 +126,25 @@ def denoise(
     step_callback: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     cross_attention_kwargs: dict | None = None,
     timesteps: torch.Tensor | None = None,
+    interrupted: Callable[[], bool] = lambda: False,
 ) -> torch.Tensor:
     """Run ``timesteps`` (default: all of the scheduler's; audio-to-audio starts part way) on the windows of
-    ``plan`` (``plan_windows``); ``step_callback(i, t, latents)`` may return replacement latents."""
-    if window_embeds.shape[0] != len(plan.windows):
-        window_embeds = window_embeds.expand(len(plan.windows), *window_embeds.shape[1:])
+    ``plan`` (``plan_windows``).
+
+    ``conditioning()`` is read at every step, since a callback may change it: the windows' embeddings (W or 1,
+    2 or 1, B, D), negative and conditional rows or the conditional alone, and the guidance scale.
+    ``step_callback(i, t, latents)`` may return replacement latents; the loop stops before a step once
+    ``interrupted()`` is true."""
     timesteps = scheduler.timesteps if timesteps is None else timesteps
     with progress_bar(len(timesteps)) as bar:
         if len(plan.windows) > 1 and hasattr(bar, "set_postfix_str"):
             bar.set_postfix_str(f"{len(plan.windows)} windows")
         for i, t in enumerate(timesteps):
+            if interrupted():
+                break
+            window_embeds, guidance_scale = conditioning()
+            if window_embeds.shape[0] != len(plan.windows):
+                window_embeds = window_embeds.expand(len(plan.windows), *window_embeds.shape[1:])
             model_input_latents = scheduler.scale_model_input(latents, t)
             noise = predict_noise(unet, model_input_latents, t, window_embeds, guidance_scale, plan, batch_size,
                                   cross_attention_kwargs)

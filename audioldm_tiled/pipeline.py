@@ -12,13 +12,14 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers import AudioLDMPipeline
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.pipeline_utils import AudioPipelineOutput
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 
 from .audio import MelSettings, load_audio, mel_for_vae
 from .config import TilingConfig
-from .denoise import denoise, plan_windows
+from .denoise import denoise, guidance_rows, plan_windows
 from .memory import choose_window_batch_size
 from .timeline import is_timeline, mix_embeddings, parse_timeline, window_mix
 from .vae import check_exact_decode_fits, decode_tiles, iter_decode, tiled_decode, tiled_encode
@@ -72,6 +73,28 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
             super().__init__(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                              scheduler=scheduler, vocoder=vocoder)
         self.tiling = TilingConfig()
+        # What diffusers' callbacks read and set during a call (see the properties below).
+        self._guidance_scale, self._num_timesteps, self._interrupt = 2.5, 0, False
+
+    # ------------------------------------------------------------------------------- diffusers' callback interface
+    @property
+    def guidance_scale(self) -> float:
+        """The guidance scale of the call in progress; a step-end callback may change it for the steps after."""
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale > 1
+
+    @property
+    def num_timesteps(self) -> int:
+        """Denoising steps of the call in progress (fewer than ``num_inference_steps`` in audio-to-audio)."""
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        """Set ``pipe._interrupt = True`` from a callback to stop denoising after the current step."""
+        return self._interrupt
 
     # ----------------------------------------------------------------------------------------------- tiling switches
     def enable_vae_tiling(self, **fields: Any) -> None:
@@ -225,9 +248,13 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
                 prompt stays global.
             tiling (`TilingConfig`, *optional*): overrides ``pipe.tiling`` for this call (windows, VAE tiles,
                 vocoder chunks).
-            callback_on_step_end (`Callable`, *optional*): ``callback_on_step_end(pipe, step, timestep, kwargs)``
-                called after every step with the tensors named in ``callback_on_step_end_tensor_inputs``; a returned
-                ``{"latents": ...}`` replaces the latents.
+            callback_on_step_end (`Callable` or diffusers' `PipelineCallback`, *optional*):
+                ``callback_on_step_end(pipe, step, timestep, kwargs)`` called after every step with the tensors named
+                in ``callback_on_step_end_tensor_inputs`` (``"latents"``, ``"prompt_embeds"``: the negative rows,
+                then the conditional ones; for a timeline one row per segment each). Returned ``latents`` or
+                ``prompt_embeds`` (the conditional rows alone once guidance is off) are used from the next step on,
+                and so are ``pipe._guidance_scale`` and ``pipe._interrupt = True`` (stop after this step) if set, as
+                ``diffusers.callbacks.SDCFGCutoffCallback`` does.
             output_type: ``"np"`` (default), ``"pt"``, or ``"latent"`` to return the denoised latents undecoded.
             audio (path, numpy array or tensor, *optional*): restyle this recording instead of starting from noise
                 (audio-to-audio, SDEdit): a file soundfile reads (downmixed, resampled), or mono/(samples, channels)
@@ -333,6 +360,8 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
 
         Returns the config for this call, the denoised latents and the number of samples to keep."""
         config = self._config_for_call(tiling)
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         self._check_call_inputs(num_inference_steps, guidance_scale, output_type, callback_on_step_end_tensor_inputs)
         input_mel = None
         if audio is not None:
@@ -362,7 +391,8 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
         else:
             batch_size = prompt_embeds.shape[0]
         device = self._execution_device
-        do_classifier_free_guidance = guidance_scale > 1.0
+        self._guidance_scale, self._interrupt = guidance_scale, False
+        do_classifier_free_guidance = self.do_classifier_free_guidance
 
         prompt_embeds = self._encode_prompt(prompt, device, num_waveforms_per_prompt, do_classifier_free_guidance,
                                             negative_prompt, prompt_embeds=prompt_embeds,
@@ -376,35 +406,41 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
             latents, timesteps = self._noised_input(input_mel, batch_size * num_waveforms_per_prompt, strength,
                                                     num_inference_steps, prompt_embeds.dtype, device, generator,
                                                     config)
+        self._num_timesteps = len(timesteps)
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
         if output_type != "latent":  # fail now rather than after the denoising if the decode cannot fit
             check_exact_decode_fits(self.vae, latents, config)
 
-        # (windows or 1, 2 or 1, B, D): each window's negative and positive class embeddings.
-        guidance_rows = 2 if do_classifier_free_guidance else 1
+        # Read at every step: a callback may turn guidance off (diffusers' SDCFGCutoffCallback) or change the
+        # embeddings. For a timeline the embeddings are per segment, mixed per window.
         plan = plan_windows(latents.shape[2], config)
-        if timeline is None:
-            window_embeds = prompt_embeds.view(1, guidance_rows, -1, prompt_embeds.shape[-1])
-        else:
-            per_segment = prompt_embeds.view(guidance_rows, len(timeline), -1, prompt_embeds.shape[-1]).transpose(0, 1)
-            frames_per_second = 1 / (vocoder_upsample_factor * self.vae_scale_factor)  # latent frames per second
-            mix = window_mix(timeline, plan.windows, latents.shape[2], frames_per_second)
-            window_embeds = mix_embeddings(per_segment, mix)
+        groups = batch_size * num_waveforms_per_prompt if timeline is None else len(timeline)
+        mix = None if timeline is None else window_mix(timeline, plan.windows, latents.shape[2],
+                                                        1 / (vocoder_upsample_factor * self.vae_scale_factor))
+        current = {"prompt_embeds": prompt_embeds}
+
+        def conditioning() -> tuple[torch.Tensor, float]:
+            rows = guidance_rows(current["prompt_embeds"], groups, self.do_classifier_free_guidance)
+            if mix is None:
+                return rows[None], self._guidance_scale  # (1, 2 or 1, B, D)
+            return mix_embeddings(rows.transpose(0, 1)[:, :, None], mix), self._guidance_scale  # (W, 2 or 1, 1, D)
+
         window_batch = config.window_batch_size or choose_window_batch_size(
             latents, len(plan.windows), plan.windows[0].length, do_classifier_free_guidance, config)
 
-        def step_callback(i: int, t: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+        def step_callback(i: int, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
             if callback_on_step_end is not None:
-                available = {"latents": current, "prompt_embeds": prompt_embeds}
+                available = {"latents": latents, "prompt_embeds": current["prompt_embeds"]}
                 inputs = {k: available[k] for k in callback_on_step_end_tensor_inputs}
-                outputs = callback_on_step_end(self, i, t, inputs)
-                current = (outputs or {}).get("latents", current)
+                outputs = callback_on_step_end(self, i, t, inputs) or {}
+                latents = outputs.get("latents", latents)
+                current["prompt_embeds"] = outputs.get("prompt_embeds", current["prompt_embeds"])
             if callback is not None and i % callback_steps == 0:
-                callback(i // getattr(self.scheduler, "order", 1), t, current)
-            return current
+                callback(i // getattr(self.scheduler, "order", 1), t, latents)
+            return latents
 
-        latents = denoise(self.unet, self.scheduler, latents, window_embeds, guidance_scale, plan,
-                          extra_step_kwargs, window_batch, lambda total: self.progress_bar(total=total),
-                          step_callback, cross_attention_kwargs, timesteps)
+        latents = denoise(self.unet, self.scheduler, latents, conditioning, plan, extra_step_kwargs, window_batch,
+                          lambda total: self.progress_bar(total=total), step_callback, cross_attention_kwargs,
+                          timesteps, interrupted=lambda: self.interrupt)
 
         return config, latents, original_waveform_length
