@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -53,8 +54,10 @@ def generate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--guidance", type=float, default=2.5, help="classifier-free guidance scale (default 2.5)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--negative-prompt", default=None, help="what the audio should not contain")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda if available)")
-    parser.add_argument("--dtype", default="fp32", help="fp32 (default), fp16 or bf16")
+    parser.add_argument("--device", default="auto", type=_device_name,
+                        help="auto (default: cuda if available, else mps, else cpu), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--dtype", default="auto", choices=("auto", *DTYPES),
+                        help="auto (default: fp16 on cuda, fp32 elsewhere), fp32, fp16 or bf16")
     parser.add_argument("--mode", choices=("exact", "fast"), default="exact", help="VAE tiling mode (default exact)")
     parser.add_argument("--memory-budget", type=positive_number("--memory-budget", "GB"), default=None, metavar="GB",
                         help="memory to plan tiles and chunks for (default: most of the free memory)")
@@ -69,29 +72,45 @@ def generate_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _resolve_device(name: str | None):
+def _device_name(text: str) -> str:
+    """--device's spelling, checked while parsing (availability is checked once torch is loaded)."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {text!r}")
+    return text
+
+
+def _resolve_device(name: str):
+    """The device named, checked; "auto" is cuda if available, else mps, else cpu."""
     import torch
 
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
-        raise CliError(f"--device: unknown device {name!r}; use cpu, cuda, cuda:N or mps") from None
+        raise CliError(f"--device: unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise CliError(f"--device: unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CliError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise CliError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise CliError(f"--device {name}: MPS is not available on this machine; use --device cpu")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise CliError(f"--device: unsupported device {name!r}; use cpu, cuda, cuda:N or mps")
     return device
 
 
-def _resolve_dtype(name: str):
+def _resolve_dtype(name: str, device):
+    """The dtype named; "auto" is float16 on CUDA (half the memory and time of float32 there) and float32
+    elsewhere (half-precision convolutions are slow on CPUs)."""
     import torch
 
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
     if name not in DTYPES:
-        raise CliError(f"--dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+        raise CliError(f"--dtype must be auto or one of {', '.join(DTYPES)}, got {name!r}")
     return getattr(torch, DTYPES[name])
 
 
@@ -156,8 +175,8 @@ def generate(args: argparse.Namespace) -> Path:
         raise CliError(f"--steps must be a positive integer, got {args.steps}")
     if not math.isfinite(args.guidance):
         raise CliError(f"--guidance must be a finite number, got {args.guidance}")
-    dtype = _resolve_dtype(args.dtype)
     device = _resolve_device(args.device)
+    dtype = _resolve_dtype(args.dtype, device)
     import torch
 
     from .loading import ModelLoadError, load_pipeline

@@ -138,3 +138,31 @@ def test_cli_spectrogram_path_is_checked_before_loading(tmp_path, capsys, args, 
     assert main(["x", "-o", str(tmp_path / "o.wav"), "--model", "no/such-model", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and "could not be loaded" not in err
+
+
+def test_help_and_argument_errors_answer_before_torch_is_imported():
+    """A generous bound instead of a timer: parsing needs no torch, so --help and usage errors never load it."""
+    import subprocess
+    import sys
+
+    script = ("import sys; from audioldm_tiled.cli import main; "
+              "codes = [main(['--help']), main(['x', '-o', 'a.wav', '--device', 'gpu']), "
+              "main(['x', '-o', 'a.wav', '--dtype', 'fp8'])]; "
+              "print(codes, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[0, 2, 2] False"
+    assert "--device must be auto, cpu, cuda, cuda:N or mps, got 'gpu'" in done.stderr
+    assert "--dtype: invalid choice: 'fp8'" in done.stderr
+
+
+def test_auto_device_and_dtype():
+    import torch
+
+    from audioldm_tiled.cli import _resolve_device, _resolve_dtype
+
+    expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    assert _resolve_device("auto").type == expected
+    assert _resolve_dtype("auto", torch.device("cuda")) == torch.float16
+    assert _resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert _resolve_dtype("auto", torch.device("mps")) == torch.float32
+    assert _resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
