@@ -10,6 +10,7 @@ Enabled = bool | Literal["auto"]
 
 MODES = ("exact", "fast")
 WEIGHTINGS = ("cosine", "triangular", "uniform")
+VOCODER_PRECISIONS = ("auto", "model", "float32")
 
 
 def _check_positive_int(name: str, value: object, allow_none: bool = True, minimum: int = 1) -> None:
@@ -32,6 +33,7 @@ class TilingConfig:
     proxy_frames: int = 256  # fast mode: latent frames per proxy round (rounds: up to a quarter of the decode)
     vocoder_chunk_frames: int | None = None  # mel frames per vocoder chunk core; None: chosen from memory_budget
     vocoder_context_frames: int | None = None  # mel frames of context per side; None: the vocoder's receptive field
+    vocoder_precision: str = "auto"  # "auto": float32 for bfloat16 weights, else theirs; "model"; "float32"
     windowed: bool = True  # denoise in overlapping time windows when the latent is longer than one window
     window_frames: int = 256  # latent frames per denoising window (10.24 s, AudioLDM's training length)
     window_overlap_frames: int = 96  # latent frames shared by neighbouring windows (37.5 %)
@@ -59,6 +61,9 @@ class TilingConfig:
                 "TilingConfig.window_overlap_frames must be at most half of window_frames "
                 f"({self.window_frames // 2}), got {self.window_overlap_frames}"
             )
+        if self.vocoder_precision not in VOCODER_PRECISIONS:
+            raise ValueError(f"TilingConfig.vocoder_precision must be one of {VOCODER_PRECISIONS}, "
+                             f"got {self.vocoder_precision!r}")
         if self.window_weighting not in WEIGHTINGS:
             raise ValueError(
                 f"TilingConfig.window_weighting must be one of {WEIGHTINGS}, got {self.window_weighting!r}"

@@ -61,6 +61,30 @@ def cap_allocator(target: Target) -> None:
     resource.setrlimit(resource.RLIMIT_DATA, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
 
 
+def unit_scale_activations(module: torch.nn.Module, example: torch.Tensor) -> None:
+    """Rescale each convolution of ``module`` so that its output has unit standard deviation on ``example``, in
+    forward order (layer-sequential unit variance, Mishkin and Matas 2016).
+
+    Randomly initialised HiFi-GAN weights shrink the signal at every layer (outputs of order 1e-9 at the end), which
+    a trained vocoder does not: in float16 such activations underflow to zero. Rescaled, the random vocoder runs at
+    a trained one's scale, which is what a precision measurement needs."""
+    def rescale(conv, inputs, output):
+        std = output.float().std().clamp_min(1e-12)
+        conv.weight.data /= std
+        if conv.bias is not None:
+            conv.bias.data /= std
+        return output / std
+
+    hooks = [m.register_forward_hook(rescale) for m in module.modules()
+             if isinstance(m, (torch.nn.Conv1d, torch.nn.ConvTranspose1d))]
+    try:
+        with torch.no_grad():
+            module(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
 def audioldm_vae(target: Target):
     """The audioldm-s VAE, randomly initialised, on the target's device and dtype."""
     from diffusers import AutoencoderKL

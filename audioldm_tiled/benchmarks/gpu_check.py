@@ -1,0 +1,324 @@
+"""``audioldm-tiled bench gpu``: every measurement that needs an accelerator, in one prepared command.
+
+GPU time often comes in short slots. The checks run in order of value, each row written to the JSON file as soon
+as it exists, and the whole run stops within ``--budget-s`` seconds (a check that would run past it is stopped
+and recorded as such, and the rest as skipped):
+
+1. the main job: ``--seconds`` of audio in fp16 with the defaults, wall time split into denoising and
+   decode + vocoder, peak device memory;
+2. the parent pipeline's single pass on the same components (windowing and tiling off);
+3. the VAE decode of the same length: untiled, exact, fast and diffusers' ``enable_tiling``, with SNR against an
+   fp32 untiled decode;
+4. the vocoder: one pass against chunked, fp16 and bf16, SNR against fp32;
+5. the automatic fallback catching a real CUDA out-of-memory error under ``set_per_process_memory_fraction``;
+6. a ``--hour-seconds`` fast-mode stream;
+7. the main job in fp32.
+
+Components are randomly initialised with the named architecture's shapes: cost depends only on shapes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ..architectures import ARCHITECTURES, random_pipeline
+from ..arguments import positive_int, positive_number
+from ..config import TilingConfig
+from ..constants import LATENT_FRAMES_PER_SECOND, MEL_FRAMES_PER_SECOND
+from .runner import environment
+
+PROMPT = "soft rain on leaves"
+
+
+class CheckTimeout(Exception):
+    """The check ran past the time left in the budget."""
+
+
+class Device:
+    """Timing and peak memory on the device the checks run on (the process's peak RSS on the CPU)."""
+
+    def __init__(self, name: str):
+        self.device = torch.device(name)
+        self.cuda = self.device.type == "cuda"
+
+    def name(self) -> str:
+        return torch.cuda.get_device_name(self.device) if self.cuda else "cpu"
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def reset_peak(self) -> None:
+        if self.cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak_bytes(self) -> int:
+        if self.cuda:
+            return torch.cuda.max_memory_allocated(self.device)
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def timed(self, fn: Callable[[], object]) -> tuple[object, float]:
+        self.sync()
+        start = time.perf_counter()
+        out = fn()
+        self.sync()
+        return out, time.perf_counter() - start
+
+
+def snr_db(actual: torch.Tensor, reference: torch.Tensor) -> float:
+    actual, reference = actual.double().cpu(), reference.double().cpu()
+    error = (actual - reference).pow(2).mean()
+    return float("inf") if error == 0 else float(10 * torch.log10(reference.pow(2).mean() / error))
+
+
+class GpuCheck:
+    """The checks, sharing one device, one set of settings and the pipelines they build."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args, self.dev = args, Device(args.device)
+        self._pipes: dict[torch.dtype, object] = {}
+
+    def pipe(self, dtype: torch.dtype):
+        if dtype not in self._pipes:
+            self._pipes.clear()  # one pipeline on the device at a time
+            pipe = random_pipeline(self.args.arch, torch_dtype=dtype).to(self.dev.device)
+            pipe.set_progress_bar_config(disable=True)
+            self._pipes[dtype] = pipe
+        return self._pipes[dtype]
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(0)
+
+    def main_job(self, dtype: torch.dtype) -> dict:
+        pipe, seconds = self.pipe(dtype), self.args.seconds
+        self.dev.reset_peak()
+        latents, denoise_s = self.dev.timed(lambda: pipe(
+            PROMPT, audio_length_in_s=seconds, num_inference_steps=self.args.steps, generator=self.generator(),
+            output_type="latent").audios)
+        waves, decode_s = self.dev.timed(lambda: sum(p.shape[1] for p in pipe.stream_latents(latents, seconds)))
+        return {"denoise_s": denoise_s, "decode_and_vocoder_s": decode_s, "time_s": denoise_s + decode_s,
+                "samples": waves, "peak_bytes": self.dev.peak_bytes()}
+
+    def parent_single_pass(self) -> dict:
+        pipe = self.pipe(torch.float16 if self.dev.cuda else torch.float32)
+        self.dev.reset_peak()
+        _, elapsed = self.dev.timed(lambda: pipe(
+            PROMPT, audio_length_in_s=self.args.seconds, num_inference_steps=self.args.steps,
+            generator=self.generator(), tiling=TilingConfig(enabled=False, windowed=False)))
+        return {"time_s": elapsed, "peak_bytes": self.dev.peak_bytes()}
+
+    def decode(self) -> dict:
+        from ..vae import tiled_decode
+
+        dtype = torch.float16 if self.dev.cuda else torch.float32
+        vae = self.pipe(dtype).vae
+        frames = int(self.args.seconds * LATENT_FRAMES_PER_SECOND)
+        latents = torch.randn(1, vae.config.latent_channels, frames, 16, generator=self.generator())
+        with torch.no_grad():
+            reference = vae.float().decode(latents.to(self.dev.device)).sample.cpu()
+            vae.to(dtype)
+            row = {}
+            x = latents.to(self.dev.device, dtype)
+            variants = {
+                "untiled": lambda: vae.decode(x).sample,
+                "exact": lambda: tiled_decode(vae, x, TilingConfig(enabled=True, show_progress=False)),
+                "fast": lambda: tiled_decode(vae, x, TilingConfig(enabled=True, mode="fast", show_progress=False)),
+                "diffusers": lambda: _diffusers_tiled(vae, x),
+            }
+            for name, run in variants.items():
+                self.dev.reset_peak()
+                try:
+                    out, elapsed = self.dev.timed(run)
+                except torch.OutOfMemoryError:
+                    row[name] = {"error": "out of memory"}
+                    continue
+                row[name] = {"time_s": elapsed, "peak_bytes": self.dev.peak_bytes(),
+                             "snr_db_vs_fp32_untiled": snr_db(out, reference)}
+                del out
+        return row
+
+    def vocoder(self) -> dict:
+        """One pass and chunked in float16 and bfloat16 against float32, on a vocoder rescaled to a trained one's
+        activation scale (``stages.unit_scale_activations``): random weights would underflow in float16."""
+        from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
+
+        from ..vocoder import chunked_vocode
+        from .stages import unit_scale_activations
+
+        vocoder = SpeechT5HifiGan(SpeechT5HifiGanConfig(**ARCHITECTURES[self.args.arch].vocoder)).eval()
+        mel = torch.randn(1, int(self.args.seconds * MEL_FRAMES_PER_SECOND), vocoder.config.model_in_dim,
+                          generator=self.generator()) * 2 - 5  # about a log-mel's level and spread
+        unit_scale_activations(vocoder, mel[:, :200])
+        vocoder, mel = vocoder.to(self.dev.device), mel.to(self.dev.device)
+        row = {}
+        with torch.no_grad():
+            reference = vocoder(mel).cpu()
+            for dtype in (torch.float16, torch.bfloat16):
+                vocoder.to(dtype)
+                x = mel.to(dtype)
+                chunked = lambda x=x: chunked_vocode(vocoder, x, TilingConfig(show_progress=False))  # noqa: E731
+                for name, run in (("one-pass", lambda x=x: vocoder(x)), ("chunked", chunked)):
+                    self.dev.reset_peak()
+                    out, elapsed = self.dev.timed(run)
+                    row[f"{name}-{str(dtype).split('.')[-1]}"] = {
+                        "time_s": elapsed, "peak_bytes": self.dev.peak_bytes(),
+                        "snr_db_vs_fp32": snr_db(out, reference), "peak_abs": float(out.abs().max())}
+        return row
+
+    def fallback(self) -> dict:
+        """An untiled decode told it fits, under a memory fraction it cannot fit: the error must be caught and the
+        decode retried in tiles."""
+        if not self.dev.cuda:
+            return {"skipped": "needs CUDA (torch.cuda.set_per_process_memory_fraction)"}
+        from ..vae import tiled_decode
+        from ..vae.budget import UNTILED_DECODE_PEAK_FACTOR, untiled_bytes
+        from ..vae.dispatch import decode_job
+
+        vae = self.pipe(torch.float16).vae
+        latents = torch.randn(1, 8, int(self.args.seconds * LATENT_FRAMES_PER_SECOND), 16,
+                              generator=self.generator()).to(self.dev.device, torch.float16)
+        needed = untiled_bytes(decode_job(vae).tasks, latents, UNTILED_DECODE_PEAK_FACTOR)
+        total = torch.cuda.get_device_properties(self.dev.device).total_memory
+        cap = torch.cuda.memory_allocated(self.dev.device) + needed // 2
+        messages = []
+        handler = logging.Handler(logging.WARNING)
+        handler.emit = lambda record: messages.append(record.getMessage()[:300])
+        logging.getLogger("audioldm_tiled").addHandler(handler)
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), self.dev.device)
+        try:
+            config = TilingConfig(memory_budget=10**15, show_progress=False)  # wrongly says untiled fits
+            with torch.no_grad():
+                out, elapsed = self.dev.timed(lambda: tiled_decode(vae, latents, config))
+                exact = tiled_decode(vae, latents, TilingConfig(enabled=True, show_progress=False))
+        finally:
+            torch.cuda.set_per_process_memory_fraction(1.0, self.dev.device)
+            logging.getLogger("audioldm_tiled").removeHandler(handler)
+        return {"cap_bytes": cap, "untiled_estimate_bytes": needed, "time_s": elapsed,
+                "caught": any("ran out of memory" in m for m in messages), "warnings": messages,
+                "equal_to_exact": bool(torch.equal(out, exact))}
+
+    def hour_stream(self) -> dict:
+        from ..render import render_to_wav
+
+        pipe = self.pipe(torch.float16 if self.dev.cuda else torch.float32)
+        self.dev.reset_peak()
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "hour.wav"
+            _, elapsed = self.dev.timed(lambda: render_to_wav(
+                pipe, path, PROMPT, audio_length_in_s=self.args.hour_seconds, num_inference_steps=self.args.steps,
+                generator=self.generator(), tiling=TilingConfig(mode="fast")))
+            size = path.stat().st_size
+        return {"seconds": self.args.hour_seconds, "time_s": elapsed, "peak_bytes": self.dev.peak_bytes(),
+                "wav_bytes": size}
+
+    def checks(self) -> list[tuple[str, Callable[[], dict]]]:
+        return [
+            ("main-job-fp16", lambda: self.main_job(torch.float16)),
+            ("parent-single-pass", self.parent_single_pass),
+            ("decode", self.decode),
+            ("vocoder", self.vocoder),
+            ("fallback", self.fallback),
+            ("hour-stream-fast", self.hour_stream),
+            ("main-job-fp32", lambda: self.main_job(torch.float32)),
+        ]
+
+
+def _diffusers_tiled(vae, latents: torch.Tensor) -> torch.Tensor:
+    vae.enable_tiling()
+    try:
+        return vae.decode(latents).sample
+    finally:
+        vae.disable_tiling()
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float):
+    """Raise CheckTimeout in the main thread once ``seconds`` have passed (SIGALRM; Unix only)."""
+    def expire(signum, frame):
+        raise CheckTimeout(f"stopped after {seconds:.0f} s: the budget was spent")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _write(path: Path | None, report: dict) -> None:
+    """The report so far, replacing the file atomically: a run stopped at any point leaves valid JSON."""
+    if path is None:
+        return
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    with os.fdopen(fd, "w") as f:
+        json.dump(report, f, indent=1)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def run(args: argparse.Namespace) -> dict:
+    start = time.perf_counter()
+    check = GpuCheck(args)
+    report = {"device": check.dev.name(), "arch": args.arch, "seconds": args.seconds, "steps": args.steps,
+              "budget_s": args.budget_s, **environment(), "rows": []}
+    _write(args.json, report)
+    for name, fn in check.checks():
+        left = args.budget_s - (time.perf_counter() - start)
+        row = {"check": name}
+        if left <= 0:
+            row["skipped"] = "the budget was spent"
+        else:
+            began = time.perf_counter()
+            try:
+                with _time_limit(left):
+                    row.update(fn())
+            except CheckTimeout as error:
+                row["error"] = str(error)
+            except Exception as error:  # noqa: BLE001 - recorded, and the next check still runs
+                row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
+            row["wall_s"] = time.perf_counter() - began
+        report["rows"].append(row)
+        _write(args.json, report)
+        print(json.dumps(row), flush=True)
+    return report
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="audioldm-tiled bench gpu", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget-s", type=positive_number("--budget-s", "seconds"), default=420.0,
+                        help="stop within this many seconds (default 420)")
+    parser.add_argument("--json", type=Path, default=None, help="write the report here, row by row")
+    parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu to try the command")
+    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default="audioldm-s")
+    parser.add_argument("--seconds", type=positive_number("--seconds", "seconds"), default=300.0,
+                        help="length of the main job and of the decode and vocoder checks (default 300)")
+    parser.add_argument("--hour-seconds", type=positive_number("--hour-seconds", "seconds"), default=3600.0,
+                        help="length of the fast-mode stream (default 3600)")
+    parser.add_argument("--steps", type=positive_int("--steps"), default=10, help="denoising steps (default 10)")
+    args = parser.parse_args(argv)
+    if args.json is not None and not args.json.parent.is_dir():
+        parser.error(f"--json: folder {str(args.json.parent)!r} does not exist")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available on this machine (--device cpu tries the command)")
+    report = run(args)
+    failed = [r["check"] for r in report["rows"] if "error" in r]
+    if failed:
+        print(f"audioldm-tiled bench gpu: {', '.join(failed)} failed or ran out of time", file=sys.stderr)
+    return 1 if failed else 0

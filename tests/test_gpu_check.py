@@ -1,0 +1,33 @@
+"""The one-shot accelerator check runs on the CPU with tiny models and a short budget, and writes its JSON."""
+
+import json
+import subprocess
+import sys
+
+
+def test_gpu_check_runs_on_the_cpu_and_writes_every_row(tmp_path):
+    out = tmp_path / "gpu.json"
+    command = [sys.executable, "-m", "audioldm_tiled", "bench", "gpu", "--device", "cpu", "--arch", "tiny",
+               "--seconds", "3", "--hour-seconds", "6", "--steps", "1", "--budget-s", "300", "--json", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    rows = {row["check"]: row for row in report["rows"]}
+    assert list(rows) == ["main-job-fp16", "parent-single-pass", "decode", "vocoder", "fallback",
+                          "hour-stream-fast", "main-job-fp32"]
+    assert rows["main-job-fp16"]["samples"] == 3 * 16000 and rows["main-job-fp16"]["denoise_s"] > 0
+    assert rows["decode"]["exact"]["snr_db_vs_fp32_untiled"] > 90  # fp32 on the CPU: exact equals untiled
+    assert rows["vocoder"]["chunked-bfloat16"]["snr_db_vs_fp32"] > 20
+    assert rows["fallback"]["skipped"].startswith("needs CUDA")
+    assert rows["hour-stream-fast"]["wav_bytes"] == 44 + 2 * 6 * 16000
+    assert report["machine"] and report["torch"]
+
+
+def test_gpu_check_stops_within_its_budget(tmp_path):
+    out = tmp_path / "gpu.json"
+    command = [sys.executable, "-m", "audioldm_tiled", "bench", "gpu", "--device", "cpu", "--arch", "tiny",
+               "--seconds", "3", "--steps", "1", "--budget-s", "0.5", "--json", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    rows = json.loads(out.read_text())["rows"]
+    assert done.returncode == 1 and "ran out of time" in done.stderr
+    assert "budget was spent" in rows[0]["error"] and all(row["skipped"] for row in rows[1:])

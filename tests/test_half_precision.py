@@ -1,0 +1,82 @@
+"""The pipeline in float16 and bfloat16 on the CPU, exact and fast, called and streamed: float32 output, finite, and
+tiled equal to untiled within what the dtype's rounding allows."""
+
+import numpy as np
+import pytest
+import torch
+
+from audioldm_tiled import AudioLDMTiledPipeline, TilingConfig, chunked_vocode
+from audioldm_tiled.architectures import build_components
+from audioldm_tiled.benchmarks.stages import unit_scale_activations
+from conftest import relative_error
+
+WINDOWED = TilingConfig(window_frames=64, window_overlap_frames=16, show_progress=False)
+TILED = WINDOWED.replace(enabled=True, tile_frames=16, proxy_frames=32, vocoder_chunk_frames=64)
+# Tiled against untiled, end to end (relative to the largest sample). Both run every convolution in the dtype and
+# differ in summation order and in where GroupNorm rounds (the tiled one in float32). Measured on this 6 s render:
+# float16 2.4e-2, bfloat16 5.4e-2 (unit roundoff 4.9e-4 and 3.9e-3; the random vocoder amplifies its input's
+# rounding). A decode whose tiles normalise themselves is off by 0.69 of the largest value, 4.6x the bfloat16 bound.
+TOLERANCE = {torch.float16: 0.05, torch.bfloat16: 0.15}
+
+
+def _pipe(dtype: torch.dtype) -> AudioLDMTiledPipeline:
+    components = build_components("tiny")
+    # Random HiFi-GAN weights shrink the signal to ~1e-9, which float16 flushes to zero; rescaled, the vocoder runs
+    # at a trained one's scale and the comparison below has something to compare.
+    unit_scale_activations(components["vocoder"], torch.randn(1, 200, 64, generator=torch.Generator()) * 2 - 5)
+    pipe = AudioLDMTiledPipeline(**components).to(dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _render(pipe, tiling: TilingConfig, stream: bool = False) -> np.ndarray:
+    args = dict(audio_length_in_s=6, num_inference_steps=1, generator=torch.Generator().manual_seed(0), tiling=tiling)
+    if stream:
+        return np.concatenate(list(pipe.stream("rain", **args)), axis=1)
+    return pipe("rain", **args).audios
+
+
+@pytest.fixture(scope="module")
+def fast_error_in_float32() -> float:
+    """Fast mode's own error on this render (its statistics are estimates), which half precision adds to."""
+    pipe = _pipe(torch.float32)
+    untiled = _render(pipe, WINDOWED.replace(enabled=False))
+    return relative_error(torch.from_numpy(_render(pipe, TILED.replace(mode="fast"))), torch.from_numpy(untiled))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_end_to_end(dtype, fast_error_in_float32):
+    pipe = _pipe(dtype)
+    untiled = torch.from_numpy(_render(pipe, WINDOWED.replace(enabled=False)))
+    outputs = {}
+    for mode in ("exact", "fast"):
+        called = outputs[mode] = _render(pipe, TILED.replace(mode=mode))
+        streamed = _render(pipe, TILED.replace(mode=mode), stream=True)
+        assert called.dtype == np.float32 and np.isfinite(called).all() and np.abs(called).max() > 0.1
+        assert np.array_equal(streamed, called)
+        error = relative_error(torch.from_numpy(called), untiled)
+        bound = TOLERANCE[dtype] + (fast_error_in_float32 if mode == "fast" else 0)
+        assert error < bound, (mode, error)
+    assert not np.array_equal(outputs["fast"], outputs["exact"])  # 150 latent frames: fast mode runs its proxy
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_vocoder_precision_float32_computes_in_float32_from_half_weights(dtype):
+    vocoder = build_components("tiny")["vocoder"]
+    mel = torch.randn(1, 300, 64, generator=torch.Generator().manual_seed(0)) * 2 - 5
+    unit_scale_activations(vocoder, mel)
+    vocoder.to(dtype)
+    widened = build_components("tiny")["vocoder"]
+    widened.load_state_dict({k: v.float() for k, v in vocoder.state_dict().items()})  # the same rounded weights
+    with torch.no_grad():
+        expected = widened(mel.to(dtype).float())
+        config = TilingConfig(vocoder_chunk_frames=64, show_progress=False)
+        in_float32 = chunked_vocode(vocoder, mel.to(dtype), config.replace(vocoder_precision="float32"))
+        in_half = chunked_vocode(vocoder, mel.to(dtype), config.replace(vocoder_precision="model"))
+        automatic = chunked_vocode(vocoder, mel.to(dtype), config)
+    assert in_float32.dtype == torch.float32 and in_half.dtype == dtype
+    # "auto" widens bfloat16 (it costs the vocoder 35.8 dB SNR on audioldm-s shapes) and keeps float16
+    assert torch.equal(automatic, in_float32 if dtype == torch.bfloat16 else in_half)
+    # float32 summation order only (measured 2.2e-5 and 2.7e-5 here, where the unit-scaled vocoder amplifies it)
+    assert relative_error(in_float32, expected) < 1e-4
+    assert relative_error(in_half.float(), expected) > 10 * relative_error(in_float32, expected)
