@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import os
-import tempfile
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,27 +20,14 @@ import torch
 from scipy.signal import resample_poly
 
 from .constants import F_MAX, F_MIN, HOP_LENGTH, LOG_MEL_FLOOR, N_FFT, N_MELS, SAMPLE_RATE, WIN_LENGTH
+from .files import OutputError, atomic_file
 
 logger = logging.getLogger(__name__)
 
-SUBTYPES = ("PCM_16", "PCM_24", "PCM_32", "FLOAT")
-
-
-def check_output_path(path: str | os.PathLike, overwrite: bool = True) -> Path:
-    """Fail now, not after a long generation, if ``path`` cannot be written."""
-    path = Path(path)
-    if path.suffix.lower() != ".wav":
-        raise ValueError(f"output path must end in .wav, got {str(path)!r}")
-    if path.is_dir():
-        raise ValueError(f"output path {str(path)!r} is a directory")
-    if path.exists() and not overwrite:
-        raise ValueError(f"output path {str(path)!r} exists (pass overwrite=True or --overwrite to replace it)")
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise ValueError(f"folder {str(folder)!r} of the output path does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"folder {str(folder)!r} of the output path is not writable")
-    return path
+MAX_CHANNELS = 16  # more "channels" than this is an array given as (channels, samples)
+SUBTYPE_BYTES = {"PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4}  # bytes per sample
+SUBTYPES = tuple(SUBTYPE_BYTES)
+WAV_HEADER_BYTES = 44
 
 
 def _as_frames(audio: np.ndarray) -> np.ndarray:
@@ -54,26 +42,36 @@ def _as_frames(audio: np.ndarray) -> np.ndarray:
 
 @contextlib.contextmanager
 def open_wav(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, subtype: str = "PCM_16",
-             channels: int = 1) -> Iterator[sf.SoundFile]:
-    """A soundfile writer on a temporary file beside ``path``, renamed onto ``path`` only if the block succeeds.
+             channels: int = 1, overwrite: bool = True) -> Iterator[_ClippingWriter]:
+    """A writer whose blocks go into a WAV file that appears at ``path`` only if the block succeeds
+    (``files.atomic_file``: a failed or interrupted write leaves no partial file and an existing one intact).
 
-    An interrupted or failed write leaves no partial file and does not touch an existing ``path``.
+    Raises:
+        OutputError: the disk filled ("no space left on device"), or ``path`` appeared meanwhile and
+            ``overwrite`` is False.
     """
     if subtype not in SUBTYPES:
         raise ValueError(f"subtype must be one of {SUBTYPES}, got {subtype!r}")
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0:
         raise ValueError(f"sample_rate must be a positive int, got {sample_rate!r}")
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent if str(path.parent) else ".")
-    os.close(fd)
-    try:
-        with sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=channels, subtype=subtype, format="WAV") as f:
-            yield _ClippingWriter(f)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path, overwrite) as tmp:
+        try:
+            with sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=channels, subtype=subtype,
+                              format="WAV") as f:
+                yield _ClippingWriter(f)
+        except sf.LibsndfileError as error:  # libsndfile says "System error." where the OS said ENOSPC
+            if shutil.disk_usage(tmp.parent).free < _FULL:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from None
+            raise OutputError(errno.EIO, f"could not write {str(path)!r}: {error}") from None
+
+
+# Free space under which a failed write is taken for a full disk: below any block this library writes.
+_FULL = 1 << 20
+
+
+def wav_bytes(samples: float, subtype: str = "PCM_16", channels: int = 1) -> int:
+    """The size of a WAV file of ``samples`` frames: what a render of known length needs on disk."""
+    return WAV_HEADER_BYTES + int(samples) * channels * SUBTYPE_BYTES[subtype]
 
 
 class _ClippingWriter:
@@ -90,14 +88,15 @@ class _ClippingWriter:
 
 
 def save_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int = SAMPLE_RATE,
-             subtype: str = "PCM_16") -> Path:
+             subtype: str = "PCM_16", overwrite: bool = True) -> Path:
     """Write ``audio`` (samples,) or (samples, channels), float in [-1, 1], to a WAV file atomically.
 
     Values are clipped to [-1, 1] before integer conversion. ``subtype`` is a soundfile subtype: "PCM_16"
     (default), "PCM_24", "PCM_32" or "FLOAT".
     """
     frames = _as_frames(audio)
-    with open_wav(path, sample_rate, subtype, channels=1 if frames.ndim == 1 else frames.shape[1]) as writer:
+    channels = 1 if frames.ndim == 1 else frames.shape[1]
+    with open_wav(path, sample_rate, subtype, channels=channels, overwrite=overwrite) as writer:
         writer.write(frames)
     return Path(path)
 
@@ -148,6 +147,10 @@ def load_audio(source: str | os.PathLike | np.ndarray | torch.Tensor, sample_rat
                              f"{samples.dtype} {samples.shape}")
         if samples.size == 0:
             raise ValueError("audio is empty (0 samples)")
+        if samples.ndim == 2 and samples.shape[1] > MAX_CHANNELS:
+            raise ValueError(f"audio must be (samples,) or (samples, channels) as soundfile returns it; "
+                             f"{samples.shape} would be {samples.shape[1]} channels: for (channels, samples) pass "
+                             "audio.T")
         samples = samples.astype(np.float32).reshape(samples.shape[0], -1)
         source_rate = sample_rate if source_rate is None else source_rate
     if samples.shape[0] == 0:

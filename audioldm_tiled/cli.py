@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
+import os
 import re
+import signal
 import sys
+import threading
 from pathlib import Path
 
-from .arguments import positive_number
+from .arguments import positive_int, positive_number
 from .constants import DTYPES
 from .loading import DEFAULT_MODEL
 
@@ -18,6 +22,30 @@ logger = logging.getLogger("audioldm_tiled.cli")
 
 class CliError(Exception):
     """A user error: printed as one line, exit status 2."""
+
+
+MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed takes
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"--seed must be an integer from 0 to {MAX_SEED}, got {text!r}")
+    return value
+
+
+def _attach_negative_at(argv: list[str]) -> list[str]:
+    """``--at -1:rain`` as ``--at=-1:rain``: argparse would take a value starting with "-" for an option."""
+    out = []
+    for index, arg in enumerate(argv):
+        if index and argv[index - 1] == "--at" and arg.startswith("-") and out and out[-1] == "--at":
+            out[-1] = f"--at={arg}"
+        else:
+            out.append(arg)
+    return out
 
 
 def _timeline_segment(text: str) -> tuple[float, str]:
@@ -45,14 +73,14 @@ def generate_parser() -> argparse.ArgumentParser:
                         help="length of the audio in seconds (default 10; with --input, the input's length)")
     parser.add_argument("--input", metavar="FILE", default=None,
                         help="audio-to-audio: restyle this recording (any length, any format soundfile reads)")
-    parser.add_argument("--strength", type=float, default=0.5,
+    parser.add_argument("--strength", type=float, default=None,
                         help="with --input: how far towards noise the input goes, in (0, 1] (default 0.5)")
     parser.add_argument("-o", "--output", required=True, help="output .wav file")
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"hub id, local folder, or random:ARCH for random weights (default {DEFAULT_MODEL})")
-    parser.add_argument("--steps", type=int, default=10, help="denoising steps (default 10)")
+    parser.add_argument("--steps", type=positive_int("--steps"), default=10, help="denoising steps (default 10)")
     parser.add_argument("--guidance", type=float, default=2.5, help="classifier-free guidance scale (default 2.5)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=_seed, default=0, help=f"random seed, 0 to {MAX_SEED} (default 0)")
     parser.add_argument("--negative-prompt", default=None, help="what the audio should not contain")
     parser.add_argument("--device", default="auto", type=_device_name,
                         help="auto (default: cuda if available, else mps, else cpu), cpu, cuda, cuda:N or mps")
@@ -144,14 +172,19 @@ def _prompt_or_timeline(args: argparse.Namespace):
 def _resolve_length(args: argparse.Namespace) -> None:
     """Set ``args.seconds``: the input's length with --input (checked readable now), else --seconds or 10."""
     if args.input is None:
+        if args.strength is not None:
+            raise CliError("--strength goes with --input (how far the input is taken towards noise)")
         args.seconds = 10.0 if args.seconds is None else args.seconds
         return
     import soundfile
 
     if args.seconds is not None:
         raise CliError("--seconds cannot be combined with --input: the output has the input's length")
+    args.strength = 0.5 if args.strength is None else args.strength
     if not (0 < args.strength <= 1):
         raise CliError(f"--strength must be in (0, 1], got {args.strength}")
+    if not os.path.isfile(args.input):
+        raise CliError(f"--input {args.input}: no such file")
     try:
         info = soundfile.info(args.input)
     except Exception as error:  # noqa: BLE001 - missing file, unknown format, unreadable: all "cannot read"
@@ -163,16 +196,20 @@ def _resolve_length(args: argparse.Namespace) -> None:
 
 
 def generate(args: argparse.Namespace) -> Path:
-    from .audio import check_output_path
+    from .audio import wav_bytes
     from .config import TilingConfig
+    from .constants import SAMPLE_RATE
+    from .files import check_output_path
     from .render import render_to_wav
 
-    output = check_output_path(args.output, overwrite=not args.no_overwrite)  # before any model is loaded
+    check_output_path(args.output, overwrite=not args.no_overwrite)  # before any model is loaded
     picture = _check_spectrogram_path(args)
     _resolve_length(args)
+    output = check_output_path(args.output, overwrite=not args.no_overwrite,
+                               size=wav_bytes(args.seconds * SAMPLE_RATE, args.subtype))
     prompt = _prompt_or_timeline(args)
-    if args.steps < 1:
-        raise CliError(f"--steps must be a positive integer, got {args.steps}")
+    if args.memory_budget is not None and int(args.memory_budget * 1e9) < 1:
+        raise CliError(f"--memory-budget must be at least 1e-9 GB (one byte), got {args.memory_budget:g}")
     if not math.isfinite(args.guidance):
         raise CliError(f"--guidance must be a finite number, got {args.guidance}")
     device = _resolve_device(args.device)
@@ -201,7 +238,10 @@ def generate(args: argparse.Namespace) -> Path:
 
         seams = pipe.seam_positions(args.seconds, tiling) if args.mark_seams else None
         audio, rate = soundfile.read(output, dtype="float32")
-        save_spectrogram(picture, audio, rate, boundaries=seams, title=f"{output.name}: {args.seconds:g} s")
+        try:
+            save_spectrogram(picture, audio, rate, boundaries=seams, title=f"{output.name}: {args.seconds:g} s")
+        except OSError as error:
+            raise CliError(f"--spectrogram: {error}; the audio was written to {output}") from None
         logger.info("wrote %s", picture)
     return output
 
@@ -212,14 +252,13 @@ def _check_spectrogram_path(args: argparse.Namespace) -> Path | None:
         if args.mark_seams:
             raise CliError("--mark-seams marks the spectrogram: give --spectrogram FILE.png too")
         return None
+    from .files import check_output_path
     from .plots import require_matplotlib
 
-    path = Path(args.spectrogram)
-    if path.suffix.lower() != ".png":
-        raise CliError(f"--spectrogram must end in .png, got {args.spectrogram!r}")
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise CliError(f"--spectrogram: folder {str(folder)!r} does not exist")
+    try:
+        path = check_output_path(args.spectrogram, suffix=".png")
+    except (ValueError, OSError) as error:
+        raise CliError(f"--spectrogram: {error}") from None
     try:
         require_matplotlib()
     except ImportError as error:
@@ -227,22 +266,57 @@ def _check_spectrogram_path(args: argparse.Namespace) -> Path | None:
     return path
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: unwinds like KeyboardInterrupt, so the partial output is removed."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _terminating_signals_unwind():
+    """SIGTERM and SIGHUP (Slurm, systemd, timeout, a closed terminal) clean up like Ctrl-C, then exit 128 + N."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def unwind(signum, frame):
+        raise Terminated(signum)
+
+    previous = {sig: signal.signal(sig, unwind) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
-        if argv and argv[0] == "bench":
-            from .benchmarks.cli import main as bench_main
+        with _terminating_signals_unwind():
+            if argv and argv[0] == "bench":
+                from .benchmarks.cli import main as bench_main
 
-            return bench_main(argv[1:])
-        args = generate_parser().parse_args(argv)
-        generate(args)
+                return bench_main(argv[1:])
+            args = generate_parser().parse_args(_attach_negative_at(argv))
+            generate(args)
     except (CliError, ValueError, MemoryError) as error:  # MemoryError: a decode that cannot fit, said before denoising
         print(f"audioldm-tiled: error: {error or 'out of memory'}", file=sys.stderr)
         return 2
+    except OSError as error:  # a full disk, a file that appeared under --no-overwrite, a folder gone
+        where = f": {error.filename}" if error.filename and str(error.filename) not in str(error) else ""
+        print(f"audioldm-tiled: error: {error.strerror or error}{where}", file=sys.stderr)
+        return 1
     except SystemExit as exit_:  # argparse's usage errors (status 2) and --help (status 0)
         return int(exit_.code or 0)
     except KeyboardInterrupt:
         print("audioldm-tiled: interrupted; no output was written", file=sys.stderr)
         return 130
+    except Terminated as stop:
+        print(f"audioldm-tiled: stopped by {signal.Signals(stop.signum).name}; no output was written",
+              file=sys.stderr)
+        return 128 + stop.signum
     return 0

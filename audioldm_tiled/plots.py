@@ -10,11 +10,13 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
 from .audio import MelSettings, log_mel
 from .constants import SAMPLE_RATE
+from .files import atomic_file
 
 # Line styles for boundary kinds, in the order they are given.
 _BOUNDARY_STYLES = [("white", "--"), ("cyan", ":"), ("magenta", "-.")]
@@ -75,6 +77,10 @@ def spectrogram_figure(audio: np.ndarray, sample_rate: int = SAMPLE_RATE, row_se
     return figure
 
 
-def save_spectrogram(path: str | os.PathLike, audio: np.ndarray, sample_rate: int = SAMPLE_RATE, **kwargs) -> None:
-    """``spectrogram_figure(...)`` saved as an image (PNG by the file's suffix)."""
-    spectrogram_figure(audio, sample_rate, **kwargs).savefig(path, dpi=100)
+def save_spectrogram(path: str | os.PathLike, audio: np.ndarray, sample_rate: int = SAMPLE_RATE,
+                     overwrite: bool = True, **kwargs) -> None:
+    """``spectrogram_figure(...)`` saved as an image (the format by the file's suffix), atomically
+    (``files.atomic_file``: a failure leaves no partial picture and an existing one intact)."""
+    figure = spectrogram_figure(audio, sample_rate, **kwargs)
+    with atomic_file(path, overwrite) as tmp:
+        figure.savefig(tmp, dpi=100, format=Path(path).suffix.lstrip(".").lower() or "png")

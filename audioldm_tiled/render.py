@@ -6,15 +6,17 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .audio import check_output_path, open_wav
+from .audio import open_wav, wav_bytes
+from .files import check_output_path
 
 
 def render_to_wav(pipe, path: str | os.PathLike, prompt: Any = None, *, subtype: str = "PCM_16",
                   overwrite: bool = True, **call_kwargs: Any) -> Path:
     """Generate with ``pipe.stream(prompt, **call_kwargs)`` and write the waveform to ``path`` as it arrives.
 
-    The path is checked before any model work; the file appears only once the render has succeeded (an existing
-    file is replaced then, or kept when the render fails). Memory stays that of one piece, whatever the length.
+    The path, and the free space for a render of known length, are checked before any model work; the file
+    appears only once the render has succeeded (``files.atomic_file``: an existing file is replaced then, or kept
+    when the render fails or is interrupted). Memory stays that of one piece, whatever the length.
 
     Args:
         pipe: an ``AudioLDMTiledPipeline``.
@@ -27,14 +29,16 @@ def render_to_wav(pipe, path: str | os.PathLike, prompt: Any = None, *, subtype:
     Returns:
         The path written.
     """
-    path = check_output_path(path, overwrite=overwrite)
+    seconds = call_kwargs.get("audio_length_in_s")
+    size = None if seconds is None else wav_bytes(seconds * pipe.vocoder.config.sampling_rate, subtype)
+    path = check_output_path(path, overwrite=overwrite, size=size)
     if call_kwargs.get("num_waveforms_per_prompt", 1) != 1 or (
         isinstance(prompt, list) and len(prompt) > 1 and all(isinstance(p, str) for p in prompt)
     ):
         raise ValueError("render_to_wav writes one waveform: give one prompt (or one timeline) and "
                          "num_waveforms_per_prompt=1")
     pieces = pipe.stream(prompt, **call_kwargs)
-    with open_wav(path, pipe.vocoder.config.sampling_rate, subtype) as writer:
+    with open_wav(path, pipe.vocoder.config.sampling_rate, subtype, overwrite=overwrite) as writer:
         for piece in pieces:
             writer.write(piece[0])
     return path

@@ -19,7 +19,8 @@ import sys
 import torch
 
 from audioldm_tiled import TilingConfig
-from audioldm_tiled.audio import check_output_path, open_wav
+from audioldm_tiled.audio import open_wav
+from audioldm_tiled.files import check_output_path
 from audioldm_tiled.loading import DEFAULT_MODEL, load_pipeline
 
 

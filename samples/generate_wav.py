@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from audioldm_tiled import TilingConfig
-from audioldm_tiled.audio import check_output_path
+from audioldm_tiled.files import check_output_path
 from audioldm_tiled.loading import DEFAULT_MODEL, load_pipeline
 from audioldm_tiled.render import render_to_wav
 

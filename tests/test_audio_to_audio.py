@@ -121,7 +121,7 @@ def test_cli_input_and_strength(tmp_path, capsys):
                  "--model", "random:tiny", "--steps", "2", "--quiet"]) == 0
     info = sf.info(out)
     assert (info.samplerate, info.frames) == (RATE, int(1.5 * RATE))
-    for args, message in [(["--input", str(tmp_path / "none.wav")], "cannot read"),
+    for args, message in [(["--input", str(tmp_path / "none.wav")], "no such file"),
                           (["--input", str(tmp_path / "in.wav"), "--strength", "0"], "--strength"),
                           (["--input", str(tmp_path / "in.wav"), "--seconds", "3"], "--seconds")]:
         assert main(["x", *args, "-o", str(tmp_path / "o.wav"), "--model", "no/such-model"]) == 2

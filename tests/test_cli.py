@@ -166,3 +166,9 @@ def test_auto_device_and_dtype():
     assert _resolve_dtype("auto", torch.device("cpu")) == torch.float32
     assert _resolve_dtype("auto", torch.device("mps")) == torch.float32
     assert _resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+
+
+def test_bench_refuses_bad_arguments_before_running_a_point(capsys):
+    assert main(["bench", "decode", "--seconds", "-1"]) == 2
+    assert "--seconds must be a positive finite number" in capsys.readouterr().err
+    assert main(["bench", "decode", "--steps", "0"]) == 2
