@@ -15,6 +15,7 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 from ..config import TilingConfig
 from ..constants import MEL_FRAMES_PER_SECOND
+from ..files import format_bytes
 from ..geometry import Tile, plan_tiles
 from ..memory import (
     BUDGET_SHARE,
@@ -124,8 +125,8 @@ def check_exact_decode_fits(vae, latents: torch.Tensor, config: TilingConfig) ->
     if needed <= budget:
         return
     raise InsufficientMemoryError(
-        f"an exact VAE decode of {latents.shape[2] * job.frame_seconds:.0f} s holds about {needed / 1e9:.1f} GB for "
-        f"the whole sequence, more than the memory budget of {budget / 1e9:.1f} GB ({BUDGET_SHARE:.0%} of the free "
+        f"an exact VAE decode of {latents.shape[2] * job.frame_seconds:.0f} s holds about {format_bytes(needed)} for "
+        f"the whole sequence, more than the memory budget of {format_bytes(budget)} ({BUDGET_SHARE:.0%} of the free "
         "memory unless TilingConfig.memory_budget says otherwise). Decode in fast mode (TilingConfig(mode='fast'), "
         "CLI --mode fast), whose memory does not grow with the length, or set memory_budget (CLI --memory-budget GB) "
         "if more memory is free."
