@@ -42,7 +42,7 @@ def _as_frames(audio: np.ndarray) -> np.ndarray:
 
 @contextlib.contextmanager
 def open_wav(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, subtype: str = "PCM_16",
-             channels: int = 1, overwrite: bool = True) -> Iterator[_ClippingWriter]:
+             channels: int = 1, overwrite: bool = True) -> Iterator[WavWriter]:
     """A writer whose blocks go into a WAV file that appears at ``path`` only if the block succeeds
     (``files.atomic_file``: a failed or interrupted write leaves no partial file and an existing one intact).
 
@@ -58,7 +58,7 @@ def open_wav(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, subtype: s
         try:
             with sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=channels, subtype=subtype,
                               format="WAV") as f:
-                yield _ClippingWriter(f)
+                yield WavWriter(f)
         except sf.LibsndfileError as error:  # libsndfile says "System error." where the OS said ENOSPC
             if shutil.disk_usage(tmp.parent).free < _FULL:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from None
@@ -74,7 +74,7 @@ def wav_bytes(samples: float, subtype: str = "PCM_16", channels: int = 1) -> int
     return WAV_HEADER_BYTES + int(samples) * channels * SUBTYPE_BYTES[subtype]
 
 
-class _ClippingWriter:
+class WavWriter:
     """Writes float blocks to a SoundFile, clipped to [-1, 1]; counts frames written."""
 
     def __init__(self, file: sf.SoundFile):

@@ -107,7 +107,7 @@ def _device_name(text: str) -> str:
     return text
 
 
-def _resolve_device(name: str):
+def resolve_device(name: str):
     """The device named, checked; "auto" is cuda if available, else mps, else cpu."""
     import torch
 
@@ -130,7 +130,7 @@ def _resolve_device(name: str):
     return device
 
 
-def _resolve_dtype(name: str, device):
+def resolve_dtype(name: str, device):
     """The dtype named; "auto" is float16 on CUDA (half the memory and time of float32 there) and float32
     elsewhere (half-precision convolutions are slow on CPUs)."""
     import torch
@@ -212,8 +212,8 @@ def generate(args: argparse.Namespace) -> Path:
         raise CliError(f"--memory-budget must be at least 1e-9 GB (one byte), got {args.memory_budget:g}")
     if not math.isfinite(args.guidance):
         raise CliError(f"--guidance must be a finite number, got {args.guidance}")
-    device = _resolve_device(args.device)
-    dtype = _resolve_dtype(args.dtype, device)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
     import torch
 
     from .loading import ModelLoadError, load_pipeline

@@ -3,10 +3,7 @@ vocoder, so that memory does not grow with the length of the audio."""
 
 from __future__ import annotations
 
-import contextlib
-import logging as std_logging
 import math
-import numbers
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,46 +15,16 @@ from diffusers.pipelines.pipeline_utils import AudioPipelineOutput
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 
-from .audio import MelSettings, load_audio, mel_for_vae
+from .call_inputs import check_call_arguments, check_latents, check_length_fits, read_input_audio
 from .config import TilingConfig
 from .denoise import denoise, guidance_rows, plan_windows
-from .files import format_bytes
-from .memory import InsufficientMemoryError, available_memory, choose_window_batch_size
+from .deprecation import parent_deprecation_once
+from .memory import choose_window_batch_size
 from .timeline import is_timeline, mix_embeddings, parse_timeline, window_mix
 from .vae import check_exact_decode_fits, decode_tiles, iter_decode, tiled_decode, tiled_encode
 from .vocoder import chunked_vocode, hop_length, plan_chunks, stream_vocode
 
 logger = logging.get_logger(__name__)
-
-_PARENT_DEPRECATION = "has been deprecated and will not receive bug fixes"
-_deprecation_shown = False
-
-
-class _DropParentDeprecation(std_logging.Filter):
-    def filter(self, record: std_logging.LogRecord) -> bool:
-        return _PARENT_DEPRECATION not in record.getMessage()
-
-
-@contextlib.contextmanager
-def _parent_deprecation_once() -> Iterator[None]:
-    """Show diffusers' deprecation of AudioLDMPipeline once per process, naming the parent rather than this class
-    (diffusers' own message would say AudioLDMTiledPipeline is deprecated, which it is not)."""
-    global _deprecation_shown
-    parent_logger = logging.get_logger("diffusers.pipelines.pipeline_utils")
-    drop = _DropParentDeprecation()
-    parent_logger.addFilter(drop)
-    try:
-        yield
-    finally:
-        parent_logger.removeFilter(drop)
-    if not _deprecation_shown:
-        _deprecation_shown = True
-        logger.warning(
-            "diffusers' AudioLDMPipeline, which AudioLDMTiledPipeline subclasses, %s after diffusers %s; "
-            "audioldm_tiled's tests guard the parts it relies on.",
-            _PARENT_DEPRECATION, AudioLDMPipeline._last_supported_version,
-        )
-
 
 class AudioLDMTiledPipeline(AudioLDMPipeline):
     r"""Text-to-audio with AudioLDM for audio of any length.
@@ -71,7 +38,7 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
     _callback_tensor_inputs = ["latents", "prompt_embeds"]
 
     def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, vocoder):
-        with _parent_deprecation_once():
+        with parent_deprecation_once(AudioLDMPipeline, type(self).__name__):
             super().__init__(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                              scheduler=scheduler, vocoder=vocoder)
         self.tiling = TilingConfig()
@@ -148,70 +115,6 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
         if height % self.vae_scale_factor != 0:
             height = int(np.ceil(height / self.vae_scale_factor)) * self.vae_scale_factor
         return float(audio_length_in_s), height, int(audio_length_in_s * self.vocoder.config.sampling_rate)
-
-    def _check_call_inputs(self, prompt, num_inference_steps, guidance_scale, num_waveforms_per_prompt,
-                           output_type: str, callback_on_step_end_tensor_inputs: list[str]) -> tuple[int, float, int]:
-        """Checks of the arguments the parent leaves to torch; returns the steps, guidance and waveforms per prompt
-        as Python numbers (numpy scalars are welcome)."""
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, numbers.Integral) \
-                or num_inference_steps < 1:
-            raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}")
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real) \
-                or not math.isfinite(guidance_scale):
-            raise ValueError(f"`guidance_scale` must be a finite number, got {guidance_scale!r}")
-        num_waveforms_per_prompt = 1 if num_waveforms_per_prompt is None else num_waveforms_per_prompt
-        if isinstance(num_waveforms_per_prompt, bool) or not isinstance(num_waveforms_per_prompt, numbers.Integral) \
-                or num_waveforms_per_prompt < 1:
-            raise ValueError(f"`num_waveforms_per_prompt` must be a positive integer, got {num_waveforms_per_prompt!r}")
-        if isinstance(prompt, (list, tuple)) and not prompt:
-            raise ValueError("`prompt` is an empty list: give a string, a non-empty list of strings or a timeline")
-        if output_type not in ("np", "pt", "latent"):
-            raise ValueError(f"`output_type` must be 'np', 'pt' or 'latent', got {output_type!r}")
-        unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
-        if unknown:
-            raise ValueError(
-                f"`callback_on_step_end_tensor_inputs` has to be in {self._callback_tensor_inputs}, but found {unknown}"
-            )
-        return int(num_inference_steps), float(guidance_scale), int(num_waveforms_per_prompt)
-
-    def _check_latents(self, latents: torch.Tensor, batch: int, frames: int) -> None:
-        """Given ``latents`` must have the shape the call's length and batch imply, and finite values."""
-        channels = self.unet.config.in_channels
-        rows = int(self.vocoder.config.model_in_dim) // self.vae_scale_factor
-        expected = (batch, channels, frames, rows)
-        if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != expected:
-            raise ValueError(f"`latents` must be a tensor of shape {expected} (batch, channels, latent frames, "
-                             f"frequency rows) for this length and batch, got {getattr(latents, 'shape', latents)!r}")
-        if not torch.isfinite(latents).all():
-            raise ValueError("`latents` contain NaN or inf")
-
-    def _check_length_fits(self, batch: int, frames: int, seconds: float) -> None:
-        """Refuse, before any tensor of that size is made, a length whose latents alone exceed the device's free
-        memory (the noise, the latents and the scheduler's copy are held at once)."""
-        rows = int(self.vocoder.config.model_in_dim) // self.vae_scale_factor
-        needed = 3 * batch * self.unet.config.in_channels * frames * rows * self.unet.dtype.itemsize
-        free = available_memory(self._execution_device)
-        if needed > free:
-            raise InsufficientMemoryError(
-                f"`audio_length_in_s` of {seconds:g} s needs {format_bytes(needed)} for its latents alone, more "
-                f"than the {format_bytes(free)} free on {self._execution_device}")
-    def _input_mel(self, audio, strength, audio_length_in_s, latents) -> tuple[torch.Tensor, int]:
-        """Checks for audio-to-audio; the input's log-mel (1, 1, T, n_mels) and its length in samples."""
-        if audio_length_in_s is not None:
-            raise ValueError("pass either `audio` or `audio_length_in_s`: with `audio` the output has the input's "
-                             "length")
-        if latents is not None:
-            raise ValueError("pass either `audio` or `latents`: with `audio` the starting latents are the input's")
-        if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0 < strength <= 1:
-            raise ValueError(f"`strength` must be a number in (0, 1], got {strength!r}")
-        settings = MelSettings.from_vocoder(self.vocoder)
-        waveform = load_audio(audio, settings.sample_rate)
-        # The front end's STFT needs more than n_fft / 2 samples: shorter inputs are padded with silence for the
-        # encoding, and the output is trimmed back to the input's length.
-        samples = waveform.shape[0]
-        if samples < settings.n_fft:
-            waveform = np.pad(waveform, (0, settings.n_fft - samples))
-        return mel_for_vae(waveform, settings, self.vae_scale_factor), samples
 
     def _noised_input(self, mel, batch, strength, num_inference_steps, dtype, device, generator, config):
         """SDEdit's start: the input's latent (the posterior mean, tiled encode) noised to the timestep where
@@ -403,13 +306,13 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
         config = self._config_for_call(tiling)
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        num_inference_steps, guidance_scale, num_waveforms_per_prompt = self._check_call_inputs(
-            prompt, num_inference_steps, guidance_scale, num_waveforms_per_prompt, output_type,
+        num_inference_steps, guidance_scale, num_waveforms_per_prompt = check_call_arguments(
+            self, prompt, num_inference_steps, guidance_scale, num_waveforms_per_prompt, output_type,
             callback_on_step_end_tensor_inputs)
         input_mel = None
         if audio is not None:
             strength = 0.5 if strength is None else strength
-            input_mel, input_samples = self._input_mel(audio, strength, audio_length_in_s, latents)
+            input_mel, input_samples = read_input_audio(self, audio, strength, audio_length_in_s, latents)
             audio_length_in_s = input_mel.shape[2] * self._mel_frame_seconds  # padded to whole latent frames
         elif strength is not None:
             raise ValueError("`strength` goes with `audio` (how far the input is taken towards noise); "
@@ -439,9 +342,9 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
             batch_size = prompt_embeds.shape[0]
         device = self._execution_device
         frames = height // self.vae_scale_factor
-        self._check_length_fits(batch_size * num_waveforms_per_prompt, frames, audio_length_in_s)
+        check_length_fits(self, batch_size * num_waveforms_per_prompt, frames, audio_length_in_s)
         if latents is not None:
-            self._check_latents(latents, batch_size * num_waveforms_per_prompt, frames)
+            check_latents(self, latents, batch_size * num_waveforms_per_prompt, frames)
         self._guidance_scale, self._interrupt = guidance_scale, False
         do_classifier_free_guidance = self.do_classifier_free_guidance
 

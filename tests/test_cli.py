@@ -158,14 +158,14 @@ def test_help_and_argument_errors_answer_before_torch_is_imported():
 def test_auto_device_and_dtype():
     import torch
 
-    from audioldm_tiled.cli import _resolve_device, _resolve_dtype
+    from audioldm_tiled.cli import resolve_device, resolve_dtype
 
     expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    assert _resolve_device("auto").type == expected
-    assert _resolve_dtype("auto", torch.device("cuda")) == torch.float16
-    assert _resolve_dtype("auto", torch.device("cpu")) == torch.float32
-    assert _resolve_dtype("auto", torch.device("mps")) == torch.float32
-    assert _resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    assert resolve_device("auto").type == expected
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.float16
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("auto", torch.device("mps")) == torch.float32
+    assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
 
 
 def test_bench_refuses_bad_arguments_before_running_a_point(capsys):

@@ -96,14 +96,14 @@ def _full_disk(tmp_path: Path, monkeypatch, how: str):
         if not mounted:
             pytest.skip("cannot mount a tmpfs here; the simulated variant covers the same path")
     else:
-        real_write = audio_module._ClippingWriter.write
+        real_write = audio_module.WavWriter.write
 
         def write(self, block):
             if self.frames + len(block) > 16_000:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             real_write(self, block)
 
-        monkeypatch.setattr(audio_module._ClippingWriter, "write", write)
+        monkeypatch.setattr(audio_module.WavWriter, "write", write)
     try:
         yield folder
     finally:

@@ -148,10 +148,10 @@ def test_offload_sequence_includes_the_vocoder():
     assert AudioLDMTiledPipeline.model_cpu_offload_seq.split("->")[-1] == "vocoder"
 
 
-def test_parent_deprecation_warning_shown_at_most_once(tiny, caplog):
-    import audioldm_tiled.pipeline as module
+def test_parent_deprecation_warning_shown_at_most_once(tiny, caplog, monkeypatch):
+    import audioldm_tiled.deprecation as module
 
-    module._deprecation_shown = False
+    monkeypatch.setattr(module, "_shown", set())
     with caplog.at_level(logging.WARNING):
         AudioLDMTiledPipeline(**tiny)
         AudioLDMTiledPipeline(**tiny)
