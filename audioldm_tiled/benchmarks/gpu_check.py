@@ -129,10 +129,13 @@ class GpuCheck:
         vae = self.pipe(dtype).vae
         frames = int(self.args.seconds * LATENT_FRAMES_PER_SECOND)
         latents = torch.randn(1, vae.config.latent_channels, frames, 16, generator=self.generator())
+        row = {}
         with torch.no_grad():
-            reference = vae.float().decode(latents.to(self.dev.device)).sample.cpu()
+            try:  # the whole-sequence attention may not fit in float32 at long lengths: then no SNR column
+                reference = vae.float().decode(latents.to(self.dev.device)).sample.cpu()
+            except torch.OutOfMemoryError:
+                reference, row["reference"] = None, "fp32 untiled decode: out of memory"
             vae.to(dtype)
-            row = {}
             x = latents.to(self.dev.device, dtype)
             variants = {
                 "untiled": lambda: vae.decode(x).sample,
@@ -147,8 +150,9 @@ class GpuCheck:
                 except torch.OutOfMemoryError:
                     row[name] = {"error": "out of memory"}
                     continue
-                row[name] = {"time_s": elapsed, "peak_bytes": self.dev.peak_bytes(),
-                             "snr_db_vs_fp32_untiled": snr_db(out, reference)}
+                row[name] = {"time_s": elapsed, "peak_bytes": self.dev.peak_bytes()}
+                if reference is not None:
+                    row[name]["snr_db_vs_fp32_untiled"] = snr_db(out, reference)
                 del out
         return row
 
@@ -194,7 +198,9 @@ class GpuCheck:
                               generator=self.generator()).to(self.dev.device, torch.float16)
         needed = untiled_bytes(decode_job(vae).tasks, latents, UNTILED_DECODE_PEAK_FACTOR)
         total = torch.cuda.get_device_properties(self.dev.device).total_memory
-        cap = torch.cuda.memory_allocated(self.dev.device) + needed // 2
+        # Under the untiled decode's estimated peak, above what exact tiles hold (about 0.42 of it, 1.5 against 3.6
+        # widest activations per frame): the untiled attempt must fail and the tiled retry fit.
+        cap = torch.cuda.memory_allocated(self.dev.device) + int(0.75 * needed)
         messages = []
         handler = logging.Handler(logging.WARNING)
         handler.emit = lambda record: messages.append(record.getMessage()[:300])
