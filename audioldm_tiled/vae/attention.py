@@ -79,3 +79,39 @@ def attend(attn, x: torch.Tensor, stats: GroupStats | None, memory: AttentionMem
     return out / attn.rescale_output_factor
 
 
+
+
+# Peak bytes of one query block per (query, key) pair: the math backend of scaled_dot_product_attention keeps the
+# scores, their softmax and its input at once.
+SCORE_COPIES = 3
+MIN_BLOCK_TOKENS = 256
+
+
+def query_block_tokens(attn, x: torch.Tensor, budget: int) -> int:
+    """Queries per block so that one block's scores (``SCORE_COPIES`` x B x heads x block x tokens) fit
+    ``budget`` bytes; at least ``MIN_BLOCK_TOKENS``, at most every token."""
+    tokens = x.shape[2] * x.shape[3]
+    per_query = SCORE_COPIES * x.shape[0] * attn.heads * tokens * x.element_size()
+    return int(min(tokens, max(MIN_BLOCK_TOKENS, budget // per_query)))
+
+
+def attend_in_blocks(attn, x: torch.Tensor, block_tokens: int) -> torch.Tensor:
+    """What ``attn(x)`` computes (diffusers' AttnProcessor2_0, self-attention over the whole of x (B, C, T, F)),
+    with the queries in blocks of ``block_tokens``: each block attends to every key and value, so memory is
+    O(block x tokens) under any backend of ``scaled_dot_product_attention``, where the math backend would hold
+    all tokens x tokens scores at once (29 GB in float16 for 300 s of AudioLDM latents)."""
+    if attn.spatial_norm is not None or attn.norm_q is not None or attn.norm_k is not None:
+        return attn(x)
+    b, c, t, f = x.shape
+    normed = x if attn.group_norm is None else attn.group_norm(x)
+    tokens = normed.flatten(2).transpose(1, 2)  # (B, T*F, C)
+    key, value = split_heads(attn, attn.to_k(tokens)), split_heads(attn, attn.to_v(tokens))
+    out = torch.empty_like(tokens)
+    for start in range(0, tokens.shape[1], block_tokens):
+        query = split_heads(attn, attn.to_q(tokens[:, start : start + block_tokens]))
+        block = F.scaled_dot_product_attention(query, key, value)
+        out[:, start : start + block_tokens] = attn.to_out[1](attn.to_out[0](block.transpose(1, 2).flatten(2)))
+    out = out.transpose(1, 2).reshape(b, c, t, f)
+    if attn.residual_connection:
+        out = out + x
+    return out / attn.rescale_output_factor

@@ -15,6 +15,8 @@ import torch
 
 from ..config import TilingConfig
 from ..geometry import Tile, frames_at
+from ..memory import memory_budget
+from .attention import attend_in_blocks, query_block_tokens
 from .groupnorm import group_stats, pool_stats
 from .interpreter import Job, progress_bar, run_checked, run_tasks
 from .tasks import AddResidual, Global, Norm, SaveResidual, halo_frames, split_segments, time_scale
@@ -65,6 +67,7 @@ def run_exact(job: Job, x: torch.Tensor, tiles: list[Tile], config: TilingConfig
 
 def _exact_segments(job: Job, x: torch.Tensor, tiles: list[Tile], config: TilingConfig):
     segments = split_segments(job.tasks)
+    budget = memory_budget(config, x.device)
     bounds = [(t.core_start, t.core_stop) for t in tiles]
     stream = TileStream([x[:, :, a:b] for a, b in bounds], bounds)
     with progress_bar(len(segments) * len(tiles), config, f"{job.name} (exact)") as bar:
@@ -72,7 +75,9 @@ def _exact_segments(job: Job, x: torch.Tensor, tiles: list[Tile], config: Tiling
             last = index == len(segments) - 1
             head = segment[0]
             if isinstance(head, Global):
-                whole = head.module(stream.whole())
+                sequence = stream.whole()
+                whole = attend_in_blocks(head.module, sequence, query_block_tokens(head.module, sequence, budget))
+                del sequence
                 stream.cores = [whole[:, :, a:b] for a, b in stream.bounds]
                 del whole
                 segment = segment[1:]
