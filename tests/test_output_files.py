@@ -86,32 +86,37 @@ def test_stale_parts_of_dead_processes_are_removed(tmp_path):
 
 @contextlib.contextmanager
 def _full_disk(tmp_path: Path, monkeypatch, how: str):
-    """A folder whose disk fills after 64 kB: a real tmpfs of that size (root only), or a writer patched to fail
-    with ENOSPC past 16 000 samples, as the operating system's write would."""
+    """A folder whose disk fills after about 64 kB, as libsndfile or the OS reports it.
+
+    "libsndfile": a real 64 kB tmpfs where the test may mount one (root); elsewhere libsndfile's own report of a
+    failed write ("System error.", code 2) on a disk with no space left, simulated. "oserror": the writer fails
+    with ENOSPC past 16 000 samples, as the operating system's write would.
+    """
     folder = tmp_path / "small"
     folder.mkdir()
-    if how == "tmpfs":
-        mounted = os.geteuid() == 0 and subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True).returncode == 0
-        if not mounted:
-            pytest.skip("cannot mount a tmpfs here; the simulated variant covers the same path")
-    else:
-        real_write = audio_module.WavWriter.write
+    mounted = how == "libsndfile" and os.geteuid() == 0 and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True).returncode == 0
+    real_write = audio_module.WavWriter.write
 
-        def write(self, block):
-            if self.frames + len(block) > 16_000:
+    def write(self, block):
+        if self.frames + len(block) > 16_000:
+            if how == "oserror":
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            real_write(self, block)
+            raise sf.LibsndfileError(2, "Error writing: ")
+        real_write(self, block)
 
+    if not mounted:
         monkeypatch.setattr(audio_module.WavWriter, "write", write)
+        if how == "libsndfile":
+            monkeypatch.setattr(audio_module.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 0})())
     try:
         yield folder
     finally:
-        if how == "tmpfs":
+        if mounted:
             subprocess.run(["umount", str(folder)], check=False)
 
 
-@pytest.mark.parametrize("how", ["tmpfs", "simulated"])
+@pytest.mark.parametrize("how", ["libsndfile", "oserror"])
 def test_a_full_disk_is_reported_by_name_and_cleaned_up(tmp_path, monkeypatch, how):
     with _full_disk(tmp_path, monkeypatch, how) as folder:
         target = folder / "keep.wav"
