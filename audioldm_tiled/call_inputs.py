@@ -18,16 +18,12 @@ def check_call_arguments(pipe, prompt, num_inference_steps, guidance_scale, num_
                        output_type: str, callback_on_step_end_tensor_inputs: list[str]) -> tuple[int, float, int]:
     """Checks of the arguments the parent leaves to torch; returns the steps, guidance and waveforms per prompt
     as Python numbers (numpy scalars are welcome)."""
-    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, numbers.Integral) \
-            or num_inference_steps < 1:
-        raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}")
+    _check_positive_integer("num_inference_steps", num_inference_steps)
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real) \
             or not math.isfinite(guidance_scale):
         raise ValueError(f"`guidance_scale` must be a finite number, got {guidance_scale!r}")
     num_waveforms_per_prompt = 1 if num_waveforms_per_prompt is None else num_waveforms_per_prompt
-    if isinstance(num_waveforms_per_prompt, bool) or not isinstance(num_waveforms_per_prompt, numbers.Integral) \
-            or num_waveforms_per_prompt < 1:
-        raise ValueError(f"`num_waveforms_per_prompt` must be a positive integer, got {num_waveforms_per_prompt!r}")
+    _check_positive_integer("num_waveforms_per_prompt", num_waveforms_per_prompt)
     if isinstance(prompt, (list, tuple)) and not prompt:
         raise ValueError("`prompt` is an empty list: give a string, a non-empty list of strings or a timeline")
     if output_type not in ("np", "pt", "latent"):
@@ -39,27 +35,34 @@ def check_call_arguments(pipe, prompt, num_inference_steps, guidance_scale, num_
         )
     return int(num_inference_steps), float(guidance_scale), int(num_waveforms_per_prompt)
 
+
+def _check_positive_integer(name: str, value: object) -> None:
+    """An int or numpy integer >= 1 (a bool is no count)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+
+
 def check_latents(pipe, latents: torch.Tensor, batch: int, frames: int) -> None:
     """Given ``latents`` must have the shape the call's length and batch imply, and finite values."""
-    channels = pipe.unet.config.in_channels
-    rows = int(pipe.vocoder.config.model_in_dim) // pipe.vae_scale_factor
-    expected = (batch, channels, frames, rows)
+    expected = (batch, pipe.unet.config.in_channels, frames, pipe._latent_rows)
     if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != expected:
         raise ValueError(f"`latents` must be a tensor of shape {expected} (batch, channels, latent frames, "
                          f"frequency rows) for this length and batch, got {getattr(latents, 'shape', latents)!r}")
     if not torch.isfinite(latents).all():
         raise ValueError("`latents` contain NaN or inf")
 
+
 def check_length_fits(pipe, batch: int, frames: int, seconds: float) -> None:
     """Refuse, before any tensor of that size is made, a length whose latents alone exceed the device's free
     memory (the noise, the latents and the scheduler's copy are held at once)."""
-    rows = int(pipe.vocoder.config.model_in_dim) // pipe.vae_scale_factor
-    needed = 3 * batch * pipe.unet.config.in_channels * frames * rows * pipe.unet.dtype.itemsize
+    needed = 3 * batch * pipe.unet.config.in_channels * frames * pipe._latent_rows * pipe.unet.dtype.itemsize
     free = available_memory(pipe._execution_device)
     if needed > free:
         raise InsufficientMemoryError(
             f"`audio_length_in_s` of {seconds:g} s needs {format_bytes(needed)} for its latents alone, more "
             f"than the {format_bytes(free)} free on {pipe._execution_device}")
+
+
 def read_input_audio(pipe, audio, strength, audio_length_in_s, latents) -> tuple[torch.Tensor, int]:
     """Checks for audio-to-audio; the input's log-mel (1, 1, T, n_mels) and its length in samples."""
     if audio_length_in_s is not None:

@@ -202,11 +202,10 @@ def generate(args: argparse.Namespace) -> Path:
     from .files import check_output_path
     from .render import render_to_wav
 
-    check_output_path(args.output, overwrite=not args.no_overwrite)  # before any model is loaded
-    picture = _check_spectrogram_path(args)
     _resolve_length(args)
-    output = check_output_path(args.output, overwrite=not args.no_overwrite,
+    output = check_output_path(args.output, overwrite=not args.no_overwrite,  # before any model is loaded
                                size=wav_bytes(args.seconds * SAMPLE_RATE, args.subtype))
+    picture = _check_spectrogram_path(args)
     prompt = _prompt_or_timeline(args)
     if args.memory_budget is not None and int(args.memory_budget * 1e9) < 1:
         raise CliError(f"--memory-budget must be at least 1e-9 GB (one byte), got {args.memory_budget:g}")

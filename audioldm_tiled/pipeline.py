@@ -100,6 +100,11 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
         """Seconds per mel frame: the vocoder's hop over its sampling rate (the parent's vocoder_upsample_factor)."""
         return hop_length(self.vocoder) / self.vocoder.config.sampling_rate
 
+    @property
+    def _latent_rows(self) -> int:
+        """Frequency rows of the latent: the vocoder's mel bands over the VAE's downsampling."""
+        return int(self.vocoder.config.model_in_dim) // self.vae_scale_factor
+
     def _audio_geometry(self, audio_length_in_s: float | None) -> tuple[float, int, int]:
         """(seconds, mel frames rounded up to the VAE factor, samples to keep), as the parent computes them."""
         vocoder_upsample_factor = self._mel_frame_seconds
@@ -146,7 +151,7 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
         # Shape, dtype and device are all the planners read: a zero-stride tensor stands in for the latents.
         device = self._execution_device
         latents = torch.empty((), device=device, dtype=self.vae.dtype).expand(
-            1, self.vae.config.latent_channels, frames, int(self.vocoder.config.model_in_dim) // self.vae_scale_factor)
+            1, self.vae.config.latent_channels, frames, self._latent_rows)
         tiles = [] if config.enabled is False else decode_tiles(self.vae, latents, config)
         mel = torch.empty((), device=device, dtype=self.vocoder.dtype).expand(1, 1, self.vocoder.config.model_in_dim)
         chunks = plan_chunks(self.vocoder, mel, height, config)

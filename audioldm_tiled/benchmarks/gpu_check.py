@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import json
 import logging
-import os
 import signal
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from ..architectures import ARCHITECTURES, random_pipeline
 from ..arguments import positive_int, positive_number
 from ..config import TilingConfig
 from ..constants import LATENT_FRAMES_PER_SECOND, MEL_FRAMES_PER_SECOND
+from ..files import atomic_file
 from .runner import environment
 
 PROMPT = "soft rain on leaves"
@@ -91,15 +91,14 @@ class GpuCheck:
 
     def __init__(self, args: argparse.Namespace):
         self.args, self.dev = args, Device(args.device)
-        self._pipes: dict[torch.dtype, object] = {}
+        self._pipe = None  # one pipeline on the device at a time, rebuilt when the dtype changes
 
     def pipe(self, dtype: torch.dtype):
-        if dtype not in self._pipes:
-            self._pipes.clear()  # one pipeline on the device at a time
-            pipe = random_pipeline(self.args.arch, torch_dtype=dtype).to(self.dev.device)
-            pipe.set_progress_bar_config(disable=True)
-            self._pipes[dtype] = pipe
-        return self._pipes[dtype]
+        if self._pipe is None or self._pipe.unet.dtype != dtype:
+            self._pipe = None  # freed before the next one is built
+            self._pipe = random_pipeline(self.args.arch, torch_dtype=dtype).to(self.dev.device)
+            self._pipe.set_progress_bar_config(disable=True)
+        return self._pipe
 
     def generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(0)
@@ -271,11 +270,8 @@ def _write(path: Path | None, report: dict) -> None:
     """The report so far, replacing the file atomically: a run stopped at any point leaves valid JSON."""
     if path is None:
         return
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    with os.fdopen(fd, "w") as f:
-        json.dump(report, f, indent=1)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(report, indent=1))
 
 
 def run(args: argparse.Namespace) -> dict:
