@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 from .arguments import positive_int, positive_number
+from .config import STORES
 from .constants import DTYPES
 from .loading import DEFAULT_MODEL
 
@@ -89,6 +90,11 @@ def generate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mode", choices=("exact", "fast"), default="exact", help="VAE tiling mode (default exact)")
     parser.add_argument("--memory-budget", type=positive_number("--memory-budget", "GB"), default=None, metavar="GB",
                         help="memory to plan tiles and chunks for (default: most of the free memory)")
+    parser.add_argument("--store", choices=STORES, default="auto",
+                        help="where exact mode keeps the whole sequence's paused tiles: device, host memory or "
+                             "disk (default auto: the device when they fit the memory budget)")
+    parser.add_argument("--store-dir", metavar="DIR", default=None,
+                        help="with the disk store: the directory for its temporary files (default: TMPDIR or /tmp)")
     parser.add_argument("--float", dest="subtype", action="store_const", const="FLOAT", default="PCM_16",
                         help="write 32-bit float samples instead of 16-bit PCM")
     parser.add_argument("--no-overwrite", action="store_true", help="refuse to replace an existing output file")
@@ -209,6 +215,8 @@ def generate(args: argparse.Namespace) -> Path:
     prompt = _prompt_or_timeline(args)
     if args.memory_budget is not None and int(args.memory_budget * 1e9) < 1:
         raise CliError(f"--memory-budget must be at least 1e-9 GB (one byte), got {args.memory_budget:g}")
+    if args.store_dir is not None and not (os.path.isdir(args.store_dir) and os.access(args.store_dir, os.W_OK)):
+        raise CliError(f"--store-dir must be a writable directory, got {args.store_dir!r}")
     if not math.isfinite(args.guidance):
         raise CliError(f"--guidance must be a finite number, got {args.guidance}")
     device = resolve_device(args.device)
@@ -224,7 +232,7 @@ def generate(args: argparse.Namespace) -> Path:
     pipe.set_progress_bar_config(disable=args.quiet)
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
     length = {"audio": args.input, "strength": args.strength} if args.input else {"audio_length_in_s": args.seconds}
-    tiling = TilingConfig(mode=args.mode,
+    tiling = TilingConfig(mode=args.mode, store=args.store, store_dir=args.store_dir,
                           memory_budget=None if args.memory_budget is None else int(args.memory_budget * 1e9))
     render_to_wav(pipe, output, prompt, subtype=args.subtype, overwrite=not args.no_overwrite,
                   num_inference_steps=args.steps, guidance_scale=args.guidance, negative_prompt=args.negative_prompt,

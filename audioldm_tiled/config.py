@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, fields, replace
 from typing import Literal
 
@@ -11,6 +12,7 @@ Enabled = bool | Literal["auto"]
 MODES = ("exact", "fast")
 WEIGHTINGS = ("cosine", "triangular", "uniform")
 VOCODER_PRECISIONS = ("auto", "model", "float32")
+STORES = ("auto", "device", "host", "disk")
 
 
 def _check_positive_int(name: str, value: object, allow_none: bool = True, minimum: int = 1) -> None:
@@ -30,6 +32,8 @@ class TilingConfig:
     tile_frames: int | None = None  # latent frames per tile core; None: chosen from memory_budget
     pad_frames: int | None = None  # fast mode halo per side in latent frames; None: the decoder's receptive field
     memory_budget: int | None = None  # bytes; None: free memory of the device (available RAM on CPU)
+    store: str = "auto"  # exact mode's paused tiles: "device", "host" memory, "disk"; "auto": device if they fit
+    store_dir: str | os.PathLike | None = None  # store="disk": where the temporary files go; None: TMPDIR or /tmp
     proxy_frames: int = 256  # fast mode: latent frames per proxy round (rounds: up to a quarter of the decode)
     vocoder_chunk_frames: int | None = None  # mel frames per vocoder chunk core; None: chosen from memory_budget
     vocoder_context_frames: int | None = None  # mel frames of context per side; None: the vocoder's receptive field
@@ -64,6 +68,10 @@ class TilingConfig:
         if self.vocoder_precision not in VOCODER_PRECISIONS:
             raise ValueError(f"TilingConfig.vocoder_precision must be one of {VOCODER_PRECISIONS}, "
                              f"got {self.vocoder_precision!r}")
+        if self.store not in STORES:
+            raise ValueError(f"TilingConfig.store must be one of {STORES}, got {self.store!r}")
+        if self.store_dir is not None and not isinstance(self.store_dir, (str, os.PathLike)):
+            raise ValueError(f"TilingConfig.store_dir must be a directory path or None, got {self.store_dir!r}")
         if self.window_weighting not in WEIGHTINGS:
             raise ValueError(
                 f"TilingConfig.window_weighting must be one of {WEIGHTINGS}, got {self.window_weighting!r}"

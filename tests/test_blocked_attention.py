@@ -14,17 +14,18 @@ from conftest import EXACT_TOLERANCE, nonstationary_latents, relative_error
 
 
 class LargestTensor(TorchDispatchMode):
-    """Records the largest number of elements of any tensor an op makes."""
+    """Records the largest number of elements, and of bytes, of any tensor an op makes."""
 
     def __init__(self):
         super().__init__()
-        self.numel = 0
+        self.numel = self.bytes = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
                 self.numel = max(self.numel, t.numel())
+                self.bytes = max(self.bytes, t.numel() * t.element_size())
         return out
 
 

@@ -64,11 +64,22 @@ def test_cli_checks_the_output_path_before_loading_anything(tmp_path, capsys):
 def test_cli_says_before_denoising_that_the_decode_cannot_fit(tmp_path, capsys):
     out = tmp_path / "o.wav"
     assert main(["x", "--seconds", "20", "-o", str(out), "--model", "random:tiny", "--steps", "1",
-                 "--memory-budget", "0.0001"]) == 2
+                 "--memory-budget", "0.0001", "--store", "device"]) == 2
     err = capsys.readouterr().err
-    assert "--mode fast" in err and "--memory-budget" in err
+    assert "--store disk" in err and "--mode fast" in err and "--memory-budget" in err
     assert "0/1" not in err  # the denoising's progress bar never started
     assert not out.exists() and not list(tmp_path.glob(".*part"))
+
+
+def test_cli_keeps_a_decode_that_does_not_fit_memory_on_disk(tmp_path, capsys):
+    out, store = tmp_path / "o.wav", tmp_path / "store"
+    store.mkdir()
+    assert main(["x", "--seconds", "20", "-o", str(out), "--model", "random:tiny", "--steps", "1", "--quiet",
+                 "--memory-budget", "0.0001", "--store-dir", str(store)]) == 0
+    assert sf.info(out).frames == 20 * 16000
+    assert list(store.iterdir()) == []
+    assert main(["x", "-o", str(out), "--model", "random:tiny", "--store-dir", str(tmp_path / "nowhere")]) == 2
+    assert "--store-dir must be a writable directory" in capsys.readouterr().err
 
 
 def test_failure_mid_write_leaves_no_file_and_keeps_an_existing_one(tmp_path):

@@ -64,16 +64,18 @@ def test_a_decode_that_cannot_fit_fails_before_denoising(tiny_pipe):
         steps.append(i)
         return tensors
 
-    tight = TilingConfig(memory_budget=1000, tile_frames=16)  # exact tiling of 4 s holds far more than 1 kB
+    # exact tiling of 4 s holds far more than 1 kB, and the store named is the device
+    tight = TilingConfig(memory_budget=1000, tile_frames=16, store="device")
     args = dict(audio_length_in_s=4.0, num_inference_steps=1, callback_on_step_end=on_step)
     with pytest.raises(InsufficientMemoryError, match="fast mode"):
         tiny_pipe("rain", tiling=tight, **args)
     with pytest.raises(InsufficientMemoryError):
         next(tiny_pipe.stream("rain", tiling=tight, **args))
     assert steps == []
-    # fast mode's memory does not grow with the length; latents are not decoded; a budget that holds them decodes
+    # fast mode's memory does not grow with the length; latents are not decoded; a budget that holds them decodes;
+    # so does the disk store, which "auto" picks here
     for tiling, output_type in ((tight.replace(mode="fast"), "np"), (tight, "latent"),
-                                (tight.replace(memory_budget=10**9), "np")):
+                                (tight.replace(memory_budget=10**9), "np"), (tight.replace(store="auto"), "np")):
         steps.clear()
         tiny_pipe("rain", tiling=tiling, output_type=output_type, **args)
         assert steps == [0]

@@ -24,12 +24,13 @@ VARIANTS = {
     # Under a real allocator limit (--memory-limit, see cap_allocator), enabled="auto": "auto" with the budget it
     # reads from the device, "fallback" with one that wrongly says the untiled decode fits, so that the untiled
     # attempt's out-of-memory error is caught and the decode retried in exact tiles.
-    "decode": ("untiled", "exact", "fast", "diffusers", "auto", "fallback"),
+    # exact-host and exact-disk: exact mode with its paused tiles in host memory or in temporary files.
+    "decode": ("untiled", "exact", "fast", "diffusers", "auto", "fallback", "exact-host", "exact-disk"),
     "encode": ("untiled", "exact", "fast", "diffusers"),
     # one-pass is the unmodified SpeechT5HifiGan forward; channels-last is the speed work alone, without chunks
     "vocode": ("one-pass", "channels-last", "chunked"),
     # the command line's streamed path (VAE mode exact or fast): what memory a long soundscape needs end to end
-    "stream": ("fast", "exact"),
+    "stream": ("fast", "exact", "exact-disk"),
     "generate": ("windowed", "single-pass", "windowed-fast"),
     # denoising only (output_type="latent"), windows per UNet call: what a window costs in memory and time
     "windows": ("batch-1", "batch-2", "batch-4"),

@@ -112,12 +112,20 @@ def all_seams(positions: dict[str, list[float]]) -> list[float]:
     return sorted({t for times in positions.values() for t in times})
 
 
+def tiling_for(variant: str, **fields) -> TilingConfig:
+    """``exact``, ``fast`` or ``exact-<store>``: the VAE mode and where exact mode keeps its paused tiles (other
+    variant names tile in exact mode with ``store="auto"``)."""
+    mode, _, store = variant.partition("-")
+    return TilingConfig(mode=mode if mode in ("exact", "fast") else "exact", store=store or "auto",
+                        show_progress=False, **fields)
+
+
 def run_decode(target: Target, variant: str, seconds: float, steps: int):
     from ..vae import decode_tiles, tiled_decode
 
     vae = audioldm_vae(target)
     latents = torch.randn(1, 8, int(seconds * LATENT_FRAMES_PER_SECOND), 16).to(target.device, target.dtype)
-    config = TilingConfig(enabled=True, mode=variant if variant in ("exact", "fast") else "exact", show_progress=False)
+    config = tiling_for(variant, enabled=True)
     if variant in ("auto", "fallback"):
         config = config.replace(enabled="auto", memory_budget=10**15 if variant == "fallback" else None)
         cap_allocator(target)
@@ -207,7 +215,7 @@ def run_stream(target: Target, variant: str, seconds: float, steps: int):
     from ..render import render_to_wav
 
     pipe = audioldm_pipeline(target)
-    config = TilingConfig(mode=variant, show_progress=False)
+    config = tiling_for(variant)
     with tempfile.TemporaryDirectory() as tmp:
         wav = os.path.join(tmp, "stream.wav")
         start = time.perf_counter()

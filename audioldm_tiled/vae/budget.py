@@ -13,6 +13,7 @@ import torch
 
 from ..config import TilingConfig
 from ..memory import memory_budget
+from .store import resolve_store
 from .tasks import Conv, Downsample, SaveResidual, Task, Upsample, receptive_halo
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,8 @@ def choose_tile_frames(tasks: list[Task], x: torch.Tensor, config: TilingConfig,
     budget = memory_budget(config, x.device)
     per_frame = widest_activation_per_frame(tasks, x.shape[0], x.shape[3], x.dtype)
     stored = exact_stored_bytes(tasks, x) if config.mode == "exact" else 0
+    if stored and resolve_store(config, stored, x.device) != "device":
+        stored = 0  # held in host memory or on disk, not in the device's budget
     halo = receptive_halo(tasks) if config.mode == "fast" else 2 * unit
     frames = int(((budget - stored) / (peak_factor * per_frame) - 2 * halo) / unit)
     if frames < MIN_TILE_FRAMES:

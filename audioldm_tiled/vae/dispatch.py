@@ -20,6 +20,7 @@ from ..geometry import Tile, plan_tiles
 from ..memory import (
     BUDGET_SHARE,
     InsufficientMemoryError,
+    available_memory,
     is_out_of_memory,
     large_allocations_returned,
     memory_budget,
@@ -36,6 +37,7 @@ from .budget import (
 from .exact import run_exact
 from .fast import fast_pieces
 from .interpreter import Job
+from .store import check_disk_room, resolve_store
 from .tasks import alignment, decoder_tasks, encoder_tasks, time_scale
 
 logger = logging.getLogger(__name__)
@@ -114,22 +116,32 @@ def encode_job(vae) -> Job:
 
 
 def check_exact_decode_fits(vae, latents: torch.Tensor, config: TilingConfig) -> None:
-    """Raise InsufficientMemoryError where exact tiling of ``latents`` must hold more than the memory budget for the
-    whole sequence. Pipelines call it before denoising: a render whose decode cannot fit then fails in seconds, not
-    after the whole denoising (fast mode's memory does not grow with the length, and ``enabled=False`` is the
-    caller's choice to fail hard)."""
+    """Raise InsufficientMemoryError where the activations that exact tiling of ``latents`` holds for the whole
+    sequence have no room in the store ``config.store`` resolves to: the memory budget for ``device``, the host's
+    free memory for ``host``, free space in ``config.store_dir`` for ``disk``. Pipelines call it before denoising:
+    a render whose decode cannot fit then fails in seconds, not after the whole denoising (fast mode's memory does
+    not grow with the length, and ``enabled=False`` is the caller's choice to fail hard)."""
     if config.mode != "exact" or config.enabled is False:
         return
     job = decode_job(vae)
-    needed, budget = exact_stored_bytes(job.tasks, latents), memory_budget(config, latents.device)
+    needed = exact_stored_bytes(job.tasks, latents)
+    kind = resolve_store(config, needed, latents.device)
+    if kind == "disk":
+        check_disk_room(needed, config.store_dir, job.name)
+        return
+    if kind == "host":
+        budget, where = available_memory("cpu"), "the host's free memory"
+    else:
+        budget = memory_budget(config, latents.device)
+        where = (f"the memory budget of {format_bytes(budget)} ({BUDGET_SHARE:.0%} of the free memory unless "
+                 "TilingConfig.memory_budget says otherwise)")
     if needed <= budget:
         return
     raise InsufficientMemoryError(
         f"an exact VAE decode of {latents.shape[2] * job.frame_seconds:.0f} s holds about {format_bytes(needed)} for "
-        f"the whole sequence, more than the memory budget of {format_bytes(budget)} ({BUDGET_SHARE:.0%} of the free "
-        "memory unless TilingConfig.memory_budget says otherwise). Decode in fast mode (TilingConfig(mode='fast'), "
-        "CLI --mode fast), whose memory does not grow with the length, or set memory_budget (CLI --memory-budget GB) "
-        "if more memory is free."
+        f"the whole sequence, more than {where}. Let it go to disk (TilingConfig(store='disk') or 'auto', CLI "
+        "--store disk), decode in fast mode (TilingConfig(mode='fast'), CLI --mode fast), whose memory does not "
+        "grow with the length, or set memory_budget (CLI --memory-budget GB) if more memory is free."
     )
 
 

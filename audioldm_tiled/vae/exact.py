@@ -2,8 +2,12 @@
 
 Each segment between two barriers runs tile by tile; a tile reads fresh halo frames from its neighbours' stored
 cores. The halo only has to cover the convolutions between two barriers (one or two frames), so almost nothing is
-recomputed and the result equals the untiled run to float rounding. Self-attention runs on the whole sequence, as
+recomputed and the result equals the untiled run to float rounding. Self-attention sees the whole sequence, as
 untiled; it sits at latent resolution, 1/16 of the decoder's output size.
+
+The paused tiles live in a ``store`` (``store.py``): on the device, in host memory or on disk. Off the device the
+whole sequence is never gathered in one place: the self-attention then runs tile by tile over keys and values kept
+in the store (``attention.OnlineSoftmax``), so memory does not grow with the length.
 """
 
 from __future__ import annotations
@@ -12,23 +16,36 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from ..config import TilingConfig
 from ..geometry import Tile, frames_at
 from ..memory import memory_budget
-from .attention import attend_in_blocks, query_block_tokens
-from .groupnorm import group_stats, pool_stats
+from .attention import (
+    OnlineSoftmax,
+    attend_in_blocks,
+    attention_output,
+    normed_tokens,
+    query_block_tokens,
+    split_heads,
+)
+from .budget import exact_stored_bytes
+from .groupnorm import GroupStats, group_stats, pool_stats
 from .interpreter import Job, progress_bar, run_checked, run_tasks
-from .tasks import AddResidual, Global, Norm, SaveResidual, halo_frames, split_segments, time_scale
+from .store import Store, Stored, choose_store, open_store
+from .tasks import AddResidual, Global, Norm, SaveResidual, Task, halo_frames, split_segments, time_scale
 
 
 @dataclass
 class TileStream:
-    """A sequence held as per-tile cores along time (dim 2), plus the residual of the resnet block in flight."""
+    """A sequence held in a store as per-tile cores along time (dim 2), plus the residual of the resnet block in
+    flight and, where the next barrier is a GroupNorm, the statistics of each core."""
 
-    cores: list[torch.Tensor | None]
+    store: Store
+    cores: list[Stored | None]
     bounds: list[tuple[int, int]]  # core [start, stop) of each tile at the stream's resolution
-    residual: list[torch.Tensor | None] | None = None
+    residual: list[Stored | None] | None = None
+    stats: list[GroupStats] | None = None
 
     @property
     def length(self) -> int:
@@ -37,19 +54,33 @@ class TileStream:
     def gather(self, lo: int, hi: int, residual: bool = False) -> torch.Tensor:
         """Frames [lo, hi) read from whichever cores hold them."""
         source = self.residual if residual else self.cores
-        pieces = [source[j][:, :, max(lo, a) - a : min(hi, b) - a] for j, (a, b) in enumerate(self.bounds)
+        pieces = [self.store.read(source[j], max(lo, a) - a, min(hi, b) - a) for j, (a, b) in enumerate(self.bounds)
                   if a < hi and b > lo]
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
 
     def whole(self) -> torch.Tensor:
-        return self.cores[0] if len(self.cores) == 1 else torch.cat(self.cores, dim=2)
+        return self.gather(0, self.length)
 
+    def release(self, j: int, residual: bool) -> None:
+        for source in (self.cores, self.residual) if residual else (self.cores,):
+            if source[j] is not None:
+                self.store.release(source[j])
+                source[j] = None
 
 
 def zigzag(count: int, segment: int) -> list[int]:
     """Alternate the tile order at every barrier, so the tile at each turn is still at hand (on the device)."""
     order = list(range(count))
     return order if segment % 2 == 0 else order[::-1]
+
+
+def barrier_norm(task: Task | None) -> nn.GroupNorm | None:
+    """The GroupNorm whose statistics a barrier needs over the whole sequence, if any."""
+    if isinstance(task, Norm):
+        return task.module
+    if isinstance(task, Global):
+        return getattr(task.module, "group_norm", None)
+    return None
 
 
 def run_exact(job: Job, x: torch.Tensor, tiles: list[Tile], config: TilingConfig,
@@ -68,62 +99,139 @@ def run_exact(job: Job, x: torch.Tensor, tiles: list[Tile], config: TilingConfig
 def _exact_segments(job: Job, x: torch.Tensor, tiles: list[Tile], config: TilingConfig):
     segments = split_segments(job.tasks)
     budget = memory_budget(config, x.device)
+    kind = choose_store(config, exact_stored_bytes(job.tasks, x), x.device, job.name)
     bounds = [(t.core_start, t.core_stop) for t in tiles]
-    stream = TileStream([x[:, :, a:b] for a, b in bounds], bounds)
-    with progress_bar(len(segments) * len(tiles), config, f"{job.name} (exact)") as bar:
+    with open_store(kind, x.device, config.store_dir) as store, \
+            progress_bar(len(segments) * len(tiles), config, f"{job.name} (exact)") as bar:
+        stream = TileStream(store, [store.put(x[:, :, a:b]) for a, b in bounds], bounds)
         for index, segment in enumerate(segments):
             last = index == len(segments) - 1
             head = segment[0]
+            norm = barrier_norm(head)
+            stats = None
+            if norm is not None:
+                parts = stream.stats or [group_stats(store.read(c), norm.num_groups) for c in stream.cores]
+                stats = pool_stats(parts)
             if isinstance(head, Global):
-                sequence = stream.whole()
-                whole = attend_in_blocks(head.module, sequence, query_block_tokens(head.module, sequence, budget))
-                del sequence
-                stream.cores = [whole[:, :, a:b] for a, b in stream.bounds]
-                del whole
-                segment = segment[1:]
-            stats = pool_stats([group_stats(c, head.module.num_groups) for c in stream.cores]) \
-                if isinstance(head, Norm) else None
-            halo = halo_frames(segment)
-            factor = time_scale(segment)
-            uses_residual = any(isinstance(t, AddResidual) for t in segment)
-            saves_residual = any(isinstance(t, SaveResidual) for t in segment)
-            # The cores each tile reads; a core is freed as soon as every tile reading it is done.
-            extents, readers = [], [0] * len(tiles)
-            for s, e in stream.bounds:
-                lo, hi = max(0, s - halo), min(stream.length, e + halo)
-                used = [j for j, (a, b) in enumerate(stream.bounds) if a < hi and b > lo]
-                extents.append((lo, hi, used))
-                for j in used:
-                    readers[j] += 1
-            new_cores: list[torch.Tensor | None] = [None] * len(tiles)
-            new_residual: list[torch.Tensor | None] = [None] * len(tiles)
-            for i in range(len(tiles)) if last else zigzag(len(tiles), index):
-                (s, e), (lo, hi, used) = stream.bounds[i], extents[i]
-                ext = stream.gather(lo, hi)
-                res = stream.gather(lo, hi, residual=True) if uses_residual else None
-                y, saved, saved_scale = run_checked(
-                    lambda inp, res=res, segment=segment, stats=stats: run_tasks(
-                        segment, inp, None if res is None else res.to(inp.dtype), lambda norm, core: stats),
-                    ext, (tiles[i].core_start, tiles[i].core_stop), job)
-                core = y[:, :, frames_at(s - lo, factor) : frames_at(e - lo, factor)]
-                if saves_residual:
-                    # A view, not a copy: where the residual is the segment's output itself (no shortcut), core and
-                    # residual then share one buffer instead of storing the whole sequence twice.
-                    new_residual[i] = saved[:, :, frames_at(s - lo, saved_scale) : frames_at(e - lo, saved_scale)]
-                del ext, res, y, saved
-                for j in used:
-                    readers[j] -= 1
-                    if readers[j] == 0:
-                        stream.cores[j] = None
-                        if uses_residual:
-                            stream.residual[j] = None
-                bar.update()
-                if last:
-                    yield i, core
-                else:
-                    new_cores[i] = core  # a view of the tile's output; its few halo frames are not worth a copy
-            residual = new_residual if saves_residual else (None if uses_residual else stream.residual)
-            bounds = [(frames_at(s, factor), frames_at(e, factor)) for s, e in stream.bounds]
-            stream = TileStream(new_cores, bounds, residual)
+                stream = _attend(head.module, stream, stats, budget, index)
+                segment, stats = segment[1:], None
+            next_norm = None if last else barrier_norm(segments[index + 1][0])
+            stream = yield from _run_segment(job, stream, tiles, segment, stats, next_norm, index, last, bar)
 
 
+def _run_segment(job: Job, stream: TileStream, tiles: list[Tile], segment: list[Task], stats: GroupStats | None,
+                 next_norm: nn.GroupNorm | None, index: int, last: bool, bar):
+    """Run one segment's local tasks tile by tile and return the stream they produce; after the last barrier, yield
+    the output cores instead."""
+    store = stream.store
+    halo = halo_frames(segment)
+    factor = time_scale(segment)
+    uses_residual = any(isinstance(t, AddResidual) for t in segment)
+    saves_residual = any(isinstance(t, SaveResidual) for t in segment)
+    # The cores each tile reads; a core is freed as soon as every tile reading it is done.
+    extents, readers = [], [0] * len(tiles)
+    for s, e in stream.bounds:
+        lo, hi = max(0, s - halo), min(stream.length, e + halo)
+        used = [j for j, (a, b) in enumerate(stream.bounds) if a < hi and b > lo]
+        extents.append((lo, hi, used))
+        for j in used:
+            readers[j] += 1
+    new_cores: list[Stored | None] = [None] * len(tiles)
+    new_residual: list[Stored | None] = [None] * len(tiles)
+    new_stats: list[GroupStats | None] = [None] * len(tiles)
+    for i in range(len(tiles)) if last else zigzag(len(tiles), index):
+        (s, e), (lo, hi, used) = stream.bounds[i], extents[i]
+        ext = stream.gather(lo, hi)
+        res = stream.gather(lo, hi, residual=True) if uses_residual else None
+        y, saved, saved_scale = run_checked(
+            lambda inp, res=res, segment=segment, stats=stats: run_tasks(
+                segment, inp, None if res is None else res.to(inp.dtype), lambda norm, core: stats),
+            ext, (tiles[i].core_start, tiles[i].core_stop), job)
+        core = y[:, :, frames_at(s - lo, factor) : frames_at(e - lo, factor)]
+        del ext, res
+        for j in used:
+            readers[j] -= 1
+            if readers[j] == 0:
+                stream.release(j, residual=uses_residual)
+        bar.update()
+        if last:
+            yield i, core
+            continue
+        if next_norm is not None:
+            new_stats[i] = group_stats(core, next_norm.num_groups)
+        new_cores[i] = store.put(core)  # on the device, a view of the tile's output: its halo is not worth a copy
+        if saves_residual:
+            piece = saved[:, :, frames_at(s - lo, saved_scale) : frames_at(e - lo, saved_scale)]
+            # Where the residual is the segment's output itself (no shortcut), core and residual are one tensor:
+            # stored once, not twice.
+            shared = piece.data_ptr() == core.data_ptr() and piece.shape == core.shape and \
+                piece.stride() == core.stride()
+            new_residual[i] = store.share(new_cores[i]) if shared else store.put(piece)
+        del y, saved, core
+    if last:
+        return None
+    residual = new_residual if saves_residual else (None if uses_residual else stream.residual)
+    bounds = [(frames_at(s, factor), frames_at(e, factor)) for s, e in stream.bounds]
+    return TileStream(store, new_cores, bounds, residual, new_stats if next_norm is not None else None)
+
+
+# Keys per stored part that a query block attends to at once: one 256-frame tile of AudioLDM's latents (16
+# frequency rows). Smaller tiles are read in runs of this many tokens, so per-part overhead stays small while the
+# memory a part takes does not depend on the length.
+KEY_PART_TOKENS = 4096
+
+
+def key_parts(tile_tokens: list[int]) -> list[slice]:
+    """Runs of consecutive tiles holding at least KEY_PART_TOKENS tokens each (the last run may hold fewer)."""
+    parts, start, tokens = [], 0, 0
+    for j, n in enumerate(tile_tokens):
+        tokens += n
+        if tokens >= KEY_PART_TOKENS:
+            parts.append(slice(start, j + 1))
+            start, tokens = j + 1, 0
+    if start < len(tile_tokens):
+        parts.append(slice(start, len(tile_tokens)))
+    return parts
+
+
+def _joined(pieces: list[torch.Tensor]) -> torch.Tensor:
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
+
+
+def _attend(attn: nn.Module, stream: TileStream, stats: GroupStats | None, budget: int, index: int) -> TileStream:
+    """The self-attention over the whole sequence, as a new stream of cores at the same bounds."""
+    store = stream.store
+    if not store.streams_attention:
+        sequence = stream.whole()
+        for j in range(len(stream.cores)):
+            stream.release(j, residual=False)
+        whole = attend_in_blocks(attn, sequence, query_block_tokens(attn, sequence, budget))
+        del sequence
+        cores = [store.put(whole[:, :, a:b]) for a, b in stream.bounds]
+        return TileStream(store, cores, stream.bounds, stream.residual)
+    # Keys and values of every tile go to the store first; then each tile's queries attend to all of them, one
+    # stored key tile at a time.
+    keys, values = [], []
+    for j in range(len(stream.cores)):
+        tokens = normed_tokens(attn, store.read(stream.cores[j]), stats)
+        keys.append(store.put(split_heads(attn, attn.to_k(tokens))))
+        values.append(store.put(split_heads(attn, attn.to_v(tokens))))
+        del tokens
+    rows = stream.cores[0].shape[3]  # tokens per time frame
+    parts = key_parts([(b - a) * rows for a, b in stream.bounds])
+    part_tokens = max(sum(b - a for a, b in stream.bounds[part]) for part in parts) * rows
+    cores: list[Stored | None] = [None] * len(stream.cores)
+    for i in zigzag(len(stream.cores), index):
+        x = store.read(stream.cores[i])
+        tokens = normed_tokens(attn, x, stats)
+        query = split_heads(attn, attn.to_q(tokens))
+        del tokens
+        softmax = OnlineSoftmax(query, query_block_tokens(attn, x, budget, part_tokens))
+        for part in parts:
+            softmax.add(*(_joined([store.read(item) for item in items[part]]) for items in (keys, values)))
+        cores[i] = store.put(attention_output(attn, softmax.result(), x))
+        del x, query, softmax
+        stream.release(i, residual=False)
+    for item in keys + values:
+        store.release(item)
+    return TileStream(store, cores, stream.bounds, stream.residual)
