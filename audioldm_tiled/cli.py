@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .arguments import positive_int, positive_number
 from .config import STORES
-from .constants import DTYPES
+from .constants import DTYPES, MAX_SEED
 from .loading import DEFAULT_MODEL
 
 logger = logging.getLogger("audioldm_tiled.cli")
@@ -25,7 +25,6 @@ class CliError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
-MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed takes
 
 
 def _seed(text: str) -> int:
@@ -62,7 +61,7 @@ def generate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="audioldm-tiled",
         description="Generate long audio from a text prompt with AudioLDM; writes a WAV file. "
-        "Benchmarks: audioldm-tiled bench --help.",
+        "Many renders: audioldm-tiled batch --help. Benchmarks: audioldm-tiled bench --help.",
     )
     parser.add_argument("prompt", nargs="?", help="text describing the sound (or a timeline: --at, --timeline)")
     parser.add_argument("--at", action="append", type=_timeline_segment, metavar="START:TEXT",
@@ -273,6 +272,68 @@ def _check_spectrogram_path(args: argparse.Namespace) -> Path | None:
     return path
 
 
+def batch_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="audioldm-tiled batch",
+        description="Render every job of a JSON Lines file into a folder, each WAV with a JSON sidecar. Run it "
+        "alone, under torchrun --nproc_per_node N, or under srun: each rank renders its share (from RANK/WORLD_SIZE, "
+        "SLURM_PROCID/SLURM_NTASKS or --shard). A rerun skips finished jobs.",
+    )
+    parser.add_argument("jobs", help='JSON Lines file: {"output": "rain.wav", "prompt": "rain", "seconds": 30, '
+                        '"seed": 1, "steps": 10, "guidance": 2.5, "mode": "exact"} per line; or "timeline" instead '
+                        'of "prompt", or "input" (and "strength") instead of "seconds"')
+    parser.add_argument("--out-dir", required=True, metavar="DIR", help="folder for the WAVs, sidecars and manifests")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"hub id, local folder, or random:ARCH (default {DEFAULT_MODEL})")
+    parser.add_argument("--device", default="auto", type=_device_name,
+                        help="auto (default: cuda:LOCAL_RANK if available, else mps, else cpu), cpu, cuda, cuda:N, mps")
+    parser.add_argument("--dtype", default="auto", choices=("auto", *DTYPES),
+                        help="auto (default: fp16 on cuda, fp32 elsewhere), fp32, fp16 or bf16")
+    parser.add_argument("--memory-budget", type=positive_number("--memory-budget", "GB"), default=None, metavar="GB",
+                        help="memory to plan tiles and chunks for (default: most of the free memory)")
+    parser.add_argument("--shard", default=None, metavar="i/N",
+                        help="render share i of N (0-based) instead of the launcher's RANK/WORLD_SIZE")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (the per-job lines stay)")
+    return parser
+
+
+def batch(args: argparse.Namespace) -> int:
+    """The batch command: 0 when every job of this rank is done, 1 when any failed (see its sidecar)."""
+    from .batch import JobError, parse_shard, read_jobs, run_batch, shard_from_environment
+
+    try:
+        jobs = read_jobs(args.jobs)  # a bad line fails here, before any model is loaded
+    except OSError as error:
+        raise CliError(f"{args.jobs}: cannot read the jobs file ({error.strerror or error})") from None
+    except JobError as error:
+        raise CliError(str(error)) from None
+    shard = parse_shard(args.shard) if args.shard else shard_from_environment()
+    out_dir = Path(args.out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CliError(f"--out-dir {args.out_dir}: {error.strerror or error}") from None
+    if not os.access(out_dir, os.W_OK):
+        raise CliError(f"--out-dir {args.out_dir}: not writable")
+    device = resolve_device(args.device)
+    if device.type == "cuda" and device.index is None:
+        import torch
+
+        device = torch.device("cuda", shard.local_rank % torch.cuda.device_count())
+    dtype = resolve_dtype(args.dtype, device)
+    from .config import TilingConfig
+    from .loading import ModelLoadError, load_pipeline
+
+    try:
+        pipe = load_pipeline(args.model, dtype, device)
+    except ModelLoadError as error:
+        raise CliError(f"--model: {error}") from None
+    pipe.set_progress_bar_config(disable=args.quiet)
+    tiling = TilingConfig(memory_budget=None if args.memory_budget is None else int(args.memory_budget * 1e9))
+    summary = run_batch(pipe, jobs, out_dir, shard, tiling, model=args.model)
+    return 1 if summary["failed"] else 0
+
+
 class Terminated(BaseException):
     """SIGTERM or SIGHUP arrived: unwinds like KeyboardInterrupt, so the partial output is removed."""
 
@@ -308,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
                 from .benchmarks.cli import main as bench_main
 
                 return bench_main(argv[1:])
+            if argv and argv[0] == "batch":
+                return batch(batch_parser().parse_args(argv[1:]))
             args = generate_parser().parse_args(_attach_negative_at(argv))
             generate(args)
     except (CliError, ValueError, MemoryError) as error:  # MemoryError: a decode that cannot fit, said before denoising

@@ -22,3 +22,5 @@ TRAINING_LATENT_FRAMES = 256  # AudioLDM was trained on 10.24 s clips
 
 # Precisions by their short names (command line, benchmarks), as names of torch dtypes: no torch import needed here.
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed takes

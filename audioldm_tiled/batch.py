@@ -1,0 +1,324 @@
+"""Batch rendering: a JSON Lines file of jobs, shared out over ranks, each output written once.
+
+``audioldm-tiled batch jobs.jsonl --out-dir DIR`` runs alone, under ``torchrun --nproc_per_node N`` or under
+``srun``. Every rank reads the same jobs and computes the same assignment (longest first, each to the rank with the
+least work so far), so no process group is needed. Each output WAV is written atomically with a JSON sidecar; a rerun
+skips the jobs whose sidecar says they are done, so a crashed or pre-empted run resumes where it stopped. A job's
+output depends only on the job: its seed goes to a CPU generator, whichever rank runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import time
+import traceback
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import MODES
+from .constants import MAX_SEED
+from .files import atomic_file
+
+logger = logging.getLogger(__name__)
+
+SIDECAR_SUFFIX = ".json"
+DEFAULT_STEPS = 10
+DEFAULT_GUIDANCE = 2.5
+DEFAULT_SECONDS = 10.0
+
+
+class JobError(ValueError):
+    """A line of the jobs file that is not a valid job; the message names the file, the line and the field."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One render. ``seed`` defaults to a hash of ``output``, so it does not depend on the order of the file."""
+
+    output: str
+    prompt: str | None = None
+    timeline: list | None = None
+    seconds: float | None = None
+    seed: int | None = None
+    steps: int = DEFAULT_STEPS
+    guidance: float = DEFAULT_GUIDANCE
+    negative_prompt: str | None = None
+    mode: str = "exact"
+    input: str | None = None
+    strength: float | None = None
+    line: int = field(default=0, compare=False)
+
+    @property
+    def resolved_seed(self) -> int:
+        return self.seed if self.seed is not None else zlib.crc32(self.output.encode())
+
+    @property
+    def cost(self) -> float:
+        """Relative work: seconds of audio times denoising steps (an input's length is read when known)."""
+        return (self.seconds or _input_seconds(self.input) or DEFAULT_SECONDS) * self.steps
+
+    def settings(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if v is not None and k != "line"}
+        out["seed"] = self.resolved_seed
+        return out
+
+
+FIELDS = {f for f in Job.__dataclass_fields__ if f != "line"}
+
+
+def _input_seconds(path: str | None) -> float | None:
+    if path is None:
+        return None
+    import soundfile
+
+    try:
+        info = soundfile.info(path)
+    except Exception:  # noqa: BLE001 - an unreadable input fails its own job later, with its own message
+        return None
+    return info.frames / info.samplerate
+
+
+def _number(value: Any, what: str, low: float, *, integer: bool = False, allow_low: bool = False) -> None:
+    kind = "an integer" if integer else "a number"
+    ok = not isinstance(value, bool) and isinstance(value, int if integer else (int, float)) and \
+        math.isfinite(value) and (value >= low if allow_low else value > low)
+    if not ok:
+        raise ValueError(f"{what} must be {kind} {'>=' if allow_low else '>'} {low:g}, got {value!r}")
+
+
+def parse_job(data: Any, line: int = 0) -> Job:
+    """A Job from one decoded JSON object; ValueError names the field and what is allowed."""
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+    unknown = sorted(set(data) - FIELDS)
+    if unknown:
+        raise ValueError(f"unknown field(s) {unknown}; allowed: {sorted(FIELDS)}")
+    output = data.get("output")
+    if not isinstance(output, str) or not output.endswith(".wav") or os.path.isabs(output) or \
+            ".." in Path(output).parts or output.strip() != output or output in (".wav",):
+        raise ValueError(f"'output' must be a relative .wav file name inside the output folder, got {output!r}")
+    if ("prompt" in data) == ("timeline" in data):
+        raise ValueError("give exactly one of 'prompt' and 'timeline'")
+    if "prompt" in data and not (isinstance(data["prompt"], str) and data["prompt"].strip()):
+        raise ValueError(f"'prompt' must be a non-empty string, got {data['prompt']!r}")
+    if "timeline" in data and not isinstance(data["timeline"], list):
+        raise ValueError("'timeline' must be a list of [start_s, text] or [start_s, end_s, text]")
+    if data.get("seconds") is not None:
+        _number(data["seconds"], "'seconds'", 0)
+    if data.get("seed") is not None:
+        _number(data["seed"], "'seed'", 0, integer=True, allow_low=True)
+        if data["seed"] > MAX_SEED:
+            raise ValueError(f"'seed' must be at most {MAX_SEED}, got {data['seed']}")
+    if "steps" in data:
+        _number(data["steps"], "'steps'", 1, integer=True, allow_low=True)
+    if "guidance" in data:
+        _number(data["guidance"], "'guidance'", 0, allow_low=True)
+    if data.get("mode", "exact") not in MODES:
+        raise ValueError(f"'mode' must be one of {MODES}, got {data['mode']!r}")
+    if data.get("input") is not None:
+        if not isinstance(data["input"], str):
+            raise ValueError(f"'input' must be a file path, got {data['input']!r}")
+        if data.get("seconds") is not None:
+            raise ValueError("'seconds' cannot be combined with 'input': the output has the input's length")
+    elif data.get("strength") is not None:
+        raise ValueError("'strength' goes with 'input' (how far the input is taken towards noise)")
+    if data.get("strength") is not None:
+        strength = data["strength"]
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+            raise ValueError(f"'strength' must be in (0, 1], got {strength!r}")
+    if data.get("negative_prompt") is not None and not isinstance(data["negative_prompt"], str):
+        raise ValueError(f"'negative_prompt' must be a string, got {data['negative_prompt']!r}")
+    job = Job(**data, line=line)
+    if job.timeline is not None:
+        from .timeline import parse_timeline
+
+        parse_timeline([tuple(s) if isinstance(s, list) else s for s in job.timeline], job.seconds)
+    return job
+
+
+def read_jobs(path: str | os.PathLike) -> list[Job]:
+    """The jobs of a JSON Lines file (one object per line; blank lines and lines starting with # are skipped).
+
+    Raises JobError naming the file, the line and the problem; two jobs writing the same output are refused.
+    """
+    jobs, seen = [], {}
+    with open(path, encoding="utf-8") as f:
+        for number, text in enumerate(f, start=1):
+            if not text.strip() or text.lstrip().startswith("#"):
+                continue
+            try:
+                job = parse_job(json.loads(text), number)
+            except ValueError as error:  # json.JSONDecodeError is a ValueError too
+                raise JobError(f"{path} line {number}: {error}") from None
+            key = os.path.normpath(job.output)
+            if key in seen:
+                raise JobError(f"{path} line {number}: output {job.output!r} is already written by line {seen[key]}")
+            seen[key] = number
+            jobs.append(job)
+    if not jobs:
+        raise JobError(f"{path}: no jobs (one JSON object per line)")
+    return jobs
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's place: ``rank`` of ``world`` ranks, and its device index on its node (``local_rank``)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+
+def parse_shard(text: str) -> Shard:
+    """``"i/N"`` (0-based i) as a Shard."""
+    try:
+        rank, world = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard takes i/N with 0 <= i < N, e.g. 0/4; got {text!r}") from None
+    if not 0 <= rank < world:
+        raise ValueError(f"--shard takes i/N with 0 <= i < N, e.g. 0/4; got {text!r}")
+    return Shard(rank, world, 0)
+
+
+def shard_from_environment(environ: dict[str, str] | None = None) -> Shard:
+    """torchrun's RANK/WORLD_SIZE/LOCAL_RANK, else Slurm's SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID, else 0 of 1."""
+    env = os.environ if environ is None else environ
+    for rank, world, local in (("RANK", "WORLD_SIZE", "LOCAL_RANK"),
+                               ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")):
+        if rank in env and world in env:
+            try:
+                shard = Shard(int(env[rank]), int(env[world]), int(env.get(local, env[rank])))
+            except ValueError:
+                raise ValueError(f"{rank}={env[rank]!r}, {world}={env[world]!r}: not integers") from None
+            if not 0 <= shard.rank < shard.world:
+                raise ValueError(f"{rank}={shard.rank} is not a rank of {world}={shard.world}")
+            return shard
+    return Shard()
+
+
+def assign(jobs: list[Job], world: int) -> list[list[int]]:
+    """Job indices per rank: longest first (seconds x steps), each to the rank with the least work so far; ties
+    go to the lower index, so every rank computes the same assignment."""
+    load = [0.0] * world
+    ranks: list[list[int]] = [[] for _ in range(world)]
+    for index in sorted(range(len(jobs)), key=lambda i: (-jobs[i].cost, i)):
+        rank = min(range(world), key=lambda r: (load[r], r))
+        load[rank] += jobs[index].cost
+        ranks[rank].append(index)
+    return ranks
+
+
+def sidecar_path(wav: Path) -> Path:
+    return wav.with_name(wav.name + SIDECAR_SUFFIX)
+
+
+def is_done(wav: Path) -> bool:
+    """True when ``wav`` exists and its sidecar records it as done."""
+    try:
+        with open(sidecar_path(wav), encoding="utf-8") as f:
+            return json.load(f).get("status") == "done" and wav.is_file()
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    with atomic_file(path) as part:
+        with open(part, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, default=str)
+            f.write("\n")
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import diffusers
+    import torch
+    import transformers
+
+    try:
+        own = version("audioldm-tiled")
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        own = "unknown"
+    return {"audioldm_tiled": own, "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version()}
+
+
+def render_job(pipe, job: Job, out_dir: Path, tiling) -> dict[str, Any]:
+    """Render one job into ``out_dir / job.output`` (atomically) and return its timings."""
+    import torch
+
+    from .render import render_to_wav
+
+    call: dict[str, Any] = {"num_inference_steps": job.steps, "guidance_scale": job.guidance,
+                            "negative_prompt": job.negative_prompt,
+                            "generator": torch.Generator("cpu").manual_seed(job.resolved_seed),
+                            "tiling": tiling.replace(mode=job.mode)}
+    if job.input is not None:
+        call["audio"] = job.input
+        call["strength"] = 0.5 if job.strength is None else job.strength
+    else:
+        call["audio_length_in_s"] = DEFAULT_SECONDS if job.seconds is None else job.seconds
+    prompt = job.prompt if job.timeline is None else [tuple(s) if isinstance(s, list) else s for s in job.timeline]
+    target = out_dir / job.output
+    target.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    render_to_wav(pipe, target, prompt, **call)
+    return {"render_s": round(time.perf_counter() - start, 3)}
+
+
+def run_batch(pipe, jobs: list[Job], out_dir: str | os.PathLike, shard: Shard = Shard(), tiling=None,
+              model: str | None = None) -> dict[str, list[str]]:
+    """Render this rank's share of ``jobs`` into ``out_dir``; returns the outputs done, skipped and failed.
+
+    A job already done (its WAV and a sidecar saying so) is skipped. A job that fails is recorded in its sidecar
+    and in this rank's manifest with the error, and the others go on. The manifest,
+    ``manifest.rank-<r>-of-<N>.json`` in ``out_dir``, is rewritten (atomically) after every job.
+    """
+    from .config import TilingConfig
+
+    tiling = tiling or TilingConfig()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mine = assign(jobs, shard.world)[shard.rank]
+    summary: dict[str, list[str]] = {"done": [], "skipped": [], "failed": []}
+    manifest_path = out_dir / f"manifest.rank-{shard.rank}-of-{shard.world}.json"
+    entries: list[dict[str, Any]] = []
+    versions = _versions()
+    tag = f"rank {shard.rank}/{shard.world}"
+    logger.info("%s: %d of %d jobs", tag, len(mine), len(jobs))
+    for count, index in enumerate(mine, start=1):
+        job = jobs[index]
+        wav = out_dir / job.output
+        entry: dict[str, Any] = {"output": job.output, "line": job.line}
+        if is_done(wav):
+            summary["skipped"].append(job.output)
+            entry["status"] = "skipped"
+            logger.info("%s: job %d/%d %s: already done, skipped", tag, count, len(mine), job.output)
+        else:
+            record: dict[str, Any] = {"settings": job.settings(), "model": model, "rank": shard.rank,
+                                      "world": shard.world, "versions": versions}
+            try:
+                record.update(render_job(pipe, job, out_dir, tiling), status="done")
+                summary["done"].append(job.output)
+                logger.info("%s: job %d/%d %s: done in %.1f s", tag, count, len(mine), job.output,
+                            record["render_s"])
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as error:  # noqa: BLE001 - one failed job is recorded; the batch goes on
+                record.update(status="failed", error=f"{type(error).__name__}: {error}",
+                              traceback=traceback.format_exc(limit=8))
+                summary["failed"].append(job.output)
+                logger.error("%s: job %d/%d %s: failed: %s", tag, count, len(mine), job.output, record["error"])
+            _write_json(sidecar_path(wav), record)
+            entry.update(status=record["status"], error=record.get("error"))
+        entries.append(entry)
+        _write_json(manifest_path, {"rank": shard.rank, "world": shard.world, "jobs": entries})
+    logger.info("%s: %d done, %d skipped, %d failed", tag, len(summary["done"]), len(summary["skipped"]),
+                len(summary["failed"]))
+    return summary
