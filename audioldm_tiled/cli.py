@@ -222,20 +222,26 @@ def generate(args: argparse.Namespace) -> Path:
     dtype = resolve_dtype(args.dtype, device)
     import torch
 
+    from .distributed import init_from_environment, local_device
     from .loading import ModelLoadError, load_pipeline
 
+    device = local_device(device)  # under torchrun or srun: this rank's GPU
+    ranks = init_from_environment(device)  # several ranks: one render, its denoising windows shared out
     try:
         pipe = load_pipeline(args.model, dtype, device)
     except ModelLoadError as error:
         raise CliError(f"--model: {error}") from None
-    pipe.set_progress_bar_config(disable=args.quiet)
+    pipe.set_progress_bar_config(disable=args.quiet or (ranks is not None and ranks.rank > 0))
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
     length = {"audio": args.input, "strength": args.strength} if args.input else {"audio_length_in_s": args.seconds}
     tiling = TilingConfig(mode=args.mode, store=args.store, store_dir=args.store_dir,
                           memory_budget=None if args.memory_budget is None else int(args.memory_budget * 1e9))
-    render_to_wav(pipe, output, prompt, subtype=args.subtype, overwrite=not args.no_overwrite,
-                  num_inference_steps=args.steps, guidance_scale=args.guidance, negative_prompt=args.negative_prompt,
-                  generator=generator, tiling=tiling, **length)
+    call = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, negative_prompt=args.negative_prompt,
+                generator=generator, tiling=tiling, **length)
+    if ranks is not None and ranks.rank > 0:
+        pipe(prompt, output_type="latent", **call)  # its share of every step; rank 0 decodes and writes
+        return output
+    render_to_wav(pipe, output, prompt, subtype=args.subtype, overwrite=not args.no_overwrite, **call)
     logger.info("wrote %s", output)
     if picture is not None:
         import soundfile
@@ -315,13 +321,11 @@ def batch(args: argparse.Namespace) -> int:
         raise CliError(f"--out-dir {args.out_dir}: {error.strerror or error}") from None
     if not os.access(out_dir, os.W_OK):
         raise CliError(f"--out-dir {args.out_dir}: not writable")
-    device = resolve_device(args.device)
-    if device.type == "cuda" and device.index is None:
-        import torch
-
-        device = torch.device("cuda", shard.local_rank % torch.cuda.device_count())
-    dtype = resolve_dtype(args.dtype, device)
     from .config import TilingConfig
+    from .distributed import local_device
+
+    device = local_device(resolve_device(args.device))  # under torchrun or srun: this rank's GPU
+    dtype = resolve_dtype(args.dtype, device)
     from .loading import ModelLoadError, load_pipeline
 
     try:

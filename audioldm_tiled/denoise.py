@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import TilingConfig
+from .distributed import Ranks, sum_over_ranks, together
 from .geometry import Tile, plan_tiles
 
 
@@ -65,6 +66,7 @@ def predict_noise(
     plan: WindowPlan,
     batch_size: int,
     cross_attention_kwargs: dict | None = None,
+    ranks: Ranks | None = None,
 ) -> torch.Tensor:
     """Guided noise prediction for the whole latent (B, C, T, F), merged over the windows of ``plan``.
 
@@ -72,11 +74,24 @@ def predict_noise(
         embeds: (W, 2, B, D) with the negative and positive class embedding of each window, or (W, 1, B, D)
             without guidance.
         batch_size: windows per UNet call.
+        ranks: with several windows, each rank predicts its contiguous share and the merged sums are added over
+            the ranks (see ``distributed``); with one window every rank predicts it.
     """
+    if ranks is None or len(plan.windows) == 1:
+        return _predict(unet, latents, t, embeds, guidance_scale, plan, range(len(plan.windows)), batch_size,
+                        cross_attention_kwargs)
+    merged = together(ranks, lambda: _predict(unet, latents, t, embeds, guidance_scale, plan,
+                                               ranks.share(len(plan.windows)), batch_size, cross_attention_kwargs))
+    return sum_over_ranks(ranks, merged)
+
+
+def _predict(unet, latents, t, embeds, guidance_scale, plan: WindowPlan, windows: range, batch_size: int,
+             cross_attention_kwargs) -> torch.Tensor:
+    """The merged prediction of ``windows`` alone (zero elsewhere), or the one window's prediction."""
     guided = embeds.shape[1] == 2
     merged = latents.new_zeros(latents.shape) if len(plan.windows) > 1 else None
-    for first in range(0, len(plan.windows), batch_size):
-        group = range(first, min(first + batch_size, len(plan.windows)))
+    for first in range(windows.start, windows.stop, batch_size):
+        group = range(first, min(first + batch_size, windows.stop))
         crops = torch.cat([latents[:, :, plan.windows[i].start : plan.windows[i].stop] for i in group])
         # Same layout as the parent pipeline: all unconditional rows first, then all conditional rows.
         labels = torch.cat([embeds[i, k] for k in range(embeds.shape[1]) for i in group])
@@ -127,6 +142,7 @@ def denoise(
     cross_attention_kwargs: dict | None = None,
     timesteps: torch.Tensor | None = None,
     interrupted: Callable[[], bool] = lambda: False,
+    ranks: Ranks | None = None,
 ) -> torch.Tensor:
     """Run ``timesteps`` (default: all of the scheduler's; audio-to-audio starts part way) on the windows of
     ``plan`` (``plan_windows``).
@@ -134,7 +150,7 @@ def denoise(
     ``conditioning()`` is read at every step, since a callback may change it: the windows' embeddings (W or 1,
     2 or 1, B, D), negative and conditional rows or the conditional alone, and the guidance scale.
     ``step_callback(i, t, latents)`` may return replacement latents; the loop stops before a step once
-    ``interrupted()`` is true."""
+    ``interrupted()`` is true. With ``ranks`` the windows are shared out over them (``predict_noise``)."""
     timesteps = scheduler.timesteps if timesteps is None else timesteps
     with progress_bar(len(timesteps)) as bar:
         if len(plan.windows) > 1 and hasattr(bar, "set_postfix_str"):
@@ -147,7 +163,7 @@ def denoise(
                 window_embeds = window_embeds.expand(len(plan.windows), *window_embeds.shape[1:])
             model_input_latents = scheduler.scale_model_input(latents, t)
             noise = predict_noise(unet, model_input_latents, t, window_embeds, guidance_scale, plan, batch_size,
-                                  cross_attention_kwargs)
+                                  cross_attention_kwargs, ranks)
             latents = scheduler.step(noise, t, latents, **extra_step_kwargs).prev_sample
             if step_callback is not None:
                 latents = step_callback(i, t, latents)

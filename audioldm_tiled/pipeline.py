@@ -19,6 +19,7 @@ from .call_inputs import check_call_arguments, check_latents, check_length_fits,
 from .config import TilingConfig
 from .denoise import denoise, guidance_rows, plan_windows
 from .deprecation import parent_deprecation_once
+from .distributed import current_ranks, smallest, together
 from .memory import choose_window_batch_size
 from .timeline import is_timeline, mix_embeddings, parse_timeline, window_mix
 from .vae import check_exact_decode_fits, decode_tiles, iter_decode, tiled_decode, tiled_encode
@@ -367,8 +368,10 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
                                                     config)
         self._num_timesteps = len(timesteps)
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
-        if output_type != "latent":  # fail now rather than after the denoising if the decode cannot fit
-            check_exact_decode_fits(self.vae, latents, config)
+        ranks = current_ranks()  # a process group: the windows are shared out over its ranks
+        if output_type != "latent" or ranks is not None:
+            # Fail now rather than after the denoising if the decode cannot fit; with ranks, all of them fail.
+            together(ranks, lambda: output_type == "latent" or check_exact_decode_fits(self.vae, latents, config))
 
         # Read at every step: a callback may turn guidance off (diffusers' SDCFGCutoffCallback) or change the
         # embeddings. For a timeline the embeddings are per segment, mixed per window.
@@ -384,8 +387,8 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
                 return rows[None], self._guidance_scale  # (1, 2 or 1, B, D)
             return mix_embeddings(rows.transpose(0, 1)[:, :, None], mix), self._guidance_scale  # (W, 2 or 1, 1, D)
 
-        window_batch = config.window_batch_size or choose_window_batch_size(
-            latents, len(plan.windows), plan.windows[0].length, do_classifier_free_guidance, config)
+        window_batch = smallest(ranks, config.window_batch_size or choose_window_batch_size(
+            latents, len(plan.windows), plan.windows[0].length, do_classifier_free_guidance, config))
 
         def step_callback(i: int, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
             if callback_on_step_end is not None:
@@ -400,6 +403,6 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
 
         latents = denoise(self.unet, self.scheduler, latents, conditioning, plan, extra_step_kwargs, window_batch,
                           lambda total: self.progress_bar(total=total), step_callback, cross_attention_kwargs,
-                          timesteps, interrupted=lambda: self.interrupt)
+                          timesteps, interrupted=lambda: self.interrupt, ranks=ranks)
 
         return config, latents, original_waveform_length
