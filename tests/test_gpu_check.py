@@ -14,12 +14,14 @@ def test_gpu_check_runs_on_the_cpu_and_writes_every_row(tmp_path):
     report = json.loads(out.read_text())
     rows = {row["check"]: row for row in report["rows"]}
     assert list(rows) == ["main-job-fp16", "parent-single-pass", "decode", "vocoder", "fallback",
-                          "hour-stream-fast", "main-job-fp32"]
+                          "hour-stream-fast", "hour-exact-host", "main-job-fp32"]
     assert rows["main-job-fp16"]["samples"] == 3 * 16000 and rows["main-job-fp16"]["denoise_s"] > 0
     assert rows["decode"]["exact"]["snr_db_vs_fp32_untiled"] > 90  # fp32 on the CPU: exact equals untiled
     assert rows["vocoder"]["chunked-bfloat16"]["snr_db_vs_fp32"] > 20
     assert rows["fallback"]["skipped"].startswith("needs CUDA")
     assert rows["hour-stream-fast"]["wav_bytes"] == 44 + 2 * 6 * 16000
+    assert rows["decode"]["exact-host"]["snr_db_vs_fp32_untiled"] > 90
+    assert rows["hour-exact-host"]["mel_frames"] == 6 * 100
     assert report["machine"] and report["torch"]
 
 

@@ -139,6 +139,9 @@ class GpuCheck:
             variants = {
                 "untiled": lambda: vae.decode(x).sample,
                 "exact": lambda: tiled_decode(vae, x, TilingConfig(enabled=True, show_progress=False)),
+                # the paused tiles in pinned host memory: device memory that does not grow with the length
+                "exact-host": lambda: tiled_decode(vae, x, TilingConfig(enabled=True, store="host",
+                                                                        show_progress=False)),
                 "fast": lambda: tiled_decode(vae, x, TilingConfig(enabled=True, mode="fast", show_progress=False)),
                 "diffusers": lambda: _diffusers_tiled(vae, x),
             }
@@ -231,6 +234,22 @@ class GpuCheck:
         return {"seconds": self.args.hour_seconds, "time_s": elapsed, "peak_bytes": self.dev.peak_bytes(),
                 "wav_bytes": size}
 
+    def hour_exact_host(self) -> dict:
+        """An exact decode of ``hour_seconds`` with the paused tiles in host memory: peak device memory and time.
+        Each piece is dropped once counted: the hour's output would not fit where its activations do not."""
+        from ..vae import iter_decode
+
+        vae = self.pipe(torch.float16 if self.dev.cuda else torch.float32).vae
+        frames = int(self.args.hour_seconds * LATENT_FRAMES_PER_SECOND)
+        x = torch.randn(1, vae.config.latent_channels, frames, 16, generator=self.generator())
+        x = x.to(self.dev.device, vae.dtype)
+        self.dev.reset_peak()
+        with torch.no_grad():
+            config = TilingConfig(enabled=True, store="host", show_progress=False)
+            out, elapsed = self.dev.timed(lambda: sum(piece.shape[2] for piece in iter_decode(vae, x, config)))
+        return {"seconds": self.args.hour_seconds, "time_s": elapsed, "peak_bytes": self.dev.peak_bytes(),
+                "mel_frames": out}
+
     def checks(self) -> list[tuple[str, Callable[[], dict]]]:
         return [
             ("main-job-fp16", lambda: self.main_job(torch.float16)),
@@ -239,6 +258,7 @@ class GpuCheck:
             ("vocoder", self.vocoder),
             ("fallback", self.fallback),
             ("hour-stream-fast", self.hour_stream),
+            ("hour-exact-host", self.hour_exact_host),
             ("main-job-fp32", lambda: self.main_job(torch.float32)),
         ]
 
