@@ -226,7 +226,7 @@ def generate(args: argparse.Namespace) -> Path:
     from .loading import ModelLoadError, load_pipeline
 
     device = local_device(device)  # under torchrun or srun: this rank's GPU
-    ranks = init_from_environment(device)  # several ranks: one render, its denoising windows shared out
+    ranks = init_from_environment(device)  # several ranks: one render, shared out over them
     try:
         pipe = load_pipeline(args.model, dtype, device)
     except ModelLoadError as error:
@@ -238,10 +238,10 @@ def generate(args: argparse.Namespace) -> Path:
                           memory_budget=None if args.memory_budget is None else int(args.memory_budget * 1e9))
     call = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, negative_prompt=args.negative_prompt,
                 generator=generator, tiling=tiling, **length)
-    if ranks is not None and ranks.rank > 0:
-        pipe(prompt, output_type="latent", **call)  # its share of every step; rank 0 decodes and writes
-        return output
+    # Under several ranks each renders its share; rank 0 writes the file.
     render_to_wav(pipe, output, prompt, subtype=args.subtype, overwrite=not args.no_overwrite, **call)
+    if ranks is not None and ranks.rank > 0:
+        return output
     logger.info("wrote %s", output)
     if picture is not None:
         import soundfile

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -45,6 +45,10 @@ class Ranks:
         base, extra = divmod(count, self.world)
         start = self.rank * base + min(self.rank, extra)
         return range(start, start + base + (self.rank < extra))
+
+    def owners(self, count: int) -> list[int]:
+        """The rank that holds each of ``count`` items under ``share``."""
+        return [r for r in range(self.world) for _ in Ranks(r, self.world).share(count)]
 
     def device(self) -> torch.device:
         """Where this group's collectives take their tensors: the current CUDA device for NCCL, else the CPU."""
@@ -89,10 +93,18 @@ def together(ranks: Ranks | None, work: Callable[[], T]) -> T:
     if ranks is None:
         return work()
     error: BaseException | None = None
+    result = None
     try:
         result = work()
     except Exception as caught:  # noqa: BLE001 - reported to every rank below, then raised here too
         error = caught
+    agree(ranks, error)
+    return result
+
+
+def agree(ranks: Ranks, error: BaseException | None) -> None:
+    """Every rank says whether its work failed (one small all_reduce); if any did, every rank raises RankFailed
+    with the first failing rank's message, chained to its own error where it has one."""
     failed = torch.tensor([0 if error is None else 1], device=ranks.device())
     dist.all_reduce(failed, group=ranks.group)
     if failed.item():
@@ -101,7 +113,13 @@ def together(ranks: Ranks | None, work: Callable[[], T]) -> T:
                                group=ranks.group)
         first = next(r for r, message in enumerate(messages) if message is not None)
         raise RankFailed(f"rank {first} of {ranks.world} failed: {messages[first]}") from error
-    return result
+
+
+def gather_objects(ranks: Ranks, value: T) -> list[T]:
+    """Every rank's ``value`` (any picklable object), in rank order, on every rank."""
+    values: list = [None] * ranks.world
+    dist.all_gather_object(values, value, group=ranks.group)
+    return values
 
 
 def smallest(ranks: Ranks | None, value: int) -> int:
@@ -123,4 +141,109 @@ def sum_over_ranks(ranks: Ranks, tensor: torch.Tensor) -> torch.Tensor:
     moved = tensor.to(device)
     dist.all_reduce(moved, group=ranks.group)
     tensor.copy_(moved)
+    return tensor
+
+
+Span = tuple[int, int]
+
+
+def exchange_frames(ranks: Ranks, read: Callable[[int, int], torch.Tensor], owned: list[Span], needed: list[Span],
+                    shape: tuple[int, ...], dtype: torch.dtype, dim: int = 2) -> list[tuple[int, torch.Tensor]]:
+    """Frames along ``dim`` that this rank needs and another rank holds, by point-to-point exchange.
+
+    Rank r holds frames ``owned[r]`` (``read(lo, hi)`` gives frames [lo, hi) of them) and needs ``needed[r]``;
+    every rank knows both lists. Each rank sends every other rank the part of its own frames that rank needs, in one
+    ``batch_isend_irecv``, and returns what it received as (first frame, tensor) pairs in time order; the part of
+    ``needed`` it holds itself is not copied. ``shape`` is the tensors' shape with any length along ``dim``.
+    """
+    ops, received = [], []
+    me = ranks.rank
+    device = ranks.device()
+    for other in range(ranks.world):
+        if other == me:
+            continue
+        lo, hi = max(owned[me][0], needed[other][0]), min(owned[me][1], needed[other][1])
+        if lo < hi:
+            piece = read(lo, hi).to(device=device, dtype=dtype).contiguous()
+            ops.append(dist.P2POp(dist.isend, piece, other, group=ranks.group))
+        lo, hi = max(owned[other][0], needed[me][0]), min(owned[other][1], needed[me][1])
+        if lo < hi:
+            size = list(shape)
+            size[dim] = hi - lo
+            buffer = torch.empty(size, dtype=dtype, device=device)
+            ops.append(dist.P2POp(dist.irecv, buffer, other, group=ranks.group))
+            received.append((lo, buffer))
+    for request in dist.batch_isend_irecv(ops) if ops else []:
+        request.wait()
+    return sorted(received, key=lambda item: item[0])
+
+
+def in_rank_order(ranks: Ranks, pieces: Iterator[torch.Tensor], root: int | None = 0,
+                  dim: int = -1) -> Iterator[torch.Tensor]:
+    """The ranks' pieces in rank order, each rank's concatenated along ``dim`` (the same rank count and every
+    dimension but ``dim`` alike): on ``root``, its own pieces as they are made, then each other rank's block as it
+    arrives, and nothing on the other ranks; with ``root=None`` every rank gets every block.
+
+    Making the pieces is shared work: a rank whose pieces fail makes every rank raise RankFailed (on the root after
+    its own pieces, so what it streamed out is discarded by its consumer)."""
+    if root == ranks.rank:
+        error = None
+        try:
+            yield from pieces
+        except Exception as caught:  # noqa: BLE001 - every rank learns of it in agree()
+            error = caught
+        agree(ranks, error)
+        for other in range(ranks.world):
+            if other != root:
+                block = _receive(ranks, other)
+                if block is not None:
+                    yield block
+        return
+    block = together(ranks, lambda: _joined(list(pieces), dim))
+    if root is not None:
+        _send(ranks, block, root)
+        return
+    for owner in range(ranks.world):
+        shared = broadcast_tensor(ranks, block if owner == ranks.rank else None, owner)
+        if shared is not None:
+            yield shared
+
+
+def _joined(pieces: list[torch.Tensor], dim: int) -> torch.Tensor | None:
+    if not pieces:
+        return None
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=dim)
+
+
+def _header(block: torch.Tensor | None) -> list:
+    return [] if block is None else [block.dtype, *block.shape]
+
+
+def _send(ranks: Ranks, block: torch.Tensor | None, to: int) -> None:
+    dist.send_object_list([_header(block)], dst=to, group=ranks.group)
+    if block is not None:
+        dist.send(block.to(ranks.device()).contiguous(), dst=to, group=ranks.group)
+
+
+def _receive(ranks: Ranks, source: int) -> torch.Tensor | None:
+    header = [None]
+    dist.recv_object_list(header, src=source, group=ranks.group)
+    if not header[0]:
+        return None
+    dtype, *shape = header[0]
+    block = torch.empty(shape, dtype=dtype, device=ranks.device())
+    dist.recv(block, src=source, group=ranks.group)
+    return block
+
+
+def broadcast_tensor(ranks: Ranks, block: torch.Tensor | None, owner: int) -> torch.Tensor | None:
+    """``owner``'s tensor (or None) on every rank; the others need not know its shape or dtype."""
+    header = [_header(block)]
+    dist.broadcast_object_list(header, src=owner, group=ranks.group)
+    if not header[0]:
+        return None
+    dtype, *shape = header[0]
+    tensor = block.to(ranks.device()).contiguous() if owner == ranks.rank else \
+        torch.empty(shape, dtype=dtype, device=ranks.device())
+    dist.broadcast(tensor, src=owner, group=ranks.group)
     return tensor

@@ -20,6 +20,7 @@ from .config import TilingConfig
 from .denoise import denoise, guidance_rows, plan_windows
 from .deprecation import parent_deprecation_once
 from .distributed import current_ranks, smallest, together
+from .distributed_decode import waveform_on_ranks
 from .memory import choose_window_batch_size
 from .timeline import is_timeline, mix_embeddings, parse_timeline, window_mix
 from .vae import check_exact_decode_fits, decode_tiles, iter_decode, tiled_decode, tiled_encode
@@ -222,8 +223,14 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
         if output_type == "latent":
             self.maybe_free_model_hooks()
             return AudioPipelineOutput(audios=latents) if return_dict else (latents,)
-        mel_spectrogram = self.decode_latents(latents, config)
-        audio = self.mel_spectrogram_to_waveform(mel_spectrogram, config)
+        ranks = current_ranks()
+        if ranks is None:
+            mel_spectrogram = self.decode_latents(latents, config)
+            audio = self.mel_spectrogram_to_waveform(mel_spectrogram, config)
+        else:  # decoded and vocoded by all ranks, and every rank returns the whole waveform
+            latents = 1 / self.vae.config.scaling_factor * latents
+            audio = torch.cat(list(waveform_on_ranks(self.vae, self.vocoder, latents, config, ranks, root=None)),
+                              dim=-1).cpu().float()
         audio = audio[:, :keep]
         self.maybe_free_model_hooks()
         if output_type == "np":
@@ -241,6 +248,9 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
         never holds its whole mel or waveform. ``enabled="auto"`` means tiled here; only ``enabled=False`` decodes
         in one pass. The pieces concatenate to ``__call__(...).audios`` for the same
         arguments, trimmed to ``audio_length_in_s``.
+
+        Under a ``torch.distributed`` process group every rank must iterate it: all ranks denoise, decode and
+        vocode their shares, and the pieces come out on rank 0 only (in order; the other ranks yield nothing).
         """
         if kwargs.get("output_type", "np") != "np" or "return_dict" in kwargs:
             raise ValueError("stream() yields numpy pieces; it takes no `output_type` or `return_dict`")
@@ -273,10 +283,14 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
             # decode would fit today's free memory (at 600 s it would take ~14 GB and a quadratic attention).
             config = config.replace(enabled=True)
         latents = 1 / self.vae.config.scaling_factor * latents
-        mel_pieces = (piece.squeeze(1) for piece in iter_decode(self.vae, latents, config))
-        total_frames = latents.shape[2] * self.vae_scale_factor
+        ranks = current_ranks()
+        if ranks is None:
+            mel_pieces = (piece.squeeze(1) for piece in iter_decode(self.vae, latents, config))
+            waves = stream_vocode(self.vocoder, mel_pieces, latents.shape[2] * self.vae_scale_factor, config)
+        else:  # decoded and vocoded by all ranks; the pieces arrive in order on rank 0
+            waves = waveform_on_ranks(self.vae, self.vocoder, latents, config, ranks, root=0)
         emitted = 0
-        for wave in stream_vocode(self.vocoder, mel_pieces, total_frames, config):
+        for wave in waves:
             wave = wave[:, : max(0, keep - emitted)].cpu().float().numpy()
             emitted += wave.shape[1]
             if wave.shape[1]:

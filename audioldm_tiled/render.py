@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .audio import open_wav, wav_bytes
+from .distributed import current_ranks, together
 from .files import check_output_path
 
 
@@ -26,18 +27,31 @@ def render_to_wav(pipe, path: str | os.PathLike, prompt: Any = None, *, subtype:
         overwrite: replace an existing file; with False an existing ``path`` raises before anything runs.
         call_kwargs: the pipeline's call arguments (``audio_length_in_s``, ``num_inference_steps``, ``tiling``, ...).
 
+    Under a ``torch.distributed`` process group every rank calls it with the same arguments: all of them render
+    their shares, rank 0 checks the path and writes the file, and a failure on any rank fails them all.
+
     Returns:
         The path written.
     """
-    seconds = call_kwargs.get("audio_length_in_s")
-    size = None if seconds is None else wav_bytes(seconds * pipe.vocoder.config.sampling_rate, subtype)
-    path = check_output_path(path, overwrite=overwrite, size=size)
-    if call_kwargs.get("num_waveforms_per_prompt", 1) != 1 or (
-        isinstance(prompt, list) and len(prompt) > 1 and all(isinstance(p, str) for p in prompt)
-    ):
-        raise ValueError("render_to_wav writes one waveform: give one prompt (or one timeline) and "
-                         "num_waveforms_per_prompt=1")
+    ranks = current_ranks()
+    writes = ranks is None or ranks.rank == 0
+
+    def check() -> Path:
+        if call_kwargs.get("num_waveforms_per_prompt", 1) != 1 or (
+            isinstance(prompt, list) and len(prompt) > 1 and all(isinstance(p, str) for p in prompt)
+        ):
+            raise ValueError("render_to_wav writes one waveform: give one prompt (or one timeline) and "
+                             "num_waveforms_per_prompt=1")
+        seconds = call_kwargs.get("audio_length_in_s")
+        size = None if seconds is None else wav_bytes(seconds * pipe.vocoder.config.sampling_rate, subtype)
+        return check_output_path(path, overwrite=overwrite, size=size) if writes else Path(path)
+
+    path = together(ranks, check)
     pieces = pipe.stream(prompt, **call_kwargs)
+    if not writes:
+        for _ in pieces:  # this rank's share of the work; its pieces reach rank 0
+            pass
+        return path
     with open_wav(path, pipe.vocoder.config.sampling_rate, subtype, overwrite=overwrite) as writer:
         for piece in pieces:
             writer.write(piece[0])

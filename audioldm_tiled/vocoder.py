@@ -175,6 +175,30 @@ def plan_chunks(vocoder: nn.Module, mel: torch.Tensor, total_frames: int, config
     return plan_tiles(total_frames, chunk, halo=context)
 
 
+def _chunk_wave(vocoder: nn.Module, vocode, mel: torch.Tensor, chunk: Tile, last: bool, hop: int) -> torch.Tensor:
+    """The samples ``chunk`` owns, vocoded from its frames ``mel``; the last chunk also owns the tail the transposed
+    convolutions add."""
+    fire_hook(vocoder)  # the VAE may have run since the last chunk, and its hook offloaded the vocoder
+    wave = vocode(mel)
+    if wave.dim() == 1:
+        wave = wave[None]
+    end = wave.shape[-1] if last else (chunk.core_stop - chunk.start) * hop
+    return wave[:, (chunk.core_start - chunk.start) * hop : end]
+
+
+@torch.no_grad()
+def vocode_chunks(vocoder: nn.Module, mel: torch.Tensor, mel_start: int, chunks: list[Tile], owns_tail: bool,
+                  config: TilingConfig) -> Iterator[torch.Tensor]:
+    """The waveform of ``chunks`` (part of a ``plan_chunks`` plan), a piece per chunk, from ``mel`` (B, t, n_mels)
+    holding the frames from ``mel_start`` on that they read; ``owns_tail``: the last of them ends the plan."""
+    hop = hop_length(vocoder)
+    vocode = _vocode_function(vocoder, mel.device, config)
+    with large_allocations_returned():
+        for index, c in enumerate(chunks):
+            last = owns_tail and index == len(chunks) - 1
+            yield _chunk_wave(vocoder, vocode, mel[:, c.start - mel_start : c.stop - mel_start], c, last, hop)
+
+
 @torch.no_grad()
 def stream_vocode(
     vocoder: nn.Module,
@@ -203,15 +227,8 @@ def stream_vocode(
                 buffer.append(piece)
                 buffer_end += piece.shape[1]
             held = torch.cat(buffer, dim=1) if len(buffer) > 1 else buffer[0]
-            fire_hook(vocoder)  # the VAE may have run since the last chunk, and its hook offloaded the vocoder
-            wave = vocode(held[:, c.start - buffer_start : c.stop - buffer_start])
-            if wave.dim() == 1:
-                wave = wave[None]
             last = index == len(chunks) - 1
-            # samples owned by this chunk; the last one also owns the tail the transposed convolutions add
-            begin = (c.core_start - c.start) * hop
-            end = wave.shape[-1] if last else (c.core_stop - c.start) * hop
-            yield wave[:, begin:end]
+            yield _chunk_wave(vocoder, vocode, held[:, c.start - buffer_start : c.stop - buffer_start], c, last, hop)
             keep = chunks[index + 1].start if not last else c.stop
             buffer, buffer_start = [held[:, keep - buffer_start :]], keep
             bar.update()

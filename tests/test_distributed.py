@@ -158,3 +158,124 @@ def test_the_command_line_over_ranks_writes_the_one_process_file(tmp_path):
     assert on_ranks(2, work, tmp_path) == [0, 0]
     assert (tmp_path / "two-0.wav").read_bytes() == (tmp_path / "one.wav").read_bytes()
     assert not (tmp_path / "two-1.wav").exists()
+
+
+# Decode and vocoder over ranks: tiles of 16 latent frames, vocoder chunks of 64 mel frames.
+SPREAD = TilingConfig(enabled=True, tile_frames=16, vocoder_chunk_frames=64, show_progress=False)
+
+
+def one_process_waveform(tiny, latents, config):
+    from audioldm_tiled.vae import iter_decode
+    from audioldm_tiled.vocoder import stream_vocode
+
+    mel = (piece.squeeze(1) for piece in iter_decode(tiny["vae"], latents, config))
+    return torch.cat(list(stream_vocode(tiny["vocoder"], mel, latents.shape[2] * 4, config)), dim=-1)
+
+
+def waveform_over_ranks(tiny, latents, config, root=None):
+    from audioldm_tiled.distributed_decode import waveform_on_ranks
+
+    pieces = list(waveform_on_ranks(tiny["vae"], tiny["vocoder"], latents, config, current_ranks(), root))
+    return torch.cat(pieces, dim=-1) if pieces else None
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("mode,store", [("fast", "device"), ("exact", "disk"), ("exact", "device")])
+def test_decode_and_vocoder_over_ranks_equal_one_process(tiny, tmp_path, world, mode, store):
+    from audioldm_tiled.vae import decode_job, decode_tiles
+    from audioldm_tiled.vae.fast import plan_proxy
+    from audioldm_tiled.vae.tasks import halo_frames
+    from conftest import EXACT_TOLERANCE, nonstationary_latents, relative_error
+
+    if mode == "fast":  # long enough for a proxy of two rounds, shared out over the ranks: 5 tiles, 19 chunks
+        latents, config = nonstationary_latents(1, 301), SPREAD.replace(mode="fast", tile_frames=64, proxy_frames=32)
+        tasks = decode_job(tiny["vae"]).tasks
+        assert plan_proxy(tasks, 301, 32, halo_frames(tasks), 32).rounds == 2
+    else:  # 4 tiles (uneven over 3 ranks), 4 chunks, batch 2
+        latents, config = nonstationary_latents(2, 61), SPREAD.replace(mode="exact", store=store)
+    tiles = len(decode_tiles(tiny["vae"], latents, config))
+    rounds = 2 if mode == "fast" else 0
+    with one_thread():
+        expected = one_process_waveform(tiny, latents, config)
+
+    def work(rank):
+        runs = []
+        hook = tiny["vae"].decoder.conv_out.register_forward_hook(lambda module, args, out: runs.append(1))
+        try:
+            return waveform_over_ranks(tiny, latents, config), len(runs)
+        finally:
+            hook.remove()
+
+    results = on_ranks(world, work, tmp_path)
+    for waveform, _ in results:
+        if mode == "fast" or store == "disk":
+            assert torch.equal(waveform, expected)
+        else:  # the device store's attention is one call over the whole sequence in one process, per key tile here
+            assert relative_error(waveform, expected) < EXACT_TOLERANCE
+    # each rank ran its own tiles (and its proxy rounds) to the end, and none ran twice
+    assert [runs for _, runs in results] == [len(Ranks(r, world).share(tiles)) + len(Ranks(r, world).share(rounds))
+                                             for r in range(world)]
+
+
+def test_more_ranks_than_tiles_and_chunks(tiny, tmp_path):
+    latents = torch.randn(1, 8, 20, 16, generator=torch.Generator().manual_seed(3))  # 2 tiles, 2 chunks
+    config = SPREAD.replace(mode="exact", store="host")
+    with one_thread():
+        expected = one_process_waveform(tiny, latents, config)
+    results = on_ranks(3, lambda rank: waveform_over_ranks(tiny, latents, config, root=0), tmp_path)
+    assert torch.equal(results[0], expected)
+    assert results[1] is None and results[2] is None  # the pieces come out on the root alone
+
+
+def test_a_decode_that_fails_on_one_rank_fails_on_every_rank(tiny, tmp_path):
+    latents = torch.randn(1, 8, 61, 16, generator=torch.Generator().manual_seed(4))
+
+    def work(rank):
+        if rank == 1:
+            def fail(module, args):
+                raise RuntimeError("decoder blew up")
+
+            tiny["vae"].decoder.conv_out.register_forward_pre_hook(fail)
+        return waveform_over_ranks(tiny, latents, SPREAD.replace(mode="exact"), root=0)
+
+    for error in on_ranks(2, work, tmp_path):
+        assert isinstance(error, RankFailed)
+        assert str(error) == "rank 1 of 2 failed: RuntimeError: decoder blew up"
+
+
+@pytest.mark.parametrize("mode", ["fast", "exact"])
+def test_the_whole_pipeline_over_ranks_equals_one_process(tiny_pipe, tmp_path, mode):
+    tiling = WINDOWS.replace(enabled=True, tile_frames=24, vocoder_chunk_frames=128, mode=mode, store="host")
+    prompt = [(0, "rain"), (2.5, "thunder")]
+
+    def audio():
+        return tiny_pipe(prompt, audio_length_in_s=5.0, num_inference_steps=2, tiling=tiling,
+                         generator=torch.Generator().manual_seed(11)).audios
+
+    with one_thread():
+        expected = audio()
+    for result in on_ranks(3, lambda rank: audio(), tmp_path):
+        assert (result == expected).all()
+
+
+def test_a_render_to_wav_that_fails_on_another_rank_keeps_the_existing_file(tiny_pipe, tmp_path):
+    from audioldm_tiled import render_to_wav
+
+    path = tmp_path / "out.wav"
+    path.write_bytes(b"an earlier render")
+    tiling = WINDOWS.replace(enabled=True, tile_frames=16, vocoder_chunk_frames=64)
+
+    def work(rank):
+        if rank == 1:  # in the forked rank only
+            from audioldm_tiled import vocoder
+
+            def fail(*args):
+                raise RuntimeError("vocoder blew up")
+
+            vocoder.hifigan_channels_last = fail
+        return render_to_wav(tiny_pipe, path, "rain", audio_length_in_s=2.0, num_inference_steps=2, tiling=tiling)
+
+    for error in on_ranks(2, work, tmp_path):
+        assert isinstance(error, RankFailed) and str(error) == "rank 1 of 2 failed: RuntimeError: vocoder blew up"
+    assert path.read_bytes() == b"an earlier render"
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".pt")) == ["out.wav"]

@@ -6,6 +6,7 @@ memory models they plan with."""
 from .dispatch import (
     check_exact_decode_fits,
     decode_job,
+    decode_on_ranks,
     decode_tiles,
     encode_job,
     encode_tiles,
@@ -19,6 +20,7 @@ __all__ = [
     "NonFiniteTileError",
     "check_exact_decode_fits",
     "decode_job",
+    "decode_on_ranks",
     "decode_tiles",
     "encode_job",
     "encode_tiles",

@@ -15,6 +15,7 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 from ..config import TilingConfig
 from ..constants import MEL_FRAMES_PER_SECOND
+from ..distributed import Ranks, smallest
 from ..files import format_bytes
 from ..geometry import Tile, plan_tiles
 from ..memory import (
@@ -165,6 +166,54 @@ def iter_decode(vae, latents: torch.Tensor, config: TilingConfig | None = None) 
     _check_input("latents", latents, vae.config.latent_channels, 1)
     pieces = iter_tiled(decode_job(vae), latents, config or TilingConfig(), lambda: vae.decode(latents).sample)
     yield from with_hook_fired(vae, pieces)
+
+
+@torch.no_grad()
+def decode_on_ranks(vae, latents: torch.Tensor, config: TilingConfig,
+                    ranks: Ranks) -> tuple[list[tuple[int, int]], Iterator[torch.Tensor]]:
+    """One decode shared out over ``ranks``, each holding all of ``latents``: the mel frames [start, stop) each
+    rank decodes, and this rank's pieces in order.
+
+    Every rank plans the tiles one process would plan, deciding together (tile size from the smallest budget;
+    untiled only where it fits on every rank), and decodes its contiguous share of them (``Ranks.share``). A
+    decode that runs in one piece runs on rank 0 alone, as in one process (out-of-memory retry included).
+    """
+    _check_input("latents", latents, vae.config.latent_channels, 1)
+    job = decode_job(vae)
+    tiles = _tiles_on_ranks(job, latents, config, ranks)
+    scale = int(time_scale(job.tasks))
+    if tiles is None:
+        spans = [(0, latents.shape[2] * scale)] + [(0, 0)] * (ranks.world - 1)
+        pieces = iter_decode(vae, latents, config) if ranks.rank == 0 else iter(())
+        return spans, pieces
+    spans = []
+    for rank in range(ranks.world):
+        share = Ranks(rank, ranks.world).share(len(tiles))
+        spans.append((tiles[share[0]].core_start * scale, tiles[share[-1]].core_stop * scale) if share else (0, 0))
+
+    def pieces():
+        with large_allocations_returned():
+            if config.mode == "fast":
+                cores = fast_pieces(job, latents, tiles, config, ranks)
+            else:
+                cores = (core for _, core in run_exact(job, latents, tiles, config, stream_last=True, ranks=ranks))
+            for core in cores:
+                yield core.to(latents.dtype)
+
+    return spans, with_hook_fired(vae, pieces())
+
+
+def _tiles_on_ranks(job: Job, x: torch.Tensor, config: TilingConfig, ranks: Ranks) -> list[Tile] | None:
+    """The tiles of ``_pieces`` decided once for all ranks, or None for one untiled piece."""
+    if config.enabled is False:
+        return None
+    tile = config.tile_frames or smallest(ranks, choose_tile_frames(job.tasks, x, config, job.unit, job.peak_factor))
+    tiles = plan_job_tiles(job, x, config.replace(tile_frames=tile))
+    if len(tiles) == 1:
+        return None
+    if config.enabled == "auto" and smallest(ranks, int(untiled_fits(job.tasks, x, config, job.peak_factor)[0])):
+        return None
+    return tiles
 
 
 @torch.no_grad()

@@ -8,17 +8,25 @@ untiled; it sits at latent resolution, 1/16 of the decoder's output size.
 The paused tiles live in a ``store`` (``store.py``): on the device, in host memory or on disk. Off the device the
 whole sequence is never gathered in one place: the self-attention then runs tile by tile over keys and values kept
 in the store (``attention.OnlineSoftmax``), so memory does not grow with the length.
+
+Across the ranks of a process group (``ranks``) each rank runs its contiguous share of the tiles. At a barrier the
+ranks gather every tile's moments and pool them in tile order, as one process does; a tile's halo frames held by a
+neighbour rank come by point-to-point exchange; the self-attention runs as off the device, each key tile broadcast
+by its owner. So the ranks compute what one process computes with the host or disk store, bit for bit, whatever
+their count; with the device store, to float rounding (one process attends in one call over the whole sequence).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import nn
 
 from ..config import TilingConfig
+from ..distributed import Ranks, broadcast_tensor, exchange_frames, gather_objects, smallest, together
 from ..geometry import Tile, frames_at
 from ..memory import memory_budget
 from .attention import (
@@ -45,7 +53,10 @@ class TileStream:
     cores: list[Stored | None]
     bounds: list[tuple[int, int]]  # core [start, stop) of each tile at the stream's resolution
     residual: list[Stored | None] | None = None
-    stats: list[GroupStats] | None = None
+    stats: list[GroupStats | None] | None = None
+    # Across ranks: frames of other ranks' cores (and residuals) this rank's halos read, as (first frame, tensor).
+    halo: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+    residual_halo: list[tuple[int, torch.Tensor]] = field(default_factory=list)
 
     @property
     def length(self) -> int:
@@ -54,8 +65,12 @@ class TileStream:
     def gather(self, lo: int, hi: int, residual: bool = False) -> torch.Tensor:
         """Frames [lo, hi) read from whichever cores hold them."""
         source = self.residual if residual else self.cores
-        pieces = [self.store.read(source[j], max(lo, a) - a, min(hi, b) - a) for j, (a, b) in enumerate(self.bounds)
-                  if a < hi and b > lo]
+        pieces = [(a, self.store.read(source[j], max(lo, a) - a, min(hi, b) - a))
+                  for j, (a, b) in enumerate(self.bounds) if a < hi and b > lo and source[j] is not None]
+        for start, frames in self.residual_halo if residual else self.halo:
+            if start < hi and start + frames.shape[2] > lo:
+                pieces.append((start, frames[:, :, max(lo, start) - start : min(hi, start + frames.shape[2]) - start]))
+        pieces = [piece for _, piece in sorted(pieces, key=lambda item: item[0])]
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
 
     def whole(self) -> torch.Tensor:
@@ -83,44 +98,101 @@ def barrier_norm(task: Task | None) -> nn.GroupNorm | None:
     return None
 
 
-def run_exact(job: Job, x: torch.Tensor, tiles: list[Tile], config: TilingConfig,
-              stream_last: bool = False) -> Iterator[tuple[int, torch.Tensor]] | torch.Tensor:
+def run_exact(job: Job, x: torch.Tensor, tiles: list[Tile], config: TilingConfig, stream_last: bool = False,
+              ranks: Ranks | None = None) -> Iterator[tuple[int, torch.Tensor]] | torch.Tensor:
     """Exact tiled execution of ``tasks`` on ``x`` (B, C, T, F), tiled along T by ``tiles``.
 
     With ``stream_last`` this is a generator of (tile index, output core) pairs in time order, produced as the
-    segment after the last barrier runs; otherwise it returns the whole output.
+    segment after the last barrier runs; otherwise it returns the whole output. With ``ranks`` every rank holds all
+    of ``x`` and runs its share of the tiles (``Ranks.share``), and yields the cores of those alone.
     """
-    generator = _exact_segments(job, x, tiles, config)
+    generator = _exact_segments(job, x, tiles, config, ranks)
     if stream_last:
         return generator
     return torch.cat([core for _, core in generator], dim=2)
 
 
-def _exact_segments(job: Job, x: torch.Tensor, tiles: list[Tile], config: TilingConfig):
+def _exact_segments(job: Job, x: torch.Tensor, tiles: list[Tile], config: TilingConfig, ranks: Ranks | None):
     segments = split_segments(job.tasks)
-    budget = memory_budget(config, x.device)
-    kind = choose_store(config, exact_stored_bytes(job.tasks, x), x.device, job.name)
+    mine = range(len(tiles)) if ranks is None else ranks.share(len(tiles))
+    budget = smallest(ranks, memory_budget(config, x.device))
+    own = x[:, :, tiles[mine[0]].core_start : tiles[mine[-1]].core_stop] if mine else x[:, :, :0]
+    kind = choose_store(config, exact_stored_bytes(job.tasks, own), x.device, job.name)
     bounds = [(t.core_start, t.core_stop) for t in tiles]
     with open_store(kind, x.device, config.store_dir) as store, \
-            progress_bar(len(segments) * len(tiles), config, f"{job.name} (exact)") as bar:
-        stream = TileStream(store, [store.put(x[:, :, a:b]) for a, b in bounds], bounds)
+            progress_bar(len(segments) * len(mine), config, f"{job.name} (exact)") as bar:
+        stream = TileStream(store, [store.put(x[:, :, a:b]) if j in mine else None for j, (a, b) in enumerate(bounds)],
+                            bounds)
         for index, segment in enumerate(segments):
             last = index == len(segments) - 1
             head = segment[0]
             norm = barrier_norm(head)
             stats = None
             if norm is not None:
-                parts = stream.stats or [group_stats(store.read(c), norm.num_groups) for c in stream.cores]
-                stats = pool_stats(parts)
+                parts = stream.stats or [None if c is None else group_stats(store.read(c), norm.num_groups)
+                                         for c in stream.cores]
+                stats = pool_stats(_every_tile(ranks, parts, mine))
             if isinstance(head, Global):
-                stream = _attend(head.module, stream, stats, budget, index)
+                stream = together(ranks, partial(_attend, head.module, stream, stats, budget, index, mine, ranks))
                 segment, stats = segment[1:], None
             next_norm = None if last else barrier_norm(segments[index + 1][0])
-            stream = yield from _run_segment(job, stream, tiles, segment, stats, next_norm, index, last, bar)
+            if ranks is not None:
+                _exchange_halos(ranks, stream, tiles, segment, mine)
+            run = _run_segment(job, stream, tiles, segment, stats, next_norm, index, last, bar, mine)
+            if last:
+                yield from run
+            else:
+                stream = together(ranks, lambda run=run: _finish(run))
+
+
+def _finish(generator):
+    """The return value of a generator that yields nothing (a segment before the last barrier)."""
+    try:
+        next(generator)
+    except StopIteration as stop:
+        return stop.value
+    raise RuntimeError("a segment before the last barrier yielded output")
+
+
+def _every_tile(ranks: Ranks | None, parts: list[GroupStats | None], mine: range) -> list[GroupStats]:
+    """Every tile's moments in tile order: across ranks each rank's own, gathered."""
+    if ranks is None:
+        return parts
+    return [part for share in gather_objects(ranks, [parts[j] for j in mine]) for part in share]
+
+
+def _exchange_halos(ranks: Ranks, stream: TileStream, tiles: list[Tile], segment: list[Task], mine: range) -> None:
+    """Fetch the frames of other ranks' cores (and residuals) that this rank's tiles read as halo in ``segment``."""
+    halo = halo_frames(segment)
+    if halo == 0:
+        stream.halo, stream.residual_halo = [], []
+        return
+    spans = [_span(stream.bounds, Ranks(r, ranks.world).share(len(tiles))) for r in range(ranks.world)]
+    needed = [(max(0, a - halo), min(stream.length, b + halo)) if a < b else (0, 0) for a, b in spans]
+    example = next(c for c in stream.cores if c is not None) if mine else None
+    shape, dtype = _stream_shape(ranks, example)
+
+    stream.halo = exchange_frames(ranks, stream.gather, spans, needed, shape, dtype)
+    stream.residual_halo = []
+    if any(isinstance(t, AddResidual) for t in segment):
+        rshape, rdtype = _stream_shape(ranks, next(r for r in stream.residual if r is not None) if mine else None)
+        stream.residual_halo = exchange_frames(ranks, lambda lo, hi: stream.gather(lo, hi, residual=True), spans,
+                                               needed, rshape, rdtype)
+
+
+def _span(bounds: list[tuple[int, int]], share: range) -> tuple[int, int]:
+    return (bounds[share[0]][0], bounds[share[-1]][1]) if share else (0, 0)
+
+
+def _stream_shape(ranks: Ranks, example: Stored | None) -> tuple[tuple[int, ...], torch.dtype]:
+    """The shape and dtype of the stream's tensors, from a rank that holds tiles (ranks may hold none)."""
+    known = [item for item in gather_objects(ranks, None if example is None else (tuple(example.shape),
+                                                                                   example.dtype)) if item]
+    return known[0]
 
 
 def _run_segment(job: Job, stream: TileStream, tiles: list[Tile], segment: list[Task], stats: GroupStats | None,
-                 next_norm: nn.GroupNorm | None, index: int, last: bool, bar):
+                 next_norm: nn.GroupNorm | None, index: int, last: bool, bar, mine: range):
     """Run one segment's local tasks tile by tile and return the stream they produce; after the last barrier, yield
     the output cores instead."""
     store = stream.store
@@ -130,16 +202,16 @@ def _run_segment(job: Job, stream: TileStream, tiles: list[Tile], segment: list[
     saves_residual = any(isinstance(t, SaveResidual) for t in segment)
     # The cores each tile reads; a core is freed as soon as every tile reading it is done.
     extents, readers = [], [0] * len(tiles)
-    for s, e in stream.bounds:
+    for i, (s, e) in enumerate(stream.bounds):
         lo, hi = max(0, s - halo), min(stream.length, e + halo)
-        used = [j for j, (a, b) in enumerate(stream.bounds) if a < hi and b > lo]
+        used = [j for j, (a, b) in enumerate(stream.bounds) if a < hi and b > lo] if i in mine else []
         extents.append((lo, hi, used))
         for j in used:
             readers[j] += 1
     new_cores: list[Stored | None] = [None] * len(tiles)
     new_residual: list[Stored | None] = [None] * len(tiles)
     new_stats: list[GroupStats | None] = [None] * len(tiles)
-    for i in range(len(tiles)) if last else zigzag(len(tiles), index):
+    for i in mine if last else [mine[k] for k in zigzag(len(mine), index)]:
         (s, e), (lo, hi, used) = stream.bounds[i], extents[i]
         ext = stream.gather(lo, hi)
         res = stream.gather(lo, hi, residual=True) if uses_residual else None
@@ -198,10 +270,11 @@ def _joined(pieces: list[torch.Tensor]) -> torch.Tensor:
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
 
 
-def _attend(attn: nn.Module, stream: TileStream, stats: GroupStats | None, budget: int, index: int) -> TileStream:
+def _attend(attn: nn.Module, stream: TileStream, stats: GroupStats | None, budget: int, index: int, mine: range,
+            ranks: Ranks | None) -> TileStream:
     """The self-attention over the whole sequence, as a new stream of cores at the same bounds."""
     store = stream.store
-    if not store.streams_attention:
+    if ranks is None and not store.streams_attention:
         sequence = stream.whole()
         for j in range(len(stream.cores)):
             stream.release(j, residual=False)
@@ -209,29 +282,63 @@ def _attend(attn: nn.Module, stream: TileStream, stats: GroupStats | None, budge
         del sequence
         cores = [store.put(whole[:, :, a:b]) for a, b in stream.bounds]
         return TileStream(store, cores, stream.bounds, stream.residual)
-    # Keys and values of every tile go to the store first; then each tile's queries attend to all of them, one
-    # stored key tile at a time.
-    keys, values = [], []
-    for j in range(len(stream.cores)):
+    # Keys and values of every tile go to the store first; then each tile's queries attend to all of them, a run
+    # of stored key tiles at a time. Across ranks each rank holds its own tiles' keys and values, and every run is
+    # broadcast by the ranks that hold it, so each rank attends its own queries to every key.
+    keys: list[Stored | None] = [None] * len(stream.cores)
+    values: list[Stored | None] = [None] * len(stream.cores)
+    for j in mine:
         tokens = normed_tokens(attn, store.read(stream.cores[j]), stats)
-        keys.append(store.put(split_heads(attn, attn.to_k(tokens))))
-        values.append(store.put(split_heads(attn, attn.to_v(tokens))))
+        keys[j] = store.put(split_heads(attn, attn.to_k(tokens)))
+        values[j] = store.put(split_heads(attn, attn.to_v(tokens)))
         del tokens
-    rows = stream.cores[0].shape[3]  # tokens per time frame
+    rows = stream.cores[mine[0]].shape[3] if mine else 0  # tokens per time frame
+    rows = rows if ranks is None else max(gather_objects(ranks, rows))
     parts = key_parts([(b - a) * rows for a, b in stream.bounds])
     part_tokens = max(sum(b - a for a, b in stream.bounds[part]) for part in parts) * rows
     cores: list[Stored | None] = [None] * len(stream.cores)
-    for i in zigzag(len(stream.cores), index):
-        x = store.read(stream.cores[i])
-        tokens = normed_tokens(attn, x, stats)
-        query = split_heads(attn, attn.to_q(tokens))
-        del tokens
-        softmax = OnlineSoftmax(query, query_block_tokens(attn, x, budget, part_tokens))
+    owners = [] if ranks is None else ranks.owners(len(stream.cores))
+
+    def key_runs():
         for part in parts:
-            softmax.add(*(_joined([store.read(item) for item in items[part]]) for items in (keys, values)))
-        cores[i] = store.put(attention_output(attn, softmax.result(), x))
-        del x, query, softmax
-        stream.release(i, residual=False)
+            yield tuple(_joined([_shared(store, items[j], j, ranks, owners) for j in range(part.start, part.stop)])
+                        for items in (keys, values))
+
+    if ranks is None:
+        for i in zigzag(len(stream.cores), index):
+            x = store.read(stream.cores[i])
+            tokens = normed_tokens(attn, x, stats)
+            softmax = OnlineSoftmax(split_heads(attn, attn.to_q(tokens)),
+                                    query_block_tokens(attn, x, budget, part_tokens))
+            del tokens
+            for key, value in key_runs():
+                softmax.add(key, value)
+            cores[i] = store.put(attention_output(attn, softmax.result(), x))
+            del x, softmax
+            stream.release(i, residual=False)
+    else:
+        # Every run is broadcast once, so all of this rank's queries attend to it before the next.
+        softmaxes = {}
+        for i in mine:
+            x = store.read(stream.cores[i])
+            tokens = normed_tokens(attn, x, stats)
+            softmaxes[i] = OnlineSoftmax(split_heads(attn, attn.to_q(tokens)),
+                                         query_block_tokens(attn, x, budget, part_tokens))
+            del x, tokens
+        for key, value in key_runs():
+            for softmax in softmaxes.values():
+                softmax.add(key, value)
+        for i in mine:
+            cores[i] = store.put(attention_output(attn, softmaxes.pop(i).result(), store.read(stream.cores[i])))
+            stream.release(i, residual=False)
     for item in keys + values:
-        store.release(item)
+        if item is not None:
+            store.release(item)
     return TileStream(store, cores, stream.bounds, stream.residual)
+
+
+def _shared(store: Store, item: Stored | None, j: int, ranks: Ranks | None, owners: list[int]) -> torch.Tensor:
+    """Key or value tile ``j``: read from the store, or across ranks broadcast by the rank that holds it."""
+    if ranks is None:
+        return store.read(item)
+    return broadcast_tensor(ranks, None if item is None else store.read(item), owners[j])

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import TilingConfig
+from ..distributed import Ranks, gather_objects
 from ..geometry import Tile
 from .attention import AttentionMemory, attend, attention_memory
 from .exact import run_exact
@@ -81,7 +82,7 @@ class FastEstimate:
 
 
 def estimate_stats(tasks: list[Task], latents: torch.Tensor, proxy: Proxy, tiles: list[Tile],
-                   on_round: Callable[[], object] = lambda: None) -> FastEstimate:
+                   on_round: Callable[[], object] = lambda: None, ranks: Ranks | None = None) -> FastEstimate:
     """Estimate every GroupNorm's statistics and each self-attention's keys and values for fast mode, from a proxy
     of ``latents`` (the executor's input, latents or mel).
 
@@ -92,6 +93,9 @@ def estimate_stats(tasks: list[Task], latents: torch.Tensor, proxy: Proxy, tiles
     first ``ATTENTION_ROUNDS`` rounds.
 
     The first GroupNorm, which only convolutions precede, gets its exact statistics from a pass over ``tiles``.
+
+    With ``ranks`` each rank runs its share of the rounds and the ranks gather them in round order: the estimate
+    is bit for bit one process's. A round that gives NaN or inf makes every rank raise NonFiniteTileError.
     """
     length, count, core, margin, align = latents.shape[2], proxy.count, proxy.core, proxy.margin, proxy.align
     slots = proxy.rounds * count
@@ -99,13 +103,25 @@ def estimate_stats(tasks: list[Task], latents: torch.Tensor, proxy: Proxy, tiles
     starts = [min(last, max(margin, align * round(((k + 0.5) * length / slots - core / 2) / align)))
               for k in range(slots)]
     level = torch.std_mean(latents.float().flatten(2), dim=2, keepdim=True)  # per channel, what each round matches
-    stats_per_round, keys_per_round = [], []
-    for r in range(proxy.rounds):
-        estimate = _proxy_round(tasks, latents, starts[r::proxy.rounds], core, margin, level)
-        stats_per_round.append(estimate.stats)
-        if r < ATTENTION_ROUNDS:  # later rounds' keys are dropped: the keys stay a fixed size
-            keys_per_round.append(estimate.memories)
+    rounds = []
+    for r in range(proxy.rounds) if ranks is None else ranks.share(proxy.rounds):
+        try:
+            estimate = _proxy_round(tasks, latents, starts[r::proxy.rounds], core, margin, level)
+        except NonFiniteTileError as error:
+            if ranks is None:
+                raise
+            rounds.append(str(error))  # every rank falls back together, below
+            break
+        # later rounds' keys are dropped: the keys stay a fixed size
+        rounds.append(FastEstimate(estimate.stats, estimate.memories if r < ATTENTION_ROUNDS else []))
         on_round()
+    if ranks is not None:
+        rounds = [estimate for share in gather_objects(ranks, rounds) for estimate in share]
+        failed = next((message for message in rounds if isinstance(message, str)), None)
+        if failed is not None:
+            raise NonFiniteTileError(failed)
+    stats_per_round = [estimate.stats for estimate in rounds]
+    keys_per_round = [estimate.memories for estimate in rounds[:ATTENTION_ROUNDS]]
     stats = [pool_stats(list(per_norm)) for per_norm in zip(*stats_per_round)]
     first = first_norm_stats(tasks, latents, tiles)
     if first is not None:
@@ -175,7 +191,11 @@ def run_tile(tasks: list[Task], x: torch.Tensor, estimate: FastEstimate, core: t
     return run_tasks(tasks, x, None, lambda norm, values: next(stats), attend_tile, core=core, length=length)
 
 
-def fast_pieces(job: Job, x: torch.Tensor, tiles: list[Tile], config: TilingConfig) -> Iterator[torch.Tensor]:
+def fast_pieces(job: Job, x: torch.Tensor, tiles: list[Tile], config: TilingConfig,
+                ranks: Ranks | None = None) -> Iterator[torch.Tensor]:
+    """Fast mode's output cores in order: the proxy's estimate, then every tile (with ``ranks``: the proxy's rounds
+    shared out, then this rank's share of the tiles alone). Where the proxy would cost too much, or gives NaN or
+    inf, the tiles run exactly instead (every rank alike)."""
     length, align = x.shape[2], alignment(job.tasks)
     halo = halo_frames(job.tasks) if config.pad_frames is None else -(-config.pad_frames * job.unit // align) * align
     proxy = plan_proxy(job.tasks, length, config.proxy_frames * job.unit, halo, 32 * job.unit, align)
@@ -186,13 +206,14 @@ def fast_pieces(job: Job, x: torch.Tensor, tiles: list[Tile], config: TilingConf
     else:
         try:
             with progress_bar(proxy.rounds, config, f"{job.name} (fast, statistics)") as bar:
-                estimate = estimate_stats(job.tasks, x, proxy, tiles, bar.update)
+                estimate = estimate_stats(job.tasks, x, proxy, tiles, bar.update, ranks)
         except NonFiniteTileError:
             logger.warning("fast mode: the statistics proxy gave NaN or inf; running the %s exactly", job.name)
     if estimate is None:
-        yield from (core for _, core in run_exact(job, x, tiles, config, stream_last=True))
+        yield from (core for _, core in run_exact(job, x, tiles, config, stream_last=True, ranks=ranks))
     else:
-        yield from fast_tiles(job, x, tiles, halo, estimate, config)
+        mine = range(len(tiles)) if ranks is None else ranks.share(len(tiles))
+        yield from fast_tiles(job, x, [tiles[i] for i in mine], halo, estimate, config)
 
 
 def fast_tiles(job: Job, x: torch.Tensor, tiles: list[Tile], halo: int, estimate: FastEstimate,
