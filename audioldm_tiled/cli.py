@@ -89,6 +89,10 @@ def generate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mode", choices=("exact", "fast"), default="exact", help="VAE tiling mode (default exact)")
     parser.add_argument("--memory-budget", type=positive_number("--memory-budget", "GB"), default=None, metavar="GB",
                         help="memory to plan tiles and chunks for (default: most of the free memory)")
+    parser.add_argument("--tile-frames", type=positive_int("--tile-frames"), default=None, metavar="N",
+                        help="latent frames per VAE tile (default: what the memory budget allows); under several "
+                             "ranks each decodes its share of the tiles, so tiles of at most the length over the "
+                             "rank count give every rank a share")
     parser.add_argument("--store", choices=STORES, default="auto",
                         help="where exact mode keeps the whole sequence's paused tiles: device, host memory or "
                              "disk (default auto: the device when they fit the memory budget)")
@@ -234,7 +238,7 @@ def generate(args: argparse.Namespace) -> Path:
     pipe.set_progress_bar_config(disable=args.quiet or (ranks is not None and ranks.rank > 0))
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
     length = {"audio": args.input, "strength": args.strength} if args.input else {"audio_length_in_s": args.seconds}
-    tiling = TilingConfig(mode=args.mode, store=args.store, store_dir=args.store_dir,
+    tiling = TilingConfig(mode=args.mode, store=args.store, store_dir=args.store_dir, tile_frames=args.tile_frames,
                           memory_budget=None if args.memory_budget is None else int(args.memory_budget * 1e9))
     call = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, negative_prompt=args.negative_prompt,
                 generator=generator, tiling=tiling, **length)

@@ -28,9 +28,14 @@ def main(argv: list[str] | None = None) -> int:
         from .gpu_check import main as gpu_main
 
         return gpu_main(argv[1:])
+    if argv and argv[0] == "distributed":
+        from .distributed import main as distributed_main
+
+        return distributed_main(argv[1:])
     parser = argparse.ArgumentParser(prog="audioldm-tiled bench", description=DESCRIPTION,
                                      epilog="audioldm-tiled bench report --help: the report with plots; "
-                                     "audioldm-tiled bench gpu --help: every accelerator measurement in one command")
+                                     "audioldm-tiled bench gpu --help: every accelerator measurement in one command; "
+                                     "audioldm-tiled bench distributed --help: one render over 1 and N ranks")
     parser.add_argument("stage", choices=sorted(VARIANTS))
     parser.add_argument("--seconds", type=positive_number("--seconds", "seconds"), nargs="+", default=[10, 40, 120])
     parser.add_argument("--variants", nargs="+", default=None, help="first one is the reference")
