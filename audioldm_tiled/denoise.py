@@ -16,7 +16,7 @@ import torch
 
 from .config import TilingConfig
 from .distributed import Ranks, sum_over_ranks, together
-from .geometry import Tile, plan_tiles
+from .geometry import Tile, add_frames, plan_tiles, take_frames
 
 
 @dataclass(frozen=True)
@@ -40,20 +40,29 @@ def merge_profile(length: int, overlap: int, weighting: str) -> torch.Tensor:
     return profile
 
 
-def plan_windows(latent_frames: int, config: TilingConfig) -> WindowPlan:
-    """Balanced windows of ``config.window_frames`` (the last flush with the end) and weights summing to one."""
+def plan_windows(latent_frames: int, config: TilingConfig, circular: bool = False) -> WindowPlan:
+    """Balanced windows of ``config.window_frames`` (the last flush with the end) and weights summing to one.
+
+    ``circular`` plans a seamless loop: frame ``latent_frames`` is frame 0 again, windows wrap around the end and
+    the weights sum to one on the circle. There are always at least two windows, so the wrap point lies inside one
+    of them, denoised as any other frame is (``windowed=False`` does not apply to a loop)."""
     window, overlap = config.window_frames, config.window_overlap_frames
-    if not config.windowed or latent_frames <= window:
+    if circular:
+        core = max(1, min(window - overlap, -(-latent_frames // 2)))
+        windows = plan_tiles(latent_frames, core, halo=min(overlap, latent_frames - core) // 2,
+                             multiple=8 if latent_frames >= 16 else 1, fixed_extent=True, circular=True)
+    elif not config.windowed or latent_frames <= window:
         return WindowPlan([Tile(0, latent_frames, 0, latent_frames)], [torch.ones(latent_frames, dtype=torch.float64)])
-    # Cores of window - overlap frames, widened by overlap/2 per side to exactly `window` frames.
-    windows = plan_tiles(latent_frames, window - overlap, halo=overlap // 2, multiple=8, fixed_extent=True)
+    else:
+        # Cores of window - overlap frames, widened by overlap/2 per side to exactly `window` frames.
+        windows = plan_tiles(latent_frames, window - overlap, halo=overlap // 2, multiple=8, fixed_extent=True)
     total = torch.zeros(latent_frames, dtype=torch.float64)
     profiles = []
     for w in windows:
         profile = merge_profile(w.length, min(overlap, w.length // 2), config.window_weighting)
-        total[w.start : w.stop] += profile
+        add_frames(total, w.start, profile, dim=0)
         profiles.append(profile)
-    weights = [p / total[w.start : w.stop] for w, p in zip(windows, profiles)]
+    weights = [p / take_frames(total, w.start, w.stop, dim=0) for w, p in zip(windows, profiles)]
     return WindowPlan(windows, weights)
 
 
@@ -92,7 +101,7 @@ def _predict(unet, latents, t, embeds, guidance_scale, plan: WindowPlan, windows
     merged = latents.new_zeros(latents.shape) if len(plan.windows) > 1 else None
     for first in range(windows.start, windows.stop, batch_size):
         group = range(first, min(first + batch_size, windows.stop))
-        crops = torch.cat([latents[:, :, plan.windows[i].start : plan.windows[i].stop] for i in group])
+        crops = torch.cat([take_frames(latents, plan.windows[i].start, plan.windows[i].stop) for i in group])
         # Same layout as the parent pipeline: all unconditional rows first, then all conditional rows.
         labels = torch.cat([embeds[i, k] for k in range(embeds.shape[1]) for i in group])
         model_input = torch.cat([crops] * 2) if guided else crops
@@ -107,7 +116,7 @@ def _predict(unet, latents, t, embeds, guidance_scale, plan: WindowPlan, windows
             w = plan.windows[i]
             rows = noise[j * latents.shape[0] : (j + 1) * latents.shape[0]]
             weight = plan.weights[i].to(rows.dtype).to(rows.device)[:, None]  # narrowed on the host (MPS: no float64)
-            merged[:, :, w.start : w.stop] += rows * weight
+            add_frames(merged, w.start, rows * weight)
     return merged
 
 
@@ -143,6 +152,7 @@ def denoise(
     timesteps: torch.Tensor | None = None,
     interrupted: Callable[[], bool] = lambda: False,
     ranks: Ranks | None = None,
+    known=None,
 ) -> torch.Tensor:
     """Run ``timesteps`` (default: all of the scheduler's; audio-to-audio starts part way) on the windows of
     ``plan`` (``plan_windows``).
@@ -165,6 +175,8 @@ def denoise(
             noise = predict_noise(unet, model_input_latents, t, window_embeds, guidance_scale, plan, batch_size,
                                   cross_attention_kwargs, ranks)
             latents = scheduler.step(noise, t, latents, **extra_step_kwargs).prev_sample
+            if known is not None:
+                latents = known.replace(latents, timesteps[i + 1] if i + 1 < len(timesteps) else None)
             if step_callback is not None:
                 latents = step_callback(i, t, latents)
             bar.update()

@@ -12,6 +12,10 @@ A tile owns its *core*; it reads its *extent*, the core widened by a halo on eac
 Cores are balanced (sizes differ by at most ``multiple``), cover every frame exactly once and the last one ends
 flush with the input. With ``fixed_extent`` every extent has the same length (shifted inward at the ends), which is
 what batched denoising windows need.
+
+On a *circular* axis (a seamless loop) frame ``length`` is frame 0 again: extents are never clipped or shifted, so
+the first tile's extent starts before 0 and the last one's ends past ``length``; ``take_frames`` and
+``add_frames`` read and write such extents modulo the length.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
+
+import torch
 
 
 @dataclass(frozen=True)
@@ -50,7 +56,8 @@ def _check(name: str, value: int, minimum: int) -> None:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
-def plan_tiles(length: int, tile: int, halo: int = 0, multiple: int = 1, fixed_extent: bool = False) -> list[Tile]:
+def plan_tiles(length: int, tile: int, halo: int = 0, multiple: int = 1, fixed_extent: bool = False,
+               circular: bool = False) -> list[Tile]:
     """Plan tiles of core size at most ``tile`` over ``length`` frames.
 
     Args:
@@ -59,6 +66,7 @@ def plan_tiles(length: int, tile: int, halo: int = 0, multiple: int = 1, fixed_e
         halo: frames read on each side of a core.
         multiple: core boundaries fall on multiples of this (the last stop is ``length`` itself).
         fixed_extent: make every extent ``min(length, tile + 2 * halo)`` long, shifting it inward at the ends.
+        circular: the axis wraps around; extents centred on their cores are neither clipped nor shifted.
     """
     _check("length", length, 1)
     _check("tile", tile, 1)
@@ -74,12 +82,40 @@ def plan_tiles(length: int, tile: int, halo: int = 0, multiple: int = 1, fixed_e
     for core_start, core_stop in zip(bounds[:-1], bounds[1:]):
         if fixed_extent:
             centre_start = core_start - (extent - (core_stop - core_start)) // 2
-            start = min(max(0, centre_start), length - extent)
+            start = centre_start if circular else min(max(0, centre_start), length - extent)
             stop = start + extent
+        elif circular:
+            start, stop = core_start - halo, core_stop + halo
         else:
             start, stop = max(0, core_start - halo), min(length, core_stop + halo)
         tiles.append(Tile(start, stop, core_start, core_stop))
     return tiles
+
+
+def wrapped_runs(start: int, stop: int, length: int) -> list[tuple[int, int]]:
+    """[start, stop) on a circular axis of ``length`` frames as runs of real frames [a, b), in order."""
+    runs = []
+    while start < stop:
+        a = start % length
+        b = min(length, a + stop - start)
+        runs.append((a, b))
+        start += b - a
+    return runs
+
+
+def take_frames(x: torch.Tensor, start: int, stop: int, dim: int = 2) -> torch.Tensor:
+    """Frames [start, stop) of ``x`` along ``dim``, read modulo its length (a view when no wrap is needed)."""
+    runs = wrapped_runs(start, stop, x.shape[dim])
+    pieces = [x.narrow(dim, a, b - a) for a, b in runs]
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=dim)
+
+
+def add_frames(target: torch.Tensor, start: int, values: torch.Tensor, dim: int = 2) -> None:
+    """``target[frames start ...] += values`` along ``dim``, modulo the target's length."""
+    offset = 0
+    for a, b in wrapped_runs(start, start + values.shape[dim], target.shape[dim]):
+        target.narrow(dim, a, b - a).add_(values.narrow(dim, offset, b - a))
+        offset += b - a
 
 
 def frames_at(frames: int, scale: Fraction) -> int:

@@ -15,16 +15,18 @@ from diffusers.pipelines.pipeline_utils import AudioPipelineOutput
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 
+from .audio import MelSettings, mel_for_vae
 from .call_inputs import check_call_arguments, check_latents, check_length_fits, read_input_audio
 from .config import TilingConfig
 from .denoise import denoise, guidance_rows, plan_windows
 from .deprecation import parent_deprecation_once
 from .distributed import current_ranks, smallest, together
 from .distributed_decode import waveform_on_ranks
+from .editing import Edit, KnownRegion, plan_edit
 from .memory import choose_window_batch_size
 from .timeline import is_timeline, mix_embeddings, parse_timeline, window_mix
 from .vae import check_exact_decode_fits, decode_tiles, iter_decode, tiled_decode, tiled_encode
-from .vocoder import chunked_vocode, hop_length, plan_chunks, stream_vocode
+from .vocoder import chunked_vocode, hop_length, plan_chunks, stream_vocode, vocode_loop
 
 logger = logging.get_logger(__name__)
 
@@ -187,6 +189,11 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
         callback_on_step_end_tensor_inputs: list[str] | tuple[str, ...] = ("latents",),
         audio: str | Any | None = None,
         strength: float | None = None,
+        loop: bool = False,
+        extend_s: float | None = None,
+        regenerate: tuple[float, float] | list[tuple[float, float]] | None = None,
+        context_s: float | None = None,
+        crossfade_s: float | None = None,
     ):
         r"""Generate audio; the arguments up to ``output_type`` are the parent's, with the same defaults.
 
@@ -214,24 +221,42 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
                 only the input's length; where no step runs (tiny strengths) the result is the input through the VAE
                 and vocoder. Inputs shorter than the front end's n_fft (1024 samples, 64 ms) are padded with silence
                 for the encoding; the output has the input's length.
+            loop (`bool`, *optional*, False): make a seamless loop: the latent is circular, so the denoising
+                windows, the VAE decode and the vocoder all wrap around the end, and the waveform's last sample
+                runs on into its first. It lasts ``audio_length_in_s`` rounded up to whole latent frames (40 ms), so
+                that the wrap falls on the period. A timeline's last segment flows into its first.
+            extend_s (`float`, *optional*): continue ``audio`` by this many seconds. The input's latents are kept
+                as a known region while the rest is denoised from noise (``audioldm_tiled.editing``); the output
+                is the input's original samples, untouched, then the continuation, joined by an equal-power
+                crossfade of ``crossfade_s`` over the input's last samples.
+            regenerate (`(start_s, end_s)` or a list of them, *optional*): remake these spans of ``audio`` (for
+                example ``(130, 145)``); the output has the input's length and is its original samples, bit for
+                bit, outside the spans. Each span's ends crossfade inside it.
+            context_s (`float`, *optional*): with ``extend_s``, encode only the input's last ``context_s``
+                seconds as context (default: all of it); with ``regenerate``, the seconds of the input on each
+                side of the spans that are encoded and denoised with them (default 5.12, half a training window).
+            crossfade_s (`float`, *optional*, 0.25): length of each crossfade between original and generated
+                audio.
 
         Returns:
             [`AudioPipelineOutput`] with ``audios`` of shape (batch, samples), float32 at the vocoder's sampling rate.
         """
-        config, latents, keep = self._denoise_latents(**{k: v for k, v in locals().items() if k not in (
+        config, latents, keep, edit = self._denoise_latents(**{k: v for k, v in locals().items() if k not in (
             "self", "return_dict", "__class__")})
         if output_type == "latent":
             self.maybe_free_model_hooks()
             return AudioPipelineOutput(audios=latents) if return_dict else (latents,)
         ranks = current_ranks()
-        if ranks is None:
+        if loop or edit is not None:  # a loop's decode wraps around; an edit is assembled with the input's samples
+            pieces = self._stream_latents(latents, keep, config, loop=loop, edit=edit, root=None)
+            audio = torch.from_numpy(np.concatenate(list(pieces), axis=1))
+        elif ranks is None:
             mel_spectrogram = self.decode_latents(latents, config)
-            audio = self.mel_spectrogram_to_waveform(mel_spectrogram, config)
+            audio = self.mel_spectrogram_to_waveform(mel_spectrogram, config)[:, :keep]
         else:  # decoded and vocoded by all ranks, and every rank returns the whole waveform
             latents = 1 / self.vae.config.scaling_factor * latents
             audio = torch.cat(list(waveform_on_ranks(self.vae, self.vocoder, latents, config, ranks, root=None)),
-                              dim=-1).cpu().float()
-        audio = audio[:, :keep]
+                              dim=-1).cpu().float()[:, :keep]
         self.maybe_free_model_hooks()
         if output_type == "np":
             audio = audio.numpy()
@@ -255,8 +280,8 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
         if kwargs.get("output_type", "np") != "np" or "return_dict" in kwargs:
             raise ValueError("stream() yields numpy pieces; it takes no `output_type` or `return_dict`")
         kwargs["output_type"] = "np"
-        config, latents, keep = self._denoise_latents(prompt=prompt, **kwargs)
-        yield from self._stream_latents(latents, keep, config)
+        config, latents, keep, edit = self._denoise_latents(prompt=prompt, **kwargs)
+        yield from self._stream_latents(latents, keep, config, loop=kwargs.get("loop", False), edit=edit)
         self.maybe_free_model_hooks()
 
     @torch.no_grad()
@@ -277,18 +302,35 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
         yield from self._stream_latents(latents, keep, self._config_for_call(tiling))
         self.maybe_free_model_hooks()
 
-    def _stream_latents(self, latents: torch.Tensor, keep: int, config: TilingConfig) -> Iterator[np.ndarray]:
+    def _stream_latents(self, latents: torch.Tensor, keep: int, config: TilingConfig, loop: bool = False,
+                        edit: Edit | None = None, root: int | None = 0) -> Iterator[np.ndarray]:
+        """The waveform of denoised ``latents`` in pieces, trimmed to ``keep`` samples: a loop's wrapping around,
+        an edit's assembled with the input's samples. Across ranks the pieces come out on ``root`` (None: on every
+        rank)."""
+        ranks = current_ranks()
+        pieces = self._waveform_pieces(latents, keep, config, loop, ranks, root)
+        if edit is None:
+            yield from pieces
+        elif ranks is None or root is None or ranks.rank == root:
+            yield from edit.assemble(pieces)
+        else:
+            for _ in pieces:  # this rank's share; the pieces come out on the root
+                pass
+
+    def _waveform_pieces(self, latents, keep, config, loop, ranks, root) -> Iterator[np.ndarray]:
         if config.enabled == "auto":
             # Streaming is for renders whose memory must not grow with their length: tile even where an untiled
             # decode would fit today's free memory (at 600 s it would take ~14 GB and a quadratic attention).
             config = config.replace(enabled=True)
         latents = 1 / self.vae.config.scaling_factor * latents
-        ranks = current_ranks()
-        if ranks is None:
+        if loop:
+            mel_pieces = (piece.squeeze(1) for piece in iter_decode(self.vae, latents, config, circular=True))
+            waves = vocode_loop(self.vocoder, mel_pieces, config)
+        elif ranks is None:
             mel_pieces = (piece.squeeze(1) for piece in iter_decode(self.vae, latents, config))
             waves = stream_vocode(self.vocoder, mel_pieces, latents.shape[2] * self.vae_scale_factor, config)
-        else:  # decoded and vocoded by all ranks; the pieces arrive in order on rank 0
-            waves = waveform_on_ranks(self.vae, self.vocoder, latents, config, ranks, root=0)
+        else:  # decoded and vocoded by all ranks; the pieces arrive in order on the root
+            waves = waveform_on_ranks(self.vae, self.vocoder, latents, config, ranks, root=root)
         emitted = 0
         for wave in waves:
             wave = wave[:, : max(0, keep - emitted)].cpu().float().numpy()
@@ -318,11 +360,17 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
         callback_on_step_end_tensor_inputs=("latents",),
         audio=None,
         strength=None,
-    ) -> tuple[TilingConfig, torch.Tensor, int]:
+        loop=False,
+        extend_s=None,
+        regenerate=None,
+        context_s=None,
+        crossfade_s=None,
+    ) -> tuple[TilingConfig, torch.Tensor, int, Edit | None]:
         """The parent's steps 0-7: checks, prompt encoding, noise (or the encoded input audio, noised to
         ``strength``), (windowed) denoising.
 
-        Returns the config for this call, the denoised latents and the number of samples to keep."""
+        Returns the config for this call, the denoised latents, the number of samples to keep and the edit (a
+        continuation or regeneration) whose output they make, if any."""
         config = self._config_for_call(tiling)
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
@@ -330,6 +378,19 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
             self, prompt, num_inference_steps, guidance_scale, num_waveforms_per_prompt, output_type,
             callback_on_step_end_tensor_inputs)
         input_mel = None
+        ranks = current_ranks()  # a process group: the windows are shared out over its ranks
+        if not isinstance(loop, bool):
+            raise ValueError(f"`loop` must be True or False, got {loop!r}")
+        if loop and audio is not None:
+            raise ValueError("`loop=True` makes a new loop; it cannot restyle `audio` (loop the input's continuation "
+                             "or a regenerated span in a second call instead)")
+        if loop and ranks is not None:
+            raise ValueError("`loop=True` is rendered in one process; run it without a process group")
+        edit = None
+        if any(value is not None for value in (extend_s, regenerate, context_s, crossfade_s)):
+            edit = self._plan_edit(audio, extend_s, regenerate, context_s, crossfade_s, strength,
+                                   audio_length_in_s, latents, prompt, num_waveforms_per_prompt)
+            audio, audio_length_in_s = None, edit.latent_frames * self.vae_scale_factor * self._mel_frame_seconds
         if audio is not None:
             strength = 0.5 if strength is None else strength
             input_mel, input_samples = read_input_audio(self, audio, strength, audio_length_in_s, latents)
@@ -373,23 +434,28 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
                                             negative_prompt_embeds=negative_prompt_embeds)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
+        known = None
         if input_mel is None:
             latents = self.prepare_latents(batch_size * num_waveforms_per_prompt, self.unet.config.in_channels,
                                            height, prompt_embeds.dtype, device, generator, latents)
+            if edit is not None:
+                known = self._known_region(edit, latents, generator, config)
+                latents = known.replace(latents, timesteps[0])
         else:
             latents, timesteps = self._noised_input(input_mel, batch_size * num_waveforms_per_prompt, strength,
                                                     num_inference_steps, prompt_embeds.dtype, device, generator,
                                                     config)
         self._num_timesteps = len(timesteps)
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
-        ranks = current_ranks()  # a process group: the windows are shared out over its ranks
+        if loop or edit is not None:  # a loop's period, or the whole generated range of an edit
+            original_waveform_length = height * hop_length(self.vocoder)
         if output_type != "latent" or ranks is not None:
             # Fail now rather than after the denoising if the decode cannot fit; with ranks, all of them fail.
             together(ranks, lambda: output_type == "latent" or check_exact_decode_fits(self.vae, latents, config))
 
         # Read at every step: a callback may turn guidance off (diffusers' SDCFGCutoffCallback) or change the
         # embeddings. For a timeline the embeddings are per segment, mixed per window.
-        plan = plan_windows(latents.shape[2], config)
+        plan = plan_windows(latents.shape[2], config, circular=loop)
         groups = batch_size * num_waveforms_per_prompt if timeline is None else len(timeline)
         mix = None if timeline is None else window_mix(timeline, plan.windows, latents.shape[2],
                                                         1 / (vocoder_upsample_factor * self.vae_scale_factor))
@@ -417,6 +483,42 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
 
         latents = denoise(self.unet, self.scheduler, latents, conditioning, plan, extra_step_kwargs, window_batch,
                           lambda total: self.progress_bar(total=total), step_callback, cross_attention_kwargs,
-                          timesteps, interrupted=lambda: self.interrupt, ranks=ranks)
+                          timesteps, interrupted=lambda: self.interrupt, ranks=ranks, known=known)
 
-        return config, latents, original_waveform_length
+        return config, latents, original_waveform_length, edit
+
+    def _plan_edit(self, audio, extend_s, regenerate, context_s, crossfade_s, strength, audio_length_in_s,
+                   latents, prompt, num_waveforms_per_prompt) -> Edit:
+        """The checks of a continuation or regeneration, and its plan (``editing.plan_edit``)."""
+        if audio is None:
+            raise ValueError("`extend_s`, `regenerate`, `context_s` and `crossfade_s` continue or remake a recording: "
+                             "pass it as `audio`")
+        if strength is not None:
+            raise ValueError("`strength` restyles the whole input (audio-to-audio); it does not go with `extend_s` "
+                             "or `regenerate`, which keep the input's own samples")
+        if audio_length_in_s is not None:
+            raise ValueError("the output's length follows from `audio` and `extend_s`: leave `audio_length_in_s` "
+                             "out (to continue for N seconds, pass extend_s=N)")
+        if latents is not None:
+            raise ValueError("pass either `latents` or an edit of `audio`: an edit starts from the input's latents")
+        if num_waveforms_per_prompt not in (None, 1) or (isinstance(prompt, list) and not is_timeline(prompt)
+                                                         and len(prompt) > 1):
+            raise ValueError("an edit makes one waveform: give one prompt (or a timeline) and "
+                             "num_waveforms_per_prompt=1")
+        return plan_edit(audio, self.vocoder.config.sampling_rate, self.vae_scale_factor * hop_length(self.vocoder),
+                         extend_s, regenerate, context_s, crossfade_s)
+
+    def _known_region(self, edit: Edit, latents: torch.Tensor, generator, config: TilingConfig) -> KnownRegion:
+        """The input's latents over the edit's context (tiled encode), fitted to the render's frames, and the
+        noise they are put back with."""
+        settings = MelSettings.from_vocoder(self.vocoder)
+        start, stop = edit.context
+        mel = mel_for_vae(edit.original[start:stop], settings, self.vae_scale_factor)
+        posterior = tiled_encode(self.vae, mel.to(device=latents.device, dtype=self.vae.dtype), config)
+        known = (posterior.mode() * self.vae.config.scaling_factor).to(latents.dtype)
+        frames = latents.shape[2]
+        known = known[:, :, :frames]
+        if known.shape[2] < frames:
+            known = torch.cat([known, known.new_zeros(*known.shape[:2], frames - known.shape[2], known.shape[3])], 2)
+        noise = randn_tensor(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+        return KnownRegion(known.expand_as(latents), edit.known_mask(), noise, self.scheduler)

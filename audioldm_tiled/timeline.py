@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .geometry import Tile
+from .geometry import Tile, take_frames
 
 
 @dataclass(frozen=True)
@@ -89,9 +89,11 @@ def frame_membership(segments: list[Segment], frames: int, frames_per_second: fl
 
 
 def window_mix(segments: list[Segment], windows: list[Tile], frames: int, frames_per_second: float) -> torch.Tensor:
-    """(windows, segments) weights: the share of each window's frames that each segment covers (rows sum to one)."""
+    """(windows, segments) weights: the share of each window's frames that each segment covers (rows sum to one).
+    A loop's windows wrap around the end (``geometry.take_frames``), so there the last segment flows into the
+    first."""
     membership = frame_membership(segments, frames, frames_per_second)
-    return torch.stack([membership[w.start : w.stop].mean(dim=0) for w in windows])
+    return torch.stack([take_frames(membership, w.start, w.stop, dim=0).mean(dim=0) for w in windows])
 
 
 def mix_embeddings(embeddings: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:

@@ -54,18 +54,21 @@ def plan_job_tiles(job: Job, x: torch.Tensor, config: TilingConfig) -> list[Tile
     return tiles
 
 
-def iter_tiled(job: Job, x: torch.Tensor, config: TilingConfig,
-               untiled: Callable[[], torch.Tensor]) -> Iterator[torch.Tensor]:
+def iter_tiled(job: Job, x: torch.Tensor, config: TilingConfig, untiled: Callable[[], torch.Tensor],
+               circular: bool = False) -> Iterator[torch.Tensor]:
     """``job.tasks`` run on ``x`` in pieces along time, in order: untiled when ``config`` says so or it fits the
-    budget (retried tiled once on out-of-memory under ``enabled="auto"``), else in exact or fast tiles."""
+    budget (retried tiled once on out-of-memory under ``enabled="auto"``), else in exact or fast tiles. A
+    ``circular`` time axis (a loop) always runs in tiles, which read across the wrap."""
     with large_allocations_returned():
-        yield from _pieces(job, x, config, untiled)
+        yield from _pieces(job, x, config, untiled, circular)
 
 
-def _pieces(job: Job, x: torch.Tensor, config: TilingConfig,
-            untiled: Callable[[], torch.Tensor]) -> Iterator[torch.Tensor]:
+def _pieces(job: Job, x: torch.Tensor, config: TilingConfig, untiled: Callable[[], torch.Tensor],
+            circular: bool) -> Iterator[torch.Tensor]:
     tiles = None
-    if config.enabled is not False:
+    if circular:
+        tiles = plan_job_tiles(job, x, config)
+    elif config.enabled is not False:
         tiles = plan_job_tiles(job, x, config)
         if len(tiles) == 1:
             tiles = None
@@ -88,9 +91,9 @@ def _pieces(job: Job, x: torch.Tensor, config: TilingConfig,
         logger.warning("untiled %s ran out of memory (%s); retrying once with tiles", job.name, failure)
         tiles = plan_job_tiles(job, x, config)
     if config.mode == "fast":
-        pieces = fast_pieces(job, x, tiles, config)
+        pieces = fast_pieces(job, x, tiles, config, circular=circular)
     else:
-        pieces = (core for _, core in run_exact(job, x, tiles, config, stream_last=True))
+        pieces = (core for _, core in run_exact(job, x, tiles, config, stream_last=True, circular=circular))
     for piece in pieces:
         yield piece.to(x.dtype)
 
@@ -157,14 +160,17 @@ def encode_tiles(vae, mel: torch.Tensor, config: TilingConfig) -> list[Tile]:
 
 
 @torch.no_grad()
-def iter_decode(vae, latents: torch.Tensor, config: TilingConfig | None = None) -> Iterator[torch.Tensor]:
+def iter_decode(vae, latents: torch.Tensor, config: TilingConfig | None = None,
+                circular: bool = False) -> Iterator[torch.Tensor]:
     """``vae.decode(latents).sample`` in pieces along time, in order, each (B, 1, t, n_mels).
 
     Fast mode yields each tile as soon as it is decoded; exact mode yields once the last GroupNorm barrier is
-    passed. An untiled decode yields one piece.
+    passed. An untiled decode yields one piece. ``circular`` decodes a seamless loop: time wraps around, so the
+    ends are decoded as if the latents were repeated, with the statistics and attention of one period.
     """
     _check_input("latents", latents, vae.config.latent_channels, 1)
-    pieces = iter_tiled(decode_job(vae), latents, config or TilingConfig(), lambda: vae.decode(latents).sample)
+    pieces = iter_tiled(decode_job(vae), latents, config or TilingConfig(), lambda: vae.decode(latents).sample,
+                        circular)
     yield from with_hook_fired(vae, pieces)
 
 
@@ -217,15 +223,17 @@ def _tiles_on_ranks(job: Job, x: torch.Tensor, config: TilingConfig, ranks: Rank
 
 
 @torch.no_grad()
-def tiled_decode(vae, latents: torch.Tensor, config: TilingConfig | None = None) -> torch.Tensor:
+def tiled_decode(vae, latents: torch.Tensor, config: TilingConfig | None = None,
+                 circular: bool = False) -> torch.Tensor:
     """What ``vae.decode(latents).sample`` returns, log-mel (B, 1, 4T, n_mels), decoded in tiles along time.
 
     Args:
         vae: a diffusers ``AutoencoderKL`` with the standard decoder (AudioLDM, AudioLDM2, MusicLDM).
         latents: (B, C, T, F), already divided by ``vae.config.scaling_factor``.
         config: tiling settings; ``None`` is ``TilingConfig()`` (exact mode, tiles only when untiled won't fit).
+        circular: decode a seamless loop (see ``iter_decode``).
     """
-    pieces = list(iter_decode(vae, latents, config))
+    pieces = list(iter_decode(vae, latents, config, circular))
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
 
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..config import TilingConfig
 from ..distributed import Ranks, broadcast_tensor, exchange_frames, gather_objects, smallest, together
-from ..geometry import Tile, frames_at
+from ..geometry import Tile, frames_at, wrapped_runs
 from ..memory import memory_budget
 from .attention import (
     OnlineSoftmax,
@@ -63,7 +63,15 @@ class TileStream:
         return self.bounds[-1][1]
 
     def gather(self, lo: int, hi: int, residual: bool = False) -> torch.Tensor:
-        """Frames [lo, hi) read from whichever cores hold them."""
+        """Frames [lo, hi) read from whichever cores hold them; on a loop's circular axis frames before 0 and from
+        the length on are read modulo the length."""
+        runs = wrapped_runs(lo, hi, self.length)
+        if len(runs) > 1 or runs[0] != (lo, hi):
+            pieces = [self._gather(a, b, residual) for a, b in runs]
+            return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
+        return self._gather(lo, hi, residual)
+
+    def _gather(self, lo: int, hi: int, residual: bool) -> torch.Tensor:
         source = self.residual if residual else self.cores
         pieces = [(a, self.store.read(source[j], max(lo, a) - a, min(hi, b) - a))
                   for j, (a, b) in enumerate(self.bounds) if a < hi and b > lo and source[j] is not None]
@@ -75,6 +83,11 @@ class TileStream:
 
     def whole(self) -> torch.Tensor:
         return self.gather(0, self.length)
+
+    def holders(self, lo: int, hi: int) -> list[int]:
+        """The tiles whose cores hold any of frames [lo, hi) (modulo the length)."""
+        runs = wrapped_runs(lo, hi, self.length)
+        return [j for j, (a, b) in enumerate(self.bounds) if any(a < y and b > x for x, y in runs)]
 
     def release(self, j: int, residual: bool) -> None:
         for source in (self.cores, self.residual) if residual else (self.cores,):
@@ -99,20 +112,25 @@ def barrier_norm(task: Task | None) -> nn.GroupNorm | None:
 
 
 def run_exact(job: Job, x: torch.Tensor, tiles: list[Tile], config: TilingConfig, stream_last: bool = False,
-              ranks: Ranks | None = None) -> Iterator[tuple[int, torch.Tensor]] | torch.Tensor:
+              ranks: Ranks | None = None, circular: bool = False) -> Iterator[tuple[int, torch.Tensor]] | torch.Tensor:
     """Exact tiled execution of ``tasks`` on ``x`` (B, C, T, F), tiled along T by ``tiles``.
 
     With ``stream_last`` this is a generator of (tile index, output core) pairs in time order, produced as the
     segment after the last barrier runs; otherwise it returns the whole output. With ``ranks`` every rank holds all
-    of ``x`` and runs its share of the tiles (``Ranks.share``), and yields the cores of those alone.
+    of ``x`` and runs its share of the tiles (``Ranks.share``), and yields the cores of those alone. ``circular``
+    decodes a loop: time wraps around, so the first tile's halo comes from the end and the last one's from the
+    start, while the statistics and the attention are those of the one period.
     """
-    generator = _exact_segments(job, x, tiles, config, ranks)
+    if circular and ranks is not None:
+        raise ValueError("a loop (circular time axis) is decoded in one process, not across ranks")
+    generator = _exact_segments(job, x, tiles, config, ranks, circular)
     if stream_last:
         return generator
     return torch.cat([core for _, core in generator], dim=2)
 
 
-def _exact_segments(job: Job, x: torch.Tensor, tiles: list[Tile], config: TilingConfig, ranks: Ranks | None):
+def _exact_segments(job: Job, x: torch.Tensor, tiles: list[Tile], config: TilingConfig, ranks: Ranks | None,
+                    circular: bool):
     segments = split_segments(job.tasks)
     mine = range(len(tiles)) if ranks is None else ranks.share(len(tiles))
     budget = smallest(ranks, memory_budget(config, x.device))
@@ -138,7 +156,7 @@ def _exact_segments(job: Job, x: torch.Tensor, tiles: list[Tile], config: Tiling
             next_norm = None if last else barrier_norm(segments[index + 1][0])
             if ranks is not None:
                 _exchange_halos(ranks, stream, tiles, segment, mine)
-            run = _run_segment(job, stream, tiles, segment, stats, next_norm, index, last, bar, mine)
+            run = _run_segment(job, stream, tiles, segment, stats, next_norm, index, last, bar, mine, circular)
             if last:
                 yield from run
             else:
@@ -192,9 +210,10 @@ def _stream_shape(ranks: Ranks, example: Stored | None) -> tuple[tuple[int, ...]
 
 
 def _run_segment(job: Job, stream: TileStream, tiles: list[Tile], segment: list[Task], stats: GroupStats | None,
-                 next_norm: nn.GroupNorm | None, index: int, last: bool, bar, mine: range):
+                 next_norm: nn.GroupNorm | None, index: int, last: bool, bar, mine: range, circular: bool):
     """Run one segment's local tasks tile by tile and return the stream they produce; after the last barrier, yield
-    the output cores instead."""
+    the output cores instead. On a ``circular`` axis every tile reads its halo, the first and last ones across
+    the wrap."""
     store = stream.store
     halo = halo_frames(segment)
     factor = time_scale(segment)
@@ -203,8 +222,8 @@ def _run_segment(job: Job, stream: TileStream, tiles: list[Tile], segment: list[
     # The cores each tile reads; a core is freed as soon as every tile reading it is done.
     extents, readers = [], [0] * len(tiles)
     for i, (s, e) in enumerate(stream.bounds):
-        lo, hi = max(0, s - halo), min(stream.length, e + halo)
-        used = [j for j, (a, b) in enumerate(stream.bounds) if a < hi and b > lo] if i in mine else []
+        lo, hi = (s - halo, e + halo) if circular else (max(0, s - halo), min(stream.length, e + halo))
+        used = stream.holders(lo, hi) if i in mine else []
         extents.append((lo, hi, used))
         for j in used:
             readers[j] += 1

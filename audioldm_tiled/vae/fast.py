@@ -18,7 +18,7 @@ import torch
 
 from ..config import TilingConfig
 from ..distributed import Ranks, gather_objects
-from ..geometry import Tile
+from ..geometry import Tile, take_frames
 from .attention import AttentionMemory, attend, attention_memory
 from .exact import run_exact
 from .groupnorm import GroupStats, group_stats, pool_stats
@@ -82,7 +82,8 @@ class FastEstimate:
 
 
 def estimate_stats(tasks: list[Task], latents: torch.Tensor, proxy: Proxy, tiles: list[Tile],
-                   on_round: Callable[[], object] = lambda: None, ranks: Ranks | None = None) -> FastEstimate:
+                   on_round: Callable[[], object] = lambda: None, ranks: Ranks | None = None,
+                   circular: bool = False) -> FastEstimate:
     """Estimate every GroupNorm's statistics and each self-attention's keys and values for fast mode, from a proxy
     of ``latents`` (the executor's input, latents or mel).
 
@@ -123,7 +124,7 @@ def estimate_stats(tasks: list[Task], latents: torch.Tensor, proxy: Proxy, tiles
     stats_per_round = [estimate.stats for estimate in rounds]
     keys_per_round = [estimate.memories for estimate in rounds[:ATTENTION_ROUNDS]]
     stats = [pool_stats(list(per_norm)) for per_norm in zip(*stats_per_round)]
-    first = first_norm_stats(tasks, latents, tiles)
+    first = first_norm_stats(tasks, latents, tiles, circular)
     if first is not None:
         stats[0] = first
     return FastEstimate(stats, [AttentionMemory.join(list(per_attention)) for per_attention in zip(*keys_per_round)])
@@ -163,7 +164,14 @@ def _proxy_round(tasks: list[Task], latents: torch.Tensor, starts: list[int], co
     return estimate
 
 
-def first_norm_stats(tasks: list[Task], x: torch.Tensor, tiles: list[Tile]) -> GroupStats | None:
+def _extent(tile: Tile, halo: int, length: int, circular: bool) -> tuple[int, int]:
+    if circular:
+        return tile.core_start - halo, tile.core_stop + halo
+    return max(0, tile.core_start - halo), min(length, tile.core_stop + halo)
+
+
+def first_norm_stats(tasks: list[Task], x: torch.Tensor, tiles: list[Tile],
+                     circular: bool = False) -> GroupStats | None:
     """The exact statistics of the first GroupNorm, pooled over ``tiles``' cores; None where a self-attention comes
     first. Only convolutions precede it (conv_in), so this pass costs a small part of one layer, and it removes what
     was fast mode's largest single error: measured by `docs/experiments/fast_mode_error.py`, on 300 s of
@@ -174,8 +182,9 @@ def first_norm_stats(tasks: list[Task], x: torch.Tensor, tiles: list[Tile]) -> G
     prefix, halo = tasks[:head], halo_frames(tasks[:head])
     parts = []
     for tile in tiles:
-        lo, hi = max(0, tile.core_start - halo), min(x.shape[2], tile.core_stop + halo)
-        core, _, _ = run_tasks(prefix, x[:, :, lo:hi], None, None, core=(tile.core_start - lo, tile.core_stop - lo))
+        lo, hi = _extent(tile, halo, x.shape[2], circular)
+        core, _, _ = run_tasks(prefix, take_frames(x, lo, hi), None, None,
+                               core=(tile.core_start - lo, tile.core_stop - lo))
         parts.append(group_stats(core, tasks[head].module.num_groups))
     return pool_stats(parts)
 
@@ -192,7 +201,7 @@ def run_tile(tasks: list[Task], x: torch.Tensor, estimate: FastEstimate, core: t
 
 
 def fast_pieces(job: Job, x: torch.Tensor, tiles: list[Tile], config: TilingConfig,
-                ranks: Ranks | None = None) -> Iterator[torch.Tensor]:
+                ranks: Ranks | None = None, circular: bool = False) -> Iterator[torch.Tensor]:
     """Fast mode's output cores in order: the proxy's estimate, then every tile (with ``ranks``: the proxy's rounds
     shared out, then this rank's share of the tiles alone). Where the proxy would cost too much, or gives NaN or
     inf, the tiles run exactly instead (every rank alike)."""
@@ -206,26 +215,28 @@ def fast_pieces(job: Job, x: torch.Tensor, tiles: list[Tile], config: TilingConf
     else:
         try:
             with progress_bar(proxy.rounds, config, f"{job.name} (fast, statistics)") as bar:
-                estimate = estimate_stats(job.tasks, x, proxy, tiles, bar.update, ranks)
+                estimate = estimate_stats(job.tasks, x, proxy, tiles, bar.update, ranks, circular)
         except NonFiniteTileError:
             logger.warning("fast mode: the statistics proxy gave NaN or inf; running the %s exactly", job.name)
     if estimate is None:
-        yield from (core for _, core in run_exact(job, x, tiles, config, stream_last=True, ranks=ranks))
+        yield from (core for _, core in run_exact(job, x, tiles, config, stream_last=True, ranks=ranks,
+                                                  circular=circular))
     else:
         mine = range(len(tiles)) if ranks is None else ranks.share(len(tiles))
-        yield from fast_tiles(job, x, [tiles[i] for i in mine], halo, estimate, config)
+        yield from fast_tiles(job, x, [tiles[i] for i in mine], halo, estimate, config, circular)
 
 
 def fast_tiles(job: Job, x: torch.Tensor, tiles: list[Tile], halo: int, estimate: FastEstimate,
-                config: TilingConfig) -> Iterator[torch.Tensor]:
-    """Each tile's output core, in order: the tile run start to finish with ``halo`` input frames a side."""
+                config: TilingConfig, circular: bool = False) -> Iterator[torch.Tensor]:
+    """Each tile's output core, in order: the tile run start to finish with ``halo`` input frames a side (across
+    the wrap on a ``circular`` axis)."""
     length = x.shape[2]
     with progress_bar(len(tiles), config, f"{job.name} (fast)") as bar:
         for tile in tiles:
-            lo, hi = max(0, tile.core_start - halo), min(length, tile.core_stop + halo)
+            lo, hi = _extent(tile, halo, length, circular)
             core = (tile.core_start - lo, tile.core_stop - lo)
             y, _, _ = run_checked(lambda inp, core=core: run_tile(job.tasks, inp, estimate, core, length),
-                                  x[:, :, lo:hi], (tile.core_start, tile.core_stop), job)
+                                  take_frames(x, lo, hi), (tile.core_start, tile.core_stop), job)
             bar.update()
             yield y
 
