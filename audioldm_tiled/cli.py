@@ -57,6 +57,15 @@ def _timeline_segment(text: str) -> tuple[float, str]:
                                          f"got {text!r}") from None
 
 
+def _span(text: str) -> tuple[float, float]:
+    start, _, end = text.partition(":")
+    try:
+        return float(start), float(end)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--regenerate takes START:END in seconds of the input, e.g. 130:145; "
+                                         f"got {text!r}") from None
+
+
 def generate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="audioldm-tiled",
@@ -75,6 +84,18 @@ def generate_parser() -> argparse.ArgumentParser:
                         help="audio-to-audio: restyle this recording (any length, any format soundfile reads)")
     parser.add_argument("--strength", type=float, default=None,
                         help="with --input: how far towards noise the input goes, in (0, 1] (default 0.5)")
+    parser.add_argument("--extend", type=positive_number("--extend", "seconds"), default=None, metavar="SECONDS",
+                        help="with --input: continue the recording by SECONDS; its own samples are kept")
+    parser.add_argument("--regenerate", action="append", type=_span, default=None, metavar="START:END",
+                        help="with --input: remake this span of the recording, e.g. 130:145 (repeatable); the rest "
+                             "keeps its own samples")
+    parser.add_argument("--context", type=positive_number("--context", "seconds"), default=None, metavar="SECONDS",
+                        help="with --extend: encode only the input's last SECONDS; with --regenerate: seconds of "
+                             "context each side of the spans (default 5.12)")
+    parser.add_argument("--crossfade", type=float, default=None, metavar="SECONDS",
+                        help="with --extend or --regenerate: each crossfade between original and new (default 0.25)")
+    parser.add_argument("--loop", action="store_true",
+                        help="make a seamless loop: the end runs on into the start with no click")
     parser.add_argument("-o", "--output", required=True, help="output .wav file")
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"hub id, local folder, or random:ARCH for random weights (default {DEFAULT_MODEL})")
@@ -178,20 +199,39 @@ def _prompt_or_timeline(args: argparse.Namespace):
     return timeline
 
 
+def _is_edit(args: argparse.Namespace) -> bool:
+    return any(v is not None for v in (args.extend, args.regenerate, args.context, args.crossfade))
+
+
 def _resolve_length(args: argparse.Namespace) -> None:
-    """Set ``args.seconds``: the input's length with --input (checked readable now), else --seconds or 10."""
+    """Set ``args.seconds``: the output's length, from the input with --input (checked readable now, and the
+    spans against it), else --seconds or 10."""
     if args.input is None:
         if args.strength is not None:
             raise CliError("--strength goes with --input (how far the input is taken towards noise)")
+        if _is_edit(args):
+            raise CliError("--extend, --regenerate, --context and --crossfade continue or remake a recording: "
+                           "give it with --input")
         args.seconds = 10.0 if args.seconds is None else args.seconds
         return
     import soundfile
 
+    if args.loop:
+        raise CliError("--loop makes a new loop; it cannot be combined with --input")
     if args.seconds is not None:
-        raise CliError("--seconds cannot be combined with --input: the output has the input's length")
-    args.strength = 0.5 if args.strength is None else args.strength
-    if not (0 < args.strength <= 1):
-        raise CliError(f"--strength must be in (0, 1], got {args.strength}")
+        raise CliError("--seconds cannot be combined with --input: the output has the input's length "
+                       "(to make it longer, --extend SECONDS)")
+    if _is_edit(args):
+        if args.strength is not None:
+            raise CliError("--strength restyles the whole input; it does not go with --extend or --regenerate")
+        if (args.extend is None) == (args.regenerate is None):
+            raise CliError("with --input, give one of --extend SECONDS and --regenerate START:END")
+        if args.crossfade is not None and not (math.isfinite(args.crossfade) and args.crossfade >= 0):
+            raise CliError(f"--crossfade must be a number of seconds >= 0, got {args.crossfade}")
+    else:
+        args.strength = 0.5 if args.strength is None else args.strength
+        if not (0 < args.strength <= 1):
+            raise CliError(f"--strength must be in (0, 1], got {args.strength}")
     if not os.path.isfile(args.input):
         raise CliError(f"--input {args.input}: no such file")
     try:
@@ -202,6 +242,15 @@ def _resolve_length(args: argparse.Namespace) -> None:
     if info.frames == 0:
         raise CliError(f"--input {args.input}: the file holds no samples")
     args.seconds = info.frames / info.samplerate
+    if args.regenerate is not None:
+        from .editing import parse_spans
+
+        try:
+            parse_spans(args.regenerate, args.seconds)
+        except ValueError as error:
+            raise CliError(str(error).replace("`regenerate`", "--regenerate")) from None
+    if args.extend is not None:
+        args.seconds += args.extend
 
 
 def generate(args: argparse.Namespace) -> Path:
@@ -237,7 +286,13 @@ def generate(args: argparse.Namespace) -> Path:
         raise CliError(f"--model: {error}") from None
     pipe.set_progress_bar_config(disable=args.quiet or (ranks is not None and ranks.rank > 0))
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
-    length = {"audio": args.input, "strength": args.strength} if args.input else {"audio_length_in_s": args.seconds}
+    if args.input is None:
+        length = {"audio_length_in_s": args.seconds, "loop": args.loop}
+    elif _is_edit(args):
+        length = {"audio": args.input, "extend_s": args.extend, "regenerate": args.regenerate,
+                  "context_s": args.context, "crossfade_s": args.crossfade}
+    else:
+        length = {"audio": args.input, "strength": args.strength}
     tiling = TilingConfig(mode=args.mode, store=args.store, store_dir=args.store_dir, tile_frames=args.tile_frames,
                           memory_budget=None if args.memory_budget is None else int(args.memory_budget * 1e9))
     call = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, negative_prompt=args.negative_prompt,

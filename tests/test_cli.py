@@ -183,3 +183,48 @@ def test_bench_refuses_bad_arguments_before_running_a_point(capsys):
     assert main(["bench", "decode", "--seconds", "-1"]) == 2
     assert "--seconds must be a positive finite number" in capsys.readouterr().err
     assert main(["bench", "decode", "--steps", "0"]) == 2
+
+
+def test_cli_loop_continue_and_regenerate(tmp_path):
+    common = ["--model", "random:tiny", "--steps", "2", "--quiet"]
+    loop = tmp_path / "loop.wav"
+    assert main(["rain", "--seconds", "2", "--loop", "-o", str(loop), *common]) == 0
+    assert sf.info(loop).frames == 32000
+    source = tmp_path / "field.wav"
+    recording = (0.2 * np.sin(np.arange(40000) / 7)).astype(np.float32)
+    sf.write(source, recording, 16000, subtype="PCM_16")
+    stored, _ = sf.read(source, dtype="float32")
+    longer = tmp_path / "longer.wav"
+    assert main(["rain", "--input", str(source), "--extend", "1.5", "-o", str(longer), *common]) == 0
+    extended, _ = sf.read(longer, dtype="float32")
+    assert extended.shape == (40000 + 24000,)
+    assert np.array_equal(extended[: 40000 - 4000], stored[: 40000 - 4000])  # up to the 0.25 s crossfade
+    fixed = tmp_path / "fixed.wav"
+    assert main(["rain", "--input", str(source), "--regenerate", "1:1.5", "--crossfade", "0.05", "-o", str(fixed),
+                 *common]) == 0
+    remade, _ = sf.read(fixed, dtype="float32")
+    outside = np.ones(40000, dtype=bool)
+    outside[16000:24000] = False
+    assert remade.shape == stored.shape and np.array_equal(remade[outside], stored[outside])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seconds", "2", "--regenerate", "1:2"], "give it with --input"),
+    (["--seconds", "2", "--extend", "3"], "give it with --input"),
+    (["--input", "IN", "--regenerate", "2:1"], "--regenerate: the span 2-1 s is empty or reversed"),
+    (["--input", "IN", "--regenerate", "1:9"], "ends past the input"),
+    (["--input", "IN", "--regenerate", "one:two"], "--regenerate takes START:END"),
+    (["--input", "IN", "--extend", "3", "--strength", "0.5"], "--strength restyles the whole input"),
+    (["--input", "IN", "--extend", "3", "--regenerate", "1:2"], "one of --extend SECONDS and --regenerate"),
+    (["--input", "IN", "--loop"], "--loop makes a new loop"),
+    (["--input", "IN", "--extend", "0"], "--extend"),
+])
+def test_cli_edit_errors_come_before_the_model(tmp_path, capsys, args, message):
+    source = tmp_path / "in.wav"
+    sf.write(source, np.zeros(32000, dtype=np.float32), 16000)
+    args = [str(source) if a == "IN" else a for a in args]
+    code = main(["x", "-o", str(tmp_path / "o.wav"), "--model", "random:huge-does-not-exist", *args])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "o.wav").exists()
