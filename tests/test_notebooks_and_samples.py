@@ -104,3 +104,17 @@ def test_tiling_explained_notebook_runs(tmp_path):
     text = "".join(o.get("text", "") for cell in notebook.cells for o in cell.get("outputs", []))
     assert "exact (shared statistics)" in text and "proxy 128 frames" in text
     assert sum("image/png" in o.get("data", {}) for cell in notebook.cells for o in cell.get("outputs", [])) == 3
+
+
+def test_sound_design_sample_loops_continues_and_regenerates(tmp_path):
+    pytest.importorskip("matplotlib")
+    result = run_sample("sound_design.py", "--out-dir", "edits", "--loop-seconds", "3", "--extend", "1",
+                        "--span", "1:2", "--steps", "1", "--model", "random:tiny", cwd=tmp_path)
+    edits = tmp_path / "edits"
+    assert sf.info(edits / "loop.wav").frames == 3 * RATE
+    assert sf.info(edits / "loop-three-times.wav").frames == 9 * RATE
+    assert sf.info(edits / "continued.wav").frames == 4 * RATE
+    assert sf.info(edits / "regenerated.wav").frames == 3 * RATE
+    assert all((edits / name).stat().st_size > 0 for name in ("loop-three-times.png", "continued.png",
+                                                               "regenerated.png"))
+    assert "kept elsewhere: True" in result.stdout
