@@ -30,21 +30,13 @@ from .vocoder import chunked_vocode, hop_length, plan_chunks, stream_vocode, voc
 
 logger = logging.get_logger(__name__)
 
-class AudioLDMTiledPipeline(AudioLDMPipeline):
-    r"""Text-to-audio with AudioLDM for audio of any length.
+class TiledAudioPipelineMixin:
+    """The engine every tiled pipeline shares, put before a diffusers audio pipeline in the bases: windowed
+    denoising (loops, timelines, known regions, ranks), the tiled VAE decode and encode and the chunked vocoder.
+    The pipeline supplies ``_encode_prompt`` (one conditioning row per waveform, negatives first), ``check_inputs``
+    and ``prepare_latents`` with AudioLDM's signatures, and calls ``_init_tiling()`` in its ``__init__``."""
 
-    Same components, call signature and defaults as [`AudioLDMPipeline`]; on top of it, denoising runs on overlapping
-    time windows, the VAE decode is tiled along time with GroupNorm statistics shared across tiles, and the vocoder
-    runs over overlapping chunks. With windowing and tiling off, it computes exactly what the parent computes.
-    """
-
-    model_cpu_offload_seq = "text_encoder->unet->vae->vocoder"
-    _callback_tensor_inputs = ["latents", "prompt_embeds"]
-
-    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, vocoder):
-        with parent_deprecation_once(AudioLDMPipeline, type(self).__name__):
-            super().__init__(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                             scheduler=scheduler, vocoder=vocoder)
+    def _init_tiling(self) -> None:
         self.tiling = TilingConfig()
         # What diffusers' callbacks read and set during a call (see the properties below).
         self._guidance_scale, self._num_timesteps, self._interrupt = 2.5, 0, False
@@ -522,3 +514,21 @@ class AudioLDMTiledPipeline(AudioLDMPipeline):
             known = torch.cat([known, known.new_zeros(*known.shape[:2], frames - known.shape[2], known.shape[3])], 2)
         noise = randn_tensor(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
         return KnownRegion(known.expand_as(latents), edit.known_mask(), noise, self.scheduler)
+
+
+class AudioLDMTiledPipeline(TiledAudioPipelineMixin, AudioLDMPipeline):
+    r"""Text-to-audio with AudioLDM for audio of any length.
+
+    Same components, call signature and defaults as [`AudioLDMPipeline`]; on top of it, denoising runs on overlapping
+    time windows, the VAE decode is tiled along time with GroupNorm statistics shared across tiles, and the vocoder
+    runs over overlapping chunks. With windowing and tiling off, it computes exactly what the parent computes.
+    """
+
+    model_cpu_offload_seq = "text_encoder->unet->vae->vocoder"
+    _callback_tensor_inputs = ["latents", "prompt_embeds"]
+
+    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, vocoder):
+        with parent_deprecation_once(AudioLDMPipeline, type(self).__name__):
+            super().__init__(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                             scheduler=scheduler, vocoder=vocoder)
+        self._init_tiling()
