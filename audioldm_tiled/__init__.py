@@ -1,4 +1,5 @@
-"""Long audio with AudioLDM: windowed denoising, tiled VAE decode with shared GroupNorm statistics, chunked vocoder.
+"""Long audio with AudioLDM and MusicLDM: windowed denoising, tiled VAE decode with shared GroupNorm statistics,
+chunked vocoder.
 
 Names are imported on first use, so that ``audioldm-tiled --help`` answers without loading torch and diffusers.
 """
@@ -19,6 +20,7 @@ _EXPORTS = {
     "load_pipeline": "loading",
     "InsufficientMemoryError": "memory",
     "AudioLDMTiledPipeline": "pipeline",
+    "MusicLDMTiledPipeline": "musicldm",
     "render_to_wav": "render",
     "iter_decode": "vae",
     "tiled_decode": "vae",
@@ -32,6 +34,7 @@ __all__ = [
     "AudioLDMTiledPipeline",
     "InsufficientMemoryError",
     "ModelLoadError",
+    "MusicLDMTiledPipeline",
     "TilingConfig",
     "chunked_vocode",
     "iter_decode",
@@ -51,6 +54,7 @@ if TYPE_CHECKING:
     from .config import TilingConfig
     from .loading import DEFAULT_MODEL, ModelLoadError, load_pipeline
     from .memory import InsufficientMemoryError
+    from .musicldm import MusicLDMTiledPipeline
     from .pipeline import AudioLDMTiledPipeline
     from .render import render_to_wav
     from .vae import iter_decode, tiled_decode, tiled_encode

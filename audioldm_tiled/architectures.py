@@ -1,7 +1,16 @@
-"""Component configs of the public AudioLDM checkpoints (and a tiny one for tests), built offline with random weights.
+"""Component configs of the public AudioLDM and MusicLDM checkpoints (and tiny ones for tests), built offline with
+random weights.
 
 Compute, memory and tiling exactness depend only on shapes, so benchmarks and tests run on these instead of
 downloaded weights. ``"audioldm-s"`` matches ``cvssp/audioldm-s-full-v2`` shape for shape.
+
+``"musicldm"`` (``ucsd-reach/musicldm``): the UNet and VAE from MusicLDM's own training config
+(RetroCirce/MusicLDM, ``interface/musicldm.yaml``: UNet model_channels 128, channel_mult 1, 2, 3, 5, 2 res blocks,
+32 head channels, a 512-d FiLM condition concatenated; VAE ch 128, ch_mult 1, 2, 4, 2 res blocks, 8 latent
+channels, 64 mels), which are audioldm-s's shapes; the text tower is CLAP's RoBERTa as in AudioLDM. Its audio tower
+is transformers' ``ClapAudioConfig`` default (HTSAT, as ``laion/clap-htsat-unfused``): the checkpoint's own audio
+tower, which only ``score_waveforms`` runs, was not checked against the hub here, and neither was its VAE
+``scaling_factor`` (which does not change any shape).
 """
 
 from __future__ import annotations
@@ -12,6 +21,10 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import (
+    ClapAudioConfig,
+    ClapConfig,
+    ClapFeatureExtractor,
+    ClapModel,
     ClapTextConfig,
     ClapTextModelWithProjection,
     RobertaTokenizer,
@@ -31,6 +44,8 @@ class Architecture:
     vocoder: dict[str, Any]
     text_encoder: dict[str, Any]
     tokenizer_max_length: int = 512
+    family: str = "audioldm"  # which pipeline: "audioldm" or "musicldm" (CLAP with its audio tower)
+    clap_audio: dict[str, Any] = field(default_factory=dict)  # musicldm: ClapAudioConfig arguments
     scheduler: dict[str, Any] = field(
         default_factory=lambda: dict(
             beta_start=0.0015,
@@ -123,6 +138,15 @@ ARCHITECTURES: dict[str, Architecture] = {
     "audioldm-l": Architecture(unet=_unet((256, 512, 768, 1280)), vae=_vae((128, 256, 512)),
                                vocoder=_VOCODER_AUDIOLDM, text_encoder=_CLAP_TEXT),
 }
+# Seconds on CPU: tiny's shapes with a CLAP audio tower of four one-layer stages.
+_TINY_CLAP_AUDIO = dict(depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 1, 1], patch_embeds_hidden_size=8,
+                        hidden_size=64, projection_hidden_size=64, window_size=8)
+ARCHITECTURES["musicldm"] = Architecture(unet=_unet((128, 256, 384, 640)), vae=_vae((128, 256, 512)),
+                                         vocoder=_VOCODER_AUDIOLDM, text_encoder=_CLAP_TEXT, family="musicldm")
+ARCHITECTURES["musicldm-tiny"] = Architecture(
+    unet=ARCHITECTURES["tiny"].unet, vae=ARCHITECTURES["tiny"].vae, vocoder=ARCHITECTURES["tiny"].vocoder,
+    text_encoder=ARCHITECTURES["tiny"].text_encoder, tokenizer_max_length=77, family="musicldm",
+    clap_audio=_TINY_CLAP_AUDIO)
 assert all(
     a.vocoder["model_in_dim"] == N_MELS and torch.tensor(a.vocoder["upsample_rates"]).prod() == HOP_LENGTH
     for a in ARCHITECTURES.values()
@@ -162,19 +186,41 @@ def build_components(arch: str = "tiny", seed: int = 0, dtype: torch.dtype = tor
             unet=UNet2DConditionModel(**spec.unet),
             vae=AutoencoderKL(**spec.vae),
             vocoder=SpeechT5HifiGan(SpeechT5HifiGanConfig(**spec.vocoder)),
-            text_encoder=ClapTextModelWithProjection(ClapTextConfig(**spec.text_encoder)),
+            text_encoder=_text_encoder(spec),
             tokenizer=offline_tokenizer(spec.tokenizer_max_length),
             scheduler=DDIMScheduler(**spec.scheduler),
         )
+    if spec.family == "musicldm":
+        # rand_trunc: the windows score_waveforms hands it are 10 s, so nothing is cut
+        components["feature_extractor"] = ClapFeatureExtractor(truncation="rand_trunc")
     for name in ("unet", "vae", "vocoder", "text_encoder"):
         module = components[name] if dtype == torch.float32 else components[name].to(dtype)
         components[name] = module.eval()
     return components
 
 
+def _text_encoder(spec: Architecture) -> torch.nn.Module:
+    if spec.family == "musicldm":
+        text = ClapTextConfig(**spec.text_encoder)
+        audio = ClapAudioConfig(**{"projection_dim": text.projection_dim, **spec.clap_audio})
+        return ClapModel(ClapConfig(text_config=text.to_dict(), audio_config=audio.to_dict(),
+                                    projection_dim=text.projection_dim))
+    return ClapTextModelWithProjection(ClapTextConfig(**spec.text_encoder))
+
+
 def random_pipeline(arch: str = "tiny", seed: int = 0, torch_dtype: torch.dtype = torch.float32):
-    """An ``AudioLDMTiledPipeline`` with random weights of the named architecture: ``"tiny"``, ``"audioldm-s"``,
-    ``"audioldm-m"`` or ``"audioldm-l"``. Runs with no network."""
+    """A tiled pipeline with random weights of the named architecture, without network: ``AudioLDMTiledPipeline``
+    for ``"tiny"``, ``"audioldm-s"``, ``"audioldm-m"``, ``"audioldm-l"``; ``MusicLDMTiledPipeline`` for
+    ``"musicldm"`` and ``"musicldm-tiny"``."""
+    return pipeline_class(_architecture(arch).family)(**build_components(arch, seed, torch_dtype))
+
+
+def pipeline_class(family: str) -> type:
+    """The tiled pipeline class of a model family."""
+    if family == "musicldm":
+        from .musicldm import MusicLDMTiledPipeline
+
+        return MusicLDMTiledPipeline
     from .pipeline import AudioLDMTiledPipeline
 
-    return AudioLDMTiledPipeline(**build_components(arch, seed, torch_dtype))
+    return AudioLDMTiledPipeline

@@ -19,9 +19,15 @@ class ModelLoadError(ValueError):
     """The model named could not be loaded; the message says why and what to pass instead."""
 
 
+# The tiled class of each family, by the pipeline class a folder's model_index.json names.
+FAMILIES = {"AudioLDMPipeline": "audioldm", "AudioLDMTiledPipeline": "audioldm", "MusicLDMPipeline": "musicldm",
+            "MusicLDMTiledPipeline": "musicldm"}
+
+
 def load_pipeline(model: str = DEFAULT_MODEL, torch_dtype: torch.dtype | None = None,
                   device: torch.device | str = "cpu"):
-    """An ``AudioLDMTiledPipeline`` on ``device``.
+    """A tiled pipeline on ``device``: ``AudioLDMTiledPipeline`` or ``MusicLDMTiledPipeline``, as the folder's
+    ``model_index.json`` (or the random architecture) says.
 
     Args:
         model: a hub id (``"cvssp/audioldm-s-full-v2"``), a folder written by ``save_pretrained`` or a downloaded
@@ -33,9 +39,9 @@ def load_pipeline(model: str = DEFAULT_MODEL, torch_dtype: torch.dtype | None = 
         ModelLoadError: the model could not be loaded (no such folder, not a pipeline folder, no network, ...).
     """
     import torch
+    from diffusers import DiffusionPipeline
 
-    from .architectures import ARCHITECTURES, random_pipeline
-    from .pipeline import AudioLDMTiledPipeline
+    from .architectures import ARCHITECTURES, pipeline_class, random_pipeline
 
     torch_dtype = torch.float32 if torch_dtype is None else torch_dtype
 
@@ -52,9 +58,15 @@ def load_pipeline(model: str = DEFAULT_MODEL, torch_dtype: torch.dtype | None = 
     if os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, "model_index.json")):
         raise ModelLoadError(f"model folder {model!r} has no model_index.json: pass a folder written by "
                              "save_pretrained or a downloaded snapshot of the hub repo")
+    source = folder if os.path.isdir(folder) else model
     try:
-        pipe = AudioLDMTiledPipeline.from_pretrained(folder if os.path.isdir(folder) else model,
-                                                     torch_dtype=torch_dtype)
+        name = DiffusionPipeline.load_config(source).get("_class_name")
+        if name not in FAMILIES:
+            raise ModelLoadError(f"{model!r} holds a {name}; the tiled pipelines load "
+                                 f"{', '.join(sorted(n for n in FAMILIES if not n.endswith('TiledPipeline')))}")
+        pipe = pipeline_class(FAMILIES[name]).from_pretrained(source, torch_dtype=torch_dtype)
+    except ModelLoadError:
+        raise
     except Exception as error:  # noqa: BLE001 - hub, filesystem and format errors all mean "cannot load this"
         raise ModelLoadError(
             f"{model!r} could not be loaded ({type(error).__name__}: {str(error).splitlines()[0][:200]}). "

@@ -1,0 +1,127 @@
+"""``MusicLDMTiledPipeline``: diffusers' MusicLDM pipeline through the same engine as AudioLDM.
+
+MusicLDM is AudioLDM 1's pipeline with a music-trained CLAP (``ClapModel``, text and audio towers) whose text
+embedding conditions the UNet as a class label, and the same VAE shapes, 16 kHz HiFi-GAN vocoder and mel front end.
+So windowed denoising, the tiled decode and encode, the chunked vocoder, streaming, timelines, audio-to-audio,
+loops, continuation and regeneration apply as they are. What is its own is ``score_waveforms``: with several
+waveforms per prompt, the parent ranks them by CLAP's audio-text similarity, and CLAP hears 10 s at a time, so
+here each waveform is scored per 10 s window and the windows' similarities are averaged, weighted by length.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import torch
+from diffusers import MusicLDMPipeline
+from diffusers.pipelines.pipeline_utils import AudioPipelineOutput
+
+from .deprecation import parent_deprecation_once
+from .pipeline import TiledAudioPipelineMixin
+
+# CLAP's input length: the HTSAT audio tower was trained on 10 s clips (ClapFeatureExtractor's max_length_s).
+SCORE_WINDOW_S = 10.0
+
+
+class MusicLDMTiledPipeline(TiledAudioPipelineMixin, MusicLDMPipeline):
+    r"""Text-to-music with MusicLDM for music of any length.
+
+    Same components, call signature and defaults as [`MusicLDMPipeline`], with everything
+    [`AudioLDMTiledPipeline`] adds (``tiling=``, ``stream()``, timelines, ``audio=``, ``loop=``, ``extend_s=``,
+    ``regenerate=``). With several waveforms per prompt they are returned best first, scored per 10 s window.
+    """
+
+    model_cpu_offload_seq = "text_encoder->unet->vae->vocoder"
+    _callback_tensor_inputs = ["latents", "prompt_embeds"]
+
+    def __init__(self, vae, text_encoder, tokenizer, feature_extractor, unet, scheduler, vocoder):
+        with parent_deprecation_once(MusicLDMPipeline, type(self).__name__):
+            super().__init__(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                             feature_extractor=feature_extractor, unet=unet, scheduler=scheduler, vocoder=vocoder)
+        self._init_tiling()
+
+    def _text_features(self, texts: list[str], device) -> torch.Tensor:
+        """CLAP's projected text embedding of each text. ``ClapModel.get_text_features`` returns a tensor under
+        transformers 4 and an output whose ``pooler_output`` is that tensor under transformers 5, where the
+        parent's ``_encode_prompt`` fails on it; both are taken here."""
+        inputs = self.tokenizer(texts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt")
+        features = self.text_encoder.get_text_features(inputs.input_ids.to(device),
+                                                       attention_mask=inputs.attention_mask.to(device))
+        return getattr(features, "pooler_output", features)
+
+    def _encode_prompt(self, prompt, device, num_waveforms_per_prompt, do_classifier_free_guidance,
+                       negative_prompt=None, prompt_embeds=None, negative_prompt_embeds=None) -> torch.Tensor:
+        """What the parent's ``_encode_prompt`` computes: one text embedding per waveform (``prompt_embeds`` if
+        given), preceded with guidance by as many of the negative prompt's (the empty text's by default)."""
+        if prompt_embeds is None:
+            prompt_embeds = self._text_features([prompt] if isinstance(prompt, str) else list(prompt), device)
+        dtype = self.text_encoder.text_model.dtype
+        prompt_embeds = prompt_embeds.to(dtype=dtype, device=device).repeat_interleave(num_waveforms_per_prompt, 0)
+        if not do_classifier_free_guidance:
+            return prompt_embeds
+        batch = prompt_embeds.shape[0] // num_waveforms_per_prompt
+        if negative_prompt_embeds is None:
+            if negative_prompt is None:
+                negatives = [""] * batch
+            elif isinstance(negative_prompt, str):
+                negatives = [negative_prompt] * batch
+            elif len(negative_prompt) == batch:
+                negatives = list(negative_prompt)
+            else:
+                raise ValueError(f"`negative_prompt` has {len(negative_prompt)} texts for {batch} prompts")
+            negative_prompt_embeds = self._text_features(negatives, device)
+        negative_prompt_embeds = negative_prompt_embeds.to(dtype=dtype, device=device).repeat_interleave(
+            num_waveforms_per_prompt, 0)
+        return torch.cat([negative_prompt_embeds, prompt_embeds])
+
+    @torch.no_grad()
+    def __call__(self, *args, **kwargs):
+        """As ``AudioLDMTiledPipeline.__call__``, with the parent's defaults (``num_inference_steps=200``,
+        ``guidance_scale=2.0``); then, with ``num_waveforms_per_prompt`` > 1 and a text prompt, each prompt's
+        waveforms are ordered by ``score_waveforms``, best first, as the parent orders them."""
+        signature = inspect.signature(TiledAudioPipelineMixin.__call__)
+        given = signature.bind(self, *args, **kwargs).arguments
+        given.pop("self")
+        # the parent's defaults where they differ from AudioLDM's (200 steps, guidance 2.0), then the engine's
+        call = {name: p.default for name, p in signature.parameters.items() if name != "self"}
+        call.update({name: p.default for name, p in inspect.signature(MusicLDMPipeline.__call__).parameters.items()
+                     if name in call and p.default is not inspect.Parameter.empty})
+        call.update(given)
+        prompt, per_prompt = call["prompt"], call["num_waveforms_per_prompt"] or 1
+        rank = per_prompt > 1 and isinstance(prompt, (str, list)) and self.feature_extractor is not None and \
+            call["output_type"] != "latent" and all(isinstance(p, str) for p in np.atleast_1d(prompt))
+        if not rank:
+            return TiledAudioPipelineMixin.__call__(self, **call)
+        output_type, return_dict = call["output_type"], call["return_dict"]
+        audio = TiledAudioPipelineMixin.__call__(self, **{**call, "output_type": "pt", "return_dict": True}).audios
+        audio = self.score_waveforms(prompt, audio, per_prompt, self._execution_device, self.text_encoder.dtype)
+        if output_type == "np":
+            audio = audio.numpy()
+        return AudioPipelineOutput(audios=audio) if return_dict else (audio,)
+
+    def score_waveforms(self, text, audio: torch.Tensor, num_waveforms_per_prompt: int, device, dtype):
+        """``audio`` (prompts x waveforms, samples) reordered best first within each prompt's waveforms, by CLAP's
+        text-audio similarity averaged over windows of ``SCORE_WINDOW_S``, each weighted by its length (the parent
+        scores one clip, which for a long waveform CLAP would cut to a random 10 s)."""
+        import librosa
+
+        texts = [text] if isinstance(text, str) else list(text)
+        rate = self.vocoder.config.sampling_rate
+        window = int(SCORE_WINDOW_S * rate)
+        starts = range(0, audio.shape[1], window)
+        inputs = self.tokenizer(texts, return_tensors="pt", padding=True).to(device)
+        scores = torch.zeros(len(texts), audio.shape[0], dtype=torch.float64)
+        for start in starts:
+            piece = audio[:, start : start + window].float().numpy()
+            resampled = librosa.resample(piece, orig_sr=rate, target_sr=self.feature_extractor.sampling_rate)
+            features = self.feature_extractor(list(resampled), return_tensors="pt",
+                                              sampling_rate=self.feature_extractor.sampling_rate).input_features
+            logits = self.text_encoder(**inputs, input_features=features.to(device=device, dtype=dtype)).logits_per_text
+            scores += logits.double().cpu() * piece.shape[1] / audio.shape[1]  # a short last window counts less
+        order = []
+        for p in range(len(texts)):
+            own = torch.arange(p * num_waveforms_per_prompt, (p + 1) * num_waveforms_per_prompt)
+            order.append(own[torch.argsort(scores[p, own], descending=True)])
+        return torch.index_select(audio, 0, torch.cat(order))
