@@ -279,3 +279,20 @@ def test_a_render_to_wav_that_fails_on_another_rank_keeps_the_existing_file(tiny
         assert isinstance(error, RankFailed) and str(error) == "rank 1 of 2 failed: RuntimeError: vocoder blew up"
     assert path.read_bytes() == b"an earlier render"
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".pt")) == ["out.wav"]
+
+
+def test_a_regenerated_span_over_ranks_equals_one_process(tiny_pipe, tmp_path):
+    """Edits run through the same engine over ranks: the known region is put back alike on every rank."""
+    import numpy as np
+
+    recording = (0.3 * np.sin(np.arange(3 * 16000) / 5)).astype(np.float32)
+    tiling = WINDOWS.replace(enabled=True, tile_frames=16, vocoder_chunk_frames=64, store="host")
+
+    def fixed():
+        return tiny_pipe("rain", audio=recording, regenerate=(1.0, 2.0), num_inference_steps=2, tiling=tiling,
+                         generator=torch.Generator().manual_seed(5)).audios
+
+    with one_thread():
+        expected = fixed()
+    for result in on_ranks(2, lambda rank: fixed(), tmp_path):
+        assert np.array_equal(result, expected)
