@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .conditioning import ClassLabels
 from .config import TilingConfig
 from .distributed import Ranks, sum_over_ranks, together
 from .geometry import Tile, add_frames, plan_tiles, take_frames
@@ -70,7 +71,7 @@ def predict_noise(
     unet: torch.nn.Module,
     latents: torch.Tensor,
     t: torch.Tensor,
-    embeds: torch.Tensor,
+    conditioning: ClassLabels,
     guidance_scale: float,
     plan: WindowPlan,
     batch_size: int,
@@ -80,32 +81,31 @@ def predict_noise(
     """Guided noise prediction for the whole latent (B, C, T, F), merged over the windows of ``plan``.
 
     Args:
-        embeds: (W, 2, B, D) with the negative and positive class embedding of each window, or (W, 1, B, D)
-            without guidance.
+        conditioning: the family's adapter (``conditioning.py``) holding every window's conditioning; it is guided
+            when it holds negative rows.
         batch_size: windows per UNet call.
         ranks: with several windows, each rank predicts its contiguous share and the merged sums are added over
             the ranks (see ``distributed``); with one window every rank predicts it.
     """
     if ranks is None or len(plan.windows) == 1:
-        return _predict(unet, latents, t, embeds, guidance_scale, plan, range(len(plan.windows)), batch_size,
+        return _predict(unet, latents, t, conditioning, guidance_scale, plan, range(len(plan.windows)), batch_size,
                         cross_attention_kwargs)
-    merged = together(ranks, lambda: _predict(unet, latents, t, embeds, guidance_scale, plan,
+    merged = together(ranks, lambda: _predict(unet, latents, t, conditioning, guidance_scale, plan,
                                                ranks.share(len(plan.windows)), batch_size, cross_attention_kwargs))
     return sum_over_ranks(ranks, merged)
 
 
-def _predict(unet, latents, t, embeds, guidance_scale, plan: WindowPlan, windows: range, batch_size: int,
-             cross_attention_kwargs) -> torch.Tensor:
+def _predict(unet, latents, t, conditioning: ClassLabels, guidance_scale, plan: WindowPlan, windows: range,
+             batch_size: int, cross_attention_kwargs) -> torch.Tensor:
     """The merged prediction of ``windows`` alone (zero elsewhere), or the one window's prediction."""
-    guided = embeds.shape[1] == 2
+    guided = conditioning.guided
     merged = latents.new_zeros(latents.shape) if len(plan.windows) > 1 else None
     for first in range(windows.start, windows.stop, batch_size):
         group = range(first, min(first + batch_size, windows.stop))
         crops = torch.cat([take_frames(latents, plan.windows[i].start, plan.windows[i].stop) for i in group])
         # Same layout as the parent pipeline: all unconditional rows first, then all conditional rows.
-        labels = torch.cat([embeds[i, k] for k in range(embeds.shape[1]) for i in group])
         model_input = torch.cat([crops] * 2) if guided else crops
-        noise = unet(model_input, t, encoder_hidden_states=None, class_labels=labels,
+        noise = unet(model_input, t, **conditioning.unet_kwargs(group),
                      cross_attention_kwargs=cross_attention_kwargs).sample
         if guided:
             uncond, text = noise.chunk(2)
@@ -142,7 +142,7 @@ def denoise(
     unet: torch.nn.Module,
     scheduler,
     latents: torch.Tensor,
-    conditioning: Callable[[], tuple[torch.Tensor, float]],
+    conditioning: Callable[[], tuple[ClassLabels, float]],
     plan: WindowPlan,
     extra_step_kwargs: dict,
     batch_size: int,
@@ -157,8 +157,9 @@ def denoise(
     """Run ``timesteps`` (default: all of the scheduler's; audio-to-audio starts part way) on the windows of
     ``plan`` (``plan_windows``).
 
-    ``conditioning()`` is read at every step, since a callback may change it: the windows' embeddings (W or 1,
-    2 or 1, B, D), negative and conditional rows or the conditional alone, and the guidance scale.
+    ``conditioning()`` is read at every step, since a callback may change it: the family's adapter holding the
+    windows' conditioning (``conditioning.py``; one shared by all windows or one per window) and the guidance
+    scale.
     ``step_callback(i, t, latents)`` may return replacement latents; the loop stops before a step once
     ``interrupted()`` is true. With ``ranks`` the windows are shared out over them (``predict_noise``)."""
     timesteps = scheduler.timesteps if timesteps is None else timesteps
@@ -168,12 +169,11 @@ def denoise(
         for i, t in enumerate(timesteps):
             if interrupted():
                 break
-            window_embeds, guidance_scale = conditioning()
-            if window_embeds.shape[0] != len(plan.windows):
-                window_embeds = window_embeds.expand(len(plan.windows), *window_embeds.shape[1:])
+            window_conditioning, guidance_scale = conditioning()
+            window_conditioning = window_conditioning.for_windows(len(plan.windows))
             model_input_latents = scheduler.scale_model_input(latents, t)
-            noise = predict_noise(unet, model_input_latents, t, window_embeds, guidance_scale, plan, batch_size,
-                                  cross_attention_kwargs, ranks)
+            noise = predict_noise(unet, model_input_latents, t, window_conditioning, guidance_scale, plan,
+                                  batch_size, cross_attention_kwargs, ranks)
             latents = scheduler.step(noise, t, latents, **extra_step_kwargs).prev_sample
             if known is not None:
                 latents = known.replace(latents, timesteps[i + 1] if i + 1 < len(timesteps) else None)

@@ -17,6 +17,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .audio import MelSettings, mel_for_vae
 from .call_inputs import check_call_arguments, check_latents, check_length_fits, read_input_audio
+from .conditioning import ClassLabels
 from .config import TilingConfig
 from .denoise import denoise, guidance_rows, plan_windows
 from .deprecation import parent_deprecation_once
@@ -453,11 +454,12 @@ class TiledAudioPipelineMixin:
                                                         1 / (vocoder_upsample_factor * self.vae_scale_factor))
         current = {"prompt_embeds": prompt_embeds}
 
-        def conditioning() -> tuple[torch.Tensor, float]:
+        def conditioning() -> tuple[ClassLabels, float]:
             rows = guidance_rows(current["prompt_embeds"], groups, self.do_classifier_free_guidance)
             if mix is None:
-                return rows[None], self._guidance_scale  # (1, 2 or 1, B, D)
-            return mix_embeddings(rows.transpose(0, 1)[:, :, None], mix), self._guidance_scale  # (W, 2 or 1, 1, D)
+                return ClassLabels(rows[None]), self._guidance_scale  # (1, 2 or 1, B, D)
+            # (W, 2 or 1, 1, D)
+            return ClassLabels(mix_embeddings(rows.transpose(0, 1)[:, :, None], mix)), self._guidance_scale
 
         window_batch = smallest(ranks, config.window_batch_size or choose_window_batch_size(
             latents, len(plan.windows), plan.windows[0].length, do_classifier_free_guidance, config))
