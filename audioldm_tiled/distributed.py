@@ -22,6 +22,8 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
+from .geometry import join_frames
+
 T = TypeVar("T")
 
 # How long a rank waits in a collective for the others (init_process_group's timeout).
@@ -199,7 +201,7 @@ def in_rank_order(ranks: Ranks, pieces: Iterator[torch.Tensor], root: int | None
                 if block is not None:
                     yield block
         return
-    block = together(ranks, lambda: _joined(list(pieces), dim))
+    block = together(ranks, lambda: join_frames(list(pieces), dim))
     if root is not None:
         _send(ranks, block, root)
         return
@@ -207,12 +209,6 @@ def in_rank_order(ranks: Ranks, pieces: Iterator[torch.Tensor], root: int | None
         shared = broadcast_tensor(ranks, block if owner == ranks.rank else None, owner)
         if shared is not None:
             yield shared
-
-
-def _joined(pieces: list[torch.Tensor], dim: int) -> torch.Tensor | None:
-    if not pieces:
-        return None
-    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=dim)
 
 
 def _header(block: torch.Tensor | None) -> list:

@@ -20,6 +20,7 @@ import torch
 
 from .config import TilingConfig
 from .distributed import Ranks, exchange_frames, in_rank_order, smallest, together
+from .geometry import join_frames
 from .vae import decode_on_ranks
 from .vocoder import choose_chunk_frames, plan_chunks, vocode_chunks
 
@@ -29,7 +30,7 @@ def waveform_on_ranks(vae, vocoder, latents: torch.Tensor, config: TilingConfig,
     """The waveform of ``latents`` (already divided by the VAE's scaling factor), decoded and vocoded by all ranks:
     pieces (B, samples) in order on ``root`` and nothing elsewhere, or on every rank with ``root=None``."""
     spans, pieces = decode_on_ranks(vae, latents, config, ranks)
-    mel = together(ranks, lambda: _joined([piece.squeeze(1) for piece in pieces]))  # (B, t, n_mels), or None
+    mel = together(ranks, lambda: join_frames([piece.squeeze(1) for piece in pieces], 1))  # (B, t, n_mels) or None
     total = max(stop for _, stop in spans)
     example = torch.empty((), dtype=latents.dtype, device=latents.device).expand(
         latents.shape[0], 1, vocoder.config.model_in_dim)
@@ -47,15 +48,9 @@ def waveform_on_ranks(vae, vocoder, latents: torch.Tensor, config: TilingConfig,
         lo, hi = max(own[0], want[0]), min(own[1], want[1])
         if lo < hi:
             held.append((lo, mel[:, lo - own[0] : hi - own[0]]))
-        mel = _joined([piece.to(latents.device) for _, piece in sorted(held, key=lambda item: item[0])])
+        mel = join_frames([piece.to(latents.device) for _, piece in sorted(held, key=lambda item: item[0])], 1)
         waves = vocode_chunks(vocoder, mel, want[0], [chunks[i] for i in mine], mine[-1] == len(chunks) - 1, config)
     else:
         waves = iter(())
     del received
     yield from in_rank_order(ranks, waves, root)
-
-
-def _joined(pieces: list[torch.Tensor]) -> torch.Tensor | None:
-    if not pieces:
-        return None
-    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)

@@ -78,12 +78,9 @@ class Edit:
             right = self.fade if b < len(self.original) else 0
             out = g.copy()
             if left:
-                t = (np.arange(left) + 0.5) / left
-                out[:left] = self.original[a : a + left] * np.cos(0.5 * np.pi * t) + g[:left] * np.sin(0.5 * np.pi * t)
+                out[:left] = _crossfade(self.original[a : a + left], g[:left])
             if right:
-                t = (np.arange(right) + 0.5) / right
-                out[-right:] = g[-right:] * np.cos(0.5 * np.pi * t) + self.original[b - right : b] * np.sin(
-                    0.5 * np.pi * t)
+                out[-right:] = _crossfade(g[-right:], self.original[b - right : b])
             yield out[None].astype(np.float32)
             position = b
         yield from self._original(position, self.length, piece_samples)
@@ -101,6 +98,12 @@ class Edit:
         if made_rms == 0 or not known.size:
             return 1.0
         return math.sqrt(float(np.mean(known**2))) / made_rms
+
+
+def _crossfade(outgoing: np.ndarray, incoming: np.ndarray) -> np.ndarray:
+    """Equal-power crossfade (cos, sin) from ``outgoing`` to ``incoming`` over their common length."""
+    t = (np.arange(len(outgoing)) + 0.5) / len(outgoing)
+    return outgoing * np.cos(0.5 * np.pi * t) + incoming * np.sin(0.5 * np.pi * t)
 
 
 class _Samples:

@@ -84,12 +84,24 @@ def plan_tiles(length: int, tile: int, halo: int = 0, multiple: int = 1, fixed_e
             centre_start = core_start - (extent - (core_stop - core_start)) // 2
             start = centre_start if circular else min(max(0, centre_start), length - extent)
             stop = start + extent
-        elif circular:
-            start, stop = core_start - halo, core_stop + halo
         else:
-            start, stop = max(0, core_start - halo), min(length, core_stop + halo)
+            start, stop = halo_extent(core_start, core_stop, halo, length, circular)
         tiles.append(Tile(start, stop, core_start, core_stop))
     return tiles
+
+
+def halo_extent(core_start: int, core_stop: int, halo: int, length: int, circular: bool = False) -> tuple[int, int]:
+    """[start, stop) of a core widened by ``halo`` a side: clipped to [0, length), or not on a circular axis."""
+    if circular:
+        return core_start - halo, core_stop + halo
+    return max(0, core_start - halo), min(length, core_stop + halo)
+
+
+def join_frames(pieces: list[torch.Tensor], dim: int) -> torch.Tensor | None:
+    """``pieces`` concatenated along ``dim`` (the one piece itself, no copy; None for no pieces)."""
+    if not pieces:
+        return None
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=dim)
 
 
 def wrapped_runs(start: int, stop: int, length: int) -> list[tuple[int, int]]:
@@ -106,8 +118,7 @@ def wrapped_runs(start: int, stop: int, length: int) -> list[tuple[int, int]]:
 def take_frames(x: torch.Tensor, start: int, stop: int, dim: int = 2) -> torch.Tensor:
     """Frames [start, stop) of ``x`` along ``dim``, read modulo its length (a view when no wrap is needed)."""
     runs = wrapped_runs(start, stop, x.shape[dim])
-    pieces = [x.narrow(dim, a, b - a) for a, b in runs]
-    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=dim)
+    return join_frames([x.narrow(dim, a, b - a) for a, b in runs], dim)
 
 
 def add_frames(target: torch.Tensor, start: int, values: torch.Tensor, dim: int = 2) -> None:

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import TilingConfig
-from .geometry import Tile, plan_tiles, take_frames
+from .geometry import Tile, join_frames, plan_tiles, take_frames
 from .memory import large_allocations_returned, memory_budget
 from .offload import fire_hook, weights_on_device
 
@@ -271,4 +271,4 @@ def chunked_vocode(vocoder: nn.Module, mel: torch.Tensor, config: TilingConfig |
     if not isinstance(mel, torch.Tensor) or mel.dim() != 3 or mel.shape[1] < 1:
         raise ValueError(f"mel must be a tensor (B, T, n_mels) with T >= 1, got {getattr(mel, 'shape', type(mel))}")
     pieces = list(stream_vocode(vocoder, [mel], mel.shape[1], config))
-    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-1)
+    return join_frames(pieces, -1)

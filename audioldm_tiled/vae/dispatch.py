@@ -17,7 +17,7 @@ from ..config import TilingConfig
 from ..constants import MEL_FRAMES_PER_SECOND
 from ..distributed import Ranks, smallest
 from ..files import format_bytes
-from ..geometry import Tile, plan_tiles
+from ..geometry import Tile, join_frames, plan_tiles
 from ..memory import (
     BUDGET_SHARE,
     InsufficientMemoryError,
@@ -66,7 +66,7 @@ def iter_tiled(job: Job, x: torch.Tensor, config: TilingConfig, untiled: Callabl
 def _pieces(job: Job, x: torch.Tensor, config: TilingConfig, untiled: Callable[[], torch.Tensor],
             circular: bool) -> Iterator[torch.Tensor]:
     tiles = None
-    if circular:
+    if circular:  # tiles, even one: they read across the wrap
         tiles = plan_job_tiles(job, x, config)
     elif config.enabled is not False:
         tiles = plan_job_tiles(job, x, config)
@@ -90,10 +90,18 @@ def _pieces(job: Job, x: torch.Tensor, config: TilingConfig, untiled: Callable[[
         release_cached_memory(x.device)  # now that they are free
         logger.warning("untiled %s ran out of memory (%s); retrying once with tiles", job.name, failure)
         tiles = plan_job_tiles(job, x, config)
+    yield from _tiled_pieces(job, x, tiles, config, circular=circular)
+
+
+def _tiled_pieces(job: Job, x: torch.Tensor, tiles: list[Tile], config: TilingConfig, ranks: Ranks | None = None,
+                  circular: bool = False) -> Iterator[torch.Tensor]:
+    """The output cores of ``tiles`` in order, in fast or exact mode, in ``x``'s dtype (with ``ranks``: this
+    rank's share of them)."""
     if config.mode == "fast":
-        pieces = fast_pieces(job, x, tiles, config, circular=circular)
+        pieces = fast_pieces(job, x, tiles, config, ranks, circular)
     else:
-        pieces = (core for _, core in run_exact(job, x, tiles, config, stream_last=True, circular=circular))
+        pieces = (core for _, core in run_exact(job, x, tiles, config, stream_last=True, ranks=ranks,
+                                                circular=circular))
     for piece in pieces:
         yield piece.to(x.dtype)
 
@@ -199,12 +207,7 @@ def decode_on_ranks(vae, latents: torch.Tensor, config: TilingConfig,
 
     def pieces():
         with large_allocations_returned():
-            if config.mode == "fast":
-                cores = fast_pieces(job, latents, tiles, config, ranks)
-            else:
-                cores = (core for _, core in run_exact(job, latents, tiles, config, stream_last=True, ranks=ranks))
-            for core in cores:
-                yield core.to(latents.dtype)
+            yield from _tiled_pieces(job, latents, tiles, config, ranks)
 
     return spans, with_hook_fired(vae, pieces())
 
@@ -233,8 +236,7 @@ def tiled_decode(vae, latents: torch.Tensor, config: TilingConfig | None = None,
         config: tiling settings; ``None`` is ``TilingConfig()`` (exact mode, tiles only when untiled won't fit).
         circular: decode a seamless loop (see ``iter_decode``).
     """
-    pieces = list(iter_decode(vae, latents, config, circular))
-    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
+    return join_frames(list(iter_decode(vae, latents, config, circular)), 2)
 
 
 @torch.no_grad()
@@ -254,4 +256,4 @@ def tiled_encode(vae, mel: torch.Tensor, config: TilingConfig | None = None) -> 
     _check_input("mel", mel, vae.config.in_channels, job.unit)
     pieces = iter_tiled(job, mel, config or TilingConfig(), lambda: vae.encode(mel).latent_dist.parameters)
     pieces = list(with_hook_fired(vae, pieces))
-    return DiagonalGaussianDistribution(pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2))
+    return DiagonalGaussianDistribution(join_frames(pieces, 2))

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..config import TilingConfig
 from ..distributed import Ranks, broadcast_tensor, exchange_frames, gather_objects, smallest, together
-from ..geometry import Tile, frames_at, wrapped_runs
+from ..geometry import Tile, frames_at, halo_extent, join_frames, wrapped_runs
 from ..memory import memory_budget
 from .attention import (
     OnlineSoftmax,
@@ -65,11 +65,7 @@ class TileStream:
     def gather(self, lo: int, hi: int, residual: bool = False) -> torch.Tensor:
         """Frames [lo, hi) read from whichever cores hold them; on a loop's circular axis frames before 0 and from
         the length on are read modulo the length."""
-        runs = wrapped_runs(lo, hi, self.length)
-        if len(runs) > 1 or runs[0] != (lo, hi):
-            pieces = [self._gather(a, b, residual) for a, b in runs]
-            return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
-        return self._gather(lo, hi, residual)
+        return join_frames([self._gather(a, b, residual) for a, b in wrapped_runs(lo, hi, self.length)], 2)
 
     def _gather(self, lo: int, hi: int, residual: bool) -> torch.Tensor:
         source = self.residual if residual else self.cores
@@ -78,8 +74,7 @@ class TileStream:
         for start, frames in self.residual_halo if residual else self.halo:
             if start < hi and start + frames.shape[2] > lo:
                 pieces.append((start, frames[:, :, max(lo, start) - start : min(hi, start + frames.shape[2]) - start]))
-        pieces = [piece for _, piece in sorted(pieces, key=lambda item: item[0])]
-        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
+        return join_frames([piece for _, piece in sorted(pieces, key=lambda item: item[0])], 2)
 
     def whole(self) -> torch.Tensor:
         return self.gather(0, self.length)
@@ -182,31 +177,22 @@ def _every_tile(ranks: Ranks | None, parts: list[GroupStats | None], mine: range
 def _exchange_halos(ranks: Ranks, stream: TileStream, tiles: list[Tile], segment: list[Task], mine: range) -> None:
     """Fetch the frames of other ranks' cores (and residuals) that this rank's tiles read as halo in ``segment``."""
     halo = halo_frames(segment)
-    if halo == 0:
-        stream.halo, stream.residual_halo = [], []
+    stream.halo, stream.residual_halo = [], []
+    if halo == 0 or not mine:  # a rank without tiles has nothing to send and needs nothing
         return
     spans = [_span(stream.bounds, Ranks(r, ranks.world).share(len(tiles))) for r in range(ranks.world)]
-    needed = [(max(0, a - halo), min(stream.length, b + halo)) if a < b else (0, 0) for a, b in spans]
-    example = next(c for c in stream.cores if c is not None) if mine else None
-    shape, dtype = _stream_shape(ranks, example)
-
-    stream.halo = exchange_frames(ranks, stream.gather, spans, needed, shape, dtype)
-    stream.residual_halo = []
+    needed = [halo_extent(a, b, halo, stream.length) if a < b else (0, 0) for a, b in spans]
+    # Neighbours' frames have the shape (but for the frames' count) and dtype of this rank's own: they are sent so.
+    own = stream.cores[mine[0]]
+    stream.halo = exchange_frames(ranks, stream.gather, spans, needed, own.shape, own.dtype)
     if any(isinstance(t, AddResidual) for t in segment):
-        rshape, rdtype = _stream_shape(ranks, next(r for r in stream.residual if r is not None) if mine else None)
+        residual = stream.residual[mine[0]]
         stream.residual_halo = exchange_frames(ranks, lambda lo, hi: stream.gather(lo, hi, residual=True), spans,
-                                               needed, rshape, rdtype)
+                                               needed, residual.shape, residual.dtype)
 
 
 def _span(bounds: list[tuple[int, int]], share: range) -> tuple[int, int]:
     return (bounds[share[0]][0], bounds[share[-1]][1]) if share else (0, 0)
-
-
-def _stream_shape(ranks: Ranks, example: Stored | None) -> tuple[tuple[int, ...], torch.dtype]:
-    """The shape and dtype of the stream's tensors, from a rank that holds tiles (ranks may hold none)."""
-    known = [item for item in gather_objects(ranks, None if example is None else (tuple(example.shape),
-                                                                                   example.dtype)) if item]
-    return known[0]
 
 
 def _run_segment(job: Job, stream: TileStream, tiles: list[Tile], segment: list[Task], stats: GroupStats | None,
@@ -222,7 +208,7 @@ def _run_segment(job: Job, stream: TileStream, tiles: list[Tile], segment: list[
     # The cores each tile reads; a core is freed as soon as every tile reading it is done.
     extents, readers = [], [0] * len(tiles)
     for i, (s, e) in enumerate(stream.bounds):
-        lo, hi = (s - halo, e + halo) if circular else (max(0, s - halo), min(stream.length, e + halo))
+        lo, hi = halo_extent(s, e, halo, stream.length, circular)
         used = stream.holders(lo, hi) if i in mine else []
         extents.append((lo, hi, used))
         for j in used:
@@ -285,10 +271,6 @@ def key_parts(tile_tokens: list[int]) -> list[slice]:
     return parts
 
 
-def _joined(pieces: list[torch.Tensor]) -> torch.Tensor:
-    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
-
-
 def _attend(attn: nn.Module, stream: TileStream, stats: GroupStats | None, budget: int, index: int, mine: range,
             ranks: Ranks | None) -> TileStream:
     """The self-attention over the whole sequence, as a new stream of cores at the same bounds."""
@@ -320,8 +302,8 @@ def _attend(attn: nn.Module, stream: TileStream, stats: GroupStats | None, budge
 
     def key_runs():
         for part in parts:
-            yield tuple(_joined([_shared(store, items[j], j, ranks, owners) for j in range(part.start, part.stop)])
-                        for items in (keys, values))
+            yield tuple(join_frames([_shared(store, items[j], j, ranks, owners) for j in range(part.start, part.stop)],
+                                    2) for items in (keys, values))
 
     if ranks is None:
         for i in zigzag(len(stream.cores), index):

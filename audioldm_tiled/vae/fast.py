@@ -18,7 +18,7 @@ import torch
 
 from ..config import TilingConfig
 from ..distributed import Ranks, gather_objects
-from ..geometry import Tile, take_frames
+from ..geometry import Tile, halo_extent, take_frames
 from .attention import AttentionMemory, attend, attention_memory
 from .exact import run_exact
 from .groupnorm import GroupStats, group_stats, pool_stats
@@ -164,12 +164,6 @@ def _proxy_round(tasks: list[Task], latents: torch.Tensor, starts: list[int], co
     return estimate
 
 
-def _extent(tile: Tile, halo: int, length: int, circular: bool) -> tuple[int, int]:
-    if circular:
-        return tile.core_start - halo, tile.core_stop + halo
-    return max(0, tile.core_start - halo), min(length, tile.core_stop + halo)
-
-
 def first_norm_stats(tasks: list[Task], x: torch.Tensor, tiles: list[Tile],
                      circular: bool = False) -> GroupStats | None:
     """The exact statistics of the first GroupNorm, pooled over ``tiles``' cores; None where a self-attention comes
@@ -182,7 +176,7 @@ def first_norm_stats(tasks: list[Task], x: torch.Tensor, tiles: list[Tile],
     prefix, halo = tasks[:head], halo_frames(tasks[:head])
     parts = []
     for tile in tiles:
-        lo, hi = _extent(tile, halo, x.shape[2], circular)
+        lo, hi = halo_extent(tile.core_start, tile.core_stop, halo, x.shape[2], circular)
         core, _, _ = run_tasks(prefix, take_frames(x, lo, hi), None, None,
                                core=(tile.core_start - lo, tile.core_stop - lo))
         parts.append(group_stats(core, tasks[head].module.num_groups))
@@ -233,7 +227,7 @@ def fast_tiles(job: Job, x: torch.Tensor, tiles: list[Tile], halo: int, estimate
     length = x.shape[2]
     with progress_bar(len(tiles), config, f"{job.name} (fast)") as bar:
         for tile in tiles:
-            lo, hi = _extent(tile, halo, length, circular)
+            lo, hi = halo_extent(tile.core_start, tile.core_stop, halo, length, circular)
             core = (tile.core_start - lo, tile.core_stop - lo)
             y, _, _ = run_checked(lambda inp, core=core: run_tile(job.tasks, inp, estimate, core, length),
                                   take_frames(x, lo, hi), (tile.core_start, tile.core_stop), job)
