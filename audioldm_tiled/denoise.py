@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .conditioning import ClassLabels
+from .conditioning import UNetConditioning
 from .config import TilingConfig
 from .distributed import Ranks, sum_over_ranks, together
 from .geometry import Tile, add_frames, plan_tiles, take_frames
@@ -71,7 +71,7 @@ def predict_noise(
     unet: torch.nn.Module,
     latents: torch.Tensor,
     t: torch.Tensor,
-    conditioning: ClassLabels,
+    conditioning: UNetConditioning,
     guidance_scale: float,
     plan: WindowPlan,
     batch_size: int,
@@ -95,7 +95,7 @@ def predict_noise(
     return sum_over_ranks(ranks, merged)
 
 
-def _predict(unet, latents, t, conditioning: ClassLabels, guidance_scale, plan: WindowPlan, windows: range,
+def _predict(unet, latents, t, conditioning: UNetConditioning, guidance_scale, plan: WindowPlan, windows: range,
              batch_size: int, cross_attention_kwargs) -> torch.Tensor:
     """The merged prediction of ``windows`` alone (zero elsewhere), or the one window's prediction."""
     guided = conditioning.guided
@@ -120,29 +120,11 @@ def _predict(unet, latents, t, conditioning: ClassLabels, guidance_scale, plan: 
     return merged
 
 
-def guidance_rows(prompt_embeds: torch.Tensor, groups: int, guided: bool) -> torch.Tensor:
-    """(2 or 1, groups, D): the negative and conditional rows of ``prompt_embeds`` (negatives first, as
-    ``_encode_prompt`` stacks them), or the conditional rows alone without guidance. A callback may have cut the
-    negatives off (diffusers' ``SDCFGCutoffCallback`` keeps ``prompt_embeds[-1:]``)."""
-    rows = prompt_embeds.shape[0]
-    if rows == 2 * groups:
-        both = prompt_embeds.view(2, groups, -1)
-        return both if guided else both[1:]
-    if rows == groups:
-        if guided:
-            raise ValueError("guidance_scale > 1 needs negative embeddings, but `prompt_embeds` holds only the "
-                             f"{groups} conditional row(s): the prompt was encoded without guidance, or a callback "
-                             "removed them")
-        return prompt_embeds.view(1, groups, -1)
-    raise ValueError(f"`prompt_embeds` has {rows} rows; expected {groups} (conditional) or {2 * groups} "
-                     "(negative, then conditional)")
-
-
 def denoise(
     unet: torch.nn.Module,
     scheduler,
     latents: torch.Tensor,
-    conditioning: Callable[[], tuple[ClassLabels, float]],
+    conditioning: Callable[[], tuple[UNetConditioning, float]],
     plan: WindowPlan,
     extra_step_kwargs: dict,
     batch_size: int,

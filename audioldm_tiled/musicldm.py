@@ -5,26 +5,23 @@ embedding conditions the UNet as a class label, and the same VAE shapes, 16 kHz 
 So windowed denoising, the tiled decode and encode, the chunked vocoder, streaming, timelines, audio-to-audio,
 loops, continuation and regeneration apply as they are. What is its own is ``score_waveforms``: with several
 waveforms per prompt, the parent ranks them by CLAP's audio-text similarity, and CLAP hears 10 s at a time, so
-here each waveform is scored per 10 s window and the windows' similarities are averaged, weighted by length.
+here each waveform is scored per 10 s window and the windows' similarities are averaged, weighted by length
+(``scoring.py``, shared with AudioLDM 2).
 """
 
 from __future__ import annotations
 
 import inspect
 
-import numpy as np
 import torch
 from diffusers import MusicLDMPipeline
-from diffusers.pipelines.pipeline_utils import AudioPipelineOutput
 
 from .deprecation import parent_deprecation_once
 from .pipeline import TiledAudioPipelineMixin
-
-# CLAP's input length: the HTSAT audio tower was trained on 10 s clips (ClapFeatureExtractor's max_length_s).
-SCORE_WINDOW_S = 10.0
+from .scoring import ClapRanking
 
 
-class MusicLDMTiledPipeline(TiledAudioPipelineMixin, MusicLDMPipeline):
+class MusicLDMTiledPipeline(ClapRanking, TiledAudioPipelineMixin, MusicLDMPipeline):
     r"""Text-to-music with MusicLDM for music of any length.
 
     Same components, call signature and defaults as [`MusicLDMPipeline`], with everything
@@ -84,44 +81,12 @@ class MusicLDMTiledPipeline(TiledAudioPipelineMixin, MusicLDMPipeline):
         signature = inspect.signature(TiledAudioPipelineMixin.__call__)
         given = signature.bind(self, *args, **kwargs).arguments
         given.pop("self")
+        unknown = given.pop("family_inputs", {})  # MusicLDM takes none: the engine names them in its TypeError
         # the parent's defaults where they differ from AudioLDM's (200 steps, guidance 2.0), then the engine's
-        call = {name: p.default for name, p in signature.parameters.items() if name != "self"}
+        call = {name: p.default for name, p in signature.parameters.items()
+                if name != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD}
         call.update({name: p.default for name, p in inspect.signature(MusicLDMPipeline.__call__).parameters.items()
                      if name in call and p.default is not inspect.Parameter.empty})
         call.update(given)
-        prompt, per_prompt = call["prompt"], call["num_waveforms_per_prompt"] or 1
-        rank = per_prompt > 1 and isinstance(prompt, (str, list)) and self.feature_extractor is not None and \
-            call["output_type"] != "latent" and all(isinstance(p, str) for p in np.atleast_1d(prompt))
-        if not rank:
-            return TiledAudioPipelineMixin.__call__(self, **call)
-        output_type, return_dict = call["output_type"], call["return_dict"]
-        audio = TiledAudioPipelineMixin.__call__(self, **{**call, "output_type": "pt", "return_dict": True}).audios
-        audio = self.score_waveforms(prompt, audio, per_prompt, self._execution_device, self.text_encoder.dtype)
-        if output_type == "np":
-            audio = audio.numpy()
-        return AudioPipelineOutput(audios=audio) if return_dict else (audio,)
-
-    def score_waveforms(self, text, audio: torch.Tensor, num_waveforms_per_prompt: int, device, dtype):
-        """``audio`` (prompts x waveforms, samples) reordered best first within each prompt's waveforms, by CLAP's
-        text-audio similarity averaged over windows of ``SCORE_WINDOW_S``, each weighted by its length (the parent
-        scores one clip, which for a long waveform CLAP would cut to a random 10 s)."""
-        import librosa
-
-        texts = [text] if isinstance(text, str) else list(text)
-        rate = self.vocoder.config.sampling_rate
-        window = int(SCORE_WINDOW_S * rate)
-        starts = range(0, audio.shape[1], window)
-        inputs = self.tokenizer(texts, return_tensors="pt", padding=True).to(device)
-        scores = torch.zeros(len(texts), audio.shape[0], dtype=torch.float64)
-        for start in starts:
-            piece = audio[:, start : start + window].float().numpy()
-            resampled = librosa.resample(piece, orig_sr=rate, target_sr=self.feature_extractor.sampling_rate)
-            features = self.feature_extractor(list(resampled), return_tensors="pt",
-                                              sampling_rate=self.feature_extractor.sampling_rate).input_features
-            logits = self.text_encoder(**inputs, input_features=features.to(device=device, dtype=dtype)).logits_per_text
-            scores += logits.double().cpu() * piece.shape[1] / audio.shape[1]  # a short last window counts less
-        order = []
-        for p in range(len(texts)):
-            own = torch.arange(p * num_waveforms_per_prompt, (p + 1) * num_waveforms_per_prompt)
-            order.append(own[torch.argsort(scores[p, own], descending=True)])
-        return torch.index_select(audio, 0, torch.cat(order))
+        call.update(unknown)
+        return self._ranked_call(call)

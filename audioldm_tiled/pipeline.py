@@ -3,6 +3,7 @@ vocoder, so that memory does not grow with the length of the audio."""
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,9 +18,9 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .audio import MelSettings, mel_for_vae
 from .call_inputs import check_call_arguments, check_latents, check_length_fits, read_input_audio
-from .conditioning import ClassLabels
+from .conditioning import UNetConditioning, class_labels, guidance_rows
 from .config import TilingConfig
-from .denoise import denoise, guidance_rows, plan_windows
+from .denoise import denoise, plan_windows
 from .deprecation import parent_deprecation_once
 from .distributed import current_ranks, smallest, together
 from .distributed_decode import waveform_on_ranks
@@ -34,8 +35,10 @@ logger = logging.get_logger(__name__)
 class TiledAudioPipelineMixin:
     """The engine every tiled pipeline shares, put before a diffusers audio pipeline in the bases: windowed
     denoising (loops, timelines, known regions, ranks), the tiled VAE decode and encode and the chunked vocoder.
-    The pipeline supplies ``_encode_prompt`` (one conditioning row per waveform, negatives first), ``check_inputs``
-    and ``prepare_latents`` with AudioLDM's signatures, and calls ``_init_tiling()`` in its ``__init__``."""
+    The pipeline calls ``_init_tiling()`` in its ``__init__`` and supplies ``prepare_latents`` with diffusers'
+    signature; how it checks and encodes its prompt and conditions its UNet are the three family hooks below,
+    written here for AudioLDM's ``check_inputs`` and ``_encode_prompt`` (one CLAP row per waveform, negatives
+    first) and overridden by families that condition otherwise (``audioldm2.py``)."""
 
     def _init_tiling(self) -> None:
         self.tiling = TilingConfig()
@@ -61,6 +64,39 @@ class TiledAudioPipelineMixin:
     def interrupt(self) -> bool:
         """Set ``pipe._interrupt = True`` from a callback to stop denoising after the current step."""
         return self._interrupt
+
+    # -------------------------------------------------------------------------------------------------- family hooks
+    def _check_prompt_inputs(self, prompt, audio_length_in_s, vocoder_upsample_factor, callback_steps,
+                             negative_prompt, prompt_embeds, negative_prompt_embeds, **family_inputs) -> None:
+        """The parent's ``check_inputs``; ``family_inputs`` are the call's arguments that only some families take
+        (AudioLDM takes none)."""
+        if family_inputs:
+            raise TypeError(f"{type(self).__name__}.__call__() got unexpected keyword argument(s) "
+                            f"{', '.join(map(repr, family_inputs))}")
+        self.check_inputs(prompt, audio_length_in_s, vocoder_upsample_factor, callback_steps, negative_prompt,
+                          prompt_embeds, negative_prompt_embeds)
+
+    def _encode_conditioning(self, prompt, device, num_waveforms_per_prompt, guided, negative_prompt,
+                             prompt_embeds, negative_prompt_embeds, **family_inputs) -> dict[str, torch.Tensor]:
+        """The encoded prompt as the tensors a step-end callback sees and may replace, each with the negative rows
+        first when guided; ``"prompt_embeds"`` gives the latents their dtype."""
+        return {"prompt_embeds": self._encode_prompt(prompt, device, num_waveforms_per_prompt, guided,
+                                                     negative_prompt, prompt_embeds=prompt_embeds,
+                                                     negative_prompt_embeds=negative_prompt_embeds)}
+
+    def _unet_conditioning(self, encoded: dict[str, torch.Tensor], groups: int, guided: bool,
+                           mix: torch.Tensor | None) -> UNetConditioning:
+        """The windows' UNet conditioning from ``encoded`` (``groups`` rows, or one per timeline segment); ``mix``
+        (windows, segments) weighs a timeline's segments per window. AudioLDM's class embeddings are blended
+        (``timeline.mix_embeddings``)."""
+        rows = guidance_rows(encoded["prompt_embeds"], groups, guided)
+        if mix is None:
+            return class_labels(rows[None])  # (1, 2 or 1, B, D)
+        return class_labels(mix_embeddings(rows.transpose(0, 1)[:, :, None], mix))  # (W, 2 or 1, 1, D)
+
+    def _check_timeline(self, segments: list, mix: torch.Tensor) -> None:
+        """Called once per call with a timeline's segments and their (windows, segments) weights; AudioLDM blends
+        every segment a window covers, so each is heard."""
 
     # ----------------------------------------------------------------------------------------------- tiling switches
     def enable_vae_tiling(self, **fields: Any) -> None:
@@ -92,6 +128,13 @@ class TiledAudioPipelineMixin:
         return waveform.cpu().float()
 
     # ------------------------------------------------------------------------------------------------------ helpers
+    def _parent_defaults(self) -> dict[str, Any]:
+        """The diffusers parent's defaults of the arguments whose defaults differ between families (AudioLDM: 10
+        steps, guidance 2.5; MusicLDM: 200 and 2.0; AudioLDM 2: 200 and 3.5)."""
+        parent = next(c for c in type(self).__mro__ if c.__module__.startswith("diffusers.") and "__call__" in vars(c))
+        return {name: p.default for name, p in inspect.signature(parent.__call__).parameters.items()
+                if name in ("num_inference_steps", "guidance_scale")}
+
     @property
     def _mel_frame_seconds(self) -> float:
         """Seconds per mel frame: the vocoder's hop over its sampling rate (the parent's vocoder_upsample_factor)."""
@@ -187,6 +230,7 @@ class TiledAudioPipelineMixin:
         regenerate: tuple[float, float] | list[tuple[float, float]] | None = None,
         context_s: float | None = None,
         crossfade_s: float | None = None,
+        **family_inputs: Any,
     ):
         r"""Generate audio; the arguments up to ``output_type`` are the parent's, with the same defaults.
 
@@ -234,8 +278,9 @@ class TiledAudioPipelineMixin:
         Returns:
             [`AudioPipelineOutput`] with ``audios`` of shape (batch, samples), float32 at the vocoder's sampling rate.
         """
-        config, latents, keep, edit = self._denoise_latents(**{k: v for k, v in locals().items() if k not in (
-            "self", "return_dict", "__class__")})
+        arguments = {k: v for k, v in locals().items() if k not in ("self", "return_dict", "__class__",
+                                                                     "family_inputs")}
+        config, latents, keep, edit = self._denoise_latents(**arguments, **family_inputs)
         if output_type == "latent":
             self.maybe_free_model_hooks()
             return AudioPipelineOutput(audios=latents) if return_dict else (latents,)
@@ -272,7 +317,7 @@ class TiledAudioPipelineMixin:
         """
         if kwargs.get("output_type", "np") != "np" or "return_dict" in kwargs:
             raise ValueError("stream() yields numpy pieces; it takes no `output_type` or `return_dict`")
-        kwargs["output_type"] = "np"
+        kwargs = {**self._parent_defaults(), **kwargs, "output_type": "np"}
         config, latents, keep, edit = self._denoise_latents(prompt=prompt, **kwargs)
         yield from self._stream_latents(latents, keep, config, loop=kwargs.get("loop", False), edit=edit)
         self.maybe_free_model_hooks()
@@ -358,6 +403,7 @@ class TiledAudioPipelineMixin:
         regenerate=None,
         context_s=None,
         crossfade_s=None,
+        **family_inputs,
     ) -> tuple[TilingConfig, torch.Tensor, int, Edit | None]:
         """The parent's steps 0-7: checks, prompt encoding, noise (or the encoded input audio, noised to
         ``strength``), (windowed) denoising.
@@ -403,8 +449,9 @@ class TiledAudioPipelineMixin:
                 raise ValueError("with a prompt timeline, `negative_prompt` must be one string (it is global)")
             timeline = parse_timeline(prompt, audio_length_in_s)
             prompt = [segment.text for segment in timeline]
-        self.check_inputs(prompt if timeline is None else prompt[0], audio_length_in_s, vocoder_upsample_factor,
-                          callback_steps, negative_prompt, prompt_embeds, negative_prompt_embeds)
+        self._check_prompt_inputs(prompt if timeline is None else prompt[0], audio_length_in_s,
+                                  vocoder_upsample_factor, callback_steps, negative_prompt, prompt_embeds,
+                                  negative_prompt_embeds, **family_inputs)
         if timeline is not None:
             batch_size = 1  # one soundscape; its segments are encoded as a batch below, with the global negative
             negative_prompt = None if negative_prompt is None else [negative_prompt] * len(timeline)
@@ -422,21 +469,21 @@ class TiledAudioPipelineMixin:
         self._guidance_scale, self._interrupt = guidance_scale, False
         do_classifier_free_guidance = self.do_classifier_free_guidance
 
-        prompt_embeds = self._encode_prompt(prompt, device, num_waveforms_per_prompt, do_classifier_free_guidance,
-                                            negative_prompt, prompt_embeds=prompt_embeds,
-                                            negative_prompt_embeds=negative_prompt_embeds)
+        current = self._encode_conditioning(prompt, device, num_waveforms_per_prompt, do_classifier_free_guidance,
+                                            negative_prompt, prompt_embeds, negative_prompt_embeds, **family_inputs)
+        dtype = current["prompt_embeds"].dtype
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         known = None
         if input_mel is None:
             latents = self.prepare_latents(batch_size * num_waveforms_per_prompt, self.unet.config.in_channels,
-                                           height, prompt_embeds.dtype, device, generator, latents)
+                                           height, dtype, device, generator, latents)
             if edit is not None:
                 known = self._known_region(edit, latents, generator, config)
                 latents = known.replace(latents, timesteps[0])
         else:
             latents, timesteps = self._noised_input(input_mel, batch_size * num_waveforms_per_prompt, strength,
-                                                    num_inference_steps, prompt_embeds.dtype, device, generator,
+                                                    num_inference_steps, dtype, device, generator,
                                                     config)
         self._num_timesteps = len(timesteps)
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
@@ -447,30 +494,28 @@ class TiledAudioPipelineMixin:
             together(ranks, lambda: output_type == "latent" or check_exact_decode_fits(self.vae, latents, config))
 
         # Read at every step: a callback may turn guidance off (diffusers' SDCFGCutoffCallback) or change the
-        # embeddings. For a timeline the embeddings are per segment, mixed per window.
+        # embeddings. For a timeline the embeddings are per segment, blended per window by the family.
         plan = plan_windows(latents.shape[2], config, circular=loop)
         groups = batch_size * num_waveforms_per_prompt if timeline is None else len(timeline)
         mix = None if timeline is None else window_mix(timeline, plan.windows, latents.shape[2],
                                                         1 / (vocoder_upsample_factor * self.vae_scale_factor))
-        current = {"prompt_embeds": prompt_embeds}
+        if mix is not None:
+            self._check_timeline(timeline, mix)
 
-        def conditioning() -> tuple[ClassLabels, float]:
-            rows = guidance_rows(current["prompt_embeds"], groups, self.do_classifier_free_guidance)
-            if mix is None:
-                return ClassLabels(rows[None]), self._guidance_scale  # (1, 2 or 1, B, D)
-            # (W, 2 or 1, 1, D)
-            return ClassLabels(mix_embeddings(rows.transpose(0, 1)[:, :, None], mix)), self._guidance_scale
+        def conditioning() -> tuple[UNetConditioning, float]:
+            guided = self.do_classifier_free_guidance
+            return self._unet_conditioning(current, groups, guided, mix), self._guidance_scale
 
         window_batch = smallest(ranks, config.window_batch_size or choose_window_batch_size(
             latents, len(plan.windows), plan.windows[0].length, do_classifier_free_guidance, config))
 
         def step_callback(i: int, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
             if callback_on_step_end is not None:
-                available = {"latents": latents, "prompt_embeds": current["prompt_embeds"]}
+                available = {"latents": latents, **current}
                 inputs = {k: available[k] for k in callback_on_step_end_tensor_inputs}
                 outputs = callback_on_step_end(self, i, t, inputs) or {}
                 latents = outputs.get("latents", latents)
-                current["prompt_embeds"] = outputs.get("prompt_embeds", current["prompt_embeds"])
+                current.update({k: v for k, v in outputs.items() if k in current})
             if callback is not None and i % callback_steps == 0:
                 callback(i // getattr(self.scheduler, "order", 1), t, latents)
             return latents
