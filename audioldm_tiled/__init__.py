@@ -1,5 +1,5 @@
-"""Long audio with AudioLDM and MusicLDM: windowed denoising, tiled VAE decode with shared GroupNorm statistics,
-chunked vocoder.
+"""Long audio with AudioLDM, AudioLDM 2 and MusicLDM: windowed denoising, tiled VAE decode with shared GroupNorm
+statistics, chunked vocoder.
 
 Names are imported on first use, so that ``audioldm-tiled --help`` answers without loading torch and diffusers.
 """
@@ -20,6 +20,7 @@ _EXPORTS = {
     "load_pipeline": "loading",
     "InsufficientMemoryError": "memory",
     "AudioLDMTiledPipeline": "pipeline",
+    "AudioLDM2TiledPipeline": "audioldm2",
     "MusicLDMTiledPipeline": "musicldm",
     "render_to_wav": "render",
     "iter_decode": "vae",
@@ -31,6 +32,7 @@ _EXPORTS = {
 __all__ = [
     "ARCHITECTURES",
     "DEFAULT_MODEL",
+    "AudioLDM2TiledPipeline",
     "AudioLDMTiledPipeline",
     "InsufficientMemoryError",
     "ModelLoadError",
@@ -51,6 +53,7 @@ assert sorted(__all__) == sorted(_EXPORTS)
 if TYPE_CHECKING:
     from .architectures import ARCHITECTURES, random_pipeline
     from .audio import save_wav
+    from .audioldm2 import AudioLDM2TiledPipeline
     from .config import TilingConfig
     from .loading import DEFAULT_MODEL, ModelLoadError, load_pipeline
     from .memory import InsufficientMemoryError

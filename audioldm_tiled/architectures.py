@@ -1,5 +1,5 @@
-"""Component configs of the public AudioLDM and MusicLDM checkpoints (and tiny ones for tests), built offline with
-random weights.
+"""Component configs of the public AudioLDM, AudioLDM 2 and MusicLDM checkpoints (and tiny ones for tests), built
+offline with random weights.
 
 Compute, memory and tiling exactness depend only on shapes, so benchmarks and tests run on these instead of
 downloaded weights. ``"audioldm-s"`` matches ``cvssp/audioldm-s-full-v2`` shape for shape.
@@ -11,6 +11,24 @@ channels, 64 mels), which are audioldm-s's shapes; the text tower is CLAP's RoBE
 is transformers' ``ClapAudioConfig`` default (HTSAT, as ``laion/clap-htsat-unfused``): the checkpoint's own audio
 tower, which only ``score_waveforms`` runs, was not checked against the hub here, and neither was its VAE
 ``scaling_factor`` (which does not change any shape).
+
+``"audioldm2"``, ``"audioldm2-music"`` (``cvssp/audioldm2``, ``cvssp/audioldm2-music``) and ``"audioldm2-large"``:
+- UNet (``AudioLDM2UNet2DConditionModel``): ``cvssp/audioldm2``'s ``unet/config.json`` on the hub (block_out_channels
+  128, 256, 384, 640; cross_attention_dim ``[null, 768, 1024]`` per block: a self-attention, then the GPT-2 and the T5
+  sequences; one transformer layer; attention_head_dim 8; sample_size 256), 346.9 M. audioldm2-music's config is the
+  same. audioldm2-large: the original training config (haoheliu/AudioLDM2, ``audioldm2/utils.py``,
+  ``default_audioldm_config``: context_dim ``[768, 1024, None]``, transformer_depth 2) converted as diffusers'
+  ``scripts/convert_original_audioldm2_to_diffusers.py`` converts the base one (each original list gains the leading
+  self-attention), i.e. ``[null, 768, 1024, null]`` and two layers: 718.0 M, 2.872 GB in float32, the size of the
+  hub's large UNet weights; its config file itself was not read here.
+- Language model: GPT-2 base (``GPT2Model``, 768 wide, 12 layers), ``max_new_tokens`` 8, 124.4 M; text encoder 2:
+  FLAN-T5-large's encoder (``T5EncoderModel``, d_model 1024, 24 layers, 16 heads, d_ff 2816, gated GELU), 341.2 M,
+  its tokenizer cut at 128 tokens; projection model ``AudioLDM2ProjectionModel(512, 1024, 768)``, 1.2 M (all from
+  the conversion script). CLAP (``ClapModel``): the text tower as AudioLDM's, the audio tower HTSAT with
+  patch_embeds_hidden_size 128, hidden_size 1024, depths 2, 2, 12, 2 (the conversion script's changes to
+  ``laion/clap-htsat-unfused``, whose other audio settings are taken as transformers' defaults), 193.9 M. VAE and
+  vocoder: AudioLDM's shapes; the VAE's learnt ``scaling_factor`` is the checkpoint's and not known here.
+  Totals: 1118 M (audioldm2, -music) and 1489 M (-large), the model cards' 1.1 B and 1.5 B.
 """
 
 from __future__ import annotations
@@ -19,7 +37,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers import (
+    AudioLDM2ProjectionModel,
+    AudioLDM2UNet2DConditionModel,
+    AutoencoderKL,
+    DDIMScheduler,
+    UNet2DConditionModel,
+)
 from transformers import (
     ClapAudioConfig,
     ClapConfig,
@@ -27,9 +51,14 @@ from transformers import (
     ClapModel,
     ClapTextConfig,
     ClapTextModelWithProjection,
+    GPT2Config,
+    GPT2Model,
     RobertaTokenizer,
     SpeechT5HifiGan,
     SpeechT5HifiGanConfig,
+    T5Config,
+    T5EncoderModel,
+    T5Tokenizer,
 )
 
 from .constants import HOP_LENGTH, N_MELS, SAMPLE_RATE
@@ -44,8 +73,11 @@ class Architecture:
     vocoder: dict[str, Any]
     text_encoder: dict[str, Any]
     tokenizer_max_length: int = 512
-    family: str = "audioldm"  # which pipeline: "audioldm" or "musicldm" (CLAP with its audio tower)
-    clap_audio: dict[str, Any] = field(default_factory=dict)  # musicldm: ClapAudioConfig arguments
+    family: str = "audioldm"  # which pipeline: "audioldm", "musicldm" or "audioldm2"
+    clap_audio: dict[str, Any] = field(default_factory=dict)  # musicldm, audioldm2: ClapAudioConfig arguments
+    language_model: dict[str, Any] = field(default_factory=dict)  # audioldm2: GPT2Config arguments
+    text_encoder_2: dict[str, Any] = field(default_factory=dict)  # audioldm2: T5Config arguments
+    tokenizer_2_max_length: int = 128  # audioldm2: T5 tokens kept
     scheduler: dict[str, Any] = field(
         default_factory=lambda: dict(
             beta_start=0.0015,
@@ -75,6 +107,27 @@ def _unet(block_out_channels: tuple[int, ...], layers_per_block: int = 2, norm_n
         class_embed_type="simple_projection",
         projection_class_embeddings_input_dim=class_dim,
         class_embeddings_concat=True,
+        norm_num_groups=norm_num_groups,
+    )
+
+
+def _unet2(block_out_channels: tuple[int, ...], cross_attention_dim: tuple[int | None, ...],
+           transformer_layers_per_block: int = 1, layers_per_block: int = 2, norm_num_groups: int = 32,
+           attention_head_dim: int = 8, sample_size: int = 256) -> dict[str, Any]:
+    """AudioLDM 2's UNet: per attention block one transformer per entry of ``cross_attention_dim`` (None: self
+    attention; then the GPT-2 sequence's width, then T5's), no class embedding."""
+    levels = len(block_out_channels)
+    return dict(
+        sample_size=sample_size,
+        in_channels=8,
+        out_channels=8,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",),
+        block_out_channels=block_out_channels,
+        layers_per_block=layers_per_block,
+        transformer_layers_per_block=transformer_layers_per_block,
+        attention_head_dim=attention_head_dim,
+        cross_attention_dim=(cross_attention_dim,) * levels,
         norm_num_groups=norm_num_groups,
     )
 
@@ -147,6 +200,29 @@ ARCHITECTURES["musicldm-tiny"] = Architecture(
     unet=ARCHITECTURES["tiny"].unet, vae=ARCHITECTURES["tiny"].vae, vocoder=ARCHITECTURES["tiny"].vocoder,
     text_encoder=ARCHITECTURES["tiny"].text_encoder, tokenizer_max_length=77, family="musicldm",
     clap_audio=_TINY_CLAP_AUDIO)
+# AudioLDM 2 (sources in the module docstring).
+_HTSAT_AUDIOLDM2 = dict(patch_embeds_hidden_size=128, hidden_size=1024, depths=[2, 2, 12, 2])
+_GPT2_BASE = dict(n_embd=768, n_layer=12, n_head=12, n_positions=1024, vocab_size=50257, max_new_tokens=8)
+_FLAN_T5_LARGE = dict(vocab_size=32128, d_model=1024, d_kv=64, d_ff=2816, num_layers=24, num_heads=16,
+                      feed_forward_proj="gated-gelu", relative_attention_num_buckets=32,
+                      relative_attention_max_distance=128, tie_word_embeddings=False)
+for _name, _layers, _cross in (("audioldm2", 1, (None, 768, 1024)), ("audioldm2-music", 1, (None, 768, 1024)),
+                               ("audioldm2-large", 2, (None, 768, 1024, None))):
+    ARCHITECTURES[_name] = Architecture(
+        unet=_unet2((128, 256, 384, 640), _cross, transformer_layers_per_block=_layers), vae=_vae((128, 256, 512)),
+        vocoder=_VOCODER_AUDIOLDM, text_encoder=_CLAP_TEXT, family="audioldm2", clap_audio=_HTSAT_AUDIOLDM2,
+        language_model=_GPT2_BASE, text_encoder_2=_FLAN_T5_LARGE)
+# Seconds on CPU: tiny's UNet widths with AudioLDM 2's three attentions, a two-layer GPT-2 (32 wide) and T5 (48).
+ARCHITECTURES["audioldm2-tiny"] = Architecture(
+    unet=_unet2((32, 64), (None, 32, 48), layers_per_block=1, norm_num_groups=8, sample_size=64),
+    vae=ARCHITECTURES["tiny"].vae, vocoder=ARCHITECTURES["tiny"].vocoder,
+    text_encoder=ARCHITECTURES["tiny"].text_encoder, tokenizer_max_length=77, family="audioldm2",
+    clap_audio=_TINY_CLAP_AUDIO,
+    language_model=dict(n_embd=32, n_layer=2, n_head=2, n_positions=128, vocab_size=300, bos_token_id=299,
+                        eos_token_id=299, max_new_tokens=8),
+    text_encoder_2=dict(vocab_size=300, d_model=48, d_kv=8, d_ff=37, num_layers=2, num_heads=2,
+                        feed_forward_proj="gated-gelu", tie_word_embeddings=False),
+    tokenizer_2_max_length=32)
 assert all(
     a.vocoder["model_in_dim"] == N_MELS and torch.tensor(a.vocoder["upsample_rates"]).prod() == HOP_LENGTH
     for a in ARCHITECTURES.values()
@@ -175,6 +251,20 @@ def offline_tokenizer(model_max_length: int = 512) -> RobertaTokenizer:
     return RobertaTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
 
 
+def offline_t5_tokenizer(model_max_length: int = 128) -> T5Tokenizer:
+    """A T5 tokenizer built without any download: a ``tokenizers`` Unigram model over printable ASCII, each character
+    alone or starting a word, with T5's special tokens (pad 0, end 1, unknown 2) and SentencePiece's word marker.
+
+    As with ``offline_tokenizer``, only the ids' range matters to randomly initialised weights; other characters
+    become the unknown token."""
+    import string
+
+    chars = sorted(set(string.printable) - set(string.whitespace))
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    vocab += [("\u2581" + c, -3.0) for c in chars] + [(c, -4.0) for c in chars]
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=model_max_length)
+
+
 def build_components(arch: str = "tiny", seed: int = 0, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
     """Randomly initialised components of the named architecture, as keyword arguments for the pipeline."""
     spec = _architecture(arch)
@@ -183,24 +273,36 @@ def build_components(arch: str = "tiny", seed: int = 0, dtype: torch.dtype = tor
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         components = dict(
-            unet=UNet2DConditionModel(**spec.unet),
+            unet=(AudioLDM2UNet2DConditionModel if spec.family == "audioldm2" else UNet2DConditionModel)(**spec.unet),
             vae=AutoencoderKL(**spec.vae),
             vocoder=SpeechT5HifiGan(SpeechT5HifiGanConfig(**spec.vocoder)),
             text_encoder=_text_encoder(spec),
             tokenizer=offline_tokenizer(spec.tokenizer_max_length),
             scheduler=DDIMScheduler(**spec.scheduler),
         )
-    if spec.family == "musicldm":
+        if spec.family == "audioldm2":
+            language_model = dict(spec.language_model)
+            max_new_tokens = language_model.pop("max_new_tokens")
+            components["language_model"] = GPT2Model(GPT2Config(**language_model))
+            components["language_model"].config.max_new_tokens = max_new_tokens  # read by generate_language_model
+            t5 = T5Config(**spec.text_encoder_2)
+            components["text_encoder_2"] = T5EncoderModel(t5)
+            components["tokenizer_2"] = offline_t5_tokenizer(spec.tokenizer_2_max_length)
+            components["projection_model"] = AudioLDM2ProjectionModel(
+                text_encoder_dim=spec.text_encoder["projection_dim"], text_encoder_1_dim=t5.d_model,
+                langauge_model_dim=components["language_model"].config.n_embd)
+    if spec.family in ("musicldm", "audioldm2"):
         # rand_trunc: the windows score_waveforms hands it are 10 s, so nothing is cut
         components["feature_extractor"] = ClapFeatureExtractor(truncation="rand_trunc")
-    for name in ("unet", "vae", "vocoder", "text_encoder"):
+    for name in [n for n in ("unet", "vae", "vocoder", "text_encoder", "text_encoder_2", "language_model",
+                             "projection_model") if n in components]:
         module = components[name] if dtype == torch.float32 else components[name].to(dtype)
         components[name] = module.eval()
     return components
 
 
 def _text_encoder(spec: Architecture) -> torch.nn.Module:
-    if spec.family == "musicldm":
+    if spec.family in ("musicldm", "audioldm2"):
         text = ClapTextConfig(**spec.text_encoder)
         audio = ClapAudioConfig(**{"projection_dim": text.projection_dim, **spec.clap_audio})
         return ClapModel(ClapConfig(text_config=text.to_dict(), audio_config=audio.to_dict(),
@@ -211,7 +313,8 @@ def _text_encoder(spec: Architecture) -> torch.nn.Module:
 def random_pipeline(arch: str = "tiny", seed: int = 0, torch_dtype: torch.dtype = torch.float32):
     """A tiled pipeline with random weights of the named architecture, without network: ``AudioLDMTiledPipeline``
     for ``"tiny"``, ``"audioldm-s"``, ``"audioldm-m"``, ``"audioldm-l"``; ``MusicLDMTiledPipeline`` for
-    ``"musicldm"`` and ``"musicldm-tiny"``."""
+    ``"musicldm"`` and ``"musicldm-tiny"``; ``AudioLDM2TiledPipeline`` for ``"audioldm2"``, ``"audioldm2-large"``,
+    ``"audioldm2-music"`` and ``"audioldm2-tiny"``."""
     return pipeline_class(_architecture(arch).family)(**build_components(arch, seed, torch_dtype))
 
 
@@ -221,6 +324,10 @@ def pipeline_class(family: str) -> type:
         from .musicldm import MusicLDMTiledPipeline
 
         return MusicLDMTiledPipeline
+    if family == "audioldm2":
+        from .audioldm2 import AudioLDM2TiledPipeline
+
+        return AudioLDM2TiledPipeline
     from .pipeline import AudioLDMTiledPipeline
 
     return AudioLDMTiledPipeline

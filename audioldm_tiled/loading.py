@@ -21,13 +21,14 @@ class ModelLoadError(ValueError):
 
 # The tiled class of each family, by the pipeline class a folder's model_index.json names.
 FAMILIES = {"AudioLDMPipeline": "audioldm", "AudioLDMTiledPipeline": "audioldm", "MusicLDMPipeline": "musicldm",
-            "MusicLDMTiledPipeline": "musicldm"}
+            "MusicLDMTiledPipeline": "musicldm", "AudioLDM2Pipeline": "audioldm2",
+            "AudioLDM2TiledPipeline": "audioldm2"}
 
 
 def load_pipeline(model: str = DEFAULT_MODEL, torch_dtype: torch.dtype | None = None,
                   device: torch.device | str = "cpu"):
-    """A tiled pipeline on ``device``: ``AudioLDMTiledPipeline`` or ``MusicLDMTiledPipeline``, as the folder's
-    ``model_index.json`` (or the random architecture) says.
+    """A tiled pipeline on ``device``: ``AudioLDMTiledPipeline``, ``MusicLDMTiledPipeline`` or
+    ``AudioLDM2TiledPipeline``, as the folder's ``model_index.json`` (or the random architecture) says.
 
     Args:
         model: a hub id (``"cvssp/audioldm-s-full-v2"``), a folder written by ``save_pretrained`` or a downloaded

@@ -104,3 +104,9 @@ def mix_embeddings(embeddings: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
     """
     mixed = torch.einsum("ws,s...d->w...d", mix.to(embeddings.dtype).to(embeddings.device), embeddings)
     return F.normalize(mixed, dim=-1)
+
+
+def dominant_segments(mix: torch.Tensor) -> tuple[int, ...]:
+    """For each window, the segment covering most of its frames (the earlier of two that cover as much): how a
+    family whose conditioning cannot be blended (token sequences) switches along a timeline."""
+    return tuple(int(i) for i in mix.argmax(dim=1))
