@@ -11,7 +11,8 @@ from ..constants import DTYPES
 from .runner import DEFAULT_STEPS, DEFAULT_VARIANTS, VARIANTS, is_memory_failure, run_suite, to_markdown
 
 DESCRIPTION = """Benchmarks: each point runs in its own process, so its peak memory is its own. Components are
-randomly initialised with the audioldm-s shapes (cost depends only on shapes). Ratios are taken within one run,
+randomly initialised with the audioldm-s shapes (cost depends only on shapes), or for generate, windows and stream
+those of --model. Ratios are taken within one run,
 against the first variant of the same length. 'stream' is the command line's path (streamed to a WAV file);
 'generate' calls the pipeline windowed and tiled, or as the parent does (one denoising pass, untiled decode and
 vocoder)."""
@@ -48,14 +49,21 @@ def main(argv: list[str] | None = None) -> int:
                         "auto and fallback variants instead fail their allocations past it, on the device under cuda)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="fp32 (default), fp16 or bf16")
+    parser.add_argument("--model", default="audioldm-s", metavar="ARCH",
+                        help="random architecture of generate, windows and stream (default audioldm-s); decode, "
+                        "encode and vocode measure audioldm-s's VAE and vocoder, which every family shares")
     args = parser.parse_args(argv)
+    from ..architectures import ARCHITECTURES  # after parsing: --help needs no torch
+
+    if args.model not in ARCHITECTURES:
+        parser.error(f"--model must be one of {', '.join(ARCHITECTURES)}; got {args.model!r}")
     variants = args.variants or list(DEFAULT_VARIANTS.get(args.stage, VARIANTS[args.stage]))
     unknown = [v for v in variants if v not in VARIANTS[args.stage]]
     if unknown:
         parser.error(f"--variants for {args.stage} must be among {', '.join(VARIANTS[args.stage])}; got {unknown}")
     steps = args.steps if args.steps is not None else DEFAULT_STEPS.get(args.stage, 0)
     limit = None if args.memory_limit is None else int(args.memory_limit * 1e9)
-    rows = run_suite(args.stage, args.seconds, variants, steps, limit, args.device, args.dtype)
+    rows = run_suite(args.stage, args.seconds, variants, steps, limit, args.device, args.dtype, args.model)
     print(to_markdown(rows))
     if args.json:
         with open(args.json, "w") as f:

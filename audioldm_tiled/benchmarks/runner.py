@@ -55,6 +55,7 @@ class Point:
     device: str = "cpu"
     dtype: str = "fp32"
     memory_limit: int | None = None  # bytes
+    model: str = "audioldm-s"  # the random architecture of generate, windows and stream
 
     def argv(self) -> list[str]:
         """The child's command-line arguments, each field by name."""
@@ -75,6 +76,7 @@ class Point:
         parser.add_argument("--device", default="cpu")
         parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
         parser.add_argument("--memory-limit", type=int, default=None)
+        parser.add_argument("--model", default="audioldm-s")
         return cls(**vars(parser.parse_args(argv)))
 
 
@@ -88,7 +90,7 @@ def measure(point: Point) -> None:
 
     from .stages import STAGES, Target
 
-    target = Target(point.device, point.dtype, point.memory_limit)
+    target = Target(point.device, point.dtype, point.memory_limit, point.model)
     cuda = point.device.startswith("cuda")
     torch.manual_seed(0)
     warnings = []
@@ -180,7 +182,8 @@ def is_memory_failure(row: dict) -> bool:
 
 
 def run_suite(stage: str, lengths: list[float], variants: list[str], steps: int = 0,
-              memory_limit: int | None = None, device: str = "cpu", dtype: str = "fp32") -> list[dict]:
+              memory_limit: int | None = None, device: str = "cpu", dtype: str = "fp32",
+              model: str = "audioldm-s") -> list[dict]:
     import torch
 
     rows = []
@@ -189,9 +192,11 @@ def run_suite(stage: str, lengths: list[float], variants: list[str], steps: int 
             reference, base = None, None
             for variant in variants:
                 path = os.path.join(tmp, f"{stage}-{variant}-{seconds}.pt")
-                point = Point(stage, variant, seconds, steps, path, device, dtype, memory_limit)
+                point = Point(stage, variant, seconds, steps, path, device, dtype, memory_limit, model)
                 failure = run_child(point, memory_limit)
                 row = {"stage": stage, "variant": variant, "seconds": seconds}
+                if model != "audioldm-s":
+                    row["model"] = model
                 if steps:
                     row["steps"] = steps
                 if memory_limit is not None:

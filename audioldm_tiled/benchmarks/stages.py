@@ -1,5 +1,6 @@
-"""What each benchmark point runs: one stage, one variant, on randomly initialised audioldm-s components (cost
-depends only on shapes). Each function returns (output, seconds taken, boundaries where a seam could show)."""
+"""What each benchmark point runs: one stage, one variant, on randomly initialised components (cost depends only
+on shapes): audioldm-s's, or for the whole-pipeline stages the architecture the point names. Each function returns
+(output, seconds taken, boundaries where a seam could show)."""
 
 from __future__ import annotations
 
@@ -20,11 +21,13 @@ PROMPT = "soft rain on leaves"
 @dataclass(frozen=True)
 class Target:
     """Where a point runs: device, dtype name (a key of DTYPES) and, for the auto/fallback decode variants, the
-    allocator cap in bytes (see ``cap_allocator``)."""
+    allocator cap in bytes (see ``cap_allocator``); and the random architecture the whole-pipeline stages
+    (generate, windows, stream) build."""
 
     device: str = "cpu"
     dtype_name: str = "fp32"
     memory_limit: int | None = None
+    model: str = "audioldm-s"
 
     @property
     def dtype(self) -> torch.dtype:
@@ -95,7 +98,7 @@ def audioldm_vae(target: Target):
 
 
 def audioldm_pipeline(target: Target):
-    pipe = random_pipeline("audioldm-s", seed=0, torch_dtype=target.dtype).to(target.device)
+    pipe = random_pipeline(target.model, seed=0, torch_dtype=target.dtype).to(target.device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
