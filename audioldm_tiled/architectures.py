@@ -91,8 +91,9 @@ class Architecture:
     )
 
 
-def _unet(block_out_channels: tuple[int, ...], layers_per_block: int = 2, norm_num_groups: int = 32,
-          attention_head_dim: int = 8, class_dim: int = 512, sample_size: int = 128) -> dict[str, Any]:
+def _unet_layout(block_out_channels: tuple[int, ...], layers_per_block: int, norm_num_groups: int,
+                 attention_head_dim: int, sample_size: int) -> dict[str, Any]:
+    """What the AudioLDM UNets share: 8 latent channels, plain first and last levels, attention in the others."""
     levels = len(block_out_channels)
     return dict(
         sample_size=sample_size,
@@ -103,12 +104,17 @@ def _unet(block_out_channels: tuple[int, ...], layers_per_block: int = 2, norm_n
         block_out_channels=block_out_channels,
         layers_per_block=layers_per_block,
         attention_head_dim=attention_head_dim,
-        cross_attention_dim=block_out_channels,
-        class_embed_type="simple_projection",
-        projection_class_embeddings_input_dim=class_dim,
-        class_embeddings_concat=True,
         norm_num_groups=norm_num_groups,
     )
+
+
+def _unet(block_out_channels: tuple[int, ...], layers_per_block: int = 2, norm_num_groups: int = 32,
+          attention_head_dim: int = 8, class_dim: int = 512, sample_size: int = 128) -> dict[str, Any]:
+    """AudioLDM's (and MusicLDM's) UNet: the CLAP embedding is a class label concatenated to the time embedding;
+    its "cross-attention" attends to the latent itself."""
+    return dict(_unet_layout(block_out_channels, layers_per_block, norm_num_groups, attention_head_dim, sample_size),
+                cross_attention_dim=block_out_channels, class_embed_type="simple_projection",
+                projection_class_embeddings_input_dim=class_dim, class_embeddings_concat=True)
 
 
 def _unet2(block_out_channels: tuple[int, ...], cross_attention_dim: tuple[int | None, ...],
@@ -116,20 +122,9 @@ def _unet2(block_out_channels: tuple[int, ...], cross_attention_dim: tuple[int |
            attention_head_dim: int = 8, sample_size: int = 256) -> dict[str, Any]:
     """AudioLDM 2's UNet: per attention block one transformer per entry of ``cross_attention_dim`` (None: self
     attention; then the GPT-2 sequence's width, then T5's), no class embedding."""
-    levels = len(block_out_channels)
-    return dict(
-        sample_size=sample_size,
-        in_channels=8,
-        out_channels=8,
-        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1),
-        up_block_types=("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",),
-        block_out_channels=block_out_channels,
-        layers_per_block=layers_per_block,
-        transformer_layers_per_block=transformer_layers_per_block,
-        attention_head_dim=attention_head_dim,
-        cross_attention_dim=(cross_attention_dim,) * levels,
-        norm_num_groups=norm_num_groups,
-    )
+    return dict(_unet_layout(block_out_channels, layers_per_block, norm_num_groups, attention_head_dim, sample_size),
+                transformer_layers_per_block=transformer_layers_per_block,
+                cross_attention_dim=(cross_attention_dim,) * len(block_out_channels))
 
 
 def _vae(block_out_channels: tuple[int, ...], layers_per_block: int = 2, norm_num_groups: int = 32) -> dict[str, Any]:
