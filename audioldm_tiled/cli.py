@@ -99,8 +99,10 @@ def generate_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", required=True, help="output .wav file")
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"hub id, local folder, or random:ARCH for random weights (default {DEFAULT_MODEL})")
-    parser.add_argument("--steps", type=positive_int("--steps"), default=10, help="denoising steps (default 10)")
-    parser.add_argument("--guidance", type=float, default=2.5, help="classifier-free guidance scale (default 2.5)")
+    parser.add_argument("--steps", type=positive_int("--steps"), default=None,
+                        help="denoising steps (default: the model's, AudioLDM 10, AudioLDM 2 and MusicLDM 200)")
+    parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the "
+                        "model's, AudioLDM 2.5, AudioLDM 2 3.5, MusicLDM 2.0)")
     parser.add_argument("--seed", type=_seed, default=0, help=f"random seed, 0 to {MAX_SEED} (default 0)")
     parser.add_argument("--negative-prompt", default=None, help="what the audio should not contain")
     parser.add_argument("--device", default="auto", type=_device_name,
@@ -269,7 +271,7 @@ def generate(args: argparse.Namespace) -> Path:
         raise CliError(f"--memory-budget must be at least 1e-9 GB (one byte), got {args.memory_budget:g}")
     if args.store_dir is not None and not (os.path.isdir(args.store_dir) and os.access(args.store_dir, os.W_OK)):
         raise CliError(f"--store-dir must be a writable directory, got {args.store_dir!r}")
-    if not math.isfinite(args.guidance):
+    if args.guidance is not None and not math.isfinite(args.guidance):
         raise CliError(f"--guidance must be a finite number, got {args.guidance}")
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
@@ -295,8 +297,10 @@ def generate(args: argparse.Namespace) -> Path:
         length = {"audio": args.input, "strength": args.strength}
     tiling = TilingConfig(mode=args.mode, store=args.store, store_dir=args.store_dir, tile_frames=args.tile_frames,
                           memory_budget=None if args.memory_budget is None else int(args.memory_budget * 1e9))
-    call = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, negative_prompt=args.negative_prompt,
-                generator=generator, tiling=tiling, **length)
+    call = dict(negative_prompt=args.negative_prompt, generator=generator, tiling=tiling, **length)
+    # left out when not given, so that each family's own defaults apply
+    call.update({k: v for k, v in (("num_inference_steps", args.steps), ("guidance_scale", args.guidance))
+                 if v is not None})
     # Under several ranks each renders its share; rank 0 writes the file.
     render_to_wav(pipe, output, prompt, subtype=args.subtype, overwrite=not args.no_overwrite, **call)
     if ranks is not None and ranks.rank > 0:

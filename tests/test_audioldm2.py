@@ -1,6 +1,8 @@
 """AudioLDM 2 through the same engine: the parent's audio with tiling off, GPT-2's generation, timelines switching
 per window, and the loader picking the class from a folder's model_index.json."""
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -106,3 +108,27 @@ def test_the_loader_picks_the_class_from_the_folder(tmp_path):
     random_pipeline("audioldm2-tiny").save_pretrained(folder)
     assert type(load_pipeline(str(folder))) is AudioLDM2TiledPipeline
     assert type(load_pipeline("random:audioldm2-tiny")) is AudioLDM2TiledPipeline
+
+
+def test_streaming_and_the_command_line_take_the_family_defaults(pipe, tmp_path, monkeypatch):
+    import soundfile
+
+    from audioldm_tiled.cli import main
+
+    seen = {}
+
+    def record(self, **kwargs):
+        seen.update(kwargs)
+        raise KeyboardInterrupt  # stop before any work
+
+    monkeypatch.setattr(AudioLDM2TiledPipeline, "_denoise_latents", record)
+    with pytest.raises(KeyboardInterrupt):
+        next(pipe.stream("rain", audio_length_in_s=1.0))
+    parent = inspect.signature(AudioLDM2Pipeline.__call__).parameters
+    for name in ("num_inference_steps", "guidance_scale"):
+        assert seen[name] == parent[name].default
+    monkeypatch.undo()
+    out = tmp_path / "rain.wav"
+    assert main(["rain", "--seconds", "1", "-o", str(out), "--model", "random:audioldm2-tiny", "--steps", "1",
+                 "--quiet"]) == 0
+    assert soundfile.info(str(out)).frames == 16000
