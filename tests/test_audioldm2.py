@@ -132,3 +132,16 @@ def test_streaming_and_the_command_line_take_the_family_defaults(pipe, tmp_path,
     assert main(["rain", "--seconds", "1", "-o", str(out), "--model", "random:audioldm2-tiny", "--steps", "1",
                  "--quiet"]) == 0
     assert soundfile.info(str(out)).frames == 16000
+
+
+def test_a_regenerated_span_leaves_everything_else_bit_for_bit(pipe):
+    rate = pipe.vocoder.config.sampling_rate
+    t = np.arange(int(3.3 * rate)) / rate
+    recording = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    tiling = TilingConfig(enabled=True, window_frames=32, window_overlap_frames=8, tile_frames=16)
+    out = pipe("rain", audio=recording, regenerate=(1.0, 2.0), crossfade_s=0.05, num_inference_steps=2,
+               tiling=tiling, generator=torch.Generator().manual_seed(0)).audios[0]
+    inside = np.zeros(len(recording), dtype=bool)
+    inside[rate : 2 * rate] = True
+    assert out.shape == recording.shape
+    assert np.array_equal(out[~inside], recording[~inside]) and not np.allclose(out[inside], recording[inside])
