@@ -18,21 +18,20 @@ SCORE_WINDOW_S = 10.0
 
 class ClapRanking:
     """``score_waveforms`` for a tiled pipeline whose ``text_encoder`` is a ``ClapModel`` with its
-    ``feature_extractor``, and the ranked call built on it."""
+    ``feature_extractor``, and the ranked call built on it; put before ``TiledAudioPipelineMixin`` in the bases,
+    whose ``__call__`` it wraps."""
 
     def _ranked_call(self, call: dict):
         """The engine's ``__call__`` with ``call``'s arguments; then, with ``num_waveforms_per_prompt`` > 1 and a
         text prompt, each prompt's waveforms are ordered by ``score_waveforms``, best first, as the parents order
         them."""
-        from .pipeline import TiledAudioPipelineMixin
-
         prompt, per_prompt = call["prompt"], call["num_waveforms_per_prompt"] or 1
         rank = per_prompt > 1 and isinstance(prompt, (str, list)) and self.feature_extractor is not None and \
             call["output_type"] != "latent" and all(isinstance(p, str) for p in np.atleast_1d(prompt))
         if not rank:
-            return TiledAudioPipelineMixin.__call__(self, **call)
+            return super().__call__(**call)
         output_type, return_dict = call["output_type"], call["return_dict"]
-        audio = TiledAudioPipelineMixin.__call__(self, **{**call, "output_type": "pt", "return_dict": True}).audios
+        audio = super().__call__(**{**call, "output_type": "pt", "return_dict": True}).audios
         audio = self.score_waveforms(prompt, audio, per_prompt, self._execution_device, self.text_encoder.dtype)
         if output_type == "np":
             audio = audio.numpy()
