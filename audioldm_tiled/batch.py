@@ -28,8 +28,9 @@ from .files import atomic_file
 logger = logging.getLogger(__name__)
 
 SIDECAR_SUFFIX = ".json"
-DEFAULT_STEPS = 10
-DEFAULT_GUIDANCE = 2.5
+# A job that leaves `steps` to the model counts this many in its cost (the ranks are shared out before the model,
+# and with it the family's default, is loaded).
+COST_STEPS_WHEN_UNSET = 10
 DEFAULT_SECONDS = 10.0
 
 
@@ -46,8 +47,8 @@ class Job:
     timeline: list | None = None
     seconds: float | None = None
     seed: int | None = None
-    steps: int = DEFAULT_STEPS
-    guidance: float = DEFAULT_GUIDANCE
+    steps: int | None = None  # None: the model's default (AudioLDM 10, AudioLDM 2 and MusicLDM 200)
+    guidance: float | None = None  # None: the model's default (AudioLDM 2.5, AudioLDM 2 3.5, MusicLDM 2.0)
     negative_prompt: str | None = None
     mode: str = "exact"
     input: str | None = None
@@ -61,7 +62,7 @@ class Job:
     @property
     def cost(self) -> float:
         """Relative work: seconds of audio times denoising steps (an input's length is read when known)."""
-        return (self.seconds or _input_seconds(self.input) or DEFAULT_SECONDS) * self.steps
+        return (self.seconds or _input_seconds(self.input) or DEFAULT_SECONDS) * (self.steps or COST_STEPS_WHEN_UNSET)
 
     def settings(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if v is not None and k != "line"}
@@ -255,10 +256,12 @@ def render_job(pipe, job: Job, out_dir: Path, tiling) -> dict[str, Any]:
 
     from .render import render_to_wav
 
-    call: dict[str, Any] = {"num_inference_steps": job.steps, "guidance_scale": job.guidance,
-                            "negative_prompt": job.negative_prompt,
+    call: dict[str, Any] = {"negative_prompt": job.negative_prompt,
                             "generator": torch.Generator("cpu").manual_seed(job.resolved_seed),
                             "tiling": tiling.replace(mode=job.mode)}
+    # left out when the job does not set them, so that the family's own defaults apply
+    call.update({k: v for k, v in (("num_inference_steps", job.steps), ("guidance_scale", job.guidance))
+                 if v is not None})
     if job.input is not None:
         call["audio"] = job.input
         call["strength"] = 0.5 if job.strength is None else job.strength
@@ -301,7 +304,10 @@ def run_batch(pipe, jobs: list[Job], out_dir: str | os.PathLike, shard: Shard = 
             entry["status"] = "skipped"
             logger.info("%s: job %d/%d %s: already done, skipped", tag, count, len(mine), job.output)
         else:
-            record: dict[str, Any] = {"settings": job.settings(), "model": model, "rank": shard.rank,
+            defaults = pipe._parent_defaults()  # what a job that sets no steps or guidance runs with
+            settings = {"steps": defaults["num_inference_steps"], "guidance": defaults["guidance_scale"],
+                        **job.settings()}
+            record: dict[str, Any] = {"settings": settings, "model": model, "rank": shard.rank,
                                       "world": shard.world, "versions": versions}
             try:
                 record.update(render_job(pipe, job, out_dir, tiling), status="done")

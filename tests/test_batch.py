@@ -125,3 +125,17 @@ def test_the_batch_command(tmp_path, capsys):
     assert "bad.jsonl line 1: give exactly one of 'prompt' and 'timeline'" in capsys.readouterr().err
     assert main(["batch", str(jobs), "--out-dir", str(tmp_path / "out"), "--shard", "2/2"]) == 2
     assert "--shard takes i/N" in capsys.readouterr().err
+
+
+def test_a_job_without_steps_or_guidance_runs_with_the_models_defaults(tiny_pipe, tmp_path, monkeypatch):
+    # a family whose defaults are not AudioLDM's 10 and 2.5 (AudioLDM 2's own are checked in test_audioldm2.py)
+    monkeypatch.setattr(tiny_pipe, "_parent_defaults", lambda: {"num_inference_steps": 3, "guidance_scale": 1.5})
+    calls = []
+    step = tiny_pipe.scheduler.step
+    monkeypatch.setattr(tiny_pipe.scheduler, "step", lambda *a, **k: calls.append(1) or step(*a, **k))
+    guidance = []
+    monkeypatch.setattr(tiny_pipe, "_unet_conditioning",
+                        lambda *a, f=tiny_pipe._unet_conditioning: guidance.append(tiny_pipe.guidance_scale) or f(*a))
+    run_batch(tiny_pipe, [Job(output="a.wav", prompt="rain", seconds=0.5)], tmp_path)
+    settings = json.loads(sidecar_path(tmp_path / "a.wav").read_text())["settings"]
+    assert len(calls) == settings["steps"] == 3 and set(guidance) == {settings["guidance"]} == {1.5}
