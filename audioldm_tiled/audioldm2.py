@@ -95,9 +95,7 @@ class AudioLDM2TiledPipeline(ClapRanking, TiledAudioPipelineMixin, AudioLDM2Pipe
                              generated_prompt_embeds=None, negative_generated_prompt_embeds=None,
                              attention_mask=None, negative_attention_mask=None, max_new_tokens=None,
                              **unknown) -> None:
-        if unknown:
-            super()._check_prompt_inputs(prompt, audio_length_in_s, vocoder_upsample_factor, callback_steps,
-                                         negative_prompt, prompt_embeds, negative_prompt_embeds, **unknown)
+        self._reject_unknown(unknown)
         self.check_inputs(prompt, audio_length_in_s, vocoder_upsample_factor, callback_steps, transcription,
                           negative_prompt, prompt_embeds, negative_prompt_embeds, generated_prompt_embeds,
                           negative_generated_prompt_embeds, attention_mask, negative_attention_mask)
@@ -109,9 +107,8 @@ class AudioLDM2TiledPipeline(ClapRanking, TiledAudioPipelineMixin, AudioLDM2Pipe
                              prompt_embeds, negative_prompt_embeds, **family_inputs) -> dict[str, torch.Tensor]:
         """The parent's ``encode_prompt``: the T5 sequence, its mask and GPT-2's generated vectors."""
         encoded = self.encode_prompt(prompt, device, num_waveforms_per_prompt, guided,
-                                     family_inputs.get("transcription"), negative_prompt, prompt_embeds=prompt_embeds,
-                                     negative_prompt_embeds=negative_prompt_embeds,
-                                     **{k: v for k, v in family_inputs.items() if k != "transcription"})
+                                     negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
+                                     negative_prompt_embeds=negative_prompt_embeds, **family_inputs)
         return dict(zip(_SEQUENCES, encoded))
 
     def _unet_conditioning(self, encoded: dict[str, torch.Tensor], groups: int, guided: bool,

@@ -254,14 +254,11 @@ def render_job(pipe, job: Job, out_dir: Path, tiling) -> dict[str, Any]:
     """Render one job into ``out_dir / job.output`` (atomically) and return its timings."""
     import torch
 
-    from .render import render_to_wav
+    from .render import render_to_wav, sampling_arguments
 
     call: dict[str, Any] = {"negative_prompt": job.negative_prompt,
                             "generator": torch.Generator("cpu").manual_seed(job.resolved_seed),
-                            "tiling": tiling.replace(mode=job.mode)}
-    # left out when the job does not set them, so that the family's own defaults apply
-    call.update({k: v for k, v in (("num_inference_steps", job.steps), ("guidance_scale", job.guidance))
-                 if v is not None})
+                            "tiling": tiling.replace(mode=job.mode), **sampling_arguments(job.steps, job.guidance)}
     if job.input is not None:
         call["audio"] = job.input
         call["strength"] = 0.5 if job.strength is None else job.strength
@@ -295,6 +292,8 @@ def run_batch(pipe, jobs: list[Job], out_dir: str | os.PathLike, shard: Shard = 
     versions = _versions()
     tag = f"rank {shard.rank}/{shard.world}"
     logger.info("%s: %d of %d jobs", tag, len(mine), len(jobs))
+    model_defaults = pipe._parent_defaults()  # what a job that sets no steps or guidance runs with
+    defaults = {"steps": model_defaults["num_inference_steps"], "guidance": model_defaults["guidance_scale"]}
     for count, index in enumerate(mine, start=1):
         job = jobs[index]
         wav = out_dir / job.output
@@ -304,10 +303,7 @@ def run_batch(pipe, jobs: list[Job], out_dir: str | os.PathLike, shard: Shard = 
             entry["status"] = "skipped"
             logger.info("%s: job %d/%d %s: already done, skipped", tag, count, len(mine), job.output)
         else:
-            defaults = pipe._parent_defaults()  # what a job that sets no steps or guidance runs with
-            settings = {"steps": defaults["num_inference_steps"], "guidance": defaults["guidance_scale"],
-                        **job.settings()}
-            record: dict[str, Any] = {"settings": settings, "model": model, "rank": shard.rank,
+            record: dict[str, Any] = {"settings": {**defaults, **job.settings()}, "model": model, "rank": shard.rank,
                                       "world": shard.world, "versions": versions}
             try:
                 record.update(render_job(pipe, job, out_dir, tiling), status="done")

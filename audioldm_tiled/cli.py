@@ -260,7 +260,7 @@ def generate(args: argparse.Namespace) -> Path:
     from .config import TilingConfig
     from .constants import SAMPLE_RATE
     from .files import check_output_path
-    from .render import render_to_wav
+    from .render import render_to_wav, sampling_arguments
 
     _resolve_length(args)
     output = check_output_path(args.output, overwrite=not args.no_overwrite,  # before any model is loaded
@@ -297,10 +297,8 @@ def generate(args: argparse.Namespace) -> Path:
         length = {"audio": args.input, "strength": args.strength}
     tiling = TilingConfig(mode=args.mode, store=args.store, store_dir=args.store_dir, tile_frames=args.tile_frames,
                           memory_budget=None if args.memory_budget is None else int(args.memory_budget * 1e9))
-    call = dict(negative_prompt=args.negative_prompt, generator=generator, tiling=tiling, **length)
-    # left out when not given, so that each family's own defaults apply
-    call.update({k: v for k, v in (("num_inference_steps", args.steps), ("guidance_scale", args.guidance))
-                 if v is not None})
+    call = dict(negative_prompt=args.negative_prompt, generator=generator, tiling=tiling, **length,
+                **sampling_arguments(args.steps, args.guidance))
     # Under several ranks each renders its share; rank 0 writes the file.
     render_to_wav(pipe, output, prompt, subtype=args.subtype, overwrite=not args.no_overwrite, **call)
     if ranks is not None and ranks.rank > 0:

@@ -70,11 +70,15 @@ class TiledAudioPipelineMixin:
                              negative_prompt, prompt_embeds, negative_prompt_embeds, **family_inputs) -> None:
         """The parent's ``check_inputs``; ``family_inputs`` are the call's arguments that only some families take
         (AudioLDM takes none)."""
-        if family_inputs:
-            raise TypeError(f"{type(self).__name__}.__call__() got unexpected keyword argument(s) "
-                            f"{', '.join(map(repr, family_inputs))}")
+        self._reject_unknown(family_inputs)
         self.check_inputs(prompt, audio_length_in_s, vocoder_upsample_factor, callback_steps, negative_prompt,
                           prompt_embeds, negative_prompt_embeds)
+
+    def _reject_unknown(self, arguments: dict[str, Any]) -> None:
+        """Call arguments that reached the family hooks without a family taking them are the caller's mistake."""
+        if arguments:
+            raise TypeError(f"{type(self).__name__}.__call__() got unexpected keyword argument(s) "
+                            f"{', '.join(map(repr, arguments))}")
 
     def _encode_conditioning(self, prompt, device, num_waveforms_per_prompt, guided, negative_prompt,
                              prompt_embeds, negative_prompt_embeds, **family_inputs) -> dict[str, torch.Tensor]:

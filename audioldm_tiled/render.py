@@ -11,6 +11,12 @@ from .distributed import current_ranks, together
 from .files import check_output_path
 
 
+def sampling_arguments(steps: int | None, guidance: float | None) -> dict[str, Any]:
+    """``num_inference_steps`` and ``guidance_scale`` for a pipeline call, each only when given, so that each
+    model family's own defaults apply otherwise."""
+    return {k: v for k, v in (("num_inference_steps", steps), ("guidance_scale", guidance)) if v is not None}
+
+
 def render_to_wav(pipe, path: str | os.PathLike, prompt: Any = None, *, subtype: str = "PCM_16",
                   overwrite: bool = True, **call_kwargs: Any) -> Path:
     """Generate with ``pipe.stream(prompt, **call_kwargs)`` and write the waveform to ``path`` as it arrives.
