@@ -305,12 +305,14 @@ def _text_encoder(spec: Architecture) -> torch.nn.Module:
     return ClapTextModelWithProjection(ClapTextConfig(**spec.text_encoder))
 
 
-def random_pipeline(arch: str = "tiny", seed: int = 0, torch_dtype: torch.dtype = torch.float32):
+def random_pipeline(arch: str = "tiny", seed: int = 0, dtype: torch.dtype | None = None, *,
+                    torch_dtype: torch.dtype | None = None):
     """A tiled pipeline with random weights of the named architecture, without network: ``AudioLDMTiledPipeline``
     for ``"tiny"``, ``"audioldm-s"``, ``"audioldm-m"``, ``"audioldm-l"``; ``MusicLDMTiledPipeline`` for
     ``"musicldm"`` and ``"musicldm-tiny"``; ``AudioLDM2TiledPipeline`` for ``"audioldm2"``, ``"audioldm2-large"``,
     ``"audioldm2-music"`` and ``"audioldm2-tiny"``."""
-    return pipeline_class(_architecture(arch).family)(**build_components(arch, seed, torch_dtype))
+    dtype = dtype or torch_dtype or torch.float32  # torch_dtype: the older spelling, as diffusers still takes it
+    return pipeline_class(_architecture(arch).family)(**build_components(arch, seed, dtype))
 
 
 def pipeline_class(family: str) -> type:

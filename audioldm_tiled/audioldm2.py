@@ -17,12 +17,15 @@ window (a little over 5 s with the default windows) to be heard; a shorter one i
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from diffusers import AudioLDM2Pipeline
 from diffusers.utils import logging
 
 from .conditioning import UNetConditioning, cross_attention, guidance_rows
+from .config import TilingConfig
 from .pipeline import TiledAudioPipelineMixin
 from .scoring import ClapRanking
 from .timeline import Segment, dominant_segments
@@ -45,6 +48,8 @@ class AudioLDM2TiledPipeline(ClapRanking, TiledAudioPipelineMixin, AudioLDM2Pipe
     """
 
     _callback_tensor_inputs = ["latents", *_SEQUENCES]
+    _family_arguments = ("transcription", "generated_prompt_embeds", "negative_generated_prompt_embeds",
+                         "attention_mask", "negative_attention_mask", "max_new_tokens")
 
     def __init__(self, vae, text_encoder, text_encoder_2, projection_model, language_model, tokenizer, tokenizer_2,
                  feature_extractor, unet, scheduler, vocoder):
@@ -79,23 +84,30 @@ class AudioLDM2TiledPipeline(ClapRanking, TiledAudioPipelineMixin, AudioLDM2Pipe
         callback_steps: int | None = 1,
         cross_attention_kwargs=None,
         output_type: str | None = "np",
-        **engine,
+        tiling: TilingConfig | None = None,
+        callback_on_step_end: Callable[..., dict] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | tuple[str, ...] = ("latents",),
+        audio: str | Any | None = None,
+        strength: float | None = None,
+        loop: bool = False,
+        extend_s: float | None = None,
+        regenerate: tuple[float, float] | list[tuple[float, float]] | None = None,
+        context_s: float | None = None,
+        crossfade_s: float | None = None,
+        ranks: str | Any | None = None,
     ):
-        r"""Generate audio. The named arguments are the parent's, with its defaults; ``prompt`` may also be a
-        timeline. ``engine`` takes what ``AudioLDMTiledPipeline.__call__`` adds, documented there: ``tiling``,
-        ``callback_on_step_end`` (tensor inputs ``"latents"``, ``"prompt_embeds"``, ``"attention_mask"``,
-        ``"generated_prompt_embeds"``, negative rows first), ``callback_on_step_end_tensor_inputs``, ``audio``,
-        ``strength``, ``loop``, ``extend_s``, ``regenerate``, ``context_s``, ``crossfade_s``."""
-        call = {name: value for name, value in locals().items() if name not in ("self", "engine", "__class__")}
-        return self._ranked_call({**call, **engine})
+        r"""Generate audio. The arguments up to ``output_type`` are the parent's, with its defaults; ``prompt`` may
+        also be a timeline. The rest are what ``AudioLDMTiledPipeline.__call__`` adds, documented there;
+        ``callback_on_step_end`` is handed ``"latents"``, ``"prompt_embeds"``, ``"attention_mask"`` and
+        ``"generated_prompt_embeds"``, negative rows first."""
+        return self._ranked_call({k: v for k, v in locals().items() if k not in ("self", "__class__")})
 
     # ------------------------------------------------------------------------------------------------ family hooks
     def _check_prompt_inputs(self, prompt, audio_length_in_s, vocoder_upsample_factor, callback_steps,
                              negative_prompt, prompt_embeds, negative_prompt_embeds, transcription=None,
                              generated_prompt_embeds=None, negative_generated_prompt_embeds=None,
                              attention_mask=None, negative_attention_mask=None, max_new_tokens=None,
-                             **unknown) -> None:
-        self._reject_unknown(unknown)
+                             ) -> None:
         self.check_inputs(prompt, audio_length_in_s, vocoder_upsample_factor, callback_steps, transcription,
                           negative_prompt, prompt_embeds, negative_prompt_embeds, generated_prompt_embeds,
                           negative_generated_prompt_embeds, attention_mask, negative_attention_mask)

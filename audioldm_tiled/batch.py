@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import MODES
-from .constants import MAX_SEED
+from .constants import COMMAND_SECONDS, MAX_SEED
 from .files import atomic_file
 
 logger = logging.getLogger(__name__)
@@ -31,7 +31,6 @@ SIDECAR_SUFFIX = ".json"
 # A job that leaves `steps` to the model counts this many in its cost (the ranks are shared out before the model,
 # and with it the family's default, is loaded).
 COST_STEPS_WHEN_UNSET = 10
-DEFAULT_SECONDS = 10.0
 
 
 class JobError(ValueError):
@@ -62,7 +61,25 @@ class Job:
     @property
     def cost(self) -> float:
         """Relative work: seconds of audio times denoising steps (an input's length is read when known)."""
-        return (self.seconds or _input_seconds(self.input) or DEFAULT_SECONDS) * (self.steps or COST_STEPS_WHEN_UNSET)
+        from .request import source_seconds
+
+        seconds = self.seconds or (self.input and source_seconds(self.input, None)) or COMMAND_SECONDS
+        return seconds * (self.steps or COST_STEPS_WHEN_UNSET)
+
+    def request(self, tiling=None):
+        """The render this job asks for (``tiling``: the batch's settings, with the job's mode)."""
+        import torch
+
+        from .config import TilingConfig
+        from .request import Request
+
+        prompt = self.prompt if self.timeline is None else [tuple(s) if isinstance(s, list) else s
+                                                            for s in self.timeline]
+        return Request.for_command_line(
+            prompt=prompt, audio_length_in_s=self.seconds, audio=self.input, strength=self.strength,
+            negative_prompt=self.negative_prompt, num_inference_steps=self.steps, guidance_scale=self.guidance,
+            generator=torch.Generator("cpu").manual_seed(self.resolved_seed),
+            tiling=(tiling or TilingConfig()).replace(mode=self.mode))
 
     def settings(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if v is not None and k != "line"}
@@ -71,18 +88,9 @@ class Job:
 
 
 FIELDS = {f for f in Job.__dataclass_fields__ if f != "line"}
-
-
-def _input_seconds(path: str | None) -> float | None:
-    if path is None:
-        return None
-    import soundfile
-
-    try:
-        info = soundfile.info(path)
-    except Exception:  # noqa: BLE001 - an unreadable input fails its own job later, with its own message
-        return None
-    return info.frames / info.samplerate
+# A job's field for each call argument, in the request's messages.
+JOB_FIELDS = {"audio_length_in_s": "seconds", "audio": "input", "strength": "strength",
+              "num_inference_steps": "steps", "guidance_scale": "guidance", "negative_prompt": "negative_prompt"}
 
 
 def _number(value: Any, what: str, low: float, *, integer: bool = False, allow_low: bool = False) -> None:
@@ -110,36 +118,24 @@ def parse_job(data: Any, line: int = 0) -> Job:
         raise ValueError(f"'prompt' must be a non-empty string, got {data['prompt']!r}")
     if "timeline" in data and not isinstance(data["timeline"], list):
         raise ValueError("'timeline' must be a list of [start_s, text] or [start_s, end_s, text]")
-    if data.get("seconds") is not None:
-        _number(data["seconds"], "'seconds'", 0)
     if data.get("seed") is not None:
         _number(data["seed"], "'seed'", 0, integer=True, allow_low=True)
         if data["seed"] > MAX_SEED:
             raise ValueError(f"'seed' must be at most {MAX_SEED}, got {data['seed']}")
-    if "steps" in data:
-        _number(data["steps"], "'steps'", 1, integer=True, allow_low=True)
-    if "guidance" in data:
-        _number(data["guidance"], "'guidance'", 0, allow_low=True)
     if data.get("mode", "exact") not in MODES:
         raise ValueError(f"'mode' must be one of {MODES}, got {data['mode']!r}")
-    if data.get("input") is not None:
-        if not isinstance(data["input"], str):
-            raise ValueError(f"'input' must be a file path, got {data['input']!r}")
-        if data.get("seconds") is not None:
-            raise ValueError("'seconds' cannot be combined with 'input': the output has the input's length")
-    elif data.get("strength") is not None:
-        raise ValueError("'strength' goes with 'input' (how far the input is taken towards noise)")
-    if data.get("strength") is not None:
-        strength = data["strength"]
-        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
-            raise ValueError(f"'strength' must be in (0, 1], got {strength!r}")
+    if data.get("input") is not None and not isinstance(data["input"], str):
+        raise ValueError(f"'input' must be a file path, got {data['input']!r}")
     if data.get("negative_prompt") is not None and not isinstance(data["negative_prompt"], str):
         raise ValueError(f"'negative_prompt' must be a string, got {data['negative_prompt']!r}")
     job = Job(**data, line=line)
-    if job.timeline is not None:
-        from .timeline import parse_timeline
-
-        parse_timeline([tuple(s) if isinstance(s, list) else s for s in job.timeline], job.seconds)
+    try:
+        job.request()  # the request's own rules (lengths, strength, timeline), before any model is loaded
+    except ValueError as error:
+        message = str(error)
+        for argument, name in JOB_FIELDS.items():
+            message = message.replace(f"`{argument}`", f"'{name}'")
+        raise ValueError(message) from None
     return job
 
 
@@ -252,23 +248,12 @@ def _versions() -> dict[str, str]:
 
 def render_job(pipe, job: Job, out_dir: Path, tiling) -> dict[str, Any]:
     """Render one job into ``out_dir / job.output`` (atomically) and return its timings."""
-    import torch
+    from .render import render_to_wav
 
-    from .render import render_to_wav, sampling_arguments
-
-    call: dict[str, Any] = {"negative_prompt": job.negative_prompt,
-                            "generator": torch.Generator("cpu").manual_seed(job.resolved_seed),
-                            "tiling": tiling.replace(mode=job.mode), **sampling_arguments(job.steps, job.guidance)}
-    if job.input is not None:
-        call["audio"] = job.input
-        call["strength"] = 0.5 if job.strength is None else job.strength
-    else:
-        call["audio_length_in_s"] = DEFAULT_SECONDS if job.seconds is None else job.seconds
-    prompt = job.prompt if job.timeline is None else [tuple(s) if isinstance(s, list) else s for s in job.timeline]
     target = out_dir / job.output
     target.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    render_to_wav(pipe, target, prompt, **call)
+    render_to_wav(pipe, target, **job.request(tiling).call_arguments())
     return {"render_s": round(time.perf_counter() - start, 3)}
 
 

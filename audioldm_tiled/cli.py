@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import math
 import os
 import re
 import signal
@@ -175,9 +174,7 @@ def resolve_dtype(name: str, device):
 
 
 def _prompt_or_timeline(args: argparse.Namespace):
-    """The prompt string, or the validated timeline, from exactly one of PROMPT, --at and --timeline."""
-    from .timeline import parse_timeline
-
+    """The prompt string, or the timeline, from exactly one of PROMPT, --at and --timeline."""
     given = [name for name, value in (("PROMPT", args.prompt), ("--at", args.at), ("--timeline", args.timeline))
              if value]
     if len(given) != 1:
@@ -196,111 +193,92 @@ def _prompt_or_timeline(args: argparse.Namespace):
         if not isinstance(timeline, list):
             raise CliError(f"--timeline {args.timeline}: expected a JSON list of [start_s, text] or "
                            f"[start_s, end_s, text], got {type(timeline).__name__}")
-    timeline = [tuple(item) if isinstance(item, list) else item for item in timeline]
-    parse_timeline(timeline, args.seconds)  # a bad timeline fails here, before any model is loaded
-    return timeline
+    return [tuple(item) if isinstance(item, list) else item for item in timeline]
 
 
-def _is_edit(args: argparse.Namespace) -> bool:
-    return any(v is not None for v in (args.extend, args.regenerate, args.context, args.crossfade))
+# The command line's name for each call argument, in the request's messages.
+OPTIONS = {"audio_length_in_s": "--seconds", "audio": "--input", "strength": "--strength", "extend_s": "--extend",
+           "regenerate": "--regenerate", "context_s": "--context", "crossfade_s": "--crossfade", "loop": "--loop",
+           "num_inference_steps": "--steps", "guidance_scale": "--guidance", "negative_prompt": "--negative-prompt",
+           "prompt": "PROMPT"}
 
 
-def _resolve_length(args: argparse.Namespace) -> None:
-    """Set ``args.seconds``: the output's length, from the input with --input (checked readable now, and the
-    spans against it), else --seconds or 10."""
-    if args.input is None:
-        if args.strength is not None:
-            raise CliError("--strength goes with --input (how far the input is taken towards noise)")
-        if _is_edit(args):
-            raise CliError("--extend, --regenerate, --context and --crossfade continue or remake a recording: "
-                           "give it with --input")
-        args.seconds = 10.0 if args.seconds is None else args.seconds
+def as_cli_error(error: ValueError) -> CliError:
+    """A request's error with the command line's option names in place of the call's argument names."""
+    message = str(error)
+    for argument, option in OPTIONS.items():
+        message = message.replace(f"`{argument}`", option)
+    return CliError(message)
+
+
+def _check_input_file(path: str | None) -> None:
+    """--input names a readable audio file with samples (checked before any model is loaded)."""
+    if path is None:
         return
     import soundfile
 
-    if args.loop:
-        raise CliError("--loop makes a new loop; it cannot be combined with --input")
-    if args.seconds is not None:
-        raise CliError("--seconds cannot be combined with --input: the output has the input's length "
-                       "(to make it longer, --extend SECONDS)")
-    if _is_edit(args):
-        if args.strength is not None:
-            raise CliError("--strength restyles the whole input; it does not go with --extend or --regenerate")
-        if (args.extend is None) == (args.regenerate is None):
-            raise CliError("with --input, give one of --extend SECONDS and --regenerate START:END")
-        if args.crossfade is not None and not (math.isfinite(args.crossfade) and args.crossfade >= 0):
-            raise CliError(f"--crossfade must be a number of seconds >= 0, got {args.crossfade}")
-    else:
-        args.strength = 0.5 if args.strength is None else args.strength
-        if not (0 < args.strength <= 1):
-            raise CliError(f"--strength must be in (0, 1], got {args.strength}")
-    if not os.path.isfile(args.input):
-        raise CliError(f"--input {args.input}: no such file")
+    if not os.path.isfile(path):
+        raise CliError(f"--input {path}: no such file")
     try:
-        info = soundfile.info(args.input)
-    except Exception as error:  # noqa: BLE001 - missing file, unknown format, unreadable: all "cannot read"
-        raise CliError(f"--input {args.input}: cannot read it as audio ({str(error).splitlines()[0][:200]})") \
-            from None
+        info = soundfile.info(path)
+    except Exception as error:  # noqa: BLE001 - unknown format, unreadable: all "cannot read"
+        raise CliError(f"--input {path}: cannot read it as audio ({str(error).splitlines()[0][:200]})") from None
     if info.frames == 0:
-        raise CliError(f"--input {args.input}: the file holds no samples")
-    args.seconds = info.frames / info.samplerate
-    if args.regenerate is not None:
-        from .editing import parse_spans
-
-        try:
-            parse_spans(args.regenerate, args.seconds)
-        except ValueError as error:
-            raise CliError(str(error).replace("`regenerate`", "--regenerate")) from None
-    if args.extend is not None:
-        args.seconds += args.extend
+        raise CliError(f"--input {path}: the file holds no samples")
 
 
-def generate(args: argparse.Namespace) -> Path:
-    from .audio import wav_bytes
+def build_request(args: argparse.Namespace):
+    """The request the arguments describe, validated before any model is loaded (the generator is seeded)."""
+    import torch
+
     from .config import TilingConfig
-    from .constants import SAMPLE_RATE
-    from .files import check_output_path
-    from .render import render_to_wav, sampling_arguments
+    from .request import Request
 
-    _resolve_length(args)
-    output = check_output_path(args.output, overwrite=not args.no_overwrite,  # before any model is loaded
-                               size=wav_bytes(args.seconds * SAMPLE_RATE, args.subtype))
-    picture = _check_spectrogram_path(args)
     prompt = _prompt_or_timeline(args)
+    _check_input_file(args.input)
     if args.memory_budget is not None and int(args.memory_budget * 1e9) < 1:
         raise CliError(f"--memory-budget must be at least 1e-9 GB (one byte), got {args.memory_budget:g}")
     if args.store_dir is not None and not (os.path.isdir(args.store_dir) and os.access(args.store_dir, os.W_OK)):
         raise CliError(f"--store-dir must be a writable directory, got {args.store_dir!r}")
-    if args.guidance is not None and not math.isfinite(args.guidance):
-        raise CliError(f"--guidance must be a finite number, got {args.guidance}")
+    tiling = TilingConfig(mode=args.mode, store=args.store, store_dir=args.store_dir, tile_frames=args.tile_frames,
+                          memory_budget=None if args.memory_budget is None else int(args.memory_budget * 1e9))
+    try:
+        return Request.for_command_line(
+            prompt=prompt, audio_length_in_s=args.seconds, audio=args.input, strength=args.strength, loop=args.loop,
+            extend_s=args.extend, regenerate=args.regenerate, context_s=args.context, crossfade_s=args.crossfade,
+            negative_prompt=args.negative_prompt, num_inference_steps=args.steps, guidance_scale=args.guidance,
+            generator=torch.Generator(device="cpu").manual_seed(args.seed), tiling=tiling)
+    except ValueError as error:
+        raise as_cli_error(error) from None
+
+
+def generate(args: argparse.Namespace) -> Path:
+    from .audio import wav_bytes
+    from .constants import SAMPLE_RATE
+    from .files import check_output_path
+    from .render import render_to_wav
+
+    request = build_request(args)
+    seconds = request.output_seconds(SAMPLE_RATE)
+    output = check_output_path(args.output, overwrite=not args.no_overwrite,  # before any model is loaded
+                               size=wav_bytes(seconds * SAMPLE_RATE, args.subtype))
+    picture = _check_spectrogram_path(args)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    import torch
-
     from .distributed import init_from_environment, local_device
     from .loading import ModelLoadError, load_pipeline
 
     device = local_device(device)  # under torchrun or srun: this rank's GPU
-    ranks = init_from_environment(device)  # several ranks: one render, shared out over them
+    ranks = init_from_environment(device)  # launched on several ranks: one render, shared out over them
+    if ranks is not None:
+        request = request.replace(ranks="auto")
     try:
         pipe = load_pipeline(args.model, dtype, device)
     except ModelLoadError as error:
         raise CliError(f"--model: {error}") from None
     pipe.set_progress_bar_config(disable=args.quiet or (ranks is not None and ranks.rank > 0))
-    generator = torch.Generator(device="cpu").manual_seed(args.seed)
-    if args.input is None:
-        length = {"audio_length_in_s": args.seconds, "loop": args.loop}
-    elif _is_edit(args):
-        length = {"audio": args.input, "extend_s": args.extend, "regenerate": args.regenerate,
-                  "context_s": args.context, "crossfade_s": args.crossfade}
-    else:
-        length = {"audio": args.input, "strength": args.strength}
-    tiling = TilingConfig(mode=args.mode, store=args.store, store_dir=args.store_dir, tile_frames=args.tile_frames,
-                          memory_budget=None if args.memory_budget is None else int(args.memory_budget * 1e9))
-    call = dict(negative_prompt=args.negative_prompt, generator=generator, tiling=tiling, **length,
-                **sampling_arguments(args.steps, args.guidance))
     # Under several ranks each renders its share; rank 0 writes the file.
-    render_to_wav(pipe, output, prompt, subtype=args.subtype, overwrite=not args.no_overwrite, **call)
+    render_to_wav(pipe, output, subtype=args.subtype, overwrite=not args.no_overwrite, **request.call_arguments())
     if ranks is not None and ranks.rank > 0:
         return output
     logger.info("wrote %s", output)
@@ -309,10 +287,10 @@ def generate(args: argparse.Namespace) -> Path:
 
         from .plots import save_spectrogram
 
-        seams = pipe.seam_positions(args.seconds, tiling) if args.mark_seams else None
+        seams = pipe.seam_positions(seconds, request.tiling) if args.mark_seams else None
         audio, rate = soundfile.read(output, dtype="float32")
         try:
-            save_spectrogram(picture, audio, rate, boundaries=seams, title=f"{output.name}: {args.seconds:g} s")
+            save_spectrogram(picture, audio, rate, boundaries=seams, title=f"{output.name}: {seconds:g} s")
         except OSError as error:
             raise CliError(f"--spectrogram: {error}; the audio was written to {output}") from None
         logger.info("wrote %s", picture)

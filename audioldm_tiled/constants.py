@@ -24,3 +24,6 @@ TRAINING_LATENT_FRAMES = 256  # AudioLDM was trained on 10.24 s clips
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed takes
+# The length the command line and batch render when neither a length nor an input is given (the Python call keeps
+# its diffusers parent's default, one training window).
+COMMAND_SECONDS = 10.0

@@ -52,6 +52,10 @@ class Ranks:
         """The rank that holds each of ``count`` items under ``share``."""
         return [r for r in range(self.world) for _ in Ranks(r, self.world).share(count)]
 
+    def peer(self, rank: int) -> int:
+        """The global rank of this group's ``rank``: what point-to-point calls and broadcasts take."""
+        return rank if self.group is None else dist.get_global_rank(self.group, rank)
+
     def device(self) -> torch.device:
         """Where this group's collectives take their tensors: the current CUDA device for NCCL, else the CPU."""
         if dist.get_backend(self.group) == "nccl":
@@ -59,11 +63,27 @@ class Ranks:
         return torch.device("cpu")
 
 
-def current_ranks() -> Ranks | None:
-    """The default process group when one is initialised with more than one rank, else None."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+def ranks_for(asked: object) -> Ranks | None:
+    """The ranks a render is shared over, from what the caller asked (``Request.ranks``): None (the default) is
+    this process alone, whatever process group exists (each rank of a data-parallel job renders its own prompts);
+    ``"auto"`` is the default process group when one is initialised with more than one rank; a ``ProcessGroup``
+    is that group."""
+    if asked is None or not (dist.is_available() and dist.is_initialized()):
         return None
-    return Ranks(dist.get_rank(), dist.get_world_size())
+    group = None if asked == "auto" else asked
+    world = dist.get_world_size(group)
+    return Ranks(dist.get_rank(group), world, group) if world > 1 else None
+
+
+def agree_on(ranks: Ranks, fingerprint: str, what: str) -> None:
+    """Every rank holds the same ``fingerprint`` of ``what``, or every rank raises the same ValueError naming the
+    ranks that differ from rank 0 (one all_gather of a short string)."""
+    prints = gather_objects(ranks, fingerprint)
+    differ = [rank for rank, value in enumerate(prints) if value != prints[0]]
+    if differ:
+        raise ValueError(f"one render shared over {ranks.world} ranks needs the same arguments on every rank, but "
+                         f"{what} on rank(s) {', '.join(map(str, differ))} differ from rank 0's. To render different "
+                         "prompts on each rank, leave `ranks` out: each process then renders alone.")
 
 
 def local_device(device: torch.device) -> torch.device:
@@ -86,7 +106,7 @@ def init_from_environment(device: torch.device, timeout: datetime.timedelta = DE
     if not dist.is_initialized():
         backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=timeout)
-    return current_ranks()
+    return ranks_for("auto")
 
 
 def together(ranks: Ranks | None, work: Callable[[], T]) -> T:
@@ -167,13 +187,13 @@ def exchange_frames(ranks: Ranks, read: Callable[[int, int], torch.Tensor], owne
         lo, hi = max(owned[me][0], needed[other][0]), min(owned[me][1], needed[other][1])
         if lo < hi:
             piece = read(lo, hi).to(device=device, dtype=dtype).contiguous()
-            ops.append(dist.P2POp(dist.isend, piece, other, group=ranks.group))
+            ops.append(dist.P2POp(dist.isend, piece, ranks.peer(other), group=ranks.group))
         lo, hi = max(owned[other][0], needed[me][0]), min(owned[other][1], needed[me][1])
         if lo < hi:
             size = list(shape)
             size[dim] = hi - lo
             buffer = torch.empty(size, dtype=dtype, device=device)
-            ops.append(dist.P2POp(dist.irecv, buffer, other, group=ranks.group))
+            ops.append(dist.P2POp(dist.irecv, buffer, ranks.peer(other), group=ranks.group))
             received.append((lo, buffer))
     for request in dist.batch_isend_irecv(ops) if ops else []:
         request.wait()
@@ -216,30 +236,30 @@ def _header(block: torch.Tensor | None) -> list:
 
 
 def _send(ranks: Ranks, block: torch.Tensor | None, to: int) -> None:
-    dist.send_object_list([_header(block)], dst=to, group=ranks.group)
+    dist.send_object_list([_header(block)], dst=ranks.peer(to), group=ranks.group)
     if block is not None:
-        dist.send(block.to(ranks.device()).contiguous(), dst=to, group=ranks.group)
+        dist.send(block.to(ranks.device()).contiguous(), dst=ranks.peer(to), group=ranks.group)
 
 
 def _receive(ranks: Ranks, source: int) -> torch.Tensor | None:
     header = [None]
-    dist.recv_object_list(header, src=source, group=ranks.group)
+    dist.recv_object_list(header, src=ranks.peer(source), group=ranks.group)
     if not header[0]:
         return None
     dtype, *shape = header[0]
     block = torch.empty(shape, dtype=dtype, device=ranks.device())
-    dist.recv(block, src=source, group=ranks.group)
+    dist.recv(block, src=ranks.peer(source), group=ranks.group)
     return block
 
 
 def broadcast_tensor(ranks: Ranks, block: torch.Tensor | None, owner: int) -> torch.Tensor | None:
     """``owner``'s tensor (or None) on every rank; the others need not know its shape or dtype."""
     header = [_header(block)]
-    dist.broadcast_object_list(header, src=owner, group=ranks.group)
+    dist.broadcast_object_list(header, src=ranks.peer(owner), group=ranks.group)
     if not header[0]:
         return None
     dtype, *shape = header[0]
     tensor = block.to(ranks.device()).contiguous() if owner == ranks.rank else \
         torch.empty(shape, dtype=dtype, device=ranks.device())
-    dist.broadcast(tensor, src=owner, group=ranks.group)
+    dist.broadcast(tensor, src=ranks.peer(owner), group=ranks.group)
     return tensor

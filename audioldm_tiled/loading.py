@@ -25,15 +25,15 @@ FAMILIES = {"AudioLDMPipeline": "audioldm", "AudioLDMTiledPipeline": "audioldm",
             "AudioLDM2TiledPipeline": "audioldm2"}
 
 
-def load_pipeline(model: str = DEFAULT_MODEL, torch_dtype: torch.dtype | None = None,
-                  device: torch.device | str = "cpu"):
+def load_pipeline(model: str = DEFAULT_MODEL, dtype: torch.dtype | None = None,
+                  device: torch.device | str = "cpu", *, torch_dtype: torch.dtype | None = None):
     """A tiled pipeline on ``device``: ``AudioLDMTiledPipeline``, ``MusicLDMTiledPipeline`` or
     ``AudioLDM2TiledPipeline``, as the folder's ``model_index.json`` (or the random architecture) says.
 
     Args:
         model: a hub id (``"cvssp/audioldm-s-full-v2"``), a folder written by ``save_pretrained`` or a downloaded
             snapshot, or ``"random:ARCH"`` with ARCH one of ``ARCHITECTURES`` (random weights, no download).
-        torch_dtype: the components' dtype (default float32).
+        dtype: the components' dtype (default float32); ``torch_dtype``, its older spelling, is accepted too.
         device: where the pipeline runs.
 
     Raises:
@@ -44,7 +44,9 @@ def load_pipeline(model: str = DEFAULT_MODEL, torch_dtype: torch.dtype | None = 
 
     from .architectures import ARCHITECTURES, pipeline_class, random_pipeline
 
-    torch_dtype = torch.float32 if torch_dtype is None else torch_dtype
+    if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
+        raise ValueError(f"`dtype` ({dtype}) and `torch_dtype` ({torch_dtype}) differ: pass `dtype` alone")
+    dtype = dtype or torch_dtype or torch.float32
 
     if not isinstance(model, str) or not model:
         raise ModelLoadError(f"model must be a hub id, a folder or random:ARCH, got {model!r}")
@@ -52,7 +54,7 @@ def load_pipeline(model: str = DEFAULT_MODEL, torch_dtype: torch.dtype | None = 
         arch = model[len(RANDOM_PREFIX):]
         if arch not in ARCHITECTURES:
             raise ModelLoadError(f"random:ARCH: ARCH must be one of {', '.join(ARCHITECTURES)}, got {arch!r}")
-        return random_pipeline(arch, torch_dtype=torch_dtype).to(device)
+        return random_pipeline(arch, dtype=dtype).to(device)
     folder = os.path.expanduser(model)
     if not os.path.isdir(folder) and not _HUB_ID.fullmatch(model):
         raise ModelLoadError(f"model folder {model!r} does not exist (a hub id reads OWNER/NAME)")
@@ -65,7 +67,7 @@ def load_pipeline(model: str = DEFAULT_MODEL, torch_dtype: torch.dtype | None = 
         if name not in FAMILIES:
             raise ModelLoadError(f"{model!r} holds a {name}; the tiled pipelines load "
                                  f"{', '.join(sorted(n for n in FAMILIES if not n.endswith('TiledPipeline')))}")
-        pipe = pipeline_class(FAMILIES[name]).from_pretrained(source, torch_dtype=torch_dtype)
+        pipe = pipeline_class(FAMILIES[name]).from_pretrained(source, **{_dtype_keyword(): dtype})
     except ModelLoadError:
         raise
     except Exception as error:  # noqa: BLE001 - hub, filesystem and format errors all mean "cannot load this"
@@ -76,3 +78,13 @@ def load_pipeline(model: str = DEFAULT_MODEL, torch_dtype: torch.dtype | None = 
             "use random:audioldm-s."
         ) from None
     return pipe.to(device)
+
+
+def _dtype_keyword() -> str:
+    """``from_pretrained``'s name for the dtype: ``dtype`` where diffusers reads it (it deprecates ``torch_dtype``
+    from 0.36 on), else ``torch_dtype``."""
+    import inspect
+
+    from diffusers import DiffusionPipeline
+
+    return "dtype" if '"dtype"' in inspect.getsource(DiffusionPipeline.from_pretrained) else "torch_dtype"

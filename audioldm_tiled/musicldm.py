@@ -11,11 +11,13 @@ here each waveform is scored per 10 s window and the windows' similarities are a
 
 from __future__ import annotations
 
-import inspect
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from diffusers import MusicLDMPipeline
 
+from .config import TilingConfig
 from .deprecation import parent_deprecation_once
 from .pipeline import TiledAudioPipelineMixin
 from .scoring import ClapRanking
@@ -38,11 +40,12 @@ class MusicLDMTiledPipeline(ClapRanking, TiledAudioPipelineMixin, MusicLDMPipeli
                              feature_extractor=feature_extractor, unet=unet, scheduler=scheduler, vocoder=vocoder)
         self._init_tiling()
 
-    def _text_features(self, texts: list[str], device) -> torch.Tensor:
-        """CLAP's projected text embedding of each text. ``ClapModel.get_text_features`` returns a tensor under
-        transformers 4 and an output whose ``pooler_output`` is that tensor under transformers 5, where the
-        parent's ``_encode_prompt`` fails on it; both are taken here."""
-        inputs = self.tokenizer(texts, padding="max_length", max_length=self.tokenizer.model_max_length,
+    def _text_features(self, texts: list[str], device, max_length: int | None = None) -> torch.Tensor:
+        """CLAP's projected text embedding of each text, its tokens cut at ``max_length`` (the tokenizer's
+        ``model_max_length`` by default; the parent cuts a negative prompt at the embedding's width). Under
+        transformers 5 ``ClapModel.get_text_features`` returns an output whose ``pooler_output`` is the tensor
+        transformers 4 returns, on which the parent's ``_encode_prompt`` fails; both are taken here."""
+        inputs = self.tokenizer(texts, padding="max_length", max_length=max_length or self.tokenizer.model_max_length,
                                 truncation=True, return_tensors="pt")
         features = self.text_encoder.get_text_features(inputs.input_ids.to(device),
                                                        attention_mask=inputs.attention_mask.to(device))
@@ -68,25 +71,44 @@ class MusicLDMTiledPipeline(ClapRanking, TiledAudioPipelineMixin, MusicLDMPipeli
                 negatives = list(negative_prompt)
             else:
                 raise ValueError(f"`negative_prompt` has {len(negative_prompt)} texts for {batch} prompts")
-            negative_prompt_embeds = self._text_features(negatives, device)
+            negative_prompt_embeds = self._text_features(negatives, device, max_length=prompt_embeds.shape[1])
         negative_prompt_embeds = negative_prompt_embeds.to(dtype=dtype, device=device).repeat_interleave(
             num_waveforms_per_prompt, 0)
         return torch.cat([negative_prompt_embeds, prompt_embeds])
 
     @torch.no_grad()
-    def __call__(self, *args, **kwargs):
-        """As ``AudioLDMTiledPipeline.__call__``, with the parent's defaults (``num_inference_steps=200``,
-        ``guidance_scale=2.0``); then, with ``num_waveforms_per_prompt`` > 1 and a text prompt, each prompt's
-        waveforms are ordered by ``score_waveforms``, best first, as the parent orders them."""
-        signature = inspect.signature(TiledAudioPipelineMixin.__call__)
-        given = signature.bind(self, *args, **kwargs).arguments
-        given.pop("self")
-        unknown = given.pop("family_inputs", {})  # MusicLDM takes none: the engine names them in its TypeError
-        # the parent's defaults where they differ from AudioLDM's (200 steps, guidance 2.0), then the engine's
-        call = {name: p.default for name, p in signature.parameters.items()
-                if name != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD}
-        call.update({name: p.default for name, p in inspect.signature(MusicLDMPipeline.__call__).parameters.items()
-                     if name in call and p.default is not inspect.Parameter.empty})
-        call.update(given)
-        call.update(unknown)
-        return self._ranked_call(call)
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        audio_length_in_s: float | None = None,
+        num_inference_steps: int = 200,
+        guidance_scale: float = 2.0,
+        negative_prompt: str | list[str] | None = None,
+        num_waveforms_per_prompt: int | None = 1,
+        eta: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        return_dict: bool = True,
+        callback: Callable[[int, int, torch.Tensor], None] | None = None,
+        callback_steps: int | None = 1,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+        output_type: str | None = "np",
+        tiling: TilingConfig | None = None,
+        callback_on_step_end: Callable[..., dict] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | tuple[str, ...] = ("latents",),
+        audio: str | Any | None = None,
+        strength: float | None = None,
+        loop: bool = False,
+        extend_s: float | None = None,
+        regenerate: tuple[float, float] | list[tuple[float, float]] | None = None,
+        context_s: float | None = None,
+        crossfade_s: float | None = None,
+        ranks: str | Any | None = None,
+    ):
+        """Generate music. The arguments up to ``output_type`` are the parent's, with its defaults (200 steps,
+        guidance 2.0); the rest are ``AudioLDMTiledPipeline.__call__``'s. With ``num_waveforms_per_prompt`` > 1
+        and a text prompt, each prompt's waveforms are ordered by ``score_waveforms``, best first, as the parent
+        orders them."""
+        return self._ranked_call({k: v for k, v in locals().items() if k not in ("self", "__class__")})

@@ -11,24 +11,23 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers import AudioLDMPipeline
-from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.pipeline_utils import AudioPipelineOutput
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 
 from .audio import MelSettings, mel_for_vae
-from .call_inputs import check_call_arguments, check_latents, check_length_fits, read_input_audio
+from .callbacks import CALLBACK_ARGUMENTS, Callbacks
 from .conditioning import UNetConditioning, class_labels, guidance_rows
 from .config import TilingConfig
 from .denoise import denoise, plan_windows
 from .deprecation import parent_deprecation_once
-from .distributed import current_ranks, smallest, together
-from .distributed_decode import waveform_on_ranks
-from .editing import Edit, KnownRegion, plan_edit
-from .memory import choose_window_batch_size
-from .timeline import is_timeline, mix_embeddings, parse_timeline, window_mix
-from .vae import check_exact_decode_fits, decode_tiles, iter_decode, tiled_decode, tiled_encode
-from .vocoder import chunked_vocode, hop_length, plan_chunks, stream_vocode, vocode_loop
+from .editing import Edit, KnownRegion
+from .plan import RenderPlan, build_plan
+from .request import Request
+from .timeline import mix_embeddings
+from .vae import decode_tiles, tiled_decode, tiled_encode
+from .vocoder import chunked_vocode, hop_length, plan_chunks
+from .waveform import waveform_pieces
 
 logger = logging.get_logger(__name__)
 
@@ -39,6 +38,9 @@ class TiledAudioPipelineMixin:
     signature; how it checks and encodes its prompt and conditions its UNet are the three family hooks below,
     written here for AudioLDM's ``check_inputs`` and ``_encode_prompt`` (one CLAP row per waveform, negatives
     first) and overridden by families that condition otherwise (``audioldm2.py``)."""
+
+    # Call arguments only this family takes, handed to its hooks as ``family_inputs`` (AudioLDM takes none).
+    _family_arguments: tuple[str, ...] = ()
 
     def _init_tiling(self) -> None:
         self.tiling = TilingConfig()
@@ -70,15 +72,16 @@ class TiledAudioPipelineMixin:
                              negative_prompt, prompt_embeds, negative_prompt_embeds, **family_inputs) -> None:
         """The parent's ``check_inputs``; ``family_inputs`` are the call's arguments that only some families take
         (AudioLDM takes none)."""
-        self._reject_unknown(family_inputs)
         self.check_inputs(prompt, audio_length_in_s, vocoder_upsample_factor, callback_steps, negative_prompt,
                           prompt_embeds, negative_prompt_embeds)
 
     def _reject_unknown(self, arguments: dict[str, Any]) -> None:
-        """Call arguments that reached the family hooks without a family taking them are the caller's mistake."""
-        if arguments:
+        """Call arguments that no field of the request and no argument of this family takes are the caller's
+        mistake."""
+        unknown = [name for name in arguments if name not in self._family_arguments]
+        if unknown:
             raise TypeError(f"{type(self).__name__}.__call__() got unexpected keyword argument(s) "
-                            f"{', '.join(map(repr, arguments))}")
+                            f"{', '.join(map(repr, unknown))}")
 
     def _encode_conditioning(self, prompt, device, num_waveforms_per_prompt, guided, negative_prompt,
                              prompt_embeds, negative_prompt_embeds, **family_inputs) -> dict[str, torch.Tensor]:
@@ -234,7 +237,7 @@ class TiledAudioPipelineMixin:
         regenerate: tuple[float, float] | list[tuple[float, float]] | None = None,
         context_s: float | None = None,
         crossfade_s: float | None = None,
-        **family_inputs: Any,
+        ranks: str | Any | None = None,
     ):
         r"""Generate audio; the arguments up to ``output_type`` are the parent's, with the same defaults.
 
@@ -278,52 +281,56 @@ class TiledAudioPipelineMixin:
                 side of the spans that are encoded and denoised with them (default 5.12, half a training window).
             crossfade_s (`float`, *optional*, 0.25): length of each crossfade between original and generated
                 audio.
+            ranks (`"auto"` or a `torch.distributed.ProcessGroup`, *optional*): share this one render over the
+                ranks of a process group (``"auto"``: the default group); every rank calls with the same arguments
+                and gets the whole result. Left out (None), the call renders in this process alone whatever process
+                group exists, so each rank of a data-parallel job can render its own prompts.
 
         Returns:
             [`AudioPipelineOutput`] with ``audios`` of shape (batch, samples), float32 at the vocoder's sampling rate.
         """
-        arguments = {k: v for k, v in locals().items() if k not in ("self", "return_dict", "__class__",
-                                                                     "family_inputs")}
-        config, latents, keep, edit = self._denoise_latents(**arguments, **family_inputs)
+        return self._call({k: v for k, v in locals().items() if k not in ("self", "__class__")})
+
+    def _call(self, arguments: dict[str, Any]):
+        """The call with its arguments by name (the family's own among them): request, plan, denoising, then the
+        one route to the waveform."""
+        output_type, return_dict = arguments.pop("output_type"), arguments.pop("return_dict")
+        if output_type not in ("np", "pt", "latent"):
+            raise ValueError(f"`output_type` must be 'np', 'pt' or 'latent', got {output_type!r}")
+        callbacks = self._callbacks(arguments)
+        request = Request.from_arguments(arguments, self._reject_unknown)
+        plan, latents = self._render(request, callbacks, decoded=output_type != "latent")
         if output_type == "latent":
             self.maybe_free_model_hooks()
             return AudioPipelineOutput(audios=latents) if return_dict else (latents,)
-        ranks = current_ranks()
-        if loop or edit is not None:  # a loop's decode wraps around; an edit is assembled with the input's samples
-            pieces = self._stream_latents(latents, keep, config, loop=loop, edit=edit, root=None)
-            audio = torch.from_numpy(np.concatenate(list(pieces), axis=1))
-        elif ranks is None:
-            mel_spectrogram = self.decode_latents(latents, config)
-            audio = self.mel_spectrogram_to_waveform(mel_spectrogram, config)[:, :keep]
-        else:  # decoded and vocoded by all ranks, and every rank returns the whole waveform
-            latents = 1 / self.vae.config.scaling_factor * latents
-            audio = torch.cat(list(waveform_on_ranks(self.vae, self.vocoder, latents, config, ranks, root=None)),
-                              dim=-1).cpu().float()[:, :keep]
+        pieces = waveform_pieces(self, latents, plan.keep, plan.decode_config, plan.circular, plan.edit, plan.ranks,
+                                 root=None)
+        audio = torch.from_numpy(np.concatenate(list(pieces), axis=1))
         self.maybe_free_model_hooks()
         if output_type == "np":
             audio = audio.numpy()
-        if not return_dict:
-            return (audio,)
-        return AudioPipelineOutput(audios=audio)
+        return AudioPipelineOutput(audios=audio) if return_dict else (audio,)
 
     @torch.no_grad()
     def stream(self, prompt: str | list[str] | None = None, **kwargs: Any) -> Iterator[np.ndarray]:
-        """Generate like ``__call__`` and yield the waveform in pieces, float32 numpy arrays (batch, samples).
+        """Generate like ``__call__`` (the same arguments, the family's defaults) and yield the waveform in pieces,
+        float32 numpy arrays (batch, samples).
 
         After denoising, the VAE decode and the vocoder run tile by tile and each piece is handed out as soon as it
         is ready (fast mode: per tile; exact mode: once the last GroupNorm barrier is passed), so a one-hour render
         never holds its whole mel or waveform. ``enabled="auto"`` means tiled here; only ``enabled=False`` decodes
-        in one pass. The pieces concatenate to ``__call__(...).audios`` for the same
-        arguments, trimmed to ``audio_length_in_s``.
+        in one pass. The pieces concatenate to ``__call__(...).audios`` for the same arguments.
 
-        Under a ``torch.distributed`` process group every rank must iterate it: all ranks denoise, decode and
-        vocode their shares, and the pieces come out on rank 0 only (in order; the other ranks yield nothing).
+        With ``ranks="auto"`` every rank must iterate it: all ranks denoise, decode and vocode their shares, and
+        the pieces come out on rank 0 only (in order; the other ranks yield nothing).
         """
-        if kwargs.get("output_type", "np") != "np" or "return_dict" in kwargs:
+        if "output_type" in kwargs or "return_dict" in kwargs:
             raise ValueError("stream() yields numpy pieces; it takes no `output_type` or `return_dict`")
-        kwargs = {**self._parent_defaults(), **kwargs, "output_type": "np"}
-        config, latents, keep, edit = self._denoise_latents(prompt=prompt, **kwargs)
-        yield from self._stream_latents(latents, keep, config, loop=kwargs.get("loop", False), edit=edit)
+        callbacks = self._callbacks(kwargs)
+        request = Request.from_arguments({"prompt": prompt, **kwargs}, self._reject_unknown)
+        plan, latents = self._render(request, callbacks, streamed=True)
+        yield from waveform_pieces(self, latents, plan.keep, plan.decode_config, plan.circular, plan.edit,
+                                   plan.ranks)
         self.maybe_free_model_hooks()
 
     @torch.no_grad()
@@ -340,216 +347,57 @@ class TiledAudioPipelineMixin:
         if not 0 < keep <= samples:
             raise ValueError(f"`audio_length_in_s` must be in (0, {samples / rate:g}] s for these latents, got "
                              f"{audio_length_in_s!r}")
+        config = self._config_for_call(tiling)
+        config = config.replace(enabled=True) if config.enabled == "auto" else config  # streamed: tiled
         latents = latents.to(device=self._execution_device, dtype=self.vae.dtype)
-        yield from self._stream_latents(latents, keep, self._config_for_call(tiling))
+        yield from waveform_pieces(self, latents, keep, config)
         self.maybe_free_model_hooks()
 
-    def _stream_latents(self, latents: torch.Tensor, keep: int, config: TilingConfig, loop: bool = False,
-                        edit: Edit | None = None, root: int | None = 0) -> Iterator[np.ndarray]:
-        """The waveform of denoised ``latents`` in pieces, trimmed to ``keep`` samples: a loop's wrapping around,
-        an edit's assembled with the input's samples. Across ranks the pieces come out on ``root`` (None: on every
-        rank)."""
-        ranks = current_ranks()
-        pieces = self._waveform_pieces(latents, keep, config, loop, ranks, root)
-        if edit is None:
-            yield from pieces
-        elif ranks is None or root is None or ranks.rank == root:
-            yield from edit.assemble(pieces)
-        else:
-            for _ in pieces:  # this rank's share; the pieces come out on the root
-                pass
+    @staticmethod
+    def _callbacks(arguments: dict[str, Any]) -> Callbacks:
+        """Take the callback arguments out of a call's ``arguments``: they observe a render, they do not define it."""
+        return Callbacks(*(arguments.pop(name, default) for name, default in CALLBACK_ARGUMENTS))
 
-    def _waveform_pieces(self, latents, keep, config, loop, ranks, root) -> Iterator[np.ndarray]:
-        if config.enabled == "auto":
-            # Streaming is for renders whose memory must not grow with their length: tile even where an untiled
-            # decode would fit today's free memory (at 600 s it would take ~14 GB and a quadratic attention).
-            config = config.replace(enabled=True)
-        latents = 1 / self.vae.config.scaling_factor * latents
-        if loop:
-            mel_pieces = (piece.squeeze(1) for piece in iter_decode(self.vae, latents, config, circular=True))
-            waves = vocode_loop(self.vocoder, mel_pieces, config)
-        elif ranks is None:
-            mel_pieces = (piece.squeeze(1) for piece in iter_decode(self.vae, latents, config))
-            waves = stream_vocode(self.vocoder, mel_pieces, latents.shape[2] * self.vae_scale_factor, config)
-        else:  # decoded and vocoded by all ranks; the pieces arrive in order on the root
-            waves = waveform_on_ranks(self.vae, self.vocoder, latents, config, ranks, root=root)
-        emitted = 0
-        for wave in waves:
-            wave = wave[:, : max(0, keep - emitted)].cpu().float().numpy()
-            emitted += wave.shape[1]
-            if wave.shape[1]:
-                yield wave
-
-    def _denoise_latents(
-        self,
-        prompt=None,
-        audio_length_in_s=None,
-        num_inference_steps=10,
-        guidance_scale=2.5,
-        negative_prompt=None,
-        num_waveforms_per_prompt=1,
-        eta=0.0,
-        generator=None,
-        latents=None,
-        prompt_embeds=None,
-        negative_prompt_embeds=None,
-        callback=None,
-        callback_steps=1,
-        cross_attention_kwargs=None,
-        output_type="np",
-        tiling=None,
-        callback_on_step_end=None,
-        callback_on_step_end_tensor_inputs=("latents",),
-        audio=None,
-        strength=None,
-        loop=False,
-        extend_s=None,
-        regenerate=None,
-        context_s=None,
-        crossfade_s=None,
-        **family_inputs,
-    ) -> tuple[TilingConfig, torch.Tensor, int, Edit | None]:
-        """The parent's steps 0-7: checks, prompt encoding, noise (or the encoded input audio, noised to
-        ``strength``), (windowed) denoising.
-
-        Returns the config for this call, the denoised latents, the number of samples to keep and the edit (a
-        continuation or regeneration) whose output they make, if any."""
-        config = self._config_for_call(tiling)
-        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
-            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        num_inference_steps, guidance_scale, num_waveforms_per_prompt = check_call_arguments(
-            self, prompt, num_inference_steps, guidance_scale, num_waveforms_per_prompt, output_type,
-            callback_on_step_end_tensor_inputs)
-        input_mel = None
-        ranks = current_ranks()  # a process group: the windows are shared out over its ranks
-        if not isinstance(loop, bool):
-            raise ValueError(f"`loop` must be True or False, got {loop!r}")
-        if loop and audio is not None:
-            raise ValueError("`loop=True` makes a new loop; it cannot restyle `audio` (loop the input's continuation "
-                             "or a regenerated span in a second call instead)")
-        if loop and ranks is not None:
-            raise ValueError("`loop=True` is rendered in one process; run it without a process group")
-        edit = None
-        if any(value is not None for value in (extend_s, regenerate, context_s, crossfade_s)):
-            edit = self._plan_edit(audio, extend_s, regenerate, context_s, crossfade_s, strength,
-                                   audio_length_in_s, latents, prompt, num_waveforms_per_prompt)
-            audio, audio_length_in_s = None, edit.latent_frames * self.vae_scale_factor * self._mel_frame_seconds
-        if audio is not None:
-            strength = 0.5 if strength is None else strength
-            input_mel, input_samples = read_input_audio(self, audio, strength, audio_length_in_s, latents)
-            audio_length_in_s = input_mel.shape[2] * self._mel_frame_seconds  # padded to whole latent frames
-        elif strength is not None:
-            raise ValueError("`strength` goes with `audio` (how far the input is taken towards noise); "
-                             "without `audio` the render starts from noise")
-        audio_length_in_s, height, original_waveform_length = self._audio_geometry(audio_length_in_s)
-        if input_mel is not None:  # every input sample is encoded: the mel is padded up to whole latent frames
-            height, original_waveform_length = input_mel.shape[2], input_samples
-        vocoder_upsample_factor = self._mel_frame_seconds
-        timeline = None
-        if is_timeline(prompt):
-            if prompt_embeds is not None:
-                raise ValueError("a prompt timeline cannot be combined with `prompt_embeds`")
-            if negative_prompt is not None and not isinstance(negative_prompt, str):
-                raise ValueError("with a prompt timeline, `negative_prompt` must be one string (it is global)")
-            timeline = parse_timeline(prompt, audio_length_in_s)
-            prompt = [segment.text for segment in timeline]
-        self._check_prompt_inputs(prompt if timeline is None else prompt[0], audio_length_in_s,
-                                  vocoder_upsample_factor, callback_steps, negative_prompt, prompt_embeds,
-                                  negative_prompt_embeds, **family_inputs)
-        if timeline is not None:
-            batch_size = 1  # one soundscape; its segments are encoded as a batch below, with the global negative
-            negative_prompt = None if negative_prompt is None else [negative_prompt] * len(timeline)
-        elif prompt is not None and isinstance(prompt, str):
-            batch_size = 1
-        elif prompt is not None and isinstance(prompt, list):
-            batch_size = len(prompt)
-        else:
-            batch_size = prompt_embeds.shape[0]
+    def _render(self, request: Request, callbacks: Callbacks, streamed: bool = False,
+                decoded: bool = True) -> tuple[RenderPlan, torch.Tensor]:
+        """Plan ``request`` (``plan.build_plan``) and denoise it: the parent's steps 0-7 (checks, prompt encoding,
+        noise or the encoded input noised to ``strength``, windowed denoising). Returns the plan and the denoised
+        latents."""
+        plan = build_plan(self, request, streamed, decoded)
+        callbacks.check(self)
+        self._guidance_scale, self._interrupt = plan.guidance, False
         device = self._execution_device
-        frames = height // self.vae_scale_factor
-        check_length_fits(self, batch_size * num_waveforms_per_prompt, frames, audio_length_in_s)
-        if latents is not None:
-            check_latents(self, latents, batch_size * num_waveforms_per_prompt, frames)
-        self._guidance_scale, self._interrupt = guidance_scale, False
-        do_classifier_free_guidance = self.do_classifier_free_guidance
-
-        current = self._encode_conditioning(prompt, device, num_waveforms_per_prompt, do_classifier_free_guidance,
-                                            negative_prompt, prompt_embeds, negative_prompt_embeds, **family_inputs)
+        current = self._encode_conditioning(plan.prompt, device, request.num_waveforms_per_prompt, plan.guided,
+                                            plan.negative_prompt, request.prompt_embeds,
+                                            request.negative_prompt_embeds, **request.family_inputs)
         dtype = current["prompt_embeds"].dtype
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        self.scheduler.set_timesteps(plan.steps, device=device)
         timesteps = self.scheduler.timesteps
-        known = None
-        if input_mel is None:
-            latents = self.prepare_latents(batch_size * num_waveforms_per_prompt, self.unet.config.in_channels,
-                                           height, dtype, device, generator, latents)
-            if edit is not None:
-                known = self._known_region(edit, latents, generator, config)
+        generator, known = request.generator, None
+        if plan.input_mel is None:
+            latents = self.prepare_latents(plan.batch, self.unet.config.in_channels,
+                                           plan.frames * self.vae_scale_factor, dtype, device, generator,
+                                           request.latents)
+            if plan.edit is not None:
+                known = self._known_region(plan.edit, latents, generator, plan.config)
                 latents = known.replace(latents, timesteps[0])
         else:
-            latents, timesteps = self._noised_input(input_mel, batch_size * num_waveforms_per_prompt, strength,
-                                                    num_inference_steps, dtype, device, generator,
-                                                    config)
+            latents, timesteps = self._noised_input(plan.input_mel, plan.batch, request.strength, plan.steps, dtype,
+                                                    device, generator, plan.config)
         self._num_timesteps = len(timesteps)
-        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
-        if loop or edit is not None:  # a loop's period, or the whole generated range of an edit
-            original_waveform_length = height * hop_length(self.vocoder)
-        if output_type != "latent" or ranks is not None:
-            # Fail now rather than after the denoising if the decode cannot fit; with ranks, all of them fail.
-            together(ranks, lambda: output_type == "latent" or check_exact_decode_fits(self.vae, latents, config))
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, request.eta)
 
         # Read at every step: a callback may turn guidance off (diffusers' SDCFGCutoffCallback) or change the
         # embeddings. For a timeline the embeddings are per segment, blended per window by the family.
-        plan = plan_windows(latents.shape[2], config, circular=loop)
-        groups = batch_size * num_waveforms_per_prompt if timeline is None else len(timeline)
-        mix = None if timeline is None else window_mix(timeline, plan.windows, latents.shape[2],
-                                                        1 / (vocoder_upsample_factor * self.vae_scale_factor))
-        if mix is not None:
-            self._check_timeline(timeline, mix)
-
         def conditioning() -> tuple[UNetConditioning, float]:
-            guided = self.do_classifier_free_guidance
-            return self._unet_conditioning(current, groups, guided, mix), self._guidance_scale
+            return self._unet_conditioning(current, plan.groups, self.do_classifier_free_guidance, plan.mix), \
+                self._guidance_scale
 
-        window_batch = smallest(ranks, config.window_batch_size or choose_window_batch_size(
-            latents, len(plan.windows), plan.windows[0].length, do_classifier_free_guidance, config))
-
-        def step_callback(i: int, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
-            if callback_on_step_end is not None:
-                available = {"latents": latents, **current}
-                inputs = {k: available[k] for k in callback_on_step_end_tensor_inputs}
-                outputs = callback_on_step_end(self, i, t, inputs) or {}
-                latents = outputs.get("latents", latents)
-                current.update({k: v for k, v in outputs.items() if k in current})
-            if callback is not None and i % callback_steps == 0:
-                callback(i // getattr(self.scheduler, "order", 1), t, latents)
-            return latents
-
-        latents = denoise(self.unet, self.scheduler, latents, conditioning, plan, extra_step_kwargs, window_batch,
-                          lambda total: self.progress_bar(total=total), step_callback, cross_attention_kwargs,
-                          timesteps, interrupted=lambda: self.interrupt, ranks=ranks, known=known)
-
-        return config, latents, original_waveform_length, edit
-
-    def _plan_edit(self, audio, extend_s, regenerate, context_s, crossfade_s, strength, audio_length_in_s,
-                   latents, prompt, num_waveforms_per_prompt) -> Edit:
-        """The checks of a continuation or regeneration, and its plan (``editing.plan_edit``)."""
-        if audio is None:
-            raise ValueError("`extend_s`, `regenerate`, `context_s` and `crossfade_s` continue or remake a recording: "
-                             "pass it as `audio`")
-        if strength is not None:
-            raise ValueError("`strength` restyles the whole input (audio-to-audio); it does not go with `extend_s` "
-                             "or `regenerate`, which keep the input's own samples")
-        if audio_length_in_s is not None:
-            raise ValueError("the output's length follows from `audio` and `extend_s`: leave `audio_length_in_s` "
-                             "out (to continue for N seconds, pass extend_s=N)")
-        if latents is not None:
-            raise ValueError("pass either `latents` or an edit of `audio`: an edit starts from the input's latents")
-        if num_waveforms_per_prompt not in (None, 1) or (isinstance(prompt, list) and not is_timeline(prompt)
-                                                         and len(prompt) > 1):
-            raise ValueError("an edit makes one waveform: give one prompt (or a timeline) and "
-                             "num_waveforms_per_prompt=1")
-        return plan_edit(audio, self.vocoder.config.sampling_rate, self.vae_scale_factor * hop_length(self.vocoder),
-                         extend_s, regenerate, context_s, crossfade_s)
+        latents = denoise(self.unet, self.scheduler, latents, conditioning, plan.windows, extra_step_kwargs,
+                          plan.window_batch, lambda total: self.progress_bar(total=total),
+                          callbacks.step_function(self, current), request.cross_attention_kwargs, timesteps,
+                          interrupted=lambda: self.interrupt, ranks=plan.ranks, known=known)
+        return plan, latents
 
     def _known_region(self, edit: Edit, latents: torch.Tensor, generator, config: TilingConfig) -> KnownRegion:
         """The input's latents over the edit's context (tiled encode), fitted to the render's frames, and the

@@ -7,14 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from .audio import open_wav, wav_bytes
-from .distributed import current_ranks, together
+from .callbacks import CALLBACK_ARGUMENTS
+from .distributed import ranks_for, together
 from .files import check_output_path
-
-
-def sampling_arguments(steps: int | None, guidance: float | None) -> dict[str, Any]:
-    """``num_inference_steps`` and ``guidance_scale`` for a pipeline call, each only when given, so that each
-    model family's own defaults apply otherwise."""
-    return {k: v for k, v in (("num_inference_steps", steps), ("guidance_scale", guidance)) if v is not None}
+from .request import Request
 
 
 def render_to_wav(pipe, path: str | os.PathLike, prompt: Any = None, *, subtype: str = "PCM_16",
@@ -33,23 +29,29 @@ def render_to_wav(pipe, path: str | os.PathLike, prompt: Any = None, *, subtype:
         overwrite: replace an existing file; with False an existing ``path`` raises before anything runs.
         call_kwargs: the pipeline's call arguments (``audio_length_in_s``, ``num_inference_steps``, ``tiling``, ...).
 
-    Under a ``torch.distributed`` process group every rank calls it with the same arguments: all of them render
-    their shares, rank 0 checks the path and writes the file, and a failure on any rank fails them all.
+    With ``ranks="auto"`` (one render shared over the ranks of the default process group) every rank calls it
+    with the same arguments: all of them render their shares, rank 0 checks the path and writes the file, and a
+    failure on any rank fails them all. Without it, each process renders and writes alone.
 
     Returns:
         The path written.
     """
-    ranks = current_ranks()
+    # The request's own rules first; arguments no field takes are the pipeline's to name (family inputs).
+    callbacks = dict(CALLBACK_ARGUMENTS)
+    request = Request.from_arguments({"prompt": prompt, **{k: v for k, v in call_kwargs.items() if k not in callbacks}},
+                                     reject=lambda family_inputs: None)
+    ranks = ranks_for(request.ranks)
     writes = ranks is None or ranks.rank == 0
 
     def check() -> Path:
-        if call_kwargs.get("num_waveforms_per_prompt", 1) != 1 or (
+        if request.num_waveforms_per_prompt != 1 or (
             isinstance(prompt, list) and len(prompt) > 1 and all(isinstance(p, str) for p in prompt)
         ):
             raise ValueError("render_to_wav writes one waveform: give one prompt (or one timeline) and "
                              "num_waveforms_per_prompt=1")
-        seconds = call_kwargs.get("audio_length_in_s")
-        size = None if seconds is None else wav_bytes(seconds * pipe.vocoder.config.sampling_rate, subtype)
+        rate = pipe.vocoder.config.sampling_rate
+        seconds = request.output_seconds(rate)
+        size = None if seconds is None else wav_bytes(seconds * rate, subtype)
         return check_output_path(path, overwrite=overwrite, size=size) if writes else Path(path)
 
     path = together(ranks, check)

@@ -18,8 +18,7 @@ SCORE_WINDOW_S = 10.0
 
 class ClapRanking:
     """``score_waveforms`` for a tiled pipeline whose ``text_encoder`` is a ``ClapModel`` with its
-    ``feature_extractor``, and the ranked call built on it; put before ``TiledAudioPipelineMixin`` in the bases,
-    whose ``__call__`` it wraps."""
+    ``feature_extractor``, and the ranked call built on the engine's ``_call``."""
 
     def _ranked_call(self, call: dict):
         """The engine's ``__call__`` with ``call``'s arguments; then, with ``num_waveforms_per_prompt`` > 1 and a
@@ -29,9 +28,9 @@ class ClapRanking:
         rank = per_prompt > 1 and isinstance(prompt, (str, list)) and self.feature_extractor is not None and \
             call["output_type"] != "latent" and all(isinstance(p, str) for p in np.atleast_1d(prompt))
         if not rank:
-            return super().__call__(**call)
+            return self._call(dict(call))
         output_type, return_dict = call["output_type"], call["return_dict"]
-        audio = super().__call__(**{**call, "output_type": "pt", "return_dict": True}).audios
+        audio = self._call({**call, "output_type": "pt", "return_dict": True}).audios
         audio = self.score_waveforms(prompt, audio, per_prompt, self._execution_device, self.text_encoder.dtype)
         if output_type == "np":
             audio = audio.numpy()

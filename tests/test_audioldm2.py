@@ -13,6 +13,7 @@ from audioldm_tiled.architectures import build_components, random_pipeline
 from audioldm_tiled.audioldm2 import AudioLDM2TiledPipeline
 from audioldm_tiled.denoise import plan_windows
 from audioldm_tiled.loading import load_pipeline
+from audioldm_tiled.plan import build_plan
 
 OFF = TilingConfig(enabled=False, windowed=False)
 
@@ -27,31 +28,6 @@ def pipe(components):
     pipe = AudioLDM2TiledPipeline(**components)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def transformers4_kwargs_update(outputs, model_kwargs):
-    """What the parent's GPT-2 loop calls after each token: transformers 4's
-    ``GenerationMixin._update_model_kwargs_for_generation`` (keep the cache, attend to the new position), which
-    transformers 5's ``GPT2Model`` no longer has."""
-    model_kwargs["past_key_values"] = getattr(outputs, "past_key_values", None) or outputs.cache
-    mask = model_kwargs.get("attention_mask")
-    if mask is not None:
-        model_kwargs["attention_mask"] = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=-1)
-    return model_kwargs
-
-
-@pytest.mark.parametrize("kwargs", [{}, {"negative_prompt": "static hiss", "num_waveforms_per_prompt": 2}])
-def test_equals_the_parent_with_tiling_and_windowing_off(components, pipe, monkeypatch, kwargs):
-    parent = AudioLDM2Pipeline(**components)
-    parent.set_progress_bar_config(disable=True)
-    monkeypatch.setattr(components["language_model"], "_update_model_kwargs_for_generation",
-                        transformers4_kwargs_update, raising=False)
-
-    def run(p, **extra):
-        return p("rain on a tin roof", audio_length_in_s=2.0, num_inference_steps=3,
-                 generator=torch.Generator().manual_seed(0), **kwargs, **extra).audios
-
-    assert np.array_equal(run(pipe, tiling=OFF), run(parent))
 
 
 def test_generated_sequence_equals_recomputing_every_token(pipe):
@@ -117,16 +93,16 @@ def test_streaming_and_the_command_line_take_the_family_defaults(pipe, tmp_path,
 
     seen = {}
 
-    def record(self, **kwargs):
-        seen.update(kwargs)
+    def record(self, request, callbacks, **kwargs):
+        seen.update(plan=build_plan(self, request))
         raise KeyboardInterrupt  # stop before any work
 
-    monkeypatch.setattr(AudioLDM2TiledPipeline, "_denoise_latents", record)
+    monkeypatch.setattr(AudioLDM2TiledPipeline, "_render", record)
     with pytest.raises(KeyboardInterrupt):
         next(pipe.stream("rain", audio_length_in_s=1.0))
     parent = inspect.signature(AudioLDM2Pipeline.__call__).parameters
-    for name in ("num_inference_steps", "guidance_scale"):
-        assert seen[name] == parent[name].default
+    assert seen["plan"].steps == parent["num_inference_steps"].default
+    assert seen["plan"].guidance == parent["guidance_scale"].default
     monkeypatch.undo()
     out = tmp_path / "rain.wav"
     assert main(["rain", "--seconds", "1", "-o", str(out), "--model", "random:audioldm2-tiny", "--steps", "1",

@@ -209,13 +209,14 @@ def test_cli_loop_continue_and_regenerate(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--seconds", "2", "--regenerate", "1:2"], "give it with --input"),
-    (["--seconds", "2", "--extend", "3"], "give it with --input"),
+    (["--seconds", "2", "--regenerate", "1:2"], "pass it as --input"),
+    (["--seconds", "2", "--extend", "3"], "pass it as --input"),
     (["--input", "IN", "--regenerate", "2:1"], "--regenerate: the span 2-1 s is empty or reversed"),
     (["--input", "IN", "--regenerate", "1:9"], "ends past the input"),
     (["--input", "IN", "--regenerate", "one:two"], "--regenerate takes START:END"),
     (["--input", "IN", "--extend", "3", "--strength", "0.5"], "--strength restyles the whole input"),
-    (["--input", "IN", "--extend", "3", "--regenerate", "1:2"], "one of --extend SECONDS and --regenerate"),
+    (["--input", "IN", "--extend", "3", "--regenerate", "1:2"], "pass one of --extend (continue the input) and "
+                                                                "--regenerate"),
     (["--input", "IN", "--loop"], "--loop makes a new loop"),
     (["--input", "IN", "--extend", "0"], "--extend"),
 ])

@@ -1,12 +1,14 @@
-"""One render across gloo ranks on the CPU: the windows are shared out, their merged predictions summed over the
-ranks, and the latents equal the single-process run bit for bit; a rank that fails makes every rank fail with its
-message instead of waiting in a collective."""
+"""One render across gloo ranks on the CPU, asked for with ``ranks="auto"``: the windows are shared out, their
+merged predictions summed over the ranks, and the latents equal the single-process run bit for bit; a rank that
+fails makes every rank fail with its message instead of waiting in a collective. Without ``ranks`` a process group
+changes nothing: each rank renders its own arguments alone."""
 
 import contextlib
 import datetime
 import os
 import socket
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -14,7 +16,7 @@ import torch.multiprocessing as mp
 
 from audioldm_tiled import TilingConfig
 from audioldm_tiled.denoise import plan_windows
-from audioldm_tiled.distributed import RankFailed, Ranks, current_ranks, smallest, together
+from audioldm_tiled.distributed import RankFailed, Ranks, ranks_for, smallest, together
 
 # Several windows on 4 s of latents (100 frames): 5 windows of 32 frames.
 WINDOWS = TilingConfig(window_frames=32, window_overlap_frames=8)
@@ -75,6 +77,11 @@ def render(pipe, seconds: float, tiling: TilingConfig, **call) -> torch.Tensor:
                 generator=torch.Generator().manual_seed(7), tiling=tiling, **call).audios
 
 
+def shared(pipe, seconds: float, tiling: TilingConfig, **call) -> torch.Tensor:
+    """``render`` shared over the default process group's ranks."""
+    return render(pipe, seconds, tiling, ranks="auto", **call)
+
+
 @pytest.mark.parametrize("world,seconds", [(2, 4.0), (3, 4.0), (3, 1.5)])
 def test_a_render_over_ranks_equals_one_process_bit_for_bit(tiny_pipe, tmp_path, world, seconds):
     windows = len(plan_windows(int(seconds * 25), WINDOWS).windows)
@@ -83,9 +90,9 @@ def test_a_render_over_ranks_equals_one_process_bit_for_bit(tiny_pipe, tmp_path,
         expected = render(tiny_pipe, seconds, WINDOWS)
 
     def work(rank):
-        assert current_ranks() == Ranks(rank, world)
+        assert ranks_for("auto") == Ranks(rank, world)
         steps = []
-        latents = render(tiny_pipe, seconds, WINDOWS,
+        latents = shared(tiny_pipe, seconds, WINDOWS,
                          callback_on_step_end=lambda pipe, i, t, tensors: steps.append(i) or tensors)
         assert steps == [0, 1, 2]  # callbacks run on every rank, once per step
         return latents
@@ -101,8 +108,36 @@ def test_a_rank_that_skips_the_sum_would_be_wrong(tiny_pipe, tmp_path, monkeypat
     with one_thread():
         expected = render(tiny_pipe, 4.0, WINDOWS)
     monkeypatch.setattr(denoise, "sum_over_ranks", lambda ranks, merged: merged)
-    for latents in on_ranks(2, lambda rank: render(tiny_pipe, 4.0, WINDOWS), tmp_path):
+    for latents in on_ranks(2, lambda rank: shared(tiny_pipe, 4.0, WINDOWS), tmp_path):
         assert not torch.equal(latents, expected)
+
+
+def test_each_rank_renders_its_own_prompts_unless_asked_to_share(tiny_pipe, tmp_path):
+    """accelerate's ``split_between_processes`` and DDP evaluation loops: a process group exists, each rank calls
+    with its own prompt and seed, and gets exactly what a lone process gets for them."""
+    arguments = [("rain", 10), ("birds", 11)]
+
+    def audio(prompt, seed, **call):
+        return tiny_pipe(prompt, audio_length_in_s=4.0, num_inference_steps=2, tiling=WINDOWS,
+                         generator=torch.Generator().manual_seed(seed), **call).audios
+
+    with one_thread():
+        expected = [audio(prompt, seed) for prompt, seed in arguments]
+    results = on_ranks(2, lambda rank: audio(*arguments[rank]), tmp_path)
+    for result, alone in zip(results, expected):
+        assert np.array_equal(result, alone)
+    assert not np.array_equal(expected[0], expected[1])  # the prompts make different audio
+
+
+def test_sharing_one_render_with_different_arguments_is_refused_on_every_rank(tiny_pipe, tmp_path):
+    def work(rank):
+        return tiny_pipe(["rain", "birds"][rank], audio_length_in_s=4.0, num_inference_steps=2, tiling=WINDOWS,
+                         ranks="auto", generator=torch.Generator().manual_seed(7))
+
+    errors = on_ranks(2, work, tmp_path)
+    for error in errors:
+        assert isinstance(error, ValueError) and "rank(s) 1 differ from rank 0's" in str(error), error
+    assert str(errors[0]) == str(errors[1])
 
 
 def test_a_failing_rank_makes_every_rank_fail_with_its_message(tiny_pipe, tmp_path):
@@ -116,7 +151,7 @@ def test_a_failing_rank_makes_every_rank_fail_with_its_message(tiny_pipe, tmp_pa
                     raise RuntimeError("UNet blew up")
 
             tiny_pipe.unet.register_forward_pre_hook(fail_at_the_second_step)
-        return render(tiny_pipe, 4.0, WINDOWS)
+        return shared(tiny_pipe, 4.0, WINDOWS)
 
     errors = on_ranks(2, work, tmp_path)
     for error in errors:
@@ -126,19 +161,19 @@ def test_a_failing_rank_makes_every_rank_fail_with_its_message(tiny_pipe, tmp_pa
 
 def test_early_checks_and_decisions_are_shared(tiny_pipe, tmp_path):
     def work(rank):
-        assert smallest(current_ranks(), 5 - rank) == 4
+        assert smallest(ranks_for("auto"), 5 - rank) == 4
         # a decode that cannot fit, said on rank 0 (which decodes); rank 1 asked for latents only
         tight = WINDOWS.replace(memory_budget=1000, store="device")
         output_type = "np" if rank == 0 else "latent"
         return tiny_pipe("rain", audio_length_in_s=4.0, num_inference_steps=2, output_type=output_type,
-                         tiling=tight)
+                         tiling=tight, ranks="auto")
 
     errors = on_ranks(2, work, tmp_path)
     assert all(isinstance(e, RankFailed) and "rank 0 of 2 failed: InsufficientMemoryError" in str(e) for e in errors)
 
 
 def test_without_a_process_group_nothing_changes():
-    assert current_ranks() is None
+    assert ranks_for("auto") is None and ranks_for(None) is None
     assert together(None, lambda: 3) == 3
     assert smallest(None, 3) == 3
 
@@ -175,7 +210,7 @@ def one_process_waveform(tiny, latents, config):
 def waveform_over_ranks(tiny, latents, config, root=None):
     from audioldm_tiled.distributed_decode import waveform_on_ranks
 
-    pieces = list(waveform_on_ranks(tiny["vae"], tiny["vocoder"], latents, config, current_ranks(), root))
+    pieces = list(waveform_on_ranks(tiny["vae"], tiny["vocoder"], latents, config, ranks_for("auto"), root))
     return torch.cat(pieces, dim=-1) if pieces else None
 
 
@@ -249,7 +284,7 @@ def test_the_whole_pipeline_over_ranks_equals_one_process(tiny_pipe, tmp_path, m
     prompt = [(0, "rain"), (2.5, "thunder")]
 
     def audio():
-        return tiny_pipe(prompt, audio_length_in_s=5.0, num_inference_steps=2, tiling=tiling,
+        return tiny_pipe(prompt, audio_length_in_s=5.0, num_inference_steps=2, tiling=tiling, ranks="auto",
                          generator=torch.Generator().manual_seed(11)).audios
 
     with one_thread():
@@ -273,7 +308,8 @@ def test_a_render_to_wav_that_fails_on_another_rank_keeps_the_existing_file(tiny
                 raise RuntimeError("vocoder blew up")
 
             vocoder.hifigan_channels_last = fail
-        return render_to_wav(tiny_pipe, path, "rain", audio_length_in_s=2.0, num_inference_steps=2, tiling=tiling)
+        return render_to_wav(tiny_pipe, path, "rain", audio_length_in_s=2.0, num_inference_steps=2, tiling=tiling,
+                             ranks="auto")
 
     for error in on_ranks(2, work, tmp_path):
         assert isinstance(error, RankFailed) and str(error) == "rank 1 of 2 failed: RuntimeError: vocoder blew up"
@@ -290,7 +326,7 @@ def test_a_regenerated_span_over_ranks_equals_one_process(tiny_pipe, tmp_path):
 
     def fixed():
         return tiny_pipe("rain", audio=recording, regenerate=(1.0, 2.0), num_inference_steps=2, tiling=tiling,
-                         generator=torch.Generator().manual_seed(5)).audios
+                         ranks="auto", generator=torch.Generator().manual_seed(5)).audios
 
     with one_thread():
         expected = fixed()

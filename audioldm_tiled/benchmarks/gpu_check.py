@@ -96,7 +96,7 @@ class GpuCheck:
     def pipe(self, dtype: torch.dtype):
         if self._pipe is None or self._pipe.unet.dtype != dtype:
             self._pipe = None  # freed before the next one is built
-            self._pipe = random_pipeline(self.args.arch, torch_dtype=dtype).to(self.dev.device)
+            self._pipe = random_pipeline(self.args.arch, dtype=dtype).to(self.dev.device)
             self._pipe.set_progress_bar_config(disable=True)
         return self._pipe
 

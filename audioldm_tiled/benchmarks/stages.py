@@ -98,7 +98,7 @@ def audioldm_vae(target: Target):
 
 
 def audioldm_pipeline(target: Target):
-    pipe = random_pipeline(target.model, seed=0, torch_dtype=target.dtype).to(target.device)
+    pipe = random_pipeline(target.model, seed=0, dtype=target.dtype).to(target.device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

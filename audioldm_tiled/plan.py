@@ -1,0 +1,152 @@
+"""One plan per render, built once from the request, the pipeline's family and its device: everything below it
+reads these values and decides nothing again.
+
+The plan reads the input audio, lays out the latent (frames, samples kept, circular or not, the edit's known
+frames, the denoising windows and a timeline's weights over them), runs the family's checks, and resolves what
+depends on memory: it reads free memory once, turns ``TilingConfig.memory_budget=None`` into that many bytes and
+``store="auto"`` into the store that the room check before denoising and the decode after it both use. With
+``ranks`` asked for, the ranks compare the request's fingerprint in one collective first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .call_inputs import check_latents, read_input_audio
+from .config import TilingConfig
+from .denoise import WindowPlan, plan_windows
+from .distributed import Ranks, agree_on, ranks_for, smallest, together
+from .editing import Edit, plan_edit
+from .files import format_bytes
+from .memory import BUDGET_SHARE, InsufficientMemoryError, available_memory, choose_window_batch_size
+from .request import Request
+from .timeline import Segment, window_mix
+from .vae import check_exact_decode_fits
+from .vae.budget import exact_stored_bytes
+from .vae.dispatch import decode_job
+from .vae.store import choose_store
+from .vocoder import hop_length
+
+
+@dataclass(frozen=True, eq=False)
+class RenderPlan:
+    """What one render does, decided once. Lengths in latent frames unless named otherwise."""
+
+    request: Request
+    config: TilingConfig  # the call's tiling, memory_budget and store resolved
+    decode_config: TilingConfig  # the same for the VAE decode: tiled under "auto" when the render is streamed
+    steps: int
+    guidance: float
+    ranks: Ranks | None  # the ranks sharing this render, or None
+    prompt: str | list[str] | None  # what the family encodes: the texts (a timeline's, one per segment)
+    negative_prompt: str | list[str] | None
+    timeline: list[Segment] | None
+    batch: int  # waveforms rendered together
+    groups: int  # rows of conditioning: one per waveform, or one per timeline segment
+    seconds: float  # the length the family checks (the parent's audio_length_in_s)
+    frames: int
+    keep: int  # samples of the waveform that are returned
+    circular: bool  # a loop: windows, decode and vocoder wrap around
+    edit: Edit | None  # a continuation or regeneration, assembled with the input's own samples
+    input_mel: torch.Tensor | None  # restyle: the input's log-mel (1, 1, 4 * frames, n_mels)
+    windows: WindowPlan
+    mix: torch.Tensor | None  # (windows, segments) weights of a timeline
+    window_batch: int  # windows per UNet call
+
+    @property
+    def guided(self) -> bool:
+        return self.guidance > 1
+
+
+def build_plan(pipe, request: Request, streamed: bool = False, decoded: bool = True) -> RenderPlan:
+    """The plan of ``request`` on ``pipe``; every check that needs the model runs here, before any denoising.
+
+    ``streamed``: the waveform is handed out in pieces (``stream()``, WAV files), so ``enabled="auto"`` tiles the
+    decode whatever the free memory: a streamed render's memory does not grow with its length. ``decoded``: False
+    when the caller takes the latents (``output_type="latent"``), whose decode is then not checked."""
+    device = pipe._execution_device
+    free = available_memory(device)  # read once per render
+    config = pipe._config_for_call(request.tiling)
+    if config.memory_budget is None:
+        config = config.replace(memory_budget=max(1, int(BUDGET_SHARE * free)))
+    ranks = ranks_for(request.ranks)
+    if ranks is not None:
+        agree_on(ranks, request.digest(), "the call's arguments (prompt, length, seed, steps, tiling, ...)")
+        if request.loop:
+            raise ValueError("`loop=True` is rendered in one process: leave `ranks` out")
+    defaults = pipe._parent_defaults()
+    steps = request.num_inference_steps or defaults["num_inference_steps"]
+    guidance = defaults["guidance_scale"] if request.guidance_scale is None else request.guidance_scale
+    seconds, edit, input_mel = request.audio_length_in_s, None, None
+    frame_seconds = pipe.vae_scale_factor * pipe._mel_frame_seconds
+    if request.kind in ("extend", "regenerate"):
+        edit = plan_edit(request.audio, pipe.vocoder.config.sampling_rate, pipe.vae_scale_factor * hop_length(
+            pipe.vocoder), request.extend_s, request.regenerate, request.context_s, request.crossfade_s)
+        seconds = edit.latent_frames * frame_seconds
+    elif request.kind == "restyle":
+        input_mel, input_samples = read_input_audio(pipe, request.audio)
+        seconds = input_mel.shape[2] * pipe._mel_frame_seconds  # padded to whole latent frames
+    seconds, height, keep = pipe._audio_geometry(seconds)
+    if input_mel is not None:  # every input sample is encoded: the mel is padded up to whole latent frames
+        height, keep = input_mel.shape[2], input_samples
+    if request.loop or edit is not None:  # a loop's period, or the whole generated range of an edit
+        keep = height * hop_length(pipe.vocoder)
+    frames = height // pipe.vae_scale_factor
+
+    prompt, negative, timeline = request.prompt, request.negative_prompt, request.timeline(seconds)
+    if timeline is not None:
+        prompt = [segment.text for segment in timeline]
+        negative = None if negative is None else [negative] * len(timeline)
+    pipe._check_prompt_inputs(prompt if timeline is None else prompt[0], seconds, pipe._mel_frame_seconds,
+                              1, request.negative_prompt, request.prompt_embeds, request.negative_prompt_embeds,
+                              **request.family_inputs)
+    if timeline is not None or isinstance(prompt, str):
+        prompts = 1  # a timeline is one soundscape; its segments are encoded as a batch, with the global negative
+    elif isinstance(prompt, list):
+        prompts = len(prompt)
+    else:
+        prompts = request.prompt_embeds.shape[0]
+    batch = prompts * request.num_waveforms_per_prompt
+    _check_latents_fit(pipe, batch, frames, seconds, free)
+    if request.latents is not None:
+        check_latents(pipe, request.latents, batch, frames)
+
+    example = torch.empty((), device=device, dtype=pipe.unet.dtype).expand(
+        batch, pipe.unet.config.in_channels, frames, pipe._latent_rows)
+    # A streamed render's memory must not grow with its length, and an edit's waveform is assembled piece by piece
+    # with the input's samples: both tile the decode under "auto", whatever the free memory.
+    tiled = streamed or edit is not None
+    decode_config = config.replace(enabled=True) if tiled and config.enabled == "auto" else config
+    decode_config = _resolved_store(pipe.vae, example, decode_config)
+    # Fail now rather than after the denoising if the decode cannot fit; with ranks, all of them fail.
+    together(ranks, lambda: decoded and check_exact_decode_fits(pipe.vae, example, decode_config))
+    windows = plan_windows(frames, config, circular=request.loop)
+    mix = None
+    if timeline is not None:
+        mix = window_mix(timeline, windows.windows, frames, 1 / frame_seconds)
+        pipe._check_timeline(timeline, mix)
+    window_batch = smallest(ranks, config.window_batch_size or choose_window_batch_size(
+        example, len(windows.windows), windows.windows[0].length, guidance > 1, config))
+    return RenderPlan(request, config, decode_config, steps, guidance, ranks, prompt, negative, timeline, batch,
+                      prompts * request.num_waveforms_per_prompt if timeline is None else len(timeline), seconds,
+                      frames, keep, request.loop, edit, input_mel, windows, mix, window_batch)
+
+
+def _resolved_store(vae, latents: torch.Tensor, config: TilingConfig) -> TilingConfig:
+    """``config`` with ``store="auto"`` resolved for an exact decode of ``latents``' shape."""
+    if config.store != "auto":
+        return config
+    needed = exact_stored_bytes(decode_job(vae).tasks, latents)
+    return config.replace(store=choose_store(config, needed, latents.device, "VAE decode"))
+
+
+def _check_latents_fit(pipe, batch: int, frames: int, seconds: float, free: int) -> None:
+    """Refuse, before any tensor of that size is made, a length whose latents alone exceed the device's ``free``
+    memory (the noise, the latents and the scheduler's copy are held at once)."""
+    needed = 3 * batch * pipe.unet.config.in_channels * frames * pipe._latent_rows * pipe.unet.dtype.itemsize
+    if needed > free:
+        raise InsufficientMemoryError(
+            f"`audio_length_in_s` of {seconds:g} s needs {format_bytes(needed)} for its latents alone, more "
+            f"than the {format_bytes(free)} free on {pipe._execution_device}")

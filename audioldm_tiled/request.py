@@ -1,0 +1,276 @@
+"""What to render: one frozen ``Request`` that every front door builds (the Python call, ``stream()``, the command
+line, ``batch``), and the only home of the defaults and the rules between the arguments.
+
+A request knows nothing of the model: what depends on it (the family's own checks, the latent geometry, memory) is
+decided once per render by ``plan.RenderPlan``. The field names are diffusers' call arguments, so a call's
+arguments become a request by name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import numbers
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import TilingConfig
+from .constants import COMMAND_SECONDS
+from .editing import DEFAULT_CROSSFADE_S, parse_spans
+from .timeline import Segment, is_timeline, parse_timeline
+
+KINDS = ("generate", "restyle", "extend", "regenerate", "loop")
+# How far audio-to-audio takes its input towards noise when the caller does not say.
+DEFAULT_STRENGTH = 0.5
+# Longer than any render (a year of audio): a length past it is a typing mistake, and would overflow sample counts.
+MAX_SECONDS = 365 * 24 * 3600.0
+
+
+def _positive_integer(name: str, value: object) -> None:
+    """An int or numpy integer >= 1 (a bool is no count)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+
+
+def _seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or not (
+            (0 <= value if allow_zero else 0 < value) and value <= MAX_SECONDS):
+        relation = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"`{name}` must be a finite number of seconds {relation} and at most {MAX_SECONDS:g}, "
+                         f"got {value!r}")
+    return float(value)
+
+
+def source_seconds(audio: Any, sample_rate: int | None) -> float | None:
+    """The length of ``audio`` in seconds where it can be known without decoding it: a file's header, an array's
+    length at ``sample_rate`` (given); None otherwise."""
+    if isinstance(audio, (str, os.PathLike)):
+        import soundfile
+
+        try:
+            info = soundfile.info(os.fspath(audio))
+        except Exception:  # noqa: BLE001 - an unreadable input is reported, with its path, when it is read
+            return None
+        return info.frames / info.samplerate
+    if sample_rate and isinstance(audio, (np.ndarray, torch.Tensor)) and audio.ndim in (1, 2):
+        return audio.shape[0] / sample_rate
+    return None
+
+
+@dataclass(frozen=True, eq=False)
+class Request:
+    """One render: what to make (prompt or timeline, length, source audio and the kind of edit), how (steps,
+    guidance, seed, tiling) and where (one process, or shared over ranks when asked). Validated when built; a
+    ``ValueError`` names the argument and what is allowed."""
+
+    prompt: str | list | None = None  # a text, texts (one waveform each), or a timeline of (start_s, [end_s,] text)
+    audio_length_in_s: float | None = None  # None: the family's training window, or the input's length
+    num_inference_steps: int | None = None  # None: the family's default (AudioLDM 10, AudioLDM 2, MusicLDM 200)
+    guidance_scale: float | None = None  # None: the family's default (AudioLDM 2.5, AudioLDM 2 3.5, MusicLDM 2.0)
+    negative_prompt: str | list[str] | None = None  # global along a timeline
+    num_waveforms_per_prompt: int | None = 1
+    generator: torch.Generator | list[torch.Generator] | None = None  # the seed: noise is drawn from it on the CPU
+    eta: float = 0.0  # DDIM's eta, passed to the scheduler as the parent does
+    latents: torch.Tensor | None = None  # the starting noise instead of drawing it
+    prompt_embeds: torch.Tensor | None = None
+    negative_prompt_embeds: torch.Tensor | None = None
+    cross_attention_kwargs: dict[str, Any] | None = None
+    audio: Any = None  # source recording: a path soundfile reads, or samples (samples,) / (samples, channels)
+    strength: float | None = None  # restyle: how far towards noise the input goes, in (0, 1]; None: 0.5
+    loop: bool = False  # a seamless loop: the latent is circular
+    extend_s: float | None = None  # continue `audio` by this many seconds
+    regenerate: Any = None  # remake these (start_s, end_s) spans of `audio`
+    context_s: float | None = None  # seconds of `audio` encoded as context around an edit
+    crossfade_s: float | None = None  # each crossfade between original and generated audio; None: 0.25
+    tiling: TilingConfig | None = None  # None: the pipeline's `tiling`
+    ranks: Any = None  # None: this process alone; "auto": the default process group; or a ProcessGroup
+    family_inputs: Mapping[str, Any] = field(default_factory=dict)  # arguments only some families take
+
+    def __post_init__(self) -> None:
+        if self.num_inference_steps is not None:
+            _positive_integer("num_inference_steps", self.num_inference_steps)
+            object.__setattr__(self, "num_inference_steps", int(self.num_inference_steps))
+        if self.guidance_scale is not None:
+            if isinstance(self.guidance_scale, bool) or not isinstance(self.guidance_scale, numbers.Real) \
+                    or not math.isfinite(self.guidance_scale):
+                raise ValueError(f"`guidance_scale` must be a finite number, got {self.guidance_scale!r}")
+            object.__setattr__(self, "guidance_scale", float(self.guidance_scale))
+        waveforms = 1 if self.num_waveforms_per_prompt is None else self.num_waveforms_per_prompt
+        _positive_integer("num_waveforms_per_prompt", waveforms)
+        object.__setattr__(self, "num_waveforms_per_prompt", int(waveforms))
+        if isinstance(self.prompt, (list, tuple)) and not self.prompt:
+            raise ValueError("`prompt` is an empty list: give a string, a non-empty list of strings or a timeline")
+        if self.tiling is not None and not isinstance(self.tiling, TilingConfig):
+            raise TypeError(f"`tiling` must be a TilingConfig or None, got {type(self.tiling).__name__}")
+        if not (self.ranks is None or self.ranks == "auto" or _is_process_group(self.ranks)):
+            raise ValueError(f"`ranks` must be None (this process alone), 'auto' (share the render over the default "
+                             f"process group's ranks) or a torch.distributed ProcessGroup, got {self.ranks!r}")
+        if self.audio_length_in_s is not None:
+            object.__setattr__(self, "audio_length_in_s", _seconds("audio_length_in_s", self.audio_length_in_s))
+        self._check_kind()
+        if is_timeline(self.prompt):
+            self._check_timeline()
+
+    def _check_kind(self) -> None:
+        """The rules between the source audio, the edit arguments, the length and the starting latents."""
+        if not isinstance(self.loop, bool):
+            raise ValueError(f"`loop` must be True or False, got {self.loop!r}")
+        edit = any(v is not None for v in (self.extend_s, self.regenerate, self.context_s, self.crossfade_s))
+        if self.loop and self.audio is not None:
+            raise ValueError("`loop` makes a new loop; it cannot restyle `audio` (loop the input's continuation "
+                             "or a regenerated span in a second call instead)")
+        if edit:
+            if self.audio is None:
+                raise ValueError("`extend_s`, `regenerate`, `context_s` and `crossfade_s` continue or remake a "
+                                 "recording: pass it as `audio`")
+            if self.strength is not None:
+                raise ValueError("`strength` restyles the whole input (audio-to-audio); it does not go with "
+                                 "`extend_s` or `regenerate`, which keep the input's own samples")
+            if self.audio_length_in_s is not None:
+                raise ValueError("the output's length follows from `audio` and `extend_s`: leave "
+                                 "`audio_length_in_s` out (to continue for N seconds, pass extend_s=N)")
+            if self.latents is not None:
+                raise ValueError("pass either `latents` or an edit of `audio`: an edit starts from the input's "
+                                 "latents")
+            if self.num_waveforms_per_prompt != 1 or (isinstance(self.prompt, list) and not is_timeline(self.prompt)
+                                                      and len(self.prompt) > 1):
+                raise ValueError("an edit makes one waveform: give one prompt (or a timeline) and "
+                                 "num_waveforms_per_prompt=1")
+            if (self.extend_s is None) == (self.regenerate is None):
+                raise ValueError("pass one of `extend_s` (continue the input) and `regenerate` (remake spans of it)")
+            if self.extend_s is not None:
+                _seconds("extend_s", self.extend_s)
+            if self.context_s is not None:  # 0 is no context: allowed around a span, not for a continuation
+                _seconds("context_s", self.context_s, allow_zero=self.regenerate is not None)
+            if self.crossfade_s is not None:
+                _seconds("crossfade_s", self.crossfade_s, allow_zero=True)
+            if self.regenerate is not None:
+                length = source_seconds(self.audio, None)  # arrays are checked by the plan, at the model's rate
+                parse_spans(self.regenerate, math.inf if length is None else length)
+        elif self.audio is not None:
+            if self.audio_length_in_s is not None:
+                raise ValueError("pass either `audio` or `audio_length_in_s`: with `audio` the output has the "
+                                 "input's length")
+            if self.latents is not None:
+                raise ValueError("pass either `audio` or `latents`: with `audio` the starting latents are the input's")
+            strength = DEFAULT_STRENGTH if self.strength is None else self.strength
+            if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0 < strength <= 1:
+                raise ValueError(f"`strength` must be a number in (0, 1], got {strength!r}")
+            object.__setattr__(self, "strength", float(strength))
+        elif self.strength is not None:
+            raise ValueError("`strength` goes with `audio` (how far the input is taken towards noise); "
+                             "without `audio` the render starts from noise")
+
+    def _check_timeline(self) -> None:
+        if self.prompt_embeds is not None:
+            raise ValueError("a prompt timeline cannot be combined with `prompt_embeds`")
+        if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
+            raise ValueError("with a prompt timeline, `negative_prompt` must be one string (it is global)")
+        if self.audio is None:  # with an input the length, and so the segments' bounds, come from it
+            parse_timeline(self.prompt, self.audio_length_in_s if self.audio_length_in_s is not None else math.inf)
+
+    # --------------------------------------------------------------------------------------------------- derived
+    @property
+    def kind(self) -> str:
+        """What the request makes: one of ``KINDS``."""
+        if self.loop:
+            return "loop"
+        if self.extend_s is not None:
+            return "extend"
+        if self.regenerate is not None:
+            return "regenerate"
+        return "restyle" if self.audio is not None else "generate"
+
+    @property
+    def crossfade(self) -> float:
+        return DEFAULT_CROSSFADE_S if self.crossfade_s is None else float(self.crossfade_s)
+
+    def output_seconds(self, sample_rate: int) -> float | None:
+        """The output's length where it is known before the model: the length asked for, or the input's (plus the
+        continuation); None when it is the family's default or the input cannot be measured."""
+        if self.audio is None:
+            return self.audio_length_in_s
+        length = source_seconds(self.audio, sample_rate)
+        return None if length is None else length + (self.extend_s or 0.0)
+
+    def timeline(self, length_s: float) -> list[Segment] | None:
+        """The timeline's segments over ``length_s`` seconds, or None for a text prompt."""
+        return parse_timeline(self.prompt, length_s) if is_timeline(self.prompt) else None
+
+    def replace(self, **changes: Any) -> Request:
+        """A copy with some fields changed, validated again."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        unknown = sorted(set(changes) - set(values))
+        if unknown:
+            raise ValueError(f"unknown Request field(s) {unknown}")
+        return Request(**{**values, **changes})
+
+    @classmethod
+    def from_arguments(cls, arguments: Mapping[str, Any], reject: Callable[[dict], None]) -> Request:
+        """A request from a pipeline call's arguments by name: the fields it names, and the rest as
+        ``family_inputs`` (``reject`` raises for those the family does not take)."""
+        names = {f.name for f in fields(cls)} - {"family_inputs"}
+        extra = {k: v for k, v in arguments.items() if k not in names}
+        reject(extra)
+        return cls(**{k: v for k, v in arguments.items() if k in names}, family_inputs=extra)
+
+    @classmethod
+    def for_command_line(cls, **fields_: Any) -> Request:
+        """A request as the command line and batch make it: ``COMMAND_SECONDS`` when neither a length nor an
+        input is given."""
+        if fields_.get("audio_length_in_s") is None and fields_.get("audio") is None:
+            fields_["audio_length_in_s"] = COMMAND_SECONDS
+        return cls(**fields_)
+
+    def call_arguments(self) -> dict[str, Any]:
+        """The pipeline call's keyword arguments that make this request (those that differ from the defaults)."""
+        arguments = {f.name: getattr(self, f.name) for f in fields(self)
+                     if f.name != "family_inputs" and getattr(self, f.name) is not f.default}
+        return {**arguments, **self.family_inputs}
+
+    def digest(self) -> str:
+        """A fingerprint of everything that decides the audio (not where it is computed): ranks that share one
+        render compare it, so that different arguments on different ranks are refused instead of mixed."""
+        hasher = hashlib.sha256()
+        for f in fields(self):
+            if f.name != "ranks":
+                hasher.update(f.name.encode())
+                _feed(hasher, getattr(self, f.name))
+        return hasher.hexdigest()
+
+
+def _is_process_group(value: object) -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and isinstance(value, dist.ProcessGroup)
+
+
+def _feed(hasher, value: Any) -> None:
+    """Hash ``value`` by content: tensors and arrays by their bytes, generators by their state."""
+    if isinstance(value, torch.Generator):
+        value = value.get_state()
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().contiguous()
+        hasher.update(f"tensor{tuple(value.shape)}{value.dtype}".encode())
+        hasher.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    elif isinstance(value, np.ndarray):
+        hasher.update(f"array{value.shape}{value.dtype}".encode())
+        hasher.update(np.ascontiguousarray(value).tobytes())
+    elif isinstance(value, Mapping):
+        hasher.update(b"{")
+        for key in sorted(value, key=repr):
+            hasher.update(repr(key).encode())
+            _feed(hasher, value[key])
+        hasher.update(b"}")
+    elif isinstance(value, (list, tuple)):
+        hasher.update(b"[")
+        for item in value:
+            _feed(hasher, item)
+        hasher.update(b"]")
+    else:
+        hasher.update(repr(value).encode())

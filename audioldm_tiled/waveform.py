@@ -1,0 +1,51 @@
+"""The one route from denoised latents to the waveform, for the call, ``stream()``, ranks, loops and edits: the
+tiled VAE decode feeds the chunked vocoder piece by piece; a loop's decode and vocoder wrap around; across ranks
+both are shared out (``distributed_decode``); an edit's generated audio is assembled with the input's samples.
+The call concatenates the pieces, ``stream()`` hands them out as they come."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from .config import TilingConfig
+from .distributed import Ranks
+from .distributed_decode import waveform_on_ranks
+from .editing import Edit
+from .vae import iter_decode
+from .vocoder import stream_vocode, vocode_loop
+
+
+def waveform_pieces(pipe, latents: torch.Tensor, keep: int, config: TilingConfig, circular: bool = False,
+                    edit: Edit | None = None, ranks: Ranks | None = None,
+                    root: int | None = 0) -> Iterator[np.ndarray]:
+    """The waveform of denoised ``latents`` (B, C, T, F) as float32 numpy pieces (B, samples), ``keep`` samples in
+    all: an edit's assembled with its input's own samples. Across ``ranks`` the pieces come out on ``root`` and
+    nothing on the others (every rank with ``root=None``)."""
+    pieces = _generated(pipe, 1 / pipe.vae.config.scaling_factor * latents, keep, config, circular, ranks, root)
+    if edit is None:
+        yield from pieces
+    elif ranks is None or root is None or ranks.rank == root:
+        yield from edit.assemble(pieces)
+    else:
+        for _ in pieces:  # this rank's share; the pieces come out on the root
+            pass
+
+
+def _generated(pipe, latents, keep, config, circular, ranks, root) -> Iterator[np.ndarray]:
+    if circular:
+        mel = (piece.squeeze(1) for piece in iter_decode(pipe.vae, latents, config, circular=True))
+        waves = vocode_loop(pipe.vocoder, mel, config)
+    elif ranks is None:
+        mel = (piece.squeeze(1) for piece in iter_decode(pipe.vae, latents, config))
+        waves = stream_vocode(pipe.vocoder, mel, latents.shape[2] * pipe.vae_scale_factor, config)
+    else:  # decoded and vocoded by all ranks; the pieces arrive in order on the root
+        waves = waveform_on_ranks(pipe.vae, pipe.vocoder, latents, config, ranks, root=root)
+    emitted = 0
+    for wave in waves:
+        wave = wave[:, : max(0, keep - emitted)].cpu().float().numpy()
+        emitted += wave.shape[1]
+        if wave.shape[1]:
+            yield wave

@@ -1,0 +1,79 @@
+"""What every family owes its diffusers parent, checked the same way for AudioLDM, MusicLDM and AudioLDM 2: the
+parent's call signature and defaults, the parent's audio with tiling and windowing off, and a negative prompt
+embedded as the parent embeds it."""
+
+import inspect
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AudioLDM2Pipeline, AudioLDMPipeline, MusicLDMPipeline
+
+from audioldm_tiled import AudioLDM2TiledPipeline, AudioLDMTiledPipeline, MusicLDMTiledPipeline, TilingConfig
+from audioldm_tiled.architectures import build_components
+
+OFF = TilingConfig(enabled=False, windowed=False)
+# family: (tiled class, parent class, random architecture)
+FAMILIES = {
+    "audioldm": (AudioLDMTiledPipeline, AudioLDMPipeline, "tiny"),
+    "musicldm": (MusicLDMTiledPipeline, MusicLDMPipeline, "musicldm-tiny"),
+    "audioldm2": (AudioLDM2TiledPipeline, AudioLDM2Pipeline, "audioldm2-tiny"),
+}
+# What the engine adds after the parent's parameters, in every family.
+ENGINE_PARAMETERS = ["tiling", "callback_on_step_end", "callback_on_step_end_tensor_inputs", "audio", "strength",
+                     "loop", "extend_s", "regenerate", "context_s", "crossfade_s", "ranks"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_call_names_the_parents_parameters_with_their_defaults_then_the_engines(family):
+    tiled, parent, _ = FAMILIES[family]
+    theirs = inspect.signature(parent.__call__).parameters
+    ours = inspect.signature(tiled.__call__).parameters
+    assert list(ours)[: len(theirs)] == list(theirs)
+    for name, parameter in theirs.items():
+        assert ours[name].default == parameter.default, name
+    assert list(ours)[len(theirs):] == ENGINE_PARAMETERS
+    assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in ours.values())
+
+
+def transformers4_kwargs_update(outputs, model_kwargs):
+    """What AudioLDM 2's GPT-2 loop calls after each token: transformers 4's
+    ``GenerationMixin._update_model_kwargs_for_generation`` (keep the cache, attend to the new position), which
+    transformers 5's ``GPT2Model`` no longer has."""
+    model_kwargs["past_key_values"] = getattr(outputs, "past_key_values", None) or outputs.cache
+    mask = model_kwargs.get("attention_mask")
+    if mask is not None:
+        model_kwargs["attention_mask"] = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=-1)
+    return model_kwargs
+
+
+def runnable_parent(family, components, monkeypatch):
+    """The parent pipeline on the same components, with what it needs to run under transformers 5."""
+    _, parent, _ = FAMILIES[family]
+    if family == "audioldm2":
+        monkeypatch.setattr(components["language_model"], "_update_model_kwargs_for_generation",
+                            transformers4_kwargs_update, raising=False)
+    if family == "musicldm":  # ClapModel.get_text_features returns an output object; the parent wants its tensor
+        text_features = type(components["text_encoder"]).get_text_features
+        monkeypatch.setattr(type(components["text_encoder"]), "get_text_features",
+                            lambda self, *a, **k: text_features(self, *a, **k).pooler_output)
+    pipe = parent(**components)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("kwargs", [{}, {"negative_prompt": "static hiss " * 40, "num_waveforms_per_prompt": 2}],
+                         ids=["plain", "long negative prompt, 2 waveforms"])
+def test_equals_the_parent_with_tiling_and_windowing_off(family, kwargs, monkeypatch):
+    tiled, _, arch = FAMILIES[family]
+    components = build_components(arch, seed=0)
+    pipe = tiled(**components)
+    pipe.set_progress_bar_config(disable=True)
+
+    def run(p, **extra):
+        return p("rain on a tin roof", audio_length_in_s=2.0, num_inference_steps=3,
+                 generator=torch.Generator().manual_seed(0), **kwargs, **extra).audios
+
+    ours = run(pipe, tiling=OFF)
+    assert np.array_equal(ours, run(runnable_parent(family, components, monkeypatch)))
