@@ -9,19 +9,18 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .families import REGISTRY
+
 # public name -> module that defines it
 _EXPORTS = {
-    "ARCHITECTURES": "architectures",
-    "random_pipeline": "architectures",
+    "ARCHITECTURES": "testing.architectures",
+    "random_pipeline": "testing.architectures",
     "save_wav": "audio",
     "TilingConfig": "config",
     "DEFAULT_MODEL": "loading",
     "ModelLoadError": "loading",
     "load_pipeline": "loading",
     "InsufficientMemoryError": "memory",
-    "AudioLDMTiledPipeline": "pipeline",
-    "AudioLDM2TiledPipeline": "audioldm2",
-    "MusicLDMTiledPipeline": "musicldm",
     "render_to_wav": "render",
     "iter_decode": "vae",
     "tiled_decode": "vae",
@@ -29,6 +28,7 @@ _EXPORTS = {
     "chunked_vocode": "vocoder",
     "stream_vocode": "vocoder",
 }
+_EXPORTS.update({family.class_name: f"families.{family.module}" for family in REGISTRY.values()})
 __all__ = [
     "ARCHITECTURES",
     "DEFAULT_MODEL",
@@ -51,15 +51,15 @@ __all__ = [
 assert sorted(__all__) == sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from .architectures import ARCHITECTURES, random_pipeline
     from .audio import save_wav
-    from .audioldm2 import AudioLDM2TiledPipeline
     from .config import TilingConfig
+    from .families.audioldm import AudioLDMTiledPipeline
+    from .families.audioldm2 import AudioLDM2TiledPipeline
+    from .families.musicldm import MusicLDMTiledPipeline
     from .loading import DEFAULT_MODEL, ModelLoadError, load_pipeline
     from .memory import InsufficientMemoryError
-    from .musicldm import MusicLDMTiledPipeline
-    from .pipeline import AudioLDMTiledPipeline
     from .render import render_to_wav
+    from .testing.architectures import ARCHITECTURES, random_pipeline
     from .vae import iter_decode, tiled_decode, tiled_encode
     from .vocoder import chunked_vocode, stream_vocode
 

@@ -38,7 +38,7 @@ class JobError(ValueError):
 
 
 @dataclass(frozen=True)
-class Job:
+class BatchJob:
     """One render. ``seed`` defaults to a hash of ``output``, so it does not depend on the order of the file."""
 
     output: str
@@ -87,7 +87,7 @@ class Job:
         return out
 
 
-FIELDS = {f for f in Job.__dataclass_fields__ if f != "line"}
+FIELDS = {f for f in BatchJob.__dataclass_fields__ if f != "line"}
 # A job's field for each call argument, in the request's messages.
 JOB_FIELDS = {"audio_length_in_s": "seconds", "audio": "input", "strength": "strength",
               "num_inference_steps": "steps", "guidance_scale": "guidance", "negative_prompt": "negative_prompt"}
@@ -101,8 +101,8 @@ def _number(value: Any, what: str, low: float, *, integer: bool = False, allow_l
         raise ValueError(f"{what} must be {kind} {'>=' if allow_low else '>'} {low:g}, got {value!r}")
 
 
-def parse_job(data: Any, line: int = 0) -> Job:
-    """A Job from one decoded JSON object; ValueError names the field and what is allowed."""
+def parse_job(data: Any, line: int = 0) -> BatchJob:
+    """A BatchJob from one decoded JSON object; ValueError names the field and what is allowed."""
     if not isinstance(data, dict):
         raise ValueError(f"expected a JSON object, got {type(data).__name__}")
     unknown = sorted(set(data) - FIELDS)
@@ -128,7 +128,7 @@ def parse_job(data: Any, line: int = 0) -> Job:
         raise ValueError(f"'input' must be a file path, got {data['input']!r}")
     if data.get("negative_prompt") is not None and not isinstance(data["negative_prompt"], str):
         raise ValueError(f"'negative_prompt' must be a string, got {data['negative_prompt']!r}")
-    job = Job(**data, line=line)
+    job = BatchJob(**data, line=line)
     try:
         job.request()  # the request's own rules (lengths, strength, timeline), before any model is loaded
     except ValueError as error:
@@ -139,7 +139,7 @@ def parse_job(data: Any, line: int = 0) -> Job:
     return job
 
 
-def read_jobs(path: str | os.PathLike) -> list[Job]:
+def read_jobs(path: str | os.PathLike) -> list[BatchJob]:
     """The jobs of a JSON Lines file (one object per line; blank lines and lines starting with # are skipped).
 
     Raises JobError naming the file, the line and the problem; two jobs writing the same output are refused.
@@ -199,8 +199,8 @@ def shard_from_environment(environ: dict[str, str] | None = None) -> Shard:
     return Shard()
 
 
-def assign(jobs: list[Job], world: int) -> list[list[int]]:
-    """Job indices per rank: longest first (seconds x steps), each to the rank with the least work so far; ties
+def assign(jobs: list[BatchJob], world: int) -> list[list[int]]:
+    """BatchJob indices per rank: longest first (seconds x steps), each to the rank with the least work so far; ties
     go to the lower index, so every rank computes the same assignment."""
     load = [0.0] * world
     ranks: list[list[int]] = [[] for _ in range(world)]
@@ -246,7 +246,7 @@ def _versions() -> dict[str, str]:
             "transformers": transformers.__version__, "python": platform.python_version()}
 
 
-def render_job(pipe, job: Job, out_dir: Path, tiling) -> dict[str, Any]:
+def render_job(pipe, job: BatchJob, out_dir: Path, tiling) -> dict[str, Any]:
     """Render one job into ``out_dir / job.output`` (atomically) and return its timings."""
     from .render import render_to_wav
 
@@ -257,7 +257,7 @@ def render_job(pipe, job: Job, out_dir: Path, tiling) -> dict[str, Any]:
     return {"render_s": round(time.perf_counter() - start, 3)}
 
 
-def run_batch(pipe, jobs: list[Job], out_dir: str | os.PathLike, shard: Shard = Shard(), tiling=None,
+def run_batch(pipe, jobs: list[BatchJob], out_dir: str | os.PathLike, shard: Shard = Shard(), tiling=None,
               model: str | None = None) -> dict[str, list[str]]:
     """Render this rank's share of ``jobs`` into ``out_dir``; returns the outputs done, skipped and failed.
 

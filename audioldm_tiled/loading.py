@@ -19,12 +19,6 @@ class ModelLoadError(ValueError):
     """The model named could not be loaded; the message says why and what to pass instead."""
 
 
-# The tiled class of each family, by the pipeline class a folder's model_index.json names.
-FAMILIES = {"AudioLDMPipeline": "audioldm", "AudioLDMTiledPipeline": "audioldm", "MusicLDMPipeline": "musicldm",
-            "MusicLDMTiledPipeline": "musicldm", "AudioLDM2Pipeline": "audioldm2",
-            "AudioLDM2TiledPipeline": "audioldm2"}
-
-
 def load_pipeline(model: str = DEFAULT_MODEL, dtype: torch.dtype | None = None,
                   device: torch.device | str = "cpu", *, torch_dtype: torch.dtype | None = None):
     """A tiled pipeline on ``device``: ``AudioLDMTiledPipeline``, ``MusicLDMTiledPipeline`` or
@@ -42,7 +36,7 @@ def load_pipeline(model: str = DEFAULT_MODEL, dtype: torch.dtype | None = None,
     import torch
     from diffusers import DiffusionPipeline
 
-    from .architectures import ARCHITECTURES, pipeline_class, random_pipeline
+    from .families import REGISTRY, family_of
 
     if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
         raise ValueError(f"`dtype` ({dtype}) and `torch_dtype` ({torch_dtype}) differ: pass `dtype` alone")
@@ -51,6 +45,8 @@ def load_pipeline(model: str = DEFAULT_MODEL, dtype: torch.dtype | None = None,
     if not isinstance(model, str) or not model:
         raise ModelLoadError(f"model must be a hub id, a folder or random:ARCH, got {model!r}")
     if model.startswith(RANDOM_PREFIX):
+        from .testing.architectures import ARCHITECTURES, random_pipeline  # random weights only when asked
+
         arch = model[len(RANDOM_PREFIX):]
         if arch not in ARCHITECTURES:
             raise ModelLoadError(f"random:ARCH: ARCH must be one of {', '.join(ARCHITECTURES)}, got {arch!r}")
@@ -64,10 +60,11 @@ def load_pipeline(model: str = DEFAULT_MODEL, dtype: torch.dtype | None = None,
     source = folder if os.path.isdir(folder) else model
     try:
         name = DiffusionPipeline.load_config(source).get("_class_name")
-        if name not in FAMILIES:
+        family = family_of(name)
+        if family is None:
             raise ModelLoadError(f"{model!r} holds a {name}; the tiled pipelines load "
-                                 f"{', '.join(sorted(n for n in FAMILIES if not n.endswith('TiledPipeline')))}")
-        pipe = pipeline_class(FAMILIES[name]).from_pretrained(source, **{_dtype_keyword(): dtype})
+                                 f"{', '.join(sorted(f.parent_name for f in REGISTRY.values()))}")
+        pipe = family.pipeline_class().from_pretrained(source, **{_dtype_keyword(): dtype})
     except ModelLoadError:
         raise
     except Exception as error:  # noqa: BLE001 - hub, filesystem and format errors all mean "cannot load this"

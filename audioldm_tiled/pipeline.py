@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import AudioLDMPipeline
 from diffusers.pipelines.pipeline_utils import AudioPipelineOutput
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
@@ -20,7 +19,6 @@ from .callbacks import CALLBACK_ARGUMENTS, Callbacks
 from .conditioning import UNetConditioning, class_labels, guidance_rows
 from .config import TilingConfig
 from .denoise import denoise, plan_windows
-from .deprecation import parent_deprecation_once
 from .editing import Edit, KnownRegion
 from .plan import RenderPlan, build_plan
 from .request import Request
@@ -413,21 +411,3 @@ class TiledAudioPipelineMixin:
             known = torch.cat([known, known.new_zeros(*known.shape[:2], frames - known.shape[2], known.shape[3])], 2)
         noise = randn_tensor(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
         return KnownRegion(known.expand_as(latents), edit.known_mask(), noise, self.scheduler)
-
-
-class AudioLDMTiledPipeline(TiledAudioPipelineMixin, AudioLDMPipeline):
-    r"""Text-to-audio with AudioLDM for audio of any length.
-
-    Same components, call signature and defaults as [`AudioLDMPipeline`]; on top of it, denoising runs on overlapping
-    time windows, the VAE decode is tiled along time with GroupNorm statistics shared across tiles, and the vocoder
-    runs over overlapping chunks. With windowing and tiling off, it computes exactly what the parent computes.
-    """
-
-    model_cpu_offload_seq = "text_encoder->unet->vae->vocoder"
-    _callback_tensor_inputs = ["latents", "prompt_embeds"]
-
-    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, vocoder):
-        with parent_deprecation_once(AudioLDMPipeline, type(self).__name__):
-            super().__init__(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                             scheduler=scheduler, vocoder=vocoder)
-        self._init_tiling()

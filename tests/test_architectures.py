@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from audioldm_tiled import random_pipeline
-from audioldm_tiled.architectures import ARCHITECTURES, build_components, offline_tokenizer
+from audioldm_tiled.testing.architectures import ARCHITECTURES, build_components, offline_tokenizer
 
 # Parameter counts of cvssp/audioldm-s-full-v2's components in millions, rounded to 0.1 M.
 AUDIOLDM_S_MILLIONS = {"unet": 185.0, "vae": 55.4, "vocoder": 55.3, "text_encoder": 125.3}

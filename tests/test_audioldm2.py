@@ -9,11 +9,11 @@ import torch
 from diffusers import AudioLDM2Pipeline
 
 from audioldm_tiled import TilingConfig, audioldm2
-from audioldm_tiled.architectures import build_components, random_pipeline
-from audioldm_tiled.audioldm2 import AudioLDM2TiledPipeline
 from audioldm_tiled.denoise import plan_windows
+from audioldm_tiled.families.audioldm2 import AudioLDM2TiledPipeline
 from audioldm_tiled.loading import load_pipeline
 from audioldm_tiled.plan import build_plan
+from audioldm_tiled.testing.architectures import build_components, random_pipeline
 
 OFF = TilingConfig(enabled=False, windowed=False)
 

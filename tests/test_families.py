@@ -10,7 +10,7 @@ import torch
 from diffusers import AudioLDM2Pipeline, AudioLDMPipeline, MusicLDMPipeline
 
 from audioldm_tiled import AudioLDM2TiledPipeline, AudioLDMTiledPipeline, MusicLDMTiledPipeline, TilingConfig
-from audioldm_tiled.architectures import build_components
+from audioldm_tiled.testing.architectures import build_components
 
 OFF = TilingConfig(enabled=False, windowed=False)
 # family: (tiled class, parent class, random architecture)
@@ -77,3 +77,18 @@ def test_equals_the_parent_with_tiling_and_windowing_off(family, kwargs, monkeyp
 
     ours = run(pipe, tiling=OFF)
     assert np.array_equal(ours, run(runnable_parent(family, components, monkeypatch)))
+
+
+def test_the_loader_reads_the_registry_and_leaves_the_random_weights_alone(tmp_path):
+    """A saved folder loads as its family's tiled class without importing the random-weight builder."""
+    import subprocess
+    import sys
+
+    from audioldm_tiled.families import REGISTRY
+
+    assert {f.class_name for f in REGISTRY.values()} == {c.__name__ for c, _, _ in FAMILIES.values()}
+    AudioLDMTiledPipeline(**build_components("tiny")).save_pretrained(tmp_path)
+    code = ("import sys; from audioldm_tiled.loading import load_pipeline; pipe = load_pipeline(sys.argv[1]); "
+            "print(type(pipe).__name__, 'audioldm_tiled.testing.architectures' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["AudioLDMTiledPipeline", "False"]

@@ -6,17 +6,13 @@ import pytest
 import torch
 
 from audioldm_tiled import AudioLDMTiledPipeline, TilingConfig, chunked_vocode
-from audioldm_tiled.architectures import build_components
 from audioldm_tiled.benchmarks.stages import unit_scale_activations
+from audioldm_tiled.testing.architectures import build_components
+from conftest import HALF_PRECISION_TOLERANCE as TOLERANCE
 from conftest import relative_error
 
 WINDOWED = TilingConfig(window_frames=64, window_overlap_frames=16, show_progress=False)
 TILED = WINDOWED.replace(enabled=True, tile_frames=16, proxy_frames=32, vocoder_chunk_frames=64)
-# Tiled against untiled, end to end (relative to the largest sample). Both run every convolution in the dtype and
-# differ in summation order and in where GroupNorm rounds (the tiled one in float32). Measured on this 6 s render:
-# float16 2.4e-2, bfloat16 5.4e-2 (unit roundoff 4.9e-4 and 3.9e-3; the random vocoder amplifies its input's
-# rounding). A decode whose tiles normalise themselves is off by 0.69 of the largest value, 4.6x the bfloat16 bound.
-TOLERANCE = {torch.float16: 0.05, torch.bfloat16: 0.15}
 
 
 def _pipe(dtype: torch.dtype) -> AudioLDMTiledPipeline:

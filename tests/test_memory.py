@@ -7,8 +7,8 @@ import textwrap
 
 import torch
 
-from audioldm_tiled.architectures import build_components
 from audioldm_tiled.memory import host_limits_headroom
+from audioldm_tiled.testing.architectures import build_components
 from conftest import EXACT_TOLERANCE, relative_error
 
 GB = 10**9
@@ -47,7 +47,7 @@ def test_cgroup_v1_headroom_falls_back_to_the_mount_root(tmp_path):
 # that the allocator's per-thread arenas are the same everywhere.
 _REAL_OUT_OF_MEMORY = textwrap.dedent("""
     import json, logging, resource, sys, torch
-    from audioldm_tiled.architectures import build_components
+    from audioldm_tiled.testing.architectures import build_components
     from audioldm_tiled.config import TilingConfig
     from audioldm_tiled.memory import available_memory, process_sizes
     from audioldm_tiled.vae import decode_job, tiled_decode

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from audioldm_tiled import AudioLDMTiledPipeline, TilingConfig
-from audioldm_tiled.architectures import build_components, random_pipeline
+from audioldm_tiled.families.musicldm import MusicLDMTiledPipeline
 from audioldm_tiled.loading import load_pipeline
-from audioldm_tiled.musicldm import MusicLDMTiledPipeline
+from audioldm_tiled.testing.architectures import build_components, random_pipeline
 
 OFF = TilingConfig(enabled=False, windowed=False)
 

@@ -13,7 +13,7 @@ from accelerate.hooks import CpuOffload  # noqa: E402
 import audioldm_tiled.vae.groupnorm as groupnorm  # noqa: E402
 import audioldm_tiled.vocoder as vocoder_module  # noqa: E402
 from audioldm_tiled import AudioLDMTiledPipeline, TilingConfig, chunked_vocode, tiled_decode, tiled_encode  # noqa: E402
-from audioldm_tiled.architectures import build_components  # noqa: E402
+from audioldm_tiled.testing.architectures import build_components  # noqa: E402
 from conftest import nonstationary_latents  # noqa: E402
 
 TILED = dict(enabled=True, tile_frames=16, proxy_frames=32, vocoder_chunk_frames=64, window_frames=64,

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="random architecture of generate, windows and stream (default audioldm-s); decode, "
                         "encode and vocode measure audioldm-s's VAE and vocoder, which every family shares")
     args = parser.parse_args(argv)
-    from ..architectures import ARCHITECTURES  # after parsing: --help needs no torch
+    from ..testing.architectures import ARCHITECTURES  # after parsing: --help needs no torch
 
     if args.model not in ARCHITECTURES:
         parser.error(f"--model must be one of {', '.join(ARCHITECTURES)}; got {args.model!r}")

@@ -60,10 +60,10 @@ def rank_main(args: argparse.Namespace) -> None:
     import torch
     import torch.distributed as dist
 
-    from ..architectures import random_pipeline
     from ..config import TilingConfig
     from ..distributed import init_from_environment, local_device
     from ..render import render_to_wav
+    from ..testing.architectures import random_pipeline
 
     torch.set_num_threads(args.threads)
     device = local_device(torch.device(args.device))

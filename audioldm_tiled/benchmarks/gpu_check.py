@@ -32,11 +32,11 @@ from pathlib import Path
 
 import torch
 
-from ..architectures import ARCHITECTURES, random_pipeline
 from ..arguments import positive_int, positive_number
 from ..config import TilingConfig
 from ..constants import LATENT_FRAMES_PER_SECOND, MEL_FRAMES_PER_SECOND
 from ..files import atomic_file
+from ..testing.architectures import ARCHITECTURES, random_pipeline
 from .runner import environment
 
 PROMPT = "soft rain on leaves"

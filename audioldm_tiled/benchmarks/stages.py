@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..architectures import ARCHITECTURES, random_pipeline
 from ..config import TilingConfig
 from ..constants import DTYPES, LATENT_FRAMES_PER_SECOND, MEL_FRAMES_PER_SECOND
+from ..testing.architectures import ARCHITECTURES, random_pipeline
 
 PROMPT = "soft rain on leaves"
 

@@ -35,16 +35,16 @@ from .budget import (
     exact_stored_bytes,
     untiled_fits,
 )
-from .exact import run_exact
+from .exact import iter_exact
 from .fast import fast_pieces
-from .interpreter import Job
+from .interpreter import Program
 from .store import check_disk_room, resolve_store
 from .tasks import alignment, decoder_tasks, encoder_tasks, time_scale
 
 logger = logging.getLogger(__name__)
 
 
-def plan_job_tiles(job: Job, x: torch.Tensor, config: TilingConfig) -> list[Tile]:
+def plan_job_tiles(job: Program, x: torch.Tensor, config: TilingConfig) -> list[Tile]:
     """Balanced tiles of ``config.tile_frames`` latent frames, or of the size the memory budget allows, as input
     frames: boundaries on multiples of ``job.unit``, the last core ending at the input's last frame."""
     tile = config.tile_frames or choose_tile_frames(job.tasks, x, config, job.unit, job.peak_factor)
@@ -54,7 +54,7 @@ def plan_job_tiles(job: Job, x: torch.Tensor, config: TilingConfig) -> list[Tile
     return tiles
 
 
-def iter_tiled(job: Job, x: torch.Tensor, config: TilingConfig, untiled: Callable[[], torch.Tensor],
+def iter_tiled(job: Program, x: torch.Tensor, config: TilingConfig, untiled: Callable[[], torch.Tensor],
                circular: bool = False) -> Iterator[torch.Tensor]:
     """``job.tasks`` run on ``x`` in pieces along time, in order: untiled when ``config`` says so or it fits the
     budget (retried tiled once on out-of-memory under ``enabled="auto"``), else in exact or fast tiles. A
@@ -63,7 +63,7 @@ def iter_tiled(job: Job, x: torch.Tensor, config: TilingConfig, untiled: Callabl
         yield from _pieces(job, x, config, untiled, circular)
 
 
-def _pieces(job: Job, x: torch.Tensor, config: TilingConfig, untiled: Callable[[], torch.Tensor],
+def _pieces(job: Program, x: torch.Tensor, config: TilingConfig, untiled: Callable[[], torch.Tensor],
             circular: bool) -> Iterator[torch.Tensor]:
     tiles = None
     if circular:  # tiles, even one: they read across the wrap
@@ -93,14 +93,14 @@ def _pieces(job: Job, x: torch.Tensor, config: TilingConfig, untiled: Callable[[
     yield from _tiled_pieces(job, x, tiles, config, circular=circular)
 
 
-def _tiled_pieces(job: Job, x: torch.Tensor, tiles: list[Tile], config: TilingConfig, ranks: Ranks | None = None,
+def _tiled_pieces(job: Program, x: torch.Tensor, tiles: list[Tile], config: TilingConfig, ranks: Ranks | None = None,
                   circular: bool = False) -> Iterator[torch.Tensor]:
     """The output cores of ``tiles`` in order, in fast or exact mode, in ``x``'s dtype (with ``ranks``: this
     rank's share of them)."""
     if config.mode == "fast":
         pieces = fast_pieces(job, x, tiles, config, ranks, circular)
     else:
-        pieces = (core for _, core in run_exact(job, x, tiles, config, stream_last=True, ranks=ranks,
+        pieces = (core for _, core in iter_exact(job, x, tiles, config, ranks=ranks,
                                                 circular=circular))
     for piece in pieces:
         yield piece.to(x.dtype)
@@ -115,15 +115,15 @@ def _check_input(name: str, x: torch.Tensor, channels: int, min_frames: int) -> 
         )
 
 
-def decode_job(vae) -> Job:
+def decode_job(vae) -> Program:
     tasks = decoder_tasks(vae)  # each latent frame becomes time_scale(tasks) mel frames
-    return Job(tasks, unit=1, frame_seconds=float(time_scale(tasks)) / MEL_FRAMES_PER_SECOND, name="VAE decode",
+    return Program(tasks, unit=1, frame_seconds=float(time_scale(tasks)) / MEL_FRAMES_PER_SECOND, name="VAE decode",
                peak_factor=UNTILED_DECODE_PEAK_FACTOR)
 
 
-def encode_job(vae) -> Job:
+def encode_job(vae) -> Program:
     tasks = encoder_tasks(vae)
-    return Job(tasks, unit=alignment(tasks), frame_seconds=1 / MEL_FRAMES_PER_SECOND, name="VAE encode",
+    return Program(tasks, unit=alignment(tasks), frame_seconds=1 / MEL_FRAMES_PER_SECOND, name="VAE encode",
                peak_factor=UNTILED_ENCODE_PEAK_FACTOR)
 
 
@@ -212,7 +212,7 @@ def decode_on_ranks(vae, latents: torch.Tensor, config: TilingConfig,
     return spans, with_hook_fired(vae, pieces())
 
 
-def _tiles_on_ranks(job: Job, x: torch.Tensor, config: TilingConfig, ranks: Ranks) -> list[Tile] | None:
+def _tiles_on_ranks(job: Program, x: torch.Tensor, config: TilingConfig, ranks: Ranks) -> list[Tile] | None:
     """The tiles of ``_pieces`` decided once for all ranks, or None for one untiled piece."""
     if config.enabled is False:
         return None

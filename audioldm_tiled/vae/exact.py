@@ -39,7 +39,7 @@ from .attention import (
 )
 from .budget import exact_stored_bytes
 from .groupnorm import GroupStats, group_stats, pool_stats
-from .interpreter import Job, progress_bar, run_checked, run_tasks
+from .interpreter import Program, progress_bar, run_checked, run_tasks
 from .store import Store, Stored, choose_store, open_store
 from .tasks import AddResidual, Global, Norm, SaveResidual, Task, halo_frames, split_segments, time_scale
 
@@ -106,25 +106,26 @@ def barrier_norm(task: Task | None) -> nn.GroupNorm | None:
     return None
 
 
-def run_exact(job: Job, x: torch.Tensor, tiles: list[Tile], config: TilingConfig, stream_last: bool = False,
-              ranks: Ranks | None = None, circular: bool = False) -> Iterator[tuple[int, torch.Tensor]] | torch.Tensor:
-    """Exact tiled execution of ``tasks`` on ``x`` (B, C, T, F), tiled along T by ``tiles``.
+def iter_exact(job: Program, x: torch.Tensor, tiles: list[Tile], config: TilingConfig, ranks: Ranks | None = None,
+               circular: bool = False) -> Iterator[tuple[int, torch.Tensor]]:
+    """Exact tiled execution of ``job.tasks`` on ``x`` (B, C, T, F), tiled along T by ``tiles``: (tile index, output
+    core) pairs in time order, produced as the segment after the last barrier runs.
 
-    With ``stream_last`` this is a generator of (tile index, output core) pairs in time order, produced as the
-    segment after the last barrier runs; otherwise it returns the whole output. With ``ranks`` every rank holds all
-    of ``x`` and runs its share of the tiles (``Ranks.share``), and yields the cores of those alone. ``circular``
-    decodes a loop: time wraps around, so the first tile's halo comes from the end and the last one's from the
-    start, while the statistics and the attention are those of the one period.
+    With ``ranks`` every rank holds all of ``x`` and runs its share of the tiles (``Ranks.share``), and yields the
+    cores of those alone. ``circular`` decodes a loop: time wraps around, so the first tile's halo comes from the
+    end and the last one's from the start, while the statistics and the attention are those of the one period.
     """
     if circular and ranks is not None:
         raise ValueError("a loop (circular time axis) is decoded in one process, not across ranks")
-    generator = _exact_segments(job, x, tiles, config, ranks, circular)
-    if stream_last:
-        return generator
-    return torch.cat([core for _, core in generator], dim=2)
+    return _exact_segments(job, x, tiles, config, ranks, circular)
 
 
-def _exact_segments(job: Job, x: torch.Tensor, tiles: list[Tile], config: TilingConfig, ranks: Ranks | None,
+def run_exact(job: Program, x: torch.Tensor, tiles: list[Tile], config: TilingConfig) -> torch.Tensor:
+    """The whole output of ``iter_exact`` in one process, joined along time."""
+    return torch.cat([core for _, core in iter_exact(job, x, tiles, config)], dim=2)
+
+
+def _exact_segments(job: Program, x: torch.Tensor, tiles: list[Tile], config: TilingConfig, ranks: Ranks | None,
                     circular: bool):
     segments = split_segments(job.tasks)
     mine = range(len(tiles)) if ranks is None else ranks.share(len(tiles))
@@ -195,7 +196,7 @@ def _span(bounds: list[tuple[int, int]], share: range) -> tuple[int, int]:
     return (bounds[share[0]][0], bounds[share[-1]][1]) if share else (0, 0)
 
 
-def _run_segment(job: Job, stream: TileStream, tiles: list[Tile], segment: list[Task], stats: GroupStats | None,
+def _run_segment(job: Program, stream: TileStream, tiles: list[Tile], segment: list[Task], stats: GroupStats | None,
                  next_norm: nn.GroupNorm | None, index: int, last: bool, bar, mine: range, circular: bool):
     """Run one segment's local tasks tile by tile and return the stream they produce; after the last barrier, yield
     the output cores instead. On a ``circular`` axis every tile reads its halo, the first and last ones across

@@ -20,9 +20,9 @@ from ..config import TilingConfig
 from ..distributed import Ranks, gather_objects
 from ..geometry import Tile, halo_extent, take_frames
 from .attention import AttentionMemory, attend, attention_memory
-from .exact import run_exact
+from .exact import iter_exact
 from .groupnorm import GroupStats, group_stats, pool_stats
-from .interpreter import Job, NonFiniteTileError, all_finite, progress_bar, run_checked, run_tasks
+from .interpreter import NonFiniteTileError, Program, all_finite, progress_bar, run_checked, run_tasks
 from .tasks import Global, Norm, Task, alignment, conv_cost, halo_frames
 
 logger = logging.getLogger(__name__)
@@ -194,7 +194,7 @@ def run_tile(tasks: list[Task], x: torch.Tensor, estimate: FastEstimate, core: t
     return run_tasks(tasks, x, None, lambda norm, values: next(stats), attend_tile, core=core, length=length)
 
 
-def fast_pieces(job: Job, x: torch.Tensor, tiles: list[Tile], config: TilingConfig,
+def fast_pieces(job: Program, x: torch.Tensor, tiles: list[Tile], config: TilingConfig,
                 ranks: Ranks | None = None, circular: bool = False) -> Iterator[torch.Tensor]:
     """Fast mode's output cores in order: the proxy's estimate, then every tile (with ``ranks``: the proxy's rounds
     shared out, then this rank's share of the tiles alone). Where the proxy would cost too much, or gives NaN or
@@ -213,14 +213,14 @@ def fast_pieces(job: Job, x: torch.Tensor, tiles: list[Tile], config: TilingConf
         except NonFiniteTileError:
             logger.warning("fast mode: the statistics proxy gave NaN or inf; running the %s exactly", job.name)
     if estimate is None:
-        yield from (core for _, core in run_exact(job, x, tiles, config, stream_last=True, ranks=ranks,
+        yield from (core for _, core in iter_exact(job, x, tiles, config, ranks=ranks,
                                                   circular=circular))
     else:
         mine = range(len(tiles)) if ranks is None else ranks.share(len(tiles))
         yield from fast_tiles(job, x, [tiles[i] for i in mine], halo, estimate, config, circular)
 
 
-def fast_tiles(job: Job, x: torch.Tensor, tiles: list[Tile], halo: int, estimate: FastEstimate,
+def fast_tiles(job: Program, x: torch.Tensor, tiles: list[Tile], halo: int, estimate: FastEstimate,
                 config: TilingConfig, circular: bool = False) -> Iterator[torch.Tensor]:
     """Each tile's output core, in order: the tile run start to finish with ``halo`` input frames a side (across
     the wrap on a ``circular`` axis)."""

@@ -98,7 +98,7 @@ def run_tasks(tasks: list[Task], x: torch.Tensor, residual: torch.Tensor | None,
 
 
 @dataclass(frozen=True)
-class Job:
+class Program:
     """What the executors need to know about the direction they run: the task list, how many input frames make
     one latent frame (tile sizes are set in latent frames), seconds per input frame, a name for messages and the
     measured peak factor of running it untiled (``memory.UNTILED_*_PEAK_FACTOR``)."""
@@ -121,7 +121,7 @@ def all_finite(x: torch.Tensor) -> bool:
     return math.isfinite(x.sum(dtype=torch.float64 if x.dtype == torch.float64 else torch.float32).item())
 
 
-def run_checked(run, x: torch.Tensor, where: tuple[int, int], job: Job):
+def run_checked(run, x: torch.Tensor, where: tuple[int, int], job: Program):
     """Run ``run(x)``; on NaN/inf in half precision retry once in float32, else raise naming the time range.
 
     A retried tile whose values do not fit the half-precision range stays in float32; the next barrier reads

@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 
-from audioldm_tiled.architectures import ARCHITECTURES
 from audioldm_tiled.config import TilingConfig
+from audioldm_tiled.testing.architectures import ARCHITECTURES
 from audioldm_tiled.vae import exact, fast
 from audioldm_tiled.vae.attention import AttentionMemory, attention_memory
 from audioldm_tiled.vae.dispatch import decode_job, plan_job_tiles

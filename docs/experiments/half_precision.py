@@ -18,8 +18,8 @@ import torch
 from diffusers import AutoencoderKL
 from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
 
-from audioldm_tiled.architectures import ARCHITECTURES
 from audioldm_tiled.benchmarks.stages import unit_scale_activations
+from audioldm_tiled.testing.architectures import ARCHITECTURES
 
 
 def snr_db(actual: torch.Tensor, reference: torch.Tensor) -> float:

@@ -24,11 +24,11 @@ import torch
 from diffusers import AudioLDM2Pipeline
 from diffusers.utils import logging
 
-from .conditioning import UNetConditioning, cross_attention, guidance_rows
-from .config import TilingConfig
-from .pipeline import TiledAudioPipelineMixin
-from .scoring import ClapRanking
-from .timeline import Segment, dominant_segments
+from ..conditioning import UNetConditioning, cross_attention, guidance_rows
+from ..config import TilingConfig
+from ..pipeline import TiledAudioPipelineMixin
+from ..scoring import ClapRanking
+from ..timeline import Segment, dominant_segments
 
 logger = logging.get_logger(__name__)
 

@@ -61,7 +61,7 @@ from transformers import (
     T5Tokenizer,
 )
 
-from .constants import HOP_LENGTH, N_MELS, SAMPLE_RATE
+from ..constants import HOP_LENGTH, N_MELS, SAMPLE_RATE
 
 
 @dataclass(frozen=True)
@@ -317,14 +317,6 @@ def random_pipeline(arch: str = "tiny", seed: int = 0, dtype: torch.dtype | None
 
 def pipeline_class(family: str) -> type:
     """The tiled pipeline class of a model family."""
-    if family == "musicldm":
-        from .musicldm import MusicLDMTiledPipeline
+    from ..families import REGISTRY
 
-        return MusicLDMTiledPipeline
-    if family == "audioldm2":
-        from .audioldm2 import AudioLDM2TiledPipeline
-
-        return AudioLDM2TiledPipeline
-    from .pipeline import AudioLDMTiledPipeline
-
-    return AudioLDMTiledPipeline
+    return REGISTRY[family].pipeline_class()

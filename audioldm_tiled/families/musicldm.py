@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from diffusers import MusicLDMPipeline
 
-from .config import TilingConfig
-from .deprecation import parent_deprecation_once
-from .pipeline import TiledAudioPipelineMixin
-from .scoring import ClapRanking
+from ..config import TilingConfig
+from ..deprecation import parent_deprecation_once
+from ..pipeline import TiledAudioPipelineMixin
+from ..scoring import ClapRanking
 
 
 class MusicLDMTiledPipeline(ClapRanking, TiledAudioPipelineMixin, MusicLDMPipeline):
