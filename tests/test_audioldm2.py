@@ -8,8 +8,9 @@ import pytest
 import torch
 from diffusers import AudioLDM2Pipeline
 
-from audioldm_tiled import TilingConfig, audioldm2
+from audioldm_tiled import TilingConfig
 from audioldm_tiled.denoise import plan_windows
+from audioldm_tiled.families import audioldm2
 from audioldm_tiled.families.audioldm2 import AudioLDM2TiledPipeline
 from audioldm_tiled.loading import load_pipeline
 from audioldm_tiled.plan import build_plan

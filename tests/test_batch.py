@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 
 from audioldm_tiled.batch import (
-    Job,
+    BatchJob,
     JobError,
     Shard,
     assign,
@@ -55,7 +55,7 @@ def test_a_bad_line_is_named(tmp_path, line, message):
 
 
 def test_assignment_is_longest_first_to_the_least_loaded_rank():
-    jobs = [Job(output=f"{i}.wav", prompt="x", seconds=s, steps=10) for i, s in enumerate([10, 60, 30, 30, 20])]
+    jobs = [BatchJob(output=f"{i}.wav", prompt="x", seconds=s, steps=10) for i, s in enumerate([10, 60, 30, 30, 20])]
     assert assign(jobs, 2) == [[1, 4], [2, 3, 0]]  # loads of 800 and 700 seconds x steps
     assert assign(jobs, 1) == [[1, 2, 3, 4, 0]]
     assert assign(jobs, 7)[5:] == [[], []]  # more ranks than jobs: the rest have nothing to do
@@ -136,6 +136,6 @@ def test_a_job_without_steps_or_guidance_runs_with_the_models_defaults(tiny_pipe
     guidance = []
     monkeypatch.setattr(tiny_pipe, "_unet_conditioning",
                         lambda *a, f=tiny_pipe._unet_conditioning: guidance.append(tiny_pipe.guidance_scale) or f(*a))
-    run_batch(tiny_pipe, [Job(output="a.wav", prompt="rain", seconds=0.5)], tmp_path)
+    run_batch(tiny_pipe, [BatchJob(output="a.wav", prompt="rain", seconds=0.5)], tmp_path)
     settings = json.loads(sidecar_path(tmp_path / "a.wav").read_text())["settings"]
     assert len(calls) == settings["steps"] == 3 and set(guidance) == {settings["guidance"]} == {1.5}
