@@ -3,8 +3,6 @@ vocoder, so that memory does not grow with the length of the audio."""
 
 from __future__ import annotations
 
-import inspect
-import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,29 +14,25 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .audio import MelSettings, mel_for_vae
 from .callbacks import CALLBACK_ARGUMENTS, Callbacks
-from .conditioning import UNetConditioning, class_labels, guidance_rows
+from .conditioning import UNetConditioning
 from .config import TilingConfig
 from .denoise import denoise, plan_windows
 from .editing import Edit, KnownRegion
+from .families.base import ModelFamily
 from .plan import RenderPlan, build_plan
 from .request import Request
-from .timeline import mix_embeddings
 from .vae import decode_tiles, tiled_decode, tiled_encode
 from .vocoder import chunked_vocode, hop_length, plan_chunks
 from .waveform import waveform_pieces
 
 logger = logging.get_logger(__name__)
 
-class TiledAudioPipelineMixin:
-    """The engine every tiled pipeline shares, put before a diffusers audio pipeline in the bases: windowed
-    denoising (loops, timelines, known regions, ranks), the tiled VAE decode and encode and the chunked vocoder.
-    The pipeline calls ``_init_tiling()`` in its ``__init__`` and supplies ``prepare_latents`` with diffusers'
-    signature; how it checks and encodes its prompt and conditions its UNet are the three family hooks below,
-    written here for AudioLDM's ``check_inputs`` and ``_encode_prompt`` (one CLAP row per waveform, negatives
-    first) and overridden by families that condition otherwise (``audioldm2.py``)."""
-
-    # Call arguments only this family takes, handed to its hooks as ``family_inputs`` (AudioLDM takes none).
-    _family_arguments: tuple[str, ...] = ()
+class TiledAudioPipelineMixin(ModelFamily):
+    """The engine every tiled pipeline shares, put before a diffusers audio pipeline in the bases: a call becomes
+    a ``Request``, the request a ``RenderPlan``; then windowed denoising (loops, timelines, known regions, ranks)
+    and the one route to the waveform (``waveform.py``: tiled VAE decode, chunked vocoder). The pipeline calls
+    ``_init_tiling()`` in its ``__init__``, supplies ``prepare_latents`` with diffusers' signature, and implements
+    the family interface (``families.base.ModelFamily``)."""
 
     def _init_tiling(self) -> None:
         self.tiling = TilingConfig()
@@ -64,44 +58,6 @@ class TiledAudioPipelineMixin:
     def interrupt(self) -> bool:
         """Set ``pipe._interrupt = True`` from a callback to stop denoising after the current step."""
         return self._interrupt
-
-    # -------------------------------------------------------------------------------------------------- family hooks
-    def _check_prompt_inputs(self, prompt, audio_length_in_s, vocoder_upsample_factor, callback_steps,
-                             negative_prompt, prompt_embeds, negative_prompt_embeds, **family_inputs) -> None:
-        """The parent's ``check_inputs``; ``family_inputs`` are the call's arguments that only some families take
-        (AudioLDM takes none)."""
-        self.check_inputs(prompt, audio_length_in_s, vocoder_upsample_factor, callback_steps, negative_prompt,
-                          prompt_embeds, negative_prompt_embeds)
-
-    def _reject_unknown(self, arguments: dict[str, Any]) -> None:
-        """Call arguments that no field of the request and no argument of this family takes are the caller's
-        mistake."""
-        unknown = [name for name in arguments if name not in self._family_arguments]
-        if unknown:
-            raise TypeError(f"{type(self).__name__}.__call__() got unexpected keyword argument(s) "
-                            f"{', '.join(map(repr, unknown))}")
-
-    def _encode_conditioning(self, prompt, device, num_waveforms_per_prompt, guided, negative_prompt,
-                             prompt_embeds, negative_prompt_embeds, **family_inputs) -> dict[str, torch.Tensor]:
-        """The encoded prompt as the tensors a step-end callback sees and may replace, each with the negative rows
-        first when guided; ``"prompt_embeds"`` gives the latents their dtype."""
-        return {"prompt_embeds": self._encode_prompt(prompt, device, num_waveforms_per_prompt, guided,
-                                                     negative_prompt, prompt_embeds=prompt_embeds,
-                                                     negative_prompt_embeds=negative_prompt_embeds)}
-
-    def _unet_conditioning(self, encoded: dict[str, torch.Tensor], groups: int, guided: bool,
-                           mix: torch.Tensor | None) -> UNetConditioning:
-        """The windows' UNet conditioning from ``encoded`` (``groups`` rows, or one per timeline segment); ``mix``
-        (windows, segments) weighs a timeline's segments per window. AudioLDM's class embeddings are blended
-        (``timeline.mix_embeddings``)."""
-        rows = guidance_rows(encoded["prompt_embeds"], groups, guided)
-        if mix is None:
-            return class_labels(rows[None])  # (1, 2 or 1, B, D)
-        return class_labels(mix_embeddings(rows.transpose(0, 1)[:, :, None], mix))  # (W, 2 or 1, 1, D)
-
-    def _check_timeline(self, segments: list, mix: torch.Tensor) -> None:
-        """Called once per call with a timeline's segments and their (windows, segments) weights; AudioLDM blends
-        every segment a window covers, so each is heard."""
 
     # ----------------------------------------------------------------------------------------------- tiling switches
     def enable_vae_tiling(self, **fields: Any) -> None:
@@ -133,39 +89,6 @@ class TiledAudioPipelineMixin:
         return waveform.cpu().float()
 
     # ------------------------------------------------------------------------------------------------------ helpers
-    def _parent_defaults(self) -> dict[str, Any]:
-        """The diffusers parent's defaults of the arguments whose defaults differ between families (AudioLDM: 10
-        steps, guidance 2.5; MusicLDM: 200 and 2.0; AudioLDM 2: 200 and 3.5)."""
-        parent = next(c for c in type(self).__mro__ if c.__module__.startswith("diffusers.") and "__call__" in vars(c))
-        return {name: p.default for name, p in inspect.signature(parent.__call__).parameters.items()
-                if name in ("num_inference_steps", "guidance_scale")}
-
-    @property
-    def _mel_frame_seconds(self) -> float:
-        """Seconds per mel frame: the vocoder's hop over its sampling rate (the parent's vocoder_upsample_factor)."""
-        return hop_length(self.vocoder) / self.vocoder.config.sampling_rate
-
-    @property
-    def _latent_rows(self) -> int:
-        """Frequency rows of the latent: the vocoder's mel bands over the VAE's downsampling."""
-        return int(self.vocoder.config.model_in_dim) // self.vae_scale_factor
-
-    def _audio_geometry(self, audio_length_in_s: float | None) -> tuple[float, int, int]:
-        """(seconds, mel frames rounded up to the VAE factor, samples to keep), as the parent computes them."""
-        vocoder_upsample_factor = self._mel_frame_seconds
-        if audio_length_in_s is None:
-            audio_length_in_s = self.unet.config.sample_size * self.vae_scale_factor * vocoder_upsample_factor
-        if isinstance(audio_length_in_s, bool) or not isinstance(audio_length_in_s, (int, float, np.number)) or not (
-            math.isfinite(audio_length_in_s) and audio_length_in_s > 0
-        ):
-            raise ValueError(
-                f"`audio_length_in_s` must be a positive finite number of seconds, got {audio_length_in_s!r}"
-            )
-        height = int(audio_length_in_s / vocoder_upsample_factor)
-        if height % self.vae_scale_factor != 0:
-            height = int(np.ceil(height / self.vae_scale_factor)) * self.vae_scale_factor
-        return float(audio_length_in_s), height, int(audio_length_in_s * self.vocoder.config.sampling_rate)
-
     def _noised_input(self, mel, batch, strength, num_inference_steps, dtype, device, generator, config):
         """SDEdit's start: the input's latent (the posterior mean, tiled encode) noised to the timestep where
         ``int(num_inference_steps * strength)`` steps remain, and those timesteps."""

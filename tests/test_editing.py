@@ -108,7 +108,7 @@ def test_an_edit_streams_to_a_wav_with_the_original_samples(tiny_pipe, recording
     (dict(extend_s=0), "`extend_s` must be"),
     (dict(extend_s=1.0, strength=0.5), "`strength` restyles"),
     (dict(extend_s=1.0, audio_length_in_s=5.0), "leave `audio_length_in_s` out"),
-    (dict(extend_s=1.0, loop=True), "`loop=True` makes a new loop"),
+    (dict(extend_s=1.0, loop=True), "`loop` makes a new loop"),
     (dict(extend_s=1.0, num_waveforms_per_prompt=2), "one waveform"),
 ])
 def test_edit_errors(tiny_pipe, recording, kwargs, message):

@@ -92,3 +92,12 @@ def test_the_loader_reads_the_registry_and_leaves_the_random_weights_alone(tmp_p
             "print(type(pipe).__name__, 'audioldm_tiled.testing.architectures' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["AudioLDMTiledPipeline", "False"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_implements_the_interface(family):
+    from audioldm_tiled.families.base import ModelFamily
+
+    tiled, _, _ = FAMILIES[family]
+    for hook in ("_check_prompt_inputs", "_encode_conditioning", "_unet_conditioning", "_check_timeline"):
+        assert getattr(tiled, hook) is not getattr(ModelFamily, hook), hook

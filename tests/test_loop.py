@@ -151,7 +151,7 @@ def test_a_loop_follows_a_timeline_round_the_wrap(tiny_pipe):
 
 @pytest.mark.parametrize("kwargs,message", [
     (dict(loop="yes"), "`loop` must be True or False"),
-    (dict(loop=True, audio=np.zeros(16000, dtype=np.float32)), "`loop=True` makes a new loop"),
+    (dict(loop=True, audio=np.zeros(16000, dtype=np.float32)), "`loop` makes a new loop"),
 ])
 def test_loop_errors(tiny_pipe, kwargs, message):
     with pytest.raises(ValueError, match=message):

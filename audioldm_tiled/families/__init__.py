@@ -1,16 +1,11 @@
 """The model families, and the one registry that loading, the package's exports and the random-weight builder
 read.
 
-A family is a diffusers audio pipeline put behind the engine (``pipeline.TiledAudioPipelineMixin``). What differs
-between families is a small interface, the mixin's hooks, with AudioLDM's behaviour as the default:
-
-- ``_parent_defaults()``: the parent's steps and guidance (read from its ``__call__``);
-- ``_family_arguments``: call arguments only this family takes (AudioLDM 2's ``transcription``, ...);
-- ``_check_prompt_inputs(...)``: the parent's ``check_inputs``;
-- ``_encode_conditioning(...)``: the encoded prompt, as the tensors a step-end callback sees;
-- ``_unet_conditioning(...)``: each window's UNet arguments (``conditioning.py``);
-- ``_check_timeline(...)``: what a timeline means for this conditioning;
-- geometry: ``_mel_frame_seconds`` and ``_latent_rows``, read from the vocoder's and the VAE's configs.
+A family is a diffusers audio pipeline put behind the engine (``pipeline.TiledAudioPipelineMixin``), implementing
+the interface in ``base.ModelFamily``: its call arguments of its own, the checks of its prompt arguments, how it
+encodes a prompt and conditions each window's UNet call, and what a timeline means for that; the parent's defaults
+and the latent geometry are read from the parent and the loaded components. AudioLDM and MusicLDM share one
+implementation (``audioldm.ClassLabelFamily``), AudioLDM 2 has its own.
 
 Adding a family is a module here with its tiled class, a line in ``REGISTRY``, and its tests (``test_families.py``
 parametrizes the checks every family owes its parent).

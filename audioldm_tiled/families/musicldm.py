@@ -21,9 +21,10 @@ from ..config import TilingConfig
 from ..deprecation import parent_deprecation_once
 from ..pipeline import TiledAudioPipelineMixin
 from ..scoring import ClapRanking
+from .audioldm import ClassLabelFamily
 
 
-class MusicLDMTiledPipeline(ClapRanking, TiledAudioPipelineMixin, MusicLDMPipeline):
+class MusicLDMTiledPipeline(ClapRanking, ClassLabelFamily, TiledAudioPipelineMixin, MusicLDMPipeline):
     r"""Text-to-music with MusicLDM for music of any length.
 
     Same components, call signature and defaults as [`MusicLDMPipeline`], with everything
