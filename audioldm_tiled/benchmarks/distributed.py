@@ -86,7 +86,7 @@ def rank_main(args: argparse.Namespace) -> None:
                   num_inference_steps=args.steps, generator=torch.Generator().manual_seed(0),
                   tiling=TilingConfig(mode=args.mode, tile_frames=args.tile_frames, store=args.store,
                                       show_progress=False),
-                  callback_on_step_end=after_step)
+                  callback_on_step_end=after_step, ranks=None if ranks is None else "auto")
     wall = time.perf_counter() - start
     rank = 0 if ranks is None else ranks.rank
     row = {"rank": rank, "time_s": wall, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
