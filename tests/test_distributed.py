@@ -332,3 +332,22 @@ def test_a_regenerated_span_over_ranks_equals_one_process(tiny_pipe, tmp_path):
         expected = fixed()
     for result in on_ranks(2, lambda rank: fixed(), tmp_path):
         assert np.array_equal(result, expected)
+
+
+def test_a_batch_inside_a_process_group_writes_the_one_rank_files(tiny_pipe, tmp_path):
+    """Each rank renders its shard's jobs alone, whatever process group the caller made."""
+    import json
+
+    from audioldm_tiled.batch import Shard, read_jobs, run_batch
+
+    jobs_file = tmp_path / "jobs.jsonl"
+    jobs_file.write_text("\n".join(json.dumps(job) for job in (
+        {"output": "rain.wav", "prompt": "rain", "seconds": 4.0, "steps": 2, "seed": 1},
+        {"output": "wind.wav", "prompt": "wind", "seconds": 4.0, "steps": 2, "seed": 2})))
+    jobs = read_jobs(jobs_file)
+    tiling = WINDOWS.replace(show_progress=False)
+    with one_thread():
+        run_batch(tiny_pipe, jobs, tmp_path / "one", tiling=tiling)
+    on_ranks(2, lambda rank: run_batch(tiny_pipe, jobs, tmp_path / "two", Shard(rank, 2), tiling), tmp_path)
+    for name in ("rain.wav", "wind.wav"):
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
