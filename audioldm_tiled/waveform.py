@@ -27,10 +27,14 @@ def waveform_pieces(pipe, latents: torch.Tensor, keep: int, config: TilingConfig
     pieces = _generated(pipe, 1 / pipe.vae.config.scaling_factor * latents, keep, config, circular, ranks, root)
     if edit is None:
         yield from pieces
-    elif ranks is None or root is None or ranks.rank == root:
+        return
+    if ranks is None or root is None or ranks.rank == root:
         yield from edit.assemble(pieces)
-    else:
-        for _ in pieces:  # this rank's share; the pieces come out on the root
+    # The assembly may stop before the last generated piece. Across ranks every piece is part of a collective
+    # sequence that all ranks must finish, so the rest is run through (on the other ranks: all of this rank's
+    # share, whose pieces come out on the root).
+    if ranks is not None:
+        for _ in pieces:
             pass
 
 

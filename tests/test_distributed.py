@@ -351,3 +351,25 @@ def test_a_batch_inside_a_process_group_writes_the_one_rank_files(tiny_pipe, tmp
     on_ranks(2, lambda rank: run_batch(tiny_pipe, jobs, tmp_path / "two", Shard(rank, 2), tiling), tmp_path)
     for name in ("rain.wav", "wind.wav"):
         assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+
+
+@pytest.mark.parametrize("edit", [["--extend", "2"], ["--regenerate", "1:1.5"]])
+def test_a_short_edit_over_ranks_ends_together_on_every_rank(tmp_path, edit):
+    """An edit's assembly needs fewer generated samples than the decode makes: the root must still take part in
+    every collective of the decode, or the other ranks are left waiting on it (torchrun then fails)."""
+    import soundfile
+
+    from audioldm_tiled.cli import main
+
+    source = tmp_path / "three.wav"
+    soundfile.write(source, (0.1 * np.random.default_rng(0).standard_normal(48000)).astype(np.float32), 16000)
+    args = ["rain", "--input", str(source), *edit, "--model", "random:tiny", "--steps", "2", "--quiet"]
+    with one_thread():
+        assert main([*args, "-o", str(tmp_path / "one.wav")]) == 0
+
+    def work(rank):
+        os.environ["WORLD_SIZE"] = "2"
+        return main([*args, "-o", str(tmp_path / "two.wav")])
+
+    assert on_ranks(2, work, tmp_path) == [0, 0]
+    assert (tmp_path / "two.wav").read_bytes() == (tmp_path / "one.wav").read_bytes()
