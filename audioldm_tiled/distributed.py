@@ -6,13 +6,16 @@ every rank then takes the same scheduler step. The merge weights are at most two
 half a window), and a sum of two terms does not depend on their order, so the result is bit for bit the
 single-process merge, whatever the rank count.
 
-Work that can fail on one rank runs inside ``together``: the ranks then agree, in one small collective, whether all
-succeeded, and if one failed every rank raises ``RankFailed`` with that rank's message instead of waiting forever
-on a collective the failed rank never reaches.
+Every rank finishes or every rank fails. Each collective below starts with an agreement, one small all_reduce
+in which every rank says whether it has failed (``agree``); a rank that fails anywhere between two collectives
+reports its error in that agreement instead (``guarded``, around each render), so that every rank raises
+``RankFailed`` with its message at its next collective instead of waiting forever on one the failed rank never
+reaches. A render ends with one more agreement, so no rank leaves with success while another fails.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from collections.abc import Callable, Iterator
@@ -68,20 +71,29 @@ def ranks_for(asked: object) -> Ranks | None:
     this process alone, whatever process group exists (each rank of a data-parallel job renders its own prompts);
     ``"auto"`` is the default process group when one is initialised with more than one rank; a ``ProcessGroup``
     is that group."""
-    if asked is None or not (dist.is_available() and dist.is_initialized()):
+    if asked is None:
+        return None
+    if not (asked == "auto" or (dist.is_available() and isinstance(asked, dist.ProcessGroup))):
+        raise ValueError(f"`ranks` must be None (this process alone), 'auto' (share the render over the default "
+                         f"process group's ranks) or a torch.distributed ProcessGroup, got {asked!r}")
+    if not (dist.is_available() and dist.is_initialized()):
         return None
     group = None if asked == "auto" else asked
     world = dist.get_world_size(group)
     return Ranks(dist.get_rank(group), world, group) if world > 1 else None
 
 
+class ArgumentsDiffer(RankFailed, ValueError):
+    """The ranks sharing one render were called with different arguments; every rank raises it."""
+
+
 def agree_on(ranks: Ranks, fingerprint: str, what: str) -> None:
-    """Every rank holds the same ``fingerprint`` of ``what``, or every rank raises the same ValueError naming the
-    ranks that differ from rank 0 (one all_gather of a short string)."""
+    """Every rank holds the same ``fingerprint`` of ``what``, or every rank raises the same ArgumentsDiffer (a
+    ValueError) naming the ranks that differ from rank 0 (one all_gather of a short string)."""
     prints = gather_objects(ranks, fingerprint)
     differ = [rank for rank, value in enumerate(prints) if value != prints[0]]
     if differ:
-        raise ValueError(f"one render shared over {ranks.world} ranks needs the same arguments on every rank, but "
+        raise ArgumentsDiffer(f"one render shared over {ranks.world} ranks needs the same arguments on every rank, but "
                          f"{what} on rank(s) {', '.join(map(str, differ))} differ from rank 0's. To render different "
                          "prompts on each rank, leave `ranks` out: each process then renders alone.")
 
@@ -118,10 +130,36 @@ def together(ranks: Ranks | None, work: Callable[[], T]) -> T:
     result = None
     try:
         result = work()
+    except RankFailed:
+        raise  # agreed on already, inside the work
     except Exception as caught:  # noqa: BLE001 - reported to every rank below, then raised here too
         error = caught
     agree(ranks, error)
     return result
+
+
+@contextlib.contextmanager
+def guarded(ranks: Ranks | None) -> Iterator[None]:
+    """Around a rank's part of one render: an error raised in it is reported to the other ranks at their next
+    agreement, and every rank raises RankFailed; on success the ranks agree once more at the end, so that none
+    returns while another fails."""
+    if ranks is None:
+        yield
+        return
+    try:
+        yield
+    except RankFailed:
+        raise
+    except Exception as error:  # noqa: BLE001 - every rank learns of it in agree(), which raises RankFailed
+        agree(ranks, error)
+        raise
+    agree(ranks, None)
+
+
+def guarded_pieces(ranks: Ranks | None, pieces: Iterator[T]) -> Iterator[T]:
+    """``pieces`` under ``guarded``: every rank must iterate them to the end."""
+    with guarded(ranks):
+        yield from pieces
 
 
 def agree(ranks: Ranks, error: BaseException | None) -> None:
@@ -139,6 +177,7 @@ def agree(ranks: Ranks, error: BaseException | None) -> None:
 
 def gather_objects(ranks: Ranks, value: T) -> list[T]:
     """Every rank's ``value`` (any picklable object), in rank order, on every rank."""
+    agree(ranks, None)
     values: list = [None] * ranks.world
     dist.all_gather_object(values, value, group=ranks.group)
     return values
@@ -149,6 +188,7 @@ def smallest(ranks: Ranks | None, value: int) -> int:
     budget)."""
     if ranks is None:
         return value
+    agree(ranks, None)
     tensor = torch.tensor([value], dtype=torch.int64, device=ranks.device())
     dist.all_reduce(tensor, op=dist.ReduceOp.MIN, group=ranks.group)
     return int(tensor.item())
@@ -156,6 +196,7 @@ def smallest(ranks: Ranks | None, value: int) -> int:
 
 def sum_over_ranks(ranks: Ranks, tensor: torch.Tensor) -> torch.Tensor:
     """``tensor`` summed over the ranks, in place (moved to the group's device and back where they differ)."""
+    agree(ranks, None)
     device = ranks.device()
     if tensor.device == device:
         dist.all_reduce(tensor, group=ranks.group)
@@ -178,16 +219,19 @@ def exchange_frames(ranks: Ranks, read: Callable[[int, int], torch.Tensor], owne
     ``batch_isend_irecv``, and returns what it received as (first frame, tensor) pairs in time order; the part of
     ``needed`` it holds itself is not copied. ``shape`` is the tensors' shape with any length along ``dim``.
     """
-    ops, received = [], []
     me = ranks.rank
     device = ranks.device()
+    # What this rank sends is read first: a read that fails is agreed on before any rank waits for a message.
+    sends = together(ranks, lambda: {
+        other: read(*span).to(device=device, dtype=dtype).contiguous() for other in range(ranks.world)
+        if other != me and (span := (max(owned[me][0], needed[other][0]), min(owned[me][1], needed[other][1])))[0]
+        < span[1]})
+    ops, received = [], []
     for other in range(ranks.world):
         if other == me:
             continue
-        lo, hi = max(owned[me][0], needed[other][0]), min(owned[me][1], needed[other][1])
-        if lo < hi:
-            piece = read(lo, hi).to(device=device, dtype=dtype).contiguous()
-            ops.append(dist.P2POp(dist.isend, piece, ranks.peer(other), group=ranks.group))
+        if other in sends:
+            ops.append(dist.P2POp(dist.isend, sends[other], ranks.peer(other), group=ranks.group))
         lo, hi = max(owned[other][0], needed[me][0]), min(owned[other][1], needed[me][1])
         if lo < hi:
             size = list(shape)
@@ -212,6 +256,8 @@ def in_rank_order(ranks: Ranks, pieces: Iterator[torch.Tensor], root: int | None
         error = None
         try:
             yield from pieces
+        except RankFailed:
+            raise
         except Exception as caught:  # noqa: BLE001 - every rank learns of it in agree()
             error = caught
         agree(ranks, error)
@@ -254,6 +300,7 @@ def _receive(ranks: Ranks, source: int) -> torch.Tensor | None:
 
 def broadcast_tensor(ranks: Ranks, block: torch.Tensor | None, owner: int) -> torch.Tensor | None:
     """``owner``'s tensor (or None) on every rank; the others need not know its shape or dtype."""
+    agree(ranks, None)
     header = [_header(block)]
     dist.broadcast_object_list(header, src=ranks.peer(owner), group=ranks.group)
     if not header[0]:

@@ -17,6 +17,7 @@ from .callbacks import CALLBACK_ARGUMENTS, Callbacks
 from .conditioning import UNetConditioning
 from .config import TilingConfig
 from .denoise import denoise, plan_windows
+from .distributed import guarded, ranks_for
 from .editing import Edit, KnownRegion
 from .families.base import ModelFamily
 from .plan import RenderPlan, build_plan
@@ -215,21 +216,21 @@ class TiledAudioPipelineMixin(ModelFamily):
     def _call(self, arguments: dict[str, Any]):
         """The call with its arguments by name (the family's own among them): request, plan, denoising, then the
         one route to the waveform."""
-        output_type, return_dict = arguments.pop("output_type"), arguments.pop("return_dict")
-        if output_type not in ("np", "pt", "latent"):
-            raise ValueError(f"`output_type` must be 'np', 'pt' or 'latent', got {output_type!r}")
-        callbacks = self._callbacks(arguments)
-        request = Request.from_arguments(arguments, self._reject_unknown)
-        plan, latents = self._render(request, callbacks, decoded=output_type != "latent")
-        if output_type == "latent":
-            self.maybe_free_model_hooks()
-            return AudioPipelineOutput(audios=latents) if return_dict else (latents,)
-        pieces = waveform_pieces(self, latents, plan.keep, plan.decode_config, plan.circular, plan.edit, plan.ranks,
-                                 root=None)
-        audio = torch.from_numpy(np.concatenate(list(pieces), axis=1))
+        with guarded(ranks_for(arguments.get("ranks"))):
+            output_type, return_dict = arguments.pop("output_type"), arguments.pop("return_dict")
+            if output_type not in ("np", "pt", "latent"):
+                raise ValueError(f"`output_type` must be 'np', 'pt' or 'latent', got {output_type!r}")
+            callbacks = self._callbacks(arguments)
+            request = Request.from_arguments(arguments, self._reject_unknown)
+            plan, latents = self._render(request, callbacks, decoded=output_type != "latent")
+            if output_type == "latent":
+                audio = latents
+            else:
+                pieces = waveform_pieces(self, latents, plan.keep, plan.decode_config, plan.circular, plan.edit,
+                                         plan.ranks, root=None)
+                audio = torch.from_numpy(np.concatenate(list(pieces), axis=1))
+                audio = audio.numpy() if output_type == "np" else audio
         self.maybe_free_model_hooks()
-        if output_type == "np":
-            audio = audio.numpy()
         return AudioPipelineOutput(audios=audio) if return_dict else (audio,)
 
     @torch.no_grad()
@@ -242,16 +243,18 @@ class TiledAudioPipelineMixin(ModelFamily):
         never holds its whole mel or waveform. ``enabled="auto"`` means tiled here; only ``enabled=False`` decodes
         in one pass. The pieces concatenate to ``__call__(...).audios`` for the same arguments.
 
-        With ``ranks="auto"`` every rank must iterate it: all ranks denoise, decode and vocode their shares, and
-        the pieces come out on rank 0 only (in order; the other ranks yield nothing).
+        With ``ranks="auto"`` every rank must iterate it to the end: all ranks denoise, decode and vocode their
+        shares, and the pieces come out on rank 0 only (in order; the other ranks yield nothing). A failure on any
+        rank raises ``distributed.RankFailed`` on every rank.
         """
-        if "output_type" in kwargs or "return_dict" in kwargs:
-            raise ValueError("stream() yields numpy pieces; it takes no `output_type` or `return_dict`")
-        callbacks = self._callbacks(kwargs)
-        request = Request.from_arguments({"prompt": prompt, **kwargs}, self._reject_unknown)
-        plan, latents = self._render(request, callbacks, streamed=True)
-        yield from waveform_pieces(self, latents, plan.keep, plan.decode_config, plan.circular, plan.edit,
-                                   plan.ranks)
+        with guarded(ranks_for(kwargs.get("ranks"))):
+            if "output_type" in kwargs or "return_dict" in kwargs:
+                raise ValueError("stream() yields numpy pieces; it takes no `output_type` or `return_dict`")
+            callbacks = self._callbacks(kwargs)
+            request = Request.from_arguments({"prompt": prompt, **kwargs}, self._reject_unknown)
+            plan, latents = self._render(request, callbacks, streamed=True)
+            yield from waveform_pieces(self, latents, plan.keep, plan.decode_config, plan.circular, plan.edit,
+                                       plan.ranks)
         self.maybe_free_model_hooks()
 
     @torch.no_grad()

@@ -8,7 +8,7 @@ from typing import Any
 
 from .audio import open_wav, wav_bytes
 from .callbacks import CALLBACK_ARGUMENTS
-from .distributed import ranks_for, together
+from .distributed import guarded, ranks_for
 from .files import check_output_path
 from .request import Request
 
@@ -36,14 +36,14 @@ def render_to_wav(pipe, path: str | os.PathLike, prompt: Any = None, *, subtype:
     Returns:
         The path written.
     """
-    # The request's own rules first; arguments no field takes are the pipeline's to name (family inputs).
-    callbacks = dict(CALLBACK_ARGUMENTS)
-    request = Request.from_arguments({"prompt": prompt, **{k: v for k, v in call_kwargs.items() if k not in callbacks}},
-                                     reject=lambda family_inputs: None)
-    ranks = ranks_for(request.ranks)
+    ranks = ranks_for(call_kwargs.get("ranks"))
     writes = ranks is None or ranks.rank == 0
-
-    def check() -> Path:
+    with guarded(ranks):  # a failure on any rank, the file's commit included, fails every rank
+        # The request's own rules first; arguments no field takes are the pipeline's to name (family inputs).
+        callbacks = dict(CALLBACK_ARGUMENTS)
+        request = Request.from_arguments({"prompt": prompt, **{k: v for k, v in call_kwargs.items()
+                                                               if k not in callbacks}},
+                                         reject=lambda family_inputs: None)
         if request.num_waveforms_per_prompt != 1 or (
             isinstance(prompt, list) and len(prompt) > 1 and all(isinstance(p, str) for p in prompt)
         ):
@@ -52,15 +52,13 @@ def render_to_wav(pipe, path: str | os.PathLike, prompt: Any = None, *, subtype:
         rate = pipe.vocoder.config.sampling_rate
         seconds = request.output_seconds(rate)
         size = None if seconds is None else wav_bytes(seconds * rate, subtype)
-        return check_output_path(path, overwrite=overwrite, size=size) if writes else Path(path)
-
-    path = together(ranks, check)
-    pieces = pipe.stream(prompt, **call_kwargs)
-    if not writes:
-        for _ in pieces:  # this rank's share of the work; its pieces reach rank 0
-            pass
-        return path
-    with open_wav(path, pipe.vocoder.config.sampling_rate, subtype, overwrite=overwrite) as writer:
-        for piece in pieces:
-            writer.write(piece[0])
+        path = check_output_path(path, overwrite=overwrite, size=size) if writes else Path(path)
+        pieces = pipe.stream(prompt, **call_kwargs)
+        if not writes:
+            for _ in pieces:  # this rank's share of the work; its pieces reach rank 0
+                pass
+        else:
+            with open_wav(path, rate, subtype, overwrite=overwrite) as writer:
+                for piece in pieces:
+                    writer.write(piece[0])
     return path

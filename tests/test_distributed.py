@@ -7,6 +7,7 @@ import contextlib
 import datetime
 import os
 import socket
+import time
 
 import numpy as np
 import pytest
@@ -29,8 +30,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def on_ranks(world: int, work, tmp_path) -> list:
-    """``work(rank)`` on ``world`` forked gloo ranks; each rank's result (or its exception) comes back by file."""
+def on_ranks(world: int, work, tmp_path, timeout_s: float = 300) -> list:
+    """``work(rank)`` on ``world`` forked gloo ranks; each rank's result (or its exception) comes back by file.
+    Ranks still running after ``timeout_s`` are a hang: they are killed and the test fails."""
     port = free_port()
 
     def rank_main(rank: int) -> None:
@@ -48,7 +50,13 @@ def on_ranks(world: int, work, tmp_path) -> list:
         finally:
             dist.destroy_process_group()
 
-    mp.start_processes(rank_main, nprocs=world, start_method="fork", join=True)
+    context = mp.start_processes(rank_main, nprocs=world, start_method="fork", join=False)
+    deadline = time.monotonic() + timeout_s
+    while not context.join(timeout=max(0.0, deadline - time.monotonic())):
+        if time.monotonic() >= deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"ranks still running after {timeout_s:g} s: a rank waits on a collective that will not come")
     return [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in range(world)]
 
 

@@ -179,17 +179,20 @@ def _exchange_halos(ranks: Ranks, stream: TileStream, tiles: list[Tile], segment
     """Fetch the frames of other ranks' cores (and residuals) that this rank's tiles read as halo in ``segment``."""
     halo = halo_frames(segment)
     stream.halo, stream.residual_halo = [], []
-    if halo == 0 or not mine:  # a rank without tiles has nothing to send and needs nothing
+    if halo == 0:  # the same on every rank
         return
     spans = [_span(stream.bounds, Ranks(r, ranks.world).share(len(tiles))) for r in range(ranks.world)]
     needed = [halo_extent(a, b, halo, stream.length) if a < b else (0, 0) for a, b in spans]
     # Neighbours' frames have the shape (but for the frames' count) and dtype of this rank's own: they are sent so.
-    own = stream.cores[mine[0]]
-    stream.halo = exchange_frames(ranks, stream.gather, spans, needed, own.shape, own.dtype)
+    # A rank without tiles sends and receives nothing, but takes part in the exchange's agreement.
+    own = stream.cores[mine[0]] if mine else None
+    shape, dtype = (own.shape, own.dtype) if mine else ((), None)
+    stream.halo = exchange_frames(ranks, stream.gather, spans, needed, shape, dtype)
     if any(isinstance(t, AddResidual) for t in segment):
-        residual = stream.residual[mine[0]]
+        residual = stream.residual[mine[0]] if mine else None
+        shape, dtype = (residual.shape, residual.dtype) if mine else ((), None)
         stream.residual_halo = exchange_frames(ranks, lambda lo, hi: stream.gather(lo, hi, residual=True), spans,
-                                               needed, residual.shape, residual.dtype)
+                                               needed, shape, dtype)
 
 
 def _span(bounds: list[tuple[int, int]], share: range) -> tuple[int, int]:
