@@ -23,7 +23,7 @@ from typing import Any
 
 from .config import MODES
 from .constants import COMMAND_SECONDS, MAX_SEED
-from .files import atomic_file
+from .files import atomic_file, name_problem
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +81,10 @@ class BatchJob:
             generator=torch.Generator("cpu").manual_seed(self.resolved_seed),
             tiling=(tiling or TilingConfig()).replace(mode=self.mode))
 
+    def given(self) -> dict[str, Any]:
+        """The job as the file gave it, every field (None where unset): what a rerun compares."""
+        return {k: v for k, v in asdict(self).items() if k != "line"}
+
     def settings(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if v is not None and k != "line"}
         out["seed"] = self.resolved_seed
@@ -110,8 +114,10 @@ def parse_job(data: Any, line: int = 0) -> BatchJob:
         raise ValueError(f"unknown field(s) {unknown}; allowed: {sorted(FIELDS)}")
     output = data.get("output")
     if not isinstance(output, str) or not output.endswith(".wav") or os.path.isabs(output) or \
-            ".." in Path(output).parts or output.strip() != output or output in (".wav",):
-        raise ValueError(f"'output' must be a relative .wav file name inside the output folder, got {output!r}")
+            ".." in Path(output).parts or output.strip() != output or Path(output).name.startswith(".") or \
+            "\0" in output:
+        raise ValueError(f"'output' must be a relative .wav file name inside the output folder, not hidden, got "
+                         f"{output!r}")
     if ("prompt" in data) == ("timeline" in data):
         raise ValueError("give exactly one of 'prompt' and 'timeline'")
     if "prompt" in data and not (isinstance(data["prompt"], str) and data["prompt"].strip()):
@@ -139,18 +145,35 @@ def parse_job(data: Any, line: int = 0) -> BatchJob:
     return job
 
 
+# Longer lines are not jobs: reading stops there instead of filling memory (a jobs file of /dev/zero).
+MAX_LINE_BYTES = 1 << 20
+
+
 def read_jobs(path: str | os.PathLike) -> list[BatchJob]:
-    """The jobs of a JSON Lines file (one object per line; blank lines and lines starting with # are skipped).
+    """The jobs of a JSON Lines file, UTF-8 with or without a byte-order mark (one object per line; blank lines
+    and lines starting with # are skipped).
 
     Raises JobError naming the file, the line and the problem; two jobs writing the same output are refused.
     """
     jobs, seen = [], {}
-    with open(path, encoding="utf-8") as f:
-        for number, text in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        number = 0
+        while line := f.readline(MAX_LINE_BYTES + 1):
+            number += 1
+            if len(line) > MAX_LINE_BYTES:
+                raise JobError(f"{path} line {number}: longer than {MAX_LINE_BYTES} bytes; a job is one JSON object "
+                               "on one line")
+            try:
+                text = line.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as error:
+                raise JobError(f"{path} line {number}: not UTF-8 text ({error.reason} at byte {error.start})") \
+                    from None
             if not text.strip() or text.lstrip().startswith("#"):
                 continue
             try:
                 job = parse_job(json.loads(text), number)
+            except RecursionError:
+                raise JobError(f"{path} line {number}: JSON nested too deeply") from None
             except ValueError as error:  # json.JSONDecodeError is a ValueError too
                 raise JobError(f"{path} line {number}: {error}") from None
             key = os.path.normpath(job.output)
@@ -184,10 +207,14 @@ def parse_shard(text: str) -> Shard:
 
 
 def shard_from_environment(environ: dict[str, str] | None = None) -> Shard:
-    """torchrun's RANK/WORLD_SIZE/LOCAL_RANK, else Slurm's SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID, else 0 of 1."""
+    """torchrun's RANK/WORLD_SIZE/LOCAL_RANK, else Slurm's SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID, else 0 of 1.
+    One of a pair without the other is refused: every rank would otherwise render every job."""
     env = os.environ if environ is None else environ
     for rank, world, local in (("RANK", "WORLD_SIZE", "LOCAL_RANK"),
                                ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")):
+        if (rank in env) != (world in env):
+            given, missing = (rank, world) if rank in env else (world, rank)
+            raise ValueError(f"{given} is set but {missing} is not: set both, or give --shard i/N")
         if rank in env and world in env:
             try:
                 shard = Shard(int(env[rank]), int(env[world]), int(env.get(local, env[rank])))
@@ -215,13 +242,42 @@ def sidecar_path(wav: Path) -> Path:
     return wav.with_name(wav.name + SIDECAR_SUFFIX)
 
 
-def is_done(wav: Path) -> bool:
-    """True when ``wav`` exists and its sidecar records it as done."""
+def is_done(wav: Path, job: BatchJob, model: str | None) -> bool:
+    """True when ``wav`` holds this job's render: its sidecar says done for the same job and model, and the WAV is
+    a valid file of the length the sidecar recorded."""
+    import soundfile
+
     try:
         with open(sidecar_path(wav), encoding="utf-8") as f:
-            return json.load(f).get("status") == "done" and wav.is_file()
-    except (OSError, ValueError, AttributeError):
+            record = json.load(f)
+        if not (isinstance(record, dict) and record.get("status") == "done" and record.get("job") == job.given()
+                and record.get("model") == model):
+            return False
+        frames = soundfile.info(str(wav)).frames
+    except (OSError, ValueError, RuntimeError, soundfile.LibsndfileError):
         return False
+    return frames > 0 and frames == record.get("samples")
+
+
+def output_problem(job: BatchJob, out_dir: Path) -> str | None:
+    """Why ``job``'s output or sidecar cannot be written, found without any model: it leads out of ``out_dir``
+    through a symbolic link, or its name is one the filesystem refuses."""
+    root = os.path.realpath(out_dir)
+    for path in (out_dir / job.output, sidecar_path(out_dir / job.output)):
+        real = os.path.realpath(path)
+        if os.path.commonpath([root, real]) != root:
+            return f"{job.output!r} leads out of the output folder (to {real!r}) through a symbolic link"
+        problem = name_problem(Path(real))
+        if problem:
+            return problem
+    return None
+
+
+def input_problem(job: BatchJob) -> str | None:
+    """Why ``job``'s input cannot be read, found without any model."""
+    if job.input is not None and not os.path.isfile(job.input):
+        return f"input {job.input!r}: " + ("is not a regular file" if os.path.exists(job.input) else "no such file")
+    return None
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -247,23 +303,28 @@ def _versions() -> dict[str, str]:
 
 
 def render_job(pipe, job: BatchJob, out_dir: Path, tiling) -> dict[str, Any]:
-    """Render one job into ``out_dir / job.output`` (atomically) and return its timings."""
+    """Render one job into ``out_dir / job.output`` (atomically) and return its timings and length."""
+    import soundfile
+
     from .render import render_to_wav
 
     target = out_dir / job.output
     target.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     render_to_wav(pipe, target, **job.request(tiling).call_arguments())
-    return {"render_s": round(time.perf_counter() - start, 3)}
+    return {"render_s": round(time.perf_counter() - start, 3), "samples": soundfile.info(str(target)).frames}
 
 
 def run_batch(pipe, jobs: list[BatchJob], out_dir: str | os.PathLike, shard: Shard = Shard(), tiling=None,
               model: str | None = None) -> dict[str, list[str]]:
     """Render this rank's share of ``jobs`` into ``out_dir``; returns the outputs done, skipped and failed.
 
-    A job already done (its WAV and a sidecar saying so) is skipped. A job that fails is recorded in its sidecar
-    and in this rank's manifest with the error, and the others go on. The manifest,
-    ``manifest.rank-<r>-of-<N>.json`` in ``out_dir``, is rewritten (atomically) after every job.
+    ``pipe`` is a tiled pipeline, or a function that loads one, called only once a job needs rendering (a rerun
+    of finished jobs loads no model). A job already done (``is_done``) is skipped. A job that fails, for any
+    reason, is recorded in its sidecar (where it can be written) and in this rank's manifest with the error, and
+    the others go on. The manifest, ``manifest.rank-<r>-of-<N>.json`` in ``out_dir``, is rewritten atomically
+    after every job rendered or failed and at the end, so a rerun of finished jobs takes time linear in their
+    number.
     """
     from .config import TilingConfig
 
@@ -274,38 +335,66 @@ def run_batch(pipe, jobs: list[BatchJob], out_dir: str | os.PathLike, shard: Sha
     summary: dict[str, list[str]] = {"done": [], "skipped": [], "failed": []}
     manifest_path = out_dir / f"manifest.rank-{shard.rank}-of-{shard.world}.json"
     entries: list[dict[str, Any]] = []
-    versions = _versions()
     tag = f"rank {shard.rank}/{shard.world}"
     logger.info("%s: %d of %d jobs", tag, len(mine), len(jobs))
-    model_defaults = pipe._parent_defaults()  # what a job that sets no steps or guidance runs with
-    defaults = {"steps": model_defaults["num_inference_steps"], "guidance": model_defaults["guidance_scale"]}
+    loaded: dict[str, Any] = {}
+
+    def pipeline():
+        if not loaded:
+            loaded["pipe"] = pipe() if callable(pipe) and not hasattr(pipe, "vocoder") else pipe
+            model_defaults = loaded["pipe"]._parent_defaults()  # what a job without steps or guidance runs with
+            loaded["defaults"] = {"steps": model_defaults["num_inference_steps"],
+                                  "guidance": model_defaults["guidance_scale"]}
+            loaded["versions"] = _versions()
+        return loaded["pipe"]
+
+    def write_manifest() -> None:
+        try:
+            _write_json(manifest_path, {"rank": shard.rank, "world": shard.world, "jobs": entries})
+        except OSError as error:
+            logger.error("%s: cannot write %s: %s", tag, manifest_path, error)
+
     for count, index in enumerate(mine, start=1):
         job = jobs[index]
         wav = out_dir / job.output
         entry: dict[str, Any] = {"output": job.output, "line": job.line}
-        if is_done(wav):
+        entries.append(entry)
+        unwritable = output_problem(job, out_dir)
+        problem = unwritable or input_problem(job)
+        if problem is None and is_done(wav, job, model):
             summary["skipped"].append(job.output)
             entry["status"] = "skipped"
-            logger.info("%s: job %d/%d %s: already done, skipped", tag, count, len(mine), job.output)
-        else:
-            record: dict[str, Any] = {"settings": {**defaults, **job.settings()}, "model": model, "rank": shard.rank,
-                                      "world": shard.world, "versions": versions}
+            logger.debug("%s: job %d/%d %s: already done, skipped", tag, count, len(mine), job.output)
+            continue
+        record: dict[str, Any] = {"job": job.given(), "model": model, "rank": shard.rank, "world": shard.world}
+        try:
+            if problem is not None:
+                raise ValueError(problem)
+            current = pipeline()
+            record.update(settings={**loaded["defaults"], **job.settings()}, versions=loaded["versions"])
+            record.update(render_job(current, job, out_dir, tiling), status="done")
+            summary["done"].append(job.output)
+            logger.info("%s: job %d/%d %s: done in %.1f s", tag, count, len(mine), job.output, record["render_s"])
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as error:  # noqa: BLE001 - one failed job is recorded; the batch goes on
+            record.update(status="failed", error=f"{type(error).__name__}: {error}",
+                          traceback=traceback.format_exc(limit=8))
+            summary["failed"].append(job.output)
+            logger.error("%s: job %d/%d %s: failed: %s", tag, count, len(mine), job.output, record["error"])
+        entry.update(status=record["status"], error=record.get("error"))
+        if unwritable is None:  # a sidecar beside an output that leads elsewhere would lead there too
             try:
-                record.update(render_job(pipe, job, out_dir, tiling), status="done")
-                summary["done"].append(job.output)
-                logger.info("%s: job %d/%d %s: done in %.1f s", tag, count, len(mine), job.output,
-                            record["render_s"])
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except Exception as error:  # noqa: BLE001 - one failed job is recorded; the batch goes on
-                record.update(status="failed", error=f"{type(error).__name__}: {error}",
-                              traceback=traceback.format_exc(limit=8))
-                summary["failed"].append(job.output)
-                logger.error("%s: job %d/%d %s: failed: %s", tag, count, len(mine), job.output, record["error"])
-            _write_json(sidecar_path(wav), record)
-            entry.update(status=record["status"], error=record.get("error"))
-        entries.append(entry)
-        _write_json(manifest_path, {"rank": shard.rank, "world": shard.world, "jobs": entries})
+                _write_json(sidecar_path(wav), record)
+            except OSError as error:
+                if record["status"] == "done":  # the WAV without its sidecar is not done: the next run redoes it
+                    summary["done"].remove(job.output)
+                    summary["failed"].append(job.output)
+                entry.update(status="failed", error=f"cannot write the sidecar: {error}")
+                logger.error("%s: job %d/%d %s: cannot write its sidecar: %s", tag, count, len(mine), job.output,
+                             error)
+        write_manifest()
+    write_manifest()
     logger.info("%s: %d done, %d skipped, %d failed", tag, len(summary["done"]), len(summary["skipped"]),
                 len(summary["failed"]))
     return summary

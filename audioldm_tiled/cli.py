@@ -343,11 +343,15 @@ def batch_parser() -> argparse.ArgumentParser:
 
 
 def batch(args: argparse.Namespace) -> int:
-    """The batch command: 0 when every job of this rank is done, 1 when any failed (see its sidecar)."""
+    """The batch command. Alone: 0 when every job of this rank is done, 1 when any failed (see its sidecar).
+    Under a launcher (RANK/WORLD_SIZE or Slurm's variables): 0 once every job is done or recorded as failed, so
+    that the launcher does not stop the other ranks; the last line counts the failures."""
     from .batch import JobError, parse_shard, read_jobs, run_batch, shard_from_environment
 
     try:
         jobs = read_jobs(args.jobs)  # a bad line fails here, before any model is loaded
+    except IsADirectoryError:
+        raise CliError(f"{args.jobs}: is a directory, not a jobs file") from None
     except OSError as error:
         raise CliError(f"{args.jobs}: cannot read the jobs file ({error.strerror or error})") from None
     except JobError as error:
@@ -365,16 +369,26 @@ def batch(args: argparse.Namespace) -> int:
 
     device = local_device(resolve_device(args.device))  # under torchrun or srun: this rank's GPU
     dtype = resolve_dtype(args.dtype, device)
-    from .loading import ModelLoadError, load_pipeline
 
-    try:
-        pipe = load_pipeline(args.model, dtype, device)
-    except ModelLoadError as error:
-        raise CliError(f"--model: {error}") from None
-    pipe.set_progress_bar_config(disable=args.quiet)
+    def load():  # only once a job needs rendering: a rerun of finished jobs loads no model
+        from .loading import ModelLoadError, load_pipeline
+
+        try:
+            pipe = load_pipeline(args.model, dtype, device)
+        except ModelLoadError as error:
+            raise CliError(f"--model: {error}") from None
+        pipe.set_progress_bar_config(disable=args.quiet)
+        return pipe
+
     tiling = TilingConfig(memory_budget=None if args.memory_budget is None else int(args.memory_budget * 1e9))
-    summary = run_batch(pipe, jobs, out_dir, shard, tiling, model=args.model)
-    return 1 if summary["failed"] else 0
+    summary = run_batch(load, jobs, out_dir, shard, tiling, model=args.model)
+    if not summary["failed"]:
+        return 0
+    launched = not args.shard and shard.world > 1
+    if launched:
+        logger.warning("%d job(s) failed on rank %d (see their sidecars and the manifest); exit status 0 so that "
+                       "the launcher lets the other ranks finish", len(summary["failed"]), shard.rank)
+    return 0 if launched else 1
 
 
 class Terminated(BaseException):
@@ -417,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
             args = generate_parser().parse_args(_attach_negative_at(argv))
             generate(args)
     except (CliError, ValueError, MemoryError) as error:  # MemoryError: a decode that cannot fit, said before denoising
-        print(f"audioldm-tiled: error: {error or 'out of memory'}", file=sys.stderr)
+        print(f"audioldm-tiled: error: {str(error) or 'out of memory'}", file=sys.stderr)
         return 2
     except OSError as error:  # a full disk, a file that appeared under --no-overwrite, a folder gone
         where = f": {error.filename}" if error.filename and str(error.filename) not in str(error) else ""

@@ -1,7 +1,8 @@
 """Output files written atomically: every file the library and the command line write goes through ``atomic_file``.
 
-The content goes into a hidden temporary file beside the target, ``.NAME.PID.RANDOM.part``, which takes the mode a
-new file would get under the umask (or the mode of the file it replaces). Only when the writing has succeeded is it
+The content goes into a hidden temporary file beside the target, ``.NAME.PID.RANDOM.part`` (with a hash of NAME in
+its place where the whole would be longer than the filesystem allows), which takes the mode a new file would get
+under the umask (or the mode of the file it replaces). Only when the writing has succeeded is it
 moved onto the target: with ``overwrite=False`` by a hard link, which fails if a file has appeared there meanwhile,
 so two renders racing for one name cannot both win. A failed, interrupted or refused write removes the temporary
 file and leaves an existing target as it was. A symbolic link as target is written through: the file it points to
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import re
 import secrets
@@ -44,6 +46,9 @@ def check_output_path(path: str | os.PathLike, overwrite: bool = True, suffix: s
     path = Path(path)
     if suffix is not None and path.suffix.lower() != suffix:
         raise ValueError(f"output path must end in {suffix}, got {str(path)!r}")
+    problem = name_problem(path)
+    if problem:
+        raise ValueError(problem)
     if path.is_dir():
         raise ValueError(f"output path {str(path)!r} is a directory")
     if not overwrite and (path.exists() or path.is_symlink()):
@@ -60,6 +65,30 @@ def check_output_path(path: str | os.PathLike, overwrite: bool = True, suffix: s
             raise OutputError(errno.ENOSPC, f"no space left on device for {str(path)!r}: it needs "
                               f"{format_bytes(size)}, {format_bytes(free)} are free")
     return path
+
+
+def name_max(folder: Path) -> int:
+    """The longest file name, in bytes, that ``folder``'s filesystem takes (255 where it does not say)."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def name_problem(path: Path) -> str | None:
+    """Why no file can be written at ``path`` whatever the disk holds: a NUL character, or a name longer than its
+    filesystem takes; None if neither."""
+    if "\0" in str(path):
+        return f"output path {str(path)!r} contains a NUL character"
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    limit = name_max(folder)
+    for part in path.parts:
+        if len(os.fsencode(part)) > limit:
+            return f"output path {str(path)!r}: the name {part[:40]!r}... is {len(os.fsencode(part))} bytes long, " \
+                   f"more than the {limit} its filesystem takes"
+    return None
 
 
 def format_bytes(count: float) -> str:
@@ -81,7 +110,7 @@ def atomic_file(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
     path = Path(path)
     target = _target(path)
     _remove_stale_parts(target)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
+    tmp = target.with_name(f".{_part_stem(target)}.{os.getpid()}.{secrets.token_hex(4)}.part")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.fchmod(fd, _mode_for(target))
@@ -104,6 +133,13 @@ def atomic_file(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
     except BaseException:
         _unlink(tmp)
         raise
+
+
+def _part_stem(target: Path) -> str:
+    """The target's name in its temporary files' names, or a hash of it where the whole would be too long."""
+    if len(os.fsencode(f".{target.name}.{2**22}.{'0' * 8}.part")) <= name_max(target.parent):
+        return target.name
+    return "~" + hashlib.sha256(os.fsencode(target.name)).hexdigest()[:24]
 
 
 def _target(path: Path) -> Path:
@@ -144,7 +180,7 @@ def _remove_stale_parts(target: Path) -> None:
         return
     for entry in entries:
         match = _PART.fullmatch(entry.name)
-        if match and match["name"] == target.name and not _running(int(match["pid"])):
+        if match and match["name"] == _part_stem(target) and not _running(int(match["pid"])):
             _unlink(Path(entry.path))
 
 

@@ -45,6 +45,11 @@ JOBS = [
     ('{"output": "b.wav", "prompt": "x", "strength": 0.5}', "'strength' goes with 'input'"),
     ('{"output": "a.wav", "prompt": "y"}', "line 2: output 'a.wav' is already written by line 1"),
     ('{"output": "b.wav", "timeline": [[5, "late"]], "seconds": 4}', "line 2:"),
+    ("[" * 100000, "line 2: JSON nested too deeply"),
+    ('{"output": "sub/.wav", "prompt": "x"}', "not hidden"),
+    ('{"output": "a\\u0000b.wav", "prompt": "x"}', "'output' must be a relative .wav file name"),
+    ('{"output": "b.wav", "prompt": "x", "seconds": 1e306}', "'seconds' must be a finite number of seconds > 0 and "
+                                                             "at most"),
 ])
 def test_a_bad_line_is_named(tmp_path, line, message):
     path = tmp_path / "jobs.jsonl"
@@ -52,6 +57,22 @@ def test_a_bad_line_is_named(tmp_path, line, message):
     with pytest.raises(JobError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
                        .replace("]", r"\]").replace(".", r"\.")):
         read_jobs(path)
+
+
+def test_jobs_files_with_a_byte_order_mark_or_broken_text(tmp_path):
+    path = tmp_path / "jobs.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(JOBS[0]).encode() + b"\n")
+    assert [job.output for job in read_jobs(path)] == ["rain.wav"]
+    path.write_bytes(json.dumps(JOBS[0]).encode() + b'\n{"output": "caf\xe9.wav", "prompt": "x"}\n')
+    with pytest.raises(JobError, match="line 2: not UTF-8 text"):
+        read_jobs(path)
+    with pytest.raises(JobError, match="line 1: longer than 1048576 bytes"):
+        read_jobs("/dev/zero")
+
+
+def test_a_timeline_job_without_seconds_lasts_the_default_10_s(tmp_path):
+    job = read_jobs(write_jobs(tmp_path / "jobs.jsonl", [{"output": "t.wav", "timeline": [[0, "a"], [4, "b"]]}]))[0]
+    assert job.request().audio_length_in_s == 10.0
 
 
 def test_assignment_is_longest_first_to_the_least_loaded_rank():
@@ -112,7 +133,7 @@ def test_a_rerun_skips_finished_jobs_and_a_failed_job_does_not_stop_the_others(t
     monkeypatch.setattr(tiny_pipe, "stream", lambda *a, **k: rendered.append(1) or stream(*a, **k))
     summary = run_batch(tiny_pipe, jobs, tmp_path / "out")
     assert summary == {"done": ["rain.wav"], "skipped": ["sub/wind.wav"], "failed": ["broken.wav"]}
-    assert len(rendered) == 2  # rain.wav again, and the failed job retried
+    assert len(rendered) == 1  # rain.wav again; the failed job is tried again, and fails before any render
 
 
 def test_the_batch_command(tmp_path, capsys):
@@ -139,3 +160,92 @@ def test_a_job_without_steps_or_guidance_runs_with_the_models_defaults(tiny_pipe
     run_batch(tiny_pipe, [BatchJob(output="a.wav", prompt="rain", seconds=0.5)], tmp_path)
     settings = json.loads(sidecar_path(tmp_path / "a.wav").read_text())["settings"]
     assert len(calls) == settings["steps"] == 3 and set(guidance) == {settings["guidance"]} == {1.5}
+
+
+def finished(tmp_path, jobs=JOBS[:2]):
+    """A batch run to the end, its jobs and folder."""
+    from audioldm_tiled.testing.architectures import random_pipeline
+
+    jobs = read_jobs(write_jobs(tmp_path / "jobs.jsonl", jobs))
+    pipe = random_pipeline("tiny")
+    pipe.set_progress_bar_config(disable=True)
+    assert run_batch(pipe, jobs, tmp_path / "out", model="m")["failed"] == []
+    return jobs, pipe
+
+
+def test_a_rerun_loads_no_model_and_writes_the_manifest_once(tmp_path, monkeypatch):
+    import audioldm_tiled.batch as batch
+
+    jobs, _ = finished(tmp_path)
+    writes = []
+    write_json = batch._write_json
+    monkeypatch.setattr(batch, "_write_json", lambda path, data: writes.append(path.name) or write_json(path, data))
+    summary = run_batch(lambda: pytest.fail("a rerun of finished jobs loaded the model"), jobs, tmp_path / "out",
+                        model="m")
+    assert summary == {"done": [], "skipped": ["rain.wav", "sub/wind.wav"], "failed": []}
+    assert writes == ["manifest.rank-0-of-1.json"]
+
+
+def test_a_job_is_done_only_with_its_own_settings_model_and_a_whole_wav(tmp_path):
+    jobs, pipe = finished(tmp_path)
+    out = tmp_path / "out"
+    changed = [{**JOBS[0], "prompt": "heavy rain", "seconds": 2.0, "seed": 4}, JOBS[1]]
+    summary = run_batch(pipe, read_jobs(write_jobs(tmp_path / "changed.jsonl", changed)), out, model="m")
+    assert summary["done"] == ["rain.wav"] and summary["skipped"] == ["sub/wind.wav"]
+    assert sf.info(out / "rain.wav").frames == 32000
+    assert run_batch(pipe, jobs, out, model="other")["skipped"] == []  # another model: rendered again
+    (out / "sub" / "wind.wav").write_bytes(b"")  # a WAV emptied after its sidecar said done
+    assert run_batch(pipe, jobs, out, model="other")["done"] == ["sub/wind.wav"]
+
+
+def test_a_job_that_cannot_be_written_fails_alone(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "blocked").write_text("a file where a folder should be")
+    jobs = [{"output": "blocked/x.wav", "prompt": "x", "seconds": 0.5, "steps": 1},
+            {"output": "y" * 300 + ".wav", "prompt": "y", "seconds": 0.5, "steps": 1}, JOBS[0]]
+    from audioldm_tiled.testing.architectures import random_pipeline
+
+    pipe = random_pipeline("tiny")
+    pipe.set_progress_bar_config(disable=True)
+    summary = run_batch(pipe, read_jobs(write_jobs(tmp_path / "jobs.jsonl", jobs)), tmp_path / "out")
+    assert summary["done"] == ["rain.wav"] and sorted(summary["failed"]) == sorted(j["output"] for j in jobs[:2])
+    manifest = json.loads((tmp_path / "out" / "manifest.rank-0-of-1.json").read_text())
+    assert {e["output"]: e["status"] for e in manifest["jobs"]}["rain.wav"] == "done"
+    assert "255" in {e["output"]: e.get("error") for e in manifest["jobs"]}["y" * 300 + ".wav"]
+
+
+def test_no_job_writes_outside_its_folder_through_a_link(tmp_path):
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    out.mkdir()
+    outside.mkdir()
+    (outside / "victim.wav").write_bytes(b"precious")
+    (out / "link").symlink_to("../outside")
+    (out / "v.wav").symlink_to("../outside/victim.wav")
+    jobs = [{"output": "link/x.wav", "prompt": "x", "seconds": 0.5, "steps": 1},
+            {"output": "v.wav", "prompt": "v", "seconds": 0.5, "steps": 1}]
+    summary = run_batch(lambda: pytest.fail("no job needed the model"), read_jobs(
+        write_jobs(tmp_path / "jobs.jsonl", jobs)), out)
+    assert sorted(summary["failed"]) == ["link/x.wav", "v.wav"]
+    assert sorted(p.name for p in outside.iterdir()) == ["victim.wav"]
+    assert (outside / "victim.wav").read_bytes() == b"precious"
+
+
+def test_under_a_launcher_failed_jobs_are_counted_and_the_rank_exits_0(tmp_path, monkeypatch, caplog):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [
+        {"output": f"{i}.wav", "prompt": "x", "input": str(tmp_path / "missing.wav")} for i in range(2)])
+    command = ["batch", str(jobs), "--out-dir", str(tmp_path / "out"), "--model", "random:tiny", "--quiet"]
+    assert main(command) == 1  # alone: a failed job is the exit status
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(command) == 0
+    assert "1 job(s) failed on rank 1" in caplog.text
+    monkeypatch.delenv("WORLD_SIZE")
+    assert main(command) == 2  # RANK without WORLD_SIZE would render every job on every rank
+
+
+def test_a_shard_without_jobs_writes_its_manifest_and_loads_no_model(tmp_path):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", JOBS)
+    assert main(["batch", str(jobs), "--out-dir", str(tmp_path / "out"), "--shard", "5/8", "--model",
+                 "no/such-model"]) == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.rank-5-of-8.json").read_text())
+    assert manifest["jobs"] == []
