@@ -249,3 +249,10 @@ def test_a_shard_without_jobs_writes_its_manifest_and_loads_no_model(tmp_path):
                  "no/such-model"]) == 0
     manifest = json.loads((tmp_path / "out" / "manifest.rank-5-of-8.json").read_text())
     assert manifest["jobs"] == []
+
+
+def test_the_rerun_benchmark_skips_every_finished_job():
+    from audioldm_tiled.benchmarks.rerun import run_point
+
+    row = run_point(20)
+    assert row["skipped"] == 20 and row["written_bytes"] > 0

@@ -33,10 +33,15 @@ def main(argv: list[str] | None = None) -> int:
         from .distributed import main as distributed_main
 
         return distributed_main(argv[1:])
+    if argv and argv[0] == "rerun":
+        from .rerun import main as rerun_main
+
+        return rerun_main(argv[1:])
     parser = argparse.ArgumentParser(prog="audioldm-tiled bench", description=DESCRIPTION,
                                      epilog="audioldm-tiled bench report --help: the report with plots; "
                                      "audioldm-tiled bench gpu --help: every accelerator measurement in one command; "
-                                     "audioldm-tiled bench distributed --help: one render over 1 and N ranks")
+                                     "audioldm-tiled bench distributed --help: one render over 1 and N ranks; "
+                                     "audioldm-tiled bench rerun --help: a rerun of a finished batch")
     parser.add_argument("stage", choices=sorted(VARIANTS))
     parser.add_argument("--seconds", type=positive_number("--seconds", "seconds"), nargs="+", default=[10, 40, 120])
     parser.add_argument("--variants", nargs="+", default=None, help="first one is the reference")
@@ -53,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="random architecture of generate, windows and stream (default audioldm-s); decode, "
                         "encode and vocode measure audioldm-s's VAE and vocoder, which every family shares")
     args = parser.parse_args(argv)
+    from .runner import check_json_path
+
+    check_json_path(parser, args.json)
     from ..testing.architectures import ARCHITECTURES  # after parsing: --help needs no torch
 
     if args.model not in ARCHITECTURES:

@@ -276,3 +276,14 @@ if __name__ == "__main__":
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     measure(Point.parse(sys.argv[1:]))
+
+
+def check_json_path(parser, path: str | None) -> None:
+    """``--json``'s folder must exist and be writable before a benchmark runs, not after."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        parser.error(f"--json {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        parser.error(f"--json {path}: folder {folder} is not writable")
