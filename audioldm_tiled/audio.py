@@ -188,7 +188,10 @@ def log_mel(waveform: np.ndarray | torch.Tensor, settings: MelSettings = MelSett
 
 def mel_for_vae(waveform: np.ndarray, settings: MelSettings, multiple: int) -> torch.Tensor:
     """Peak-normalised log-mel as the VAE takes it, (1, 1, frames, n_mels), padded with silence (the log floor) to
-    a multiple of ``multiple`` frames so that every sample of the input is encoded."""
+    a multiple of ``multiple`` frames so that every sample of the input is encoded. The STFT needs more than
+    n_fft / 2 samples: a shorter input is padded with silence to n_fft first."""
+    if waveform.shape[0] < settings.n_fft:
+        waveform = np.pad(waveform, (0, settings.n_fft - waveform.shape[0]))
     mel = log_mel(normalize_peak(waveform), settings)
     pad = -mel.shape[0] % multiple
     mel = torch.cat([mel, mel.new_full((pad, mel.shape[1]), math.log(settings.floor))])

@@ -3,7 +3,6 @@ read and prepared; the checks that do not need it are the request's (``request.p
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from .audio import MelSettings, load_audio, mel_for_vae
@@ -23,9 +22,5 @@ def read_input_audio(pipe, audio) -> tuple[torch.Tensor, int]:
     """The input of audio-to-audio: its log-mel (1, 1, T, n_mels) and its length in samples."""
     settings = MelSettings.from_vocoder(pipe.vocoder)
     waveform = load_audio(audio, settings.sample_rate)
-    # The front end's STFT needs more than n_fft / 2 samples: shorter inputs are padded with silence for the
-    # encoding, and the output is trimmed back to the input's length.
-    samples = waveform.shape[0]
-    if samples < settings.n_fft:
-        waveform = np.pad(waveform, (0, settings.n_fft - samples))
-    return mel_for_vae(waveform, settings, pipe.vae_scale_factor), samples
+    # A short input is padded for the encoding (mel_for_vae); the output is trimmed back to its length.
+    return mel_for_vae(waveform, settings, pipe.vae_scale_factor), waveform.shape[0]

@@ -88,7 +88,8 @@ def generate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--regenerate", action="append", type=_span, default=None, metavar="START:END",
                         help="with --input: remake this span of the recording, e.g. 130:145 (repeatable); the rest "
                              "keeps its own samples")
-    parser.add_argument("--context", type=positive_number("--context", "seconds"), default=None, metavar="SECONDS",
+    parser.add_argument("--context", type=positive_number("--context", "seconds", allow_zero=True), default=None,
+                        metavar="SECONDS",
                         help="with --extend: encode only the input's last SECONDS; with --regenerate: seconds of "
                              "context each side of the spans (default 5.12)")
     parser.add_argument("--crossfade", type=float, default=None, metavar="SECONDS",
@@ -218,7 +219,9 @@ def _check_input_file(path: str | None) -> None:
     import soundfile
 
     if not os.path.isfile(path):
-        raise CliError(f"--input {path}: no such file")
+        what = "is a directory" if os.path.isdir(path) else "is not a regular file" if os.path.exists(path) else \
+            "no such file"
+        raise CliError(f"--input {path}: {what}")
     try:
         info = soundfile.info(path)
     except Exception as error:  # noqa: BLE001 - unknown format, unreadable: all "cannot read"
@@ -290,7 +293,8 @@ def generate(args: argparse.Namespace) -> Path:
         seams = pipe.seam_positions(seconds, request.tiling) if args.mark_seams else None
         audio, rate = soundfile.read(output, dtype="float32")
         try:
-            save_spectrogram(picture, audio, rate, boundaries=seams, title=f"{output.name}: {seconds:g} s")
+            save_spectrogram(picture, audio, rate, overwrite=not args.no_overwrite, boundaries=seams,
+                             title=f"{output.name}: {seconds:g} s")
         except OSError as error:
             raise CliError(f"--spectrogram: {error}; the audio was written to {output}") from None
         logger.info("wrote %s", picture)
@@ -307,7 +311,7 @@ def _check_spectrogram_path(args: argparse.Namespace) -> Path | None:
     from .plots import require_matplotlib
 
     try:
-        path = check_output_path(args.spectrogram, suffix=".png")
+        path = check_output_path(args.spectrogram, overwrite=not args.no_overwrite, suffix=".png")
     except (ValueError, OSError) as error:
         raise CliError(f"--spectrogram: {error}") from None
     try:
@@ -417,6 +421,12 @@ def _terminating_signals_unwind():
             signal.signal(sig, handler)
 
 
+def _what_was_kept(argv: list[str]) -> str:
+    if argv and argv[0] == "batch":
+        return "the jobs finished before are kept; the job in progress was not written"
+    return "no output was written"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -434,16 +444,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"audioldm-tiled: error: {str(error) or 'out of memory'}", file=sys.stderr)
         return 2
     except OSError as error:  # a full disk, a file that appeared under --no-overwrite, a folder gone
-        where = f": {error.filename}" if error.filename and str(error.filename) not in str(error) else ""
+        where = f": {error.filename}" if error.filename and str(error.filename) not in (error.strerror or "") else ""
         print(f"audioldm-tiled: error: {error.strerror or error}{where}", file=sys.stderr)
         return 1
     except SystemExit as exit_:  # argparse's usage errors (status 2) and --help (status 0)
         return int(exit_.code or 0)
     except KeyboardInterrupt:
-        print("audioldm-tiled: interrupted; no output was written", file=sys.stderr)
+        print(f"audioldm-tiled: interrupted; {_what_was_kept(argv)}", file=sys.stderr)
         return 130
     except Terminated as stop:
-        print(f"audioldm-tiled: stopped by {signal.Signals(stop.signum).name}; no output was written",
+        print(f"audioldm-tiled: stopped by {signal.Signals(stop.signum).name}; {_what_was_kept(argv)}",
               file=sys.stderr)
         return 128 + stop.signum
     return 0

@@ -172,11 +172,19 @@ def plan_edit(audio, sample_rate: int, frame_samples: int, extend_s: float | Non
               crossfade_s: float | None = None) -> Edit:
     """Read the input and plan a continuation (``extend_s``) or a regeneration (``regenerate``), with checks that
     name the argument at fault."""
+    original = load_audio(audio, sample_rate)
+    return Edit(original, *edit_geometry(original.shape[0], sample_rate, frame_samples, extend_s, regenerate,
+                                         context_s, crossfade_s))
+
+
+def edit_geometry(total: int, sample_rate: int, frame_samples: int, extend_s: float | None = None,
+                  regenerate: object = None, context_s: float | None = None, crossfade_s: float | None = None):
+    """An edit's layout over an input of ``total`` samples: the fields of ``Edit`` after ``original``. Raises
+    ValueError naming the argument at fault; needs only the input's length, so a request checks it before any
+    model is loaded."""
     if (extend_s is None) == (regenerate is None):
         raise ValueError("pass one of `extend_s` (continue the input) and `regenerate` (remake spans of it)")
     crossfade_s = DEFAULT_CROSSFADE_S if crossfade_s is None else _seconds("crossfade_s", crossfade_s, strict=False)
-    original = load_audio(audio, sample_rate)
-    total = original.shape[0]
     fade = int(round(crossfade_s * sample_rate))
     if extend_s is not None:
         extension = int(round(_seconds("extend_s", extend_s) * sample_rate))
@@ -189,8 +197,8 @@ def plan_edit(audio, sample_rate: int, frame_samples: int, extend_s: float | Non
                              f"{(total - start) / sample_rate:g} s")
         first_unknown = (total - start) // frame_samples
         frames = math.ceil((total + extension - start) / frame_samples)
-        return Edit(original, (start, total), [(total - fade, total + extension)], [(first_unknown, frames)],
-                    total + extension, fade, frame_samples)
+        return (start, total), [(total - fade, total + extension)], [(first_unknown, frames)], total + extension, \
+            fade, frame_samples
     spans = parse_spans(regenerate, total / sample_rate)
     context = DEFAULT_SPAN_CONTEXT_S if context_s is None else _seconds("context_s", context_s, strict=False)
     ranges = [(int(round(a * sample_rate)), int(round(b * sample_rate))) for a, b in spans]
@@ -202,7 +210,7 @@ def plan_edit(audio, sample_rate: int, frame_samples: int, extend_s: float | Non
     start = max(0, ranges[0][0] - pad) // frame_samples * frame_samples
     stop = min(total, ranges[-1][1] + pad)
     unknown = [((a - start) // frame_samples, -(-(b - start) // frame_samples)) for a, b in ranges]
-    return Edit(original, (start, stop), ranges, unknown, total, fade, frame_samples)
+    return (start, stop), ranges, unknown, total, fade, frame_samples
 
 
 class KnownRegion:

@@ -127,8 +127,11 @@ def atomic_file(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
             os.unlink(tmp)
     except OSError as error:
         _unlink(tmp)
-        if error.errno == errno.ENOSPC:
+        elsewhere = error.filename is not None and os.fspath(error.filename) not in (str(tmp), str(target))
+        if error.errno == errno.ENOSPC and not elsewhere:  # an error that names another file is that file's
             raise OutputError(errno.ENOSPC, f"no space left on device writing {str(path)!r}") from None
+        if error.errno == errno.ENOENT and not target.parent.is_dir():
+            raise OutputError(errno.ENOENT, f"the folder of {str(path)!r} was removed while writing it") from None
         raise
     except BaseException:
         _unlink(tmp)

@@ -20,13 +20,15 @@ import numpy as np
 import torch
 
 from .config import TilingConfig
-from .constants import COMMAND_SECONDS
-from .editing import DEFAULT_CROSSFADE_S, parse_spans
+from .constants import COMMAND_SECONDS, HOP_LENGTH, SAMPLE_RATE, VAE_FACTOR
+from .editing import DEFAULT_CROSSFADE_S, edit_geometry, parse_spans
 from .timeline import Segment, is_timeline, parse_timeline
 
 KINDS = ("generate", "restyle", "extend", "regenerate", "loop")
 # How far audio-to-audio takes its input towards noise when the caller does not say.
 DEFAULT_STRENGTH = 0.5
+# The shortest render: one latent frame (the parents' check_inputs asks the same).
+MIN_SECONDS = VAE_FACTOR * HOP_LENGTH / SAMPLE_RATE
 # Longer than any render (a year of audio): a length past it is a typing mistake, and would overflow sample counts.
 MAX_SECONDS = 365 * 24 * 3600.0
 
@@ -112,6 +114,9 @@ class Request:
                              f"process group's ranks) or a torch.distributed ProcessGroup, got {self.ranks!r}")
         if self.audio_length_in_s is not None:
             object.__setattr__(self, "audio_length_in_s", _seconds("audio_length_in_s", self.audio_length_in_s))
+            if self.audio_length_in_s < MIN_SECONDS:
+                raise ValueError(f"`audio_length_in_s` must be at least {MIN_SECONDS:g} s (one latent frame), got "
+                                 f"{self.audio_length_in_s:g}")
         self._check_kind()
         if is_timeline(self.prompt):
             self._check_timeline()
@@ -149,9 +154,12 @@ class Request:
                 _seconds("context_s", self.context_s, allow_zero=self.regenerate is not None)
             if self.crossfade_s is not None:
                 _seconds("crossfade_s", self.crossfade_s, allow_zero=True)
-            if self.regenerate is not None:
-                length = source_seconds(self.audio, None)  # arrays are checked by the plan, at the model's rate
-                parse_spans(self.regenerate, math.inf if length is None else length)
+            length = source_seconds(self.audio, None)  # a file's; arrays are checked by the plan, at the model's rate
+            if length is not None:  # the spans and crossfades against the input, before any model is loaded
+                edit_geometry(max(1, round(length * SAMPLE_RATE)), SAMPLE_RATE, VAE_FACTOR * HOP_LENGTH,
+                              self.extend_s, self.regenerate, self.context_s, self.crossfade_s)
+            elif self.regenerate is not None:
+                parse_spans(self.regenerate, math.inf)
         elif self.audio is not None:
             if self.audio_length_in_s is not None:
                 raise ValueError("pass either `audio` or `audio_length_in_s`: with `audio` the output has the "
@@ -222,9 +230,12 @@ class Request:
     @classmethod
     def for_command_line(cls, **fields_: Any) -> Request:
         """A request as the command line and batch make it: ``COMMAND_SECONDS`` when neither a length nor an
-        input is given."""
+        input is given, and a prompt that is not blank."""
         if fields_.get("audio_length_in_s") is None and fields_.get("audio") is None:
             fields_["audio_length_in_s"] = COMMAND_SECONDS
+        prompt = fields_.get("prompt")
+        if isinstance(prompt, str) and not prompt.strip():
+            raise ValueError(f"`prompt` must be a text describing the sound, got {prompt!r}")
         return cls(**fields_)
 
     def call_arguments(self) -> dict[str, Any]:

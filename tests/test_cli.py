@@ -229,3 +229,105 @@ def test_cli_edit_errors_come_before_the_model(tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "o.wav").exists()
+
+
+@pytest.fixture()
+def no_model(monkeypatch):
+    """Fails the test if a command loads a model: the errors below must come before."""
+    import audioldm_tiled.loading as loading
+
+    monkeypatch.setattr(loading, "load_pipeline", lambda *a, **k: pytest.fail("a model was loaded"))
+
+
+@pytest.fixture()
+def three_s(tmp_path):
+    path = tmp_path / "three.wav"
+    sf.write(path, (0.1 * np.random.default_rng(0).standard_normal(48000)).astype(np.float32), 16000)
+    return str(path)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seconds", "1e306"], "--seconds must be a finite number of seconds > 0 and at most"),
+    (["--seconds", "1e308"], "--seconds must be a finite number of seconds > 0 and at most"),
+    (["--input", "IN", "--extend", "1e306"], "--extend must be a finite number"),
+    (["--input", "IN", "--extend", "1", "--context", "1e308"], "--context must be a finite number"),
+    (["--input", "IN", "--extend", "1", "--crossfade", "1e308"], "--crossfade must be a finite number"),
+    (["--input", "IN", "--regenerate", "1:1.2"], "--crossfade of 0.25 s at each end is longer than half the span"),
+    (["--loop", "--seconds", "0.01"], "--seconds must be at least 0.04 s (one latent frame)"),
+    (["--input", "IN", "--extend", "1", "--crossfade", "10"], "--crossfade of 10 s is longer than the input"),
+    (["--input", "IN", "--extend", "1", "--context", "0"], "--context must be a finite number of seconds > 0"),
+])
+def test_numbers_and_edits_are_checked_before_the_model(tmp_path, capsys, no_model, three_s, args, message):
+    args = [three_s if a == "IN" else a for a in args]
+    assert main(["rain", "-o", str(tmp_path / "o.wav"), "--model", "random:tiny", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_a_blank_prompt_and_inputs_that_are_not_files_are_named(tmp_path, capsys, no_model):
+    assert main(["   ", "-o", str(tmp_path / "o.wav")]) == 2
+    assert "PROMPT must be a text describing the sound" in capsys.readouterr().err
+    assert main(["rain", "--input", str(tmp_path), "--extend", "1", "-o", str(tmp_path / "o.wav")]) == 2
+    assert f"--input {tmp_path}: is a directory" in capsys.readouterr().err
+    assert main(["rain", "--input", "/dev/zero", "--extend", "1", "-o", str(tmp_path / "o.wav")]) == 2
+    assert "--input /dev/zero: is not a regular file" in capsys.readouterr().err
+
+
+def test_context_0_around_a_span_is_allowed(tmp_path, three_s):
+    out = tmp_path / "o.wav"
+    assert main(["rain", "--input", three_s, "--regenerate", "1:2", "--context", "0", "-o", str(out), "--model",
+                 "random:tiny", "--steps", "1", "--quiet"]) == 0
+    assert sf.info(out).frames == 48000
+
+
+def test_no_overwrite_protects_the_spectrogram_too(tmp_path, capsys, no_model):
+    picture = tmp_path / "o.png"
+    picture.write_bytes(b"an earlier picture")
+    assert main(["rain", "-o", str(tmp_path / "o.wav"), "--spectrogram", str(picture), "--no-overwrite"]) == 2
+    assert "exists, and overwriting was refused" in capsys.readouterr().err
+    assert picture.read_bytes() == b"an earlier picture"
+
+
+def test_long_legal_names_render_and_too_long_ones_fail_first(tmp_path, capsys):
+    long = tmp_path / ("r" * 246 + ".wav")  # 250 bytes: the temporary name beside it would pass 255
+    assert main(["rain", "--seconds", "0.5", "-o", str(long), "--model", "random:tiny", "--steps", "1",
+                 "--quiet"]) == 0
+    assert sf.info(long).frames == 8000
+    assert main(["rain", "-o", str(tmp_path / ("r" * 260 + ".wav")), "--model", "no/such-model"]) == 2
+    assert "more than the 255 its filesystem takes" in capsys.readouterr().err
+
+
+def test_a_full_store_folder_is_named_as_such(tmp_path, capsys, monkeypatch):
+    import errno
+    import types
+
+    import audioldm_tiled.vae.store as store
+
+    def full(**kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store, "tempfile", types.SimpleNamespace(TemporaryFile=full))
+    assert main(["rain", "--seconds", "2", "-o", str(tmp_path / "o.wav"), "--model", "random:tiny", "--steps", "1",
+                 "--quiet", "--store", "disk", "--store-dir", str(tmp_path), "--tile-frames", "16"]) == 1
+    err = capsys.readouterr().err
+    assert "the exact decode's store folder: No space left on device" in err and str(tmp_path) in err
+    assert "writing" not in err and not (tmp_path / "o.wav").exists()
+
+
+def test_memory_errors_and_stopped_batches_say_what_happened(tmp_path, capsys, monkeypatch):
+    import audioldm_tiled.batch as batch
+
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('{"output": "a.wav", "prompt": "rain", "seconds": 0.5}\n')
+    monkeypatch.setattr(batch, "read_jobs", lambda path: (_ for _ in ()).throw(MemoryError()))
+    assert main(["batch", str(jobs), "--out-dir", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == "audioldm-tiled: error: out of memory"
+    monkeypatch.undo()
+    monkeypatch.setattr(batch, "run_batch", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    assert main(["batch", str(jobs), "--out-dir", str(tmp_path / "out")]) == 130
+    assert "the jobs finished before are kept" in capsys.readouterr().err
+
+
+def test_bench_checks_its_json_path_before_running(capsys):
+    assert main(["bench", "decode", "--seconds", "1", "--json", "/nonexistent/x.json"]) == 2
+    assert "--json /nonexistent/x.json: folder /nonexistent does not exist" in capsys.readouterr().err

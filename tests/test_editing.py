@@ -119,3 +119,19 @@ def test_edit_errors(tiny_pipe, recording, kwargs, message):
 def test_an_edit_needs_an_input(tiny_pipe):
     with pytest.raises(ValueError, match="pass it as `audio`"):
         tiny_pipe("rain", extend_s=2.0, num_inference_steps=1)
+
+
+@pytest.mark.parametrize("samples,edit", [
+    (300, dict(extend_s=1.0, crossfade_s=0)),
+    (300, dict(regenerate=(0.0, 0.01), crossfade_s=0)),
+    (32300, dict(extend_s=1.0, context_s=0.01, crossfade_s=0)),
+])
+def test_inputs_and_contexts_shorter_than_the_stft_window(tiny_pipe, samples, edit):
+    """The front end's STFT needs more than n_fft / 2 samples; shorter contexts are padded for the encoding."""
+    source = (0.1 * np.random.default_rng(0).standard_normal(samples)).astype(np.float32)
+    audio = tiny_pipe("rain", audio=source, num_inference_steps=1, generator=torch.Generator().manual_seed(0),
+                      **edit).audios[0]
+    assert audio.shape == (samples + int(edit.get("extend_s", 0) * 16000),)
+    # the input's own samples where nothing is remade (no crossfade): all of them, or those after the 10 ms span
+    kept = slice(0, samples) if "extend_s" in edit else slice(160, samples)
+    assert np.array_equal(audio[kept], source[kept])

@@ -155,3 +155,16 @@ def test_atomic_file_serves_any_writer(tmp_path):
     with atomic_file(tmp_path / "notes.txt") as tmp:
         tmp.write_text("done")
     assert (tmp_path / "notes.txt").read_text() == "done" and _litter(tmp_path) == []
+
+
+def test_a_folder_removed_while_writing_is_named(tmp_path):
+    import shutil
+
+    from audioldm_tiled.files import OutputError
+
+    folder = tmp_path / "renders"
+    folder.mkdir()
+    with pytest.raises(OutputError, match=r"the folder of '.*renders/a.wav' was removed while writing it"):
+        with atomic_file(folder / "a.wav") as part:
+            part.write_bytes(b"audio")
+            shutil.rmtree(folder)

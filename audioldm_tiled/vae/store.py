@@ -152,11 +152,18 @@ class DiskStore(Store):
 
     def _save(self, tensor: torch.Tensor) -> object:
         data = _time_major(tensor).to(HOST).contiguous().reshape(-1).view(torch.uint8).numpy()
-        file = tempfile.TemporaryFile(dir=self.directory)
+        folder = store_directory(self.directory)
+        try:
+            file = tempfile.TemporaryFile(dir=folder)
+        except OSError as error:  # named here: the output file's path would otherwise be blamed
+            raise OSError(error.errno, f"the exact decode's store folder: {error.strerror}", folder) from None
         try:
             view, done = memoryview(data), 0
             while done < len(view):
                 done += os.write(file.fileno(), view[done:])
+        except OSError as error:
+            file.close()
+            raise OSError(error.errno, f"the exact decode's store folder: {error.strerror}", folder) from None
         except BaseException:
             file.close()
             raise
