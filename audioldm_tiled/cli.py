@@ -15,6 +15,7 @@ from pathlib import Path
 from .arguments import positive_int, positive_number
 from .config import STORES
 from .constants import DTYPES, MAX_SEED
+from .errors import RankFailed
 from .loading import DEFAULT_MODEL
 
 logger = logging.getLogger("audioldm_tiled.cli")
@@ -187,9 +188,9 @@ def _prompt_or_timeline(args: argparse.Namespace):
         import json
 
         try:
-            with open(args.timeline) as f:
+            with open(args.timeline, encoding="utf-8-sig") as f:  # with or without a byte-order mark
                 timeline = json.load(f)
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
             raise CliError(f"--timeline {args.timeline}: cannot read a JSON timeline ({error})") from None
         if not isinstance(timeline, list):
             raise CliError(f"--timeline {args.timeline}: expected a JSON list of [start_s, text] or "
@@ -443,6 +444,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CliError, ValueError, MemoryError) as error:  # MemoryError: a decode that cannot fit, said before denoising
         print(f"audioldm-tiled: error: {str(error) or 'out of memory'}", file=sys.stderr)
         return 2
+    except RankFailed as error:  # every rank says it, naming the rank that failed; torchrun's report follows
+        print(f"audioldm-tiled: error: {error}", file=sys.stderr)
+        return 1
     except OSError as error:  # a full disk, a file that appeared under --no-overwrite, a folder gone
         where = f": {error.filename}" if error.filename and str(error.filename) not in (error.strerror or "") else ""
         print(f"audioldm-tiled: error: {error.strerror or error}{where}", file=sys.stderr)

@@ -25,16 +25,13 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
+from .errors import RankFailed
 from .geometry import join_frames
 
 T = TypeVar("T")
 
 # How long a rank waits in a collective for the others (init_process_group's timeout).
 DEFAULT_TIMEOUT = datetime.timedelta(minutes=10)
-
-
-class RankFailed(RuntimeError):
-    """A rank failed; every rank raises this with the same message (the failing rank chains its own error)."""
 
 
 @dataclass(frozen=True)

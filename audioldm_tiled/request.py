@@ -249,9 +249,13 @@ class Request:
         render compare it, so that different arguments on different ranks are refused instead of mixed."""
         hasher = hashlib.sha256()
         for f in fields(self):
-            if f.name != "ranks":
-                hasher.update(f.name.encode())
-                _feed(hasher, getattr(self, f.name))
+            value = getattr(self, f.name)
+            if f.name == "ranks":
+                continue
+            if f.name == "tiling" and value is not None:  # where each rank keeps its work may differ; the tiles
+                value = value.replace(store="auto", store_dir=None, memory_budget=None, show_progress=True)  # do not
+            hasher.update(f.name.encode())
+            _feed(hasher, value)
         return hasher.hexdigest()
 
 

@@ -331,3 +331,13 @@ def test_memory_errors_and_stopped_batches_say_what_happened(tmp_path, capsys, m
 def test_bench_checks_its_json_path_before_running(capsys):
     assert main(["bench", "decode", "--seconds", "1", "--json", "/nonexistent/x.json"]) == 2
     assert "--json /nonexistent/x.json: folder /nonexistent does not exist" in capsys.readouterr().err
+
+
+def test_timeline_files_with_a_byte_order_mark_or_broken_text(tmp_path, capsys, no_model):
+    timeline = tmp_path / "t.json"
+    timeline.write_bytes(b'\xef\xbb\xbf[[0, "rain"], [1, "caf\xe9"]]')
+    assert main(["--timeline", str(timeline), "--seconds", "2", "-o", str(tmp_path / "o.wav")]) == 2
+    assert f"--timeline {timeline}: cannot read a JSON timeline" in capsys.readouterr().err
+    timeline.write_bytes('\ufeff[[0, "rain"], [1, "café"]]'.encode())
+    assert main(["--timeline", str(timeline), "--seconds", "0.5", "-o", str(tmp_path / "o.wav")]) == 2
+    assert "segment 1 starts at 1 s" in capsys.readouterr().err  # read, then checked: past a 0.5 s render

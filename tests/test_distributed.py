@@ -381,3 +381,22 @@ def test_a_short_edit_over_ranks_ends_together_on_every_rank(tmp_path, edit):
 
     assert on_ranks(2, work, tmp_path) == [0, 0]
     assert (tmp_path / "two.wav").read_bytes() == (tmp_path / "one.wav").read_bytes()
+
+
+def test_ranks_may_keep_their_work_in_different_places(tiny_pipe, tmp_path):
+    """Where a rank keeps its paused tiles, and its memory budget, do not change the audio: not refused."""
+    tiling = WINDOWS.replace(enabled=True, tile_frames=16, store="disk", show_progress=False)
+    folders = [tmp_path / "r0", tmp_path / "r1"]
+    for folder in folders:
+        folder.mkdir()
+
+    def audio(**call):
+        return tiny_pipe("rain", audio_length_in_s=4.0, num_inference_steps=2, generator=torch.Generator()
+                         .manual_seed(3), **call).audios
+
+    with one_thread():
+        expected = audio(tiling=tiling)
+    results = on_ranks(2, lambda rank: audio(tiling=tiling.replace(store_dir=folders[rank], memory_budget=10**9 +
+                                                                   rank), ranks="auto"), tmp_path)
+    for result in results:
+        assert np.array_equal(result, expected)
