@@ -131,7 +131,18 @@ def test_each_rank_renders_its_own_prompts_unless_asked_to_share(tiny_pipe, tmp_
 
     with one_thread():
         expected = [audio(prompt, seed) for prompt, seed in arguments]
-    results = on_ranks(2, lambda rank: audio(*arguments[rank]), tmp_path)
+
+    def work(rank):
+        from accelerate import PartialState
+
+        os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
+        state = PartialState(cpu=True)  # finds the process group this rank already joined
+        torch.set_num_threads(1)  # accelerate sets its own thread count on the CPU; the reference ran on one
+        with state.split_between_processes(arguments) as mine:
+            assert len(mine) == 1
+            return audio(*mine[0])
+
+    results = on_ranks(2, work, tmp_path)
     for result, alone in zip(results, expected):
         assert np.array_equal(result, alone)
     assert not np.array_equal(expected[0], expected[1])  # the prompts make different audio
