@@ -12,6 +12,7 @@ Enabled = bool | Literal["auto"]
 MODES = ("exact", "fast")
 WEIGHTINGS = ("cosine", "triangular", "uniform")
 VOCODER_PRECISIONS = ("auto", "model", "float32")
+DECODE_PRECISIONS = ("auto", "model", "float32")
 STORES = ("auto", "device", "host", "disk")
 
 
@@ -38,6 +39,8 @@ class TilingConfig:
     vocoder_chunk_frames: int | None = None  # mel frames per vocoder chunk core; None: chosen from memory_budget
     vocoder_context_frames: int | None = None  # mel frames of context per side; None: the vocoder's receptive field
     vocoder_precision: str = "auto"  # "auto": float32 for bfloat16 weights, else theirs; "model"; "float32"
+    decode_precision: str = "auto"  # the VAE decoder's output layers; "auto": float32 for a bfloat16 VAE, so the
+    # mel reaches the vocoder in float32; "model": the VAE's dtype; "float32": float32 for any dtype
     windowed: bool = True  # denoise in overlapping time windows when the latent is longer than one window
     window_frames: int = 256  # latent frames per denoising window (10.24 s, AudioLDM's training length)
     window_overlap_frames: int = 96  # latent frames shared by neighbouring windows (37.5 %)
@@ -68,6 +71,9 @@ class TilingConfig:
         if self.vocoder_precision not in VOCODER_PRECISIONS:
             raise ValueError(f"TilingConfig.vocoder_precision must be one of {VOCODER_PRECISIONS}, "
                              f"got {self.vocoder_precision!r}")
+        if self.decode_precision not in DECODE_PRECISIONS:
+            raise ValueError(f"TilingConfig.decode_precision must be one of {DECODE_PRECISIONS}, "
+                             f"got {self.decode_precision!r}")
         if self.store not in STORES:
             raise ValueError(f"TilingConfig.store must be one of {STORES}, got {self.store!r}")
         if self.store_dir is not None and not isinstance(self.store_dir, (str, os.PathLike)):

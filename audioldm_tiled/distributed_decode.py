@@ -21,7 +21,7 @@ import torch
 from .config import TilingConfig
 from .distributed import Ranks, exchange_frames, in_rank_order, smallest, together
 from .geometry import join_frames
-from .vae import decode_on_ranks
+from .vae import decode_job, decode_on_ranks
 from .vocoder import choose_chunk_frames, plan_chunks, vocode_chunks
 
 
@@ -40,8 +40,9 @@ def waveform_on_ranks(vae, vocoder, latents: torch.Tensor, config: TilingConfig,
     needed = [(chunks[s[0]].start, chunks[s[-1]].stop) if s else (0, 0) for s in shares]
     own, want = spans[ranks.rank], needed[ranks.rank]
     shape = (latents.shape[0], 1, vocoder.config.model_in_dim)
+    mel_dtype = torch.float32 if decode_job(vae, config).float32_output else latents.dtype
     received = exchange_frames(ranks, lambda lo, hi: mel[:, lo - own[0] : hi - own[0]], spans, needed, shape,
-                               latents.dtype, dim=1)
+                               mel_dtype, dim=1)
     mine = shares[ranks.rank]
     if mine:
         held = [(lo, piece) for lo, piece in received]

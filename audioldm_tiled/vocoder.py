@@ -136,13 +136,13 @@ def _vocode_function(vocoder: nn.Module, device: torch.device, config: TilingCon
     if _runs_in_float32(vocoder, config) and vocoder.dtype != torch.float32:
         if not _is_hifigan(vocoder):
             if config.vocoder_precision == "auto":
-                return vocoder
+                return lambda mel: vocoder(mel.to(vocoder.dtype))
             raise ValueError(f"TilingConfig.vocoder_precision='float32' needs the HiFi-GAN layout; "
                              f"{type(vocoder).__name__} runs in its own dtype (vocoder_precision='model')")
         return lambda mel: hifigan_channels_last(vocoder, mel.float())  # each weight widened as it is used
     if config.enabled is not False and device.type == "cpu" and _is_hifigan(vocoder):
-        return lambda mel: hifigan_channels_last(vocoder, mel)
-    return vocoder
+        return lambda mel: hifigan_channels_last(vocoder, mel.to(vocoder.dtype))
+    return lambda mel: vocoder(mel.to(vocoder.dtype))  # a float32 mel (decode_precision) into a half vocoder
 
 
 def _widest_per_frame(vocoder: nn.Module, batch: int, dtype: torch.dtype) -> int:

@@ -411,3 +411,21 @@ def test_ranks_may_keep_their_work_in_different_places(tiny_pipe, tmp_path):
                                                                    rank), ranks="auto"), tmp_path)
     for result in results:
         assert np.array_equal(result, expected)
+
+
+def test_a_bfloat16_render_over_ranks_passes_its_float32_mel_between_ranks(tiny, tmp_path):
+    """Under bfloat16 the decoder's output is float32 (decode_precision): the ranks exchange the mel as it is."""
+    from audioldm_tiled import AudioLDMTiledPipeline
+
+    pipe = AudioLDMTiledPipeline(**tiny).to(dtype=torch.bfloat16)
+    pipe.set_progress_bar_config(disable=True)
+    tiling = WINDOWS.replace(enabled=True, tile_frames=16, vocoder_chunk_frames=64, store="host")
+
+    def audio(**call):
+        return pipe("rain", audio_length_in_s=4.0, num_inference_steps=2, tiling=tiling,
+                    generator=torch.Generator().manual_seed(2), **call).audios
+
+    with one_thread():
+        expected = audio()
+    for result in on_ranks(2, lambda rank: audio(ranks="auto"), tmp_path):
+        assert np.array_equal(result, expected)

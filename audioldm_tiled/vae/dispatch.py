@@ -79,6 +79,12 @@ def _pieces(job: Program, x: torch.Tensor, config: TilingConfig, untiled: Callab
             else:
                 logger.info("tiling the %s: untiled would need about %.2f GB, the budget is %.2f GB",
                             job.name, needed / 1e9, budget / 1e9)
+    if tiles is None and job.float32_output:
+        # diffusers' decode runs every layer in the model's dtype: one exact tile over the whole sequence computes
+        # what it computes, with the output layers in float32
+        whole = plan_job_tiles(job, x, config.replace(tile_frames=max(1, x.shape[2] // job.unit)))
+        yield from _tiled_pieces(job, x, whole, config.replace(mode="exact"))
+        return
     if tiles is None:
         try:
             yield untiled()
@@ -95,15 +101,16 @@ def _pieces(job: Program, x: torch.Tensor, config: TilingConfig, untiled: Callab
 
 def _tiled_pieces(job: Program, x: torch.Tensor, tiles: list[Tile], config: TilingConfig, ranks: Ranks | None = None,
                   circular: bool = False) -> Iterator[torch.Tensor]:
-    """The output cores of ``tiles`` in order, in fast or exact mode, in ``x``'s dtype (with ``ranks``: this
-    rank's share of them)."""
+    """The output cores of ``tiles`` in order, in fast or exact mode, in ``x``'s dtype or float32 where the job's
+    output layers run in it (with ``ranks``: this rank's share of them)."""
     if config.mode == "fast":
         pieces = fast_pieces(job, x, tiles, config, ranks, circular)
     else:
         pieces = (core for _, core in iter_exact(job, x, tiles, config, ranks=ranks,
                                                 circular=circular))
+    dtype = torch.float32 if job.float32_output else x.dtype
     for piece in pieces:
-        yield piece.to(x.dtype)
+        yield piece.to(dtype)
 
 
 def _check_input(name: str, x: torch.Tensor, channels: int, min_frames: int) -> None:
@@ -115,10 +122,26 @@ def _check_input(name: str, x: torch.Tensor, channels: int, min_frames: int) -> 
         )
 
 
-def decode_job(vae) -> Program:
-    tasks = decoder_tasks(vae)  # each latent frame becomes time_scale(tasks) mel frames
+def decode_job(vae, config: TilingConfig | None = None) -> Program:
+    """The decoder's program; ``config.decode_precision`` says whether its output layers run in float32."""
+    widen = decodes_in_float32(vae, config)
+    tasks = decoder_tasks(vae, float32_output=widen)  # each latent frame becomes time_scale(tasks) mel frames
     return Program(tasks, unit=1, frame_seconds=float(time_scale(tasks)) / MEL_FRAMES_PER_SECOND, name="VAE decode",
-               peak_factor=UNTILED_DECODE_PEAK_FACTOR)
+                   peak_factor=UNTILED_DECODE_PEAK_FACTOR, float32_output=widen)
+
+
+# Measured on a trained 16 kHz HiFi-GAN (docs/experiments/half_precision.py --trained-vocoder): rounding the mel to
+# bfloat16 alone costs more than every other rounding of a bfloat16 pipeline together, while float16's rounding of
+# it costs far less. "auto" therefore keeps a bfloat16 decoder's output in float32, and a float16 one as it is.
+FLOAT32_OUTPUT_FOR = (torch.bfloat16,)
+
+
+def decodes_in_float32(vae, config: TilingConfig | None) -> bool:
+    """Whether the decoder's last GroupNorm, activation and conv_out run in float32 (so its mel is float32)."""
+    precision = "auto" if config is None else config.decode_precision
+    dtype = vae.dtype
+    return dtype != torch.float32 and dtype != torch.float64 and (
+        precision == "float32" or (precision == "auto" and dtype in FLOAT32_OUTPUT_FOR))
 
 
 def encode_job(vae) -> Program:
@@ -177,8 +200,8 @@ def iter_decode(vae, latents: torch.Tensor, config: TilingConfig | None = None,
     ends are decoded as if the latents were repeated, with the statistics and attention of one period.
     """
     _check_input("latents", latents, vae.config.latent_channels, 1)
-    pieces = iter_tiled(decode_job(vae), latents, config or TilingConfig(), lambda: vae.decode(latents).sample,
-                        circular)
+    config = config or TilingConfig()
+    pieces = iter_tiled(decode_job(vae, config), latents, config, lambda: vae.decode(latents).sample, circular)
     yield from with_hook_fired(vae, pieces)
 
 
@@ -193,7 +216,7 @@ def decode_on_ranks(vae, latents: torch.Tensor, config: TilingConfig,
     decode that runs in one piece runs on rank 0 alone, as in one process (out-of-memory retry included).
     """
     _check_input("latents", latents, vae.config.latent_channels, 1)
-    job = decode_job(vae)
+    job = decode_job(vae, config)
     tiles = _tiles_on_ranks(job, latents, config, ranks)
     scale = int(time_scale(job.tasks))
     if tiles is None:

@@ -67,8 +67,10 @@ def pool_stats(parts: list[GroupStats]) -> GroupStats:
     return GroupStats(count, mean, m2)
 
 
-def apply_group_norm(x: torch.Tensor, stats: GroupStats, norm: nn.GroupNorm, batch_groups: int = 1) -> torch.Tensor:
-    """``norm(x)`` with the given statistics instead of the statistics of ``x``; computed in float32 at least."""
+def apply_group_norm(x: torch.Tensor, stats: GroupStats, norm: nn.GroupNorm, batch_groups: int = 1,
+                     float32_output: bool = False) -> torch.Tensor:
+    """``norm(x)`` with the given statistics instead of the statistics of ``x``; computed in float32 at least, and
+    returned in x's dtype (or in that precision, with ``float32_output``)."""
     b, c = x.shape[:2]
     g = norm.num_groups
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -84,4 +86,4 @@ def apply_group_norm(x: torch.Tensor, stats: GroupStats, norm: nn.GroupNorm, bat
             weight, bias = norm.weight.to(compute).reshape(1, g, c // g), norm.bias.to(compute).reshape(1, g, c // g)
         scale, shift = scale * weight, shift * weight + bias
     out = torch.addcmul(shift.reshape(shape).flatten(1, 2), x.to(compute), scale.reshape(shape).flatten(1, 2))
-    return out.to(x.dtype)
+    return out if float32_output else out.to(x.dtype)

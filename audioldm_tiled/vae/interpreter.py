@@ -66,7 +66,8 @@ def run_tasks(tasks: list[Task], x: torch.Tensor, residual: torch.Tensor | None,
         if (lo, hi) != (0, x.shape[2]):
             x = x[:, :, lo:hi]
         if isinstance(task, Norm):
-            x = apply_group_norm(x, statistics(task.module, core_of(x)), task.module, batch_groups)
+            x = apply_group_norm(x, statistics(task.module, core_of(x)), task.module, batch_groups,
+                                 task.float32_output)
         elif isinstance(task, Global):
             if attend is None:
                 raise TypeError(f"not a local task: {task!r}")
@@ -108,6 +109,7 @@ class Program:
     frame_seconds: float
     name: str
     peak_factor: float
+    float32_output: bool = False  # the last tasks run in float32 (a bfloat16 decoder's output layers)
 
     def seconds(self, frame: int) -> float:
         return frame * self.frame_seconds

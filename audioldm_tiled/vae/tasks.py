@@ -35,9 +35,11 @@ class Conv:
 
 @dataclass(frozen=True)
 class Norm:
-    """GroupNorm: a barrier, applied with statistics pooled over every tile."""
+    """GroupNorm: a barrier, applied with statistics pooled over every tile; with ``float32_output`` its output
+    (computed in float32 in any case) is not rounded back to the input's dtype, and what follows runs in float32."""
 
     module: nn.GroupNorm
+    float32_output: bool = False
 
 
 @dataclass(frozen=True)
@@ -191,8 +193,9 @@ def encoder_tasks(vae: nn.Module) -> list[Task]:
     return tasks
 
 
-def decoder_tasks(vae: nn.Module) -> list[Task]:
-    """post_quant_conv, conv_in, mid block, up blocks, conv_norm_out, activation, conv_out."""
+def decoder_tasks(vae: nn.Module, float32_output: bool = False) -> list[Task]:
+    """post_quant_conv, conv_in, mid block, up blocks, conv_norm_out, activation, conv_out; with
+    ``float32_output`` the last three in float32 (``Norm.float32_output``)."""
     decoder = vae.decoder
     tasks: list[Task] = []
     if getattr(vae, "post_quant_conv", None) is not None:
@@ -201,8 +204,10 @@ def decoder_tasks(vae: nn.Module) -> list[Task]:
     tasks += mid_block_tasks(decoder.mid_block)
     for block in decoder.up_blocks:
         tasks += _block_tasks(block, block.upsamplers, upsampler_tasks, "an up")
-    tasks += _output_tasks(decoder)
-    return tasks
+    output = _output_tasks(decoder)
+    if float32_output:
+        output[0] = Norm(output[0].module, float32_output=True)
+    return tasks + output
 
 
 def is_barrier(task: Task) -> bool:
