@@ -119,7 +119,8 @@ def test_the_mel_reaches_the_vocoder_in_float32_under_bfloat16(dtype, expected, 
     pipe = _pipe(dtype)
     seen = []
     chunk_wave = vocoder._chunk_wave
-    monkeypatch.setattr(vocoder, "_chunk_wave", lambda v, f, mel, *a: seen.append(mel.dtype) or chunk_wave(v, f, mel, *a))
+    monkeypatch.setattr(vocoder, "_chunk_wave",
+                        lambda v, f, mel, *a: seen.append(mel.dtype) or chunk_wave(v, f, mel, *a))
     for tiling, stream in ((WINDOWED, False), (TILED, False), (TILED.replace(mode="fast"), True)):
         _render(pipe, tiling, stream)
     assert set(seen) == {expected}
