@@ -127,3 +127,18 @@ def test_the_mel_reaches_the_vocoder_in_float32_under_bfloat16(dtype, expected, 
     seen.clear()
     _render(pipe, TILED.replace(decode_precision="float32"))
     assert set(seen) == {torch.float32}  # asked for in any half precision
+
+
+def test_a_bfloat16_pipeline_can_keep_its_vae_and_vocoder_in_float32():
+    """Where half precision's floor matters: the latents are decoded and vocoded as a float32 pipeline would."""
+    half, full = _pipe(torch.bfloat16), _pipe(torch.float32)
+    half.vae.float()
+    half.vocoder.float()
+    full.vae.load_state_dict(half.vae.state_dict())  # the weights a bfloat16 load left, in float32
+    full.vocoder.load_state_dict(half.vocoder.state_dict())
+    latents = half("rain", audio_length_in_s=2, num_inference_steps=1, output_type="latent",
+                   generator=torch.Generator().manual_seed(0)).audios
+    assert latents.dtype == torch.bfloat16
+    ours = np.concatenate(list(half.stream_latents(latents, tiling=TILED)), axis=1)
+    theirs = np.concatenate(list(full.stream_latents(latents.float(), tiling=TILED)), axis=1)
+    assert np.array_equal(ours, theirs)

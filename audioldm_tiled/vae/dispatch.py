@@ -131,8 +131,8 @@ def decode_job(vae, config: TilingConfig | None = None) -> Program:
 
 
 # Measured on a trained 16 kHz HiFi-GAN (docs/experiments/half_precision.py --trained-vocoder): rounding the mel to
-# bfloat16 alone costs more than every other rounding of a bfloat16 pipeline together, while float16's rounding of
-# it costs far less. "auto" therefore keeps a bfloat16 decoder's output in float32, and a float16 one as it is.
+# bfloat16 alone costs 24.5 dB SNR, more than rounding the vocoder's weights (38.0 dB); float16's rounding of it
+# 43.7 dB. "auto" therefore hands the vocoder a bfloat16 decoder's output in float32, and a float16 one as it is.
 FLOAT32_OUTPUT_FOR = (torch.bfloat16,)
 
 
