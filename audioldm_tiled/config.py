@@ -12,7 +12,7 @@ Enabled = bool | Literal["auto"]
 MODES = ("exact", "fast")
 WEIGHTINGS = ("cosine", "triangular", "uniform")
 VOCODER_PRECISIONS = ("auto", "model", "float32")
-DECODE_PRECISIONS = ("auto", "model", "float32")
+DECODE_PRECISIONS = ("auto", "model", "output", "float32")
 STORES = ("auto", "device", "host", "disk")
 
 
@@ -39,8 +39,9 @@ class TilingConfig:
     vocoder_chunk_frames: int | None = None  # mel frames per vocoder chunk core; None: chosen from memory_budget
     vocoder_context_frames: int | None = None  # mel frames of context per side; None: the vocoder's receptive field
     vocoder_precision: str = "auto"  # "auto": float32 for bfloat16 weights, else theirs; "model"; "float32"
-    decode_precision: str = "auto"  # the VAE decoder's output layers; "auto": float32 for a bfloat16 VAE, so the
-    # mel reaches the vocoder in float32; "model": the VAE's dtype; "float32": float32 for any dtype
+    decode_precision: str = "auto"  # "model": the VAE's dtype; "output": its last GroupNorm, activation and conv_out
+    # in float32; "float32": the whole decoder in float32 (half weights widened as used); "auto": "float32" for a
+    # bfloat16 VAE, else "model". Either way but "model", the mel reaches the vocoder in float32
     windowed: bool = True  # denoise in overlapping time windows when the latent is longer than one window
     window_frames: int = 256  # latent frames per denoising window (10.24 s, AudioLDM's training length)
     window_overlap_frames: int = 96  # latent frames shared by neighbouring windows (37.5 %)

@@ -25,7 +25,7 @@ from .request import Request
 from .timeline import Segment, window_mix
 from .vae import check_exact_decode_fits
 from .vae.budget import exact_stored_bytes
-from .vae.dispatch import decode_job
+from .vae.dispatch import decode_input, decode_job
 from .vae.store import choose_store
 from .vocoder import hop_length
 
@@ -135,10 +135,12 @@ def build_plan(pipe, request: Request, streamed: bool = False, decoded: bool = T
 
 
 def _resolved_store(vae, latents: torch.Tensor, config: TilingConfig) -> TilingConfig:
-    """``config`` with ``store="auto"`` resolved for an exact decode of ``latents``' shape."""
+    """``config`` with ``store="auto"`` resolved for an exact decode of ``latents``' shape (in the dtype the decode
+    runs in)."""
     if config.store != "auto":
         return config
-    needed = exact_stored_bytes(decode_job(vae).tasks, latents)
+    latents = decode_input(vae, latents, config)
+    needed = exact_stored_bytes(decode_job(vae, config).tasks, latents)
     return config.replace(store=choose_store(config, needed, latents.device, "VAE decode"))
 
 

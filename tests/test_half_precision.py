@@ -78,35 +78,41 @@ def test_vocoder_precision_float32_computes_in_float32_from_half_weights(dtype):
     assert relative_error(in_half.float(), expected) > 10 * relative_error(in_float32, expected)
 
 
-# The decoder's output layers in float32 against the same layers widened by hand: only float32 summation order
-# differs (measured 2.2e-7 of the largest value); the same layers left in bfloat16 differ by 4.1e-3.
+# A bfloat16 decoder run in float32 ("float32", "auto"'s choice for bfloat16) or with its output layers in float32
+# ("output") against the same widened by hand: only float32 summation order differs (measured 1.7e-6 and 2.2e-7 of
+# the largest value); the decoder left in bfloat16 differs by 2.0e-2 and 4.1e-3 from them.
 WIDENED_TOLERANCE = 1e-5
 
 
-def hand_widened(vae):
-    """A copy of ``vae`` whose conv_norm_out and conv_out are float32 and take their input in float32."""
+def hand_widened(vae, policy: str):
+    """A copy of ``vae`` widened as ``policy`` says: all of it in float32, or conv_norm_out and conv_out in float32
+    taking their input in float32."""
     import copy
 
     widened = copy.deepcopy(vae)
+    if policy == "float32":
+        return widened.float()
     widened.decoder.conv_norm_out.float()
     widened.decoder.conv_out.float()
     widened.decoder.conv_norm_out.register_forward_pre_hook(lambda module, args: (args[0].float(),))
     return widened
 
 
+@pytest.mark.parametrize("policy", ["auto", "float32", "output"])
 @pytest.mark.parametrize("tiling", [
     TilingConfig(show_progress=False),  # untiled
     TilingConfig(enabled=True, tile_frames=8, show_progress=False),
     TilingConfig(enabled=True, mode="fast", tile_frames=8, show_progress=False),
 ], ids=["untiled", "exact", "fast"])
-def test_a_bfloat16_decoder_ends_in_float32(tiling):
+def test_a_bfloat16_decoder_widened_as_asked(tiling, policy):
     from audioldm_tiled import tiled_decode
 
     vae = build_components("tiny")["vae"].to(torch.bfloat16)
     latents = torch.randn(1, 8, 40, 16, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    widened = hand_widened(vae, "float32" if policy == "auto" else policy)
     with torch.no_grad():
-        expected = hand_widened(vae).decode(latents).sample
-        mel = tiled_decode(vae, latents, tiling)
+        expected = widened.decode(latents.float() if policy != "output" else latents).sample
+        mel = tiled_decode(vae, latents, tiling.replace(decode_precision=policy))
         as_model = tiled_decode(vae, latents, tiling.replace(decode_precision="model"))
     assert mel.dtype == torch.float32 and as_model.dtype == torch.bfloat16
     assert relative_error(mel, expected) < WIDENED_TOLERANCE < relative_error(as_model, expected)
@@ -129,16 +135,18 @@ def test_the_mel_reaches_the_vocoder_in_float32_under_bfloat16(dtype, expected, 
     assert set(seen) == {torch.float32}  # asked for in any half precision
 
 
-def test_a_bfloat16_pipeline_can_keep_its_vae_and_vocoder_in_float32():
-    """Where half precision's floor matters: the latents are decoded and vocoded as a float32 pipeline would."""
-    half, full = _pipe(torch.bfloat16), _pipe(torch.float32)
-    half.vae.float()
-    half.vocoder.float()
-    full.vae.load_state_dict(half.vae.state_dict())  # the weights a bfloat16 load left, in float32
-    full.vocoder.load_state_dict(half.vocoder.state_dict())
-    latents = half("rain", audio_length_in_s=2, num_inference_steps=1, output_type="latent",
-                   generator=torch.Generator().manual_seed(0)).audios
+def test_a_bfloat16_pipeline_can_load_its_vae_and_vocoder_in_float32(tmp_path):
+    """Where the rounding of the VAE's weights matters: loaded in float32 beside a bfloat16 UNet (diffusers' dict of
+    dtypes), they decode and vocode the latents sample for sample as a float32 pipeline does."""
+    full = _pipe(torch.float32)
+    full.save_pretrained(tmp_path)
+    mixed = AudioLDMTiledPipeline.from_pretrained(tmp_path, dtype={"default": torch.bfloat16, "vae": torch.float32,
+                                                                   "vocoder": torch.float32})
+    mixed.set_progress_bar_config(disable=True)
+    assert (mixed.unet.dtype, mixed.vae.dtype, mixed.vocoder.dtype) == (torch.bfloat16, torch.float32, torch.float32)
+    latents = mixed("rain", audio_length_in_s=2, num_inference_steps=1, output_type="latent",
+                    generator=torch.Generator().manual_seed(0)).audios
     assert latents.dtype == torch.bfloat16
-    ours = np.concatenate(list(half.stream_latents(latents, tiling=TILED)), axis=1)
+    ours = np.concatenate(list(mixed.stream_latents(latents, tiling=TILED)), axis=1)
     theirs = np.concatenate(list(full.stream_latents(latents.float(), tiling=TILED)), axis=1)
     assert np.array_equal(ours, theirs)

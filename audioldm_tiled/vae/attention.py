@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..offload import weights_on_device
 from .groupnorm import GroupStats, apply_group_norm
 
 
@@ -35,6 +36,24 @@ class AttentionMemory:
                                 sum(m.frames for m in parts))
 
 
+def project(linear: torch.nn.Linear, tokens: torch.Tensor) -> torch.Tensor:
+    """``linear(tokens)`` in the tokens' dtype (float32 tokens of a half-precision model widen its weights)."""
+    if tokens.dtype == linear.weight.dtype:
+        return linear(tokens)
+    with weights_on_device(linear):
+        weight, bias = linear.weight.to(tokens.dtype), None if linear.bias is None else linear.bias.to(tokens.dtype)
+    return F.linear(tokens, weight, bias)
+
+
+def group_norm(norm: torch.nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` with its own statistics, in x's dtype."""
+    if not norm.affine or x.dtype == norm.weight.dtype:
+        return norm(x)
+    with weights_on_device(norm):
+        weight, bias = norm.weight.to(x.dtype), norm.bias.to(x.dtype)
+    return F.group_norm(x, norm.num_groups, weight, bias, norm.eps)
+
+
 def split_heads(attn, tokens: torch.Tensor) -> torch.Tensor:
     """(B, n, heads * d) -> (B, heads, n, d)."""
     return tokens.unflatten(-1, (attn.heads, -1)).transpose(1, 2)
@@ -52,7 +71,8 @@ def normed_tokens(attn, x: torch.Tensor, stats: GroupStats | None, batch_groups:
 
 def attention_memory(attn, x: torch.Tensor, stats: GroupStats | None) -> AttentionMemory:
     tokens = normed_tokens(attn, x, stats)
-    return AttentionMemory(split_heads(attn, attn.to_k(tokens)), split_heads(attn, attn.to_v(tokens)), x.shape[2])
+    return AttentionMemory(split_heads(attn, project(attn.to_k, tokens)), split_heads(attn, project(attn.to_v, tokens)),
+                           x.shape[2])
 
 
 def attend(attn, x: torch.Tensor, stats: GroupStats | None, memory: AttentionMemory | None,
@@ -65,11 +85,11 @@ def attend(attn, x: torch.Tensor, stats: GroupStats | None, memory: AttentionMem
     keys the memory is the whole sequence's sample and its weight cancels in the softmax.
     """
     tokens = normed_tokens(attn, x, stats, batch_groups)
-    query = split_heads(attn, attn.to_q(tokens))
+    query = split_heads(attn, project(attn.to_q, tokens))
     keys, values, bias = [], [], []
     if local:
-        keys.append(split_heads(attn, attn.to_k(tokens)))
-        values.append(split_heads(attn, attn.to_v(tokens)))
+        keys.append(split_heads(attn, project(attn.to_k, tokens)))
+        values.append(split_heads(attn, project(attn.to_v, tokens)))
         bias.append(torch.zeros(keys[0].shape[2], dtype=query.dtype, device=x.device))
     if memory is not None and (outside_frames > 0 or not local):
         keys.append(memory.key.to(query.dtype))
@@ -83,7 +103,7 @@ def attend(attn, x: torch.Tensor, stats: GroupStats | None, memory: AttentionMem
 
 def project_out(attn, heads: torch.Tensor) -> torch.Tensor:
     """(B, heads, n, d) attention output -> (B, n, C) through the output projection."""
-    return attn.to_out[1](attn.to_out[0](heads.transpose(1, 2).flatten(2)))
+    return attn.to_out[1](project(attn.to_out[0], heads.transpose(1, 2).flatten(2)))
 
 
 def with_residual(attn, tokens: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -123,12 +143,12 @@ def attend_in_blocks(attn, x: torch.Tensor, block_tokens: int) -> torch.Tensor:
     all tokens x tokens scores at once (29 GB in float16 for 300 s of AudioLDM latents)."""
     if attn.spatial_norm is not None or attn.norm_q is not None or attn.norm_k is not None:
         return attn(x)
-    normed = x if attn.group_norm is None else attn.group_norm(x)
+    normed = x if attn.group_norm is None else group_norm(attn.group_norm, x)
     tokens = normed.flatten(2).transpose(1, 2)  # (B, T*F, C)
-    key, value = split_heads(attn, attn.to_k(tokens)), split_heads(attn, attn.to_v(tokens))
+    key, value = split_heads(attn, project(attn.to_k, tokens)), split_heads(attn, project(attn.to_v, tokens))
     out = torch.empty_like(tokens)
     for start in range(0, tokens.shape[1], block_tokens):
-        query = split_heads(attn, attn.to_q(tokens[:, start : start + block_tokens]))
+        query = split_heads(attn, project(attn.to_q, tokens[:, start : start + block_tokens]))
         out[:, start : start + block_tokens] = project_out(attn, F.scaled_dot_product_attention(query, key, value))
     return with_residual(attn, out, x)
 

@@ -123,25 +123,35 @@ def _check_input(name: str, x: torch.Tensor, channels: int, min_frames: int) -> 
 
 
 def decode_job(vae, config: TilingConfig | None = None) -> Program:
-    """The decoder's program; ``config.decode_precision`` says whether its output layers run in float32."""
-    widen = decodes_in_float32(vae, config)
+    """The decoder's program; ``config.decode_precision`` says whether its output layers run in float32 (with
+    "float32" its input is float32 too, so all of it does)."""
+    widen = decode_precision(vae, config) != "model"
     tasks = decoder_tasks(vae, float32_output=widen)  # each latent frame becomes time_scale(tasks) mel frames
     return Program(tasks, unit=1, frame_seconds=float(time_scale(tasks)) / MEL_FRAMES_PER_SECOND, name="VAE decode",
                    peak_factor=UNTILED_DECODE_PEAK_FACTOR, float32_output=widen)
 
 
-# Measured on a trained 16 kHz HiFi-GAN (docs/experiments/half_precision.py --trained-vocoder): rounding the mel to
-# bfloat16 alone costs 24.5 dB SNR, more than rounding the vocoder's weights (38.0 dB); float16's rounding of it
-# 43.7 dB. "auto" therefore hands the vocoder a bfloat16 decoder's output in float32, and a float16 one as it is.
-FLOAT32_OUTPUT_FOR = (torch.bfloat16,)
+# Measured with docs/experiments/half_precision.py on a trained 16 kHz HiFi-GAN: rounding the mel to bfloat16 alone
+# costs 24.5 dB SNR, more than rounding the vocoder's weights (38.0 dB); float16's rounding of it 43.7 dB. End to
+# end from bfloat16 latents (random VAE, trained vocoder): the output layers alone in float32 gained 0.2 dB, the
+# whole decoder in float32 6.8 dB. "auto" therefore decodes a bfloat16 VAE's latents in float32, a float16 one's
+# in float16.
+FLOAT32_DECODE_FOR = (torch.bfloat16,)
 
 
-def decodes_in_float32(vae, config: TilingConfig | None) -> bool:
-    """Whether the decoder's last GroupNorm, activation and conv_out run in float32 (so its mel is float32)."""
+def decode_precision(vae, config: TilingConfig | None) -> str:
+    """``config.decode_precision`` for this VAE: "model", "output" or "float32" ("model" for a float32 VAE)."""
     precision = "auto" if config is None else config.decode_precision
-    dtype = vae.dtype
-    return dtype != torch.float32 and dtype != torch.float64 and (
-        precision == "float32" or (precision == "auto" and dtype in FLOAT32_OUTPUT_FOR))
+    if vae.dtype in (torch.float32, torch.float64):
+        return "model"
+    if precision == "auto":
+        return "float32" if vae.dtype in FLOAT32_DECODE_FOR else "model"
+    return precision
+
+
+def decode_input(vae, latents: torch.Tensor, config: TilingConfig | None) -> torch.Tensor:
+    """The latents as the decode takes them: in float32 where the whole decoder runs in it."""
+    return latents.float() if decode_precision(vae, config) == "float32" else latents
 
 
 def encode_job(vae) -> Program:
@@ -158,8 +168,8 @@ def check_exact_decode_fits(vae, latents: torch.Tensor, config: TilingConfig) ->
     not grow with the length, and ``enabled=False`` is the caller's choice to fail hard)."""
     if config.mode != "exact" or config.enabled is False:
         return
-    job = decode_job(vae)
-    needed = exact_stored_bytes(job.tasks, latents)
+    job = decode_job(vae, config)
+    needed = exact_stored_bytes(job.tasks, decode_input(vae, latents, config))
     kind = resolve_store(config, needed, latents.device)
     if kind == "disk":
         check_disk_room(needed, config.store_dir, job.name)
@@ -201,6 +211,7 @@ def iter_decode(vae, latents: torch.Tensor, config: TilingConfig | None = None,
     """
     _check_input("latents", latents, vae.config.latent_channels, 1)
     config = config or TilingConfig()
+    latents = decode_input(vae, latents, config)
     pieces = iter_tiled(decode_job(vae, config), latents, config, lambda: vae.decode(latents).sample, circular)
     yield from with_hook_fired(vae, pieces)
 
@@ -216,6 +227,7 @@ def decode_on_ranks(vae, latents: torch.Tensor, config: TilingConfig,
     decode that runs in one piece runs on rank 0 alone, as in one process (out-of-memory retry included).
     """
     _check_input("latents", latents, vae.config.latent_channels, 1)
+    latents = decode_input(vae, latents, config)
     job = decode_job(vae, config)
     tiles = _tiles_on_ranks(job, latents, config, ranks)
     scale = int(time_scale(job.tasks))

@@ -34,6 +34,7 @@ from .attention import (
     attend_in_blocks,
     attention_output,
     normed_tokens,
+    project,
     query_block_tokens,
     split_heads,
 )
@@ -294,8 +295,8 @@ def _attend(attn: nn.Module, stream: TileStream, stats: GroupStats | None, budge
     values: list[Stored | None] = [None] * len(stream.cores)
     for j in mine:
         tokens = normed_tokens(attn, store.read(stream.cores[j]), stats)
-        keys[j] = store.put(split_heads(attn, attn.to_k(tokens)))
-        values[j] = store.put(split_heads(attn, attn.to_v(tokens)))
+        keys[j] = store.put(split_heads(attn, project(attn.to_k, tokens)))
+        values[j] = store.put(split_heads(attn, project(attn.to_v, tokens)))
         del tokens
     rows = stream.cores[mine[0]].shape[3] if mine else 0  # tokens per time frame
     rows = rows if ranks is None else max(gather_objects(ranks, rows))
@@ -313,7 +314,7 @@ def _attend(attn: nn.Module, stream: TileStream, stats: GroupStats | None, budge
         for i in zigzag(len(stream.cores), index):
             x = store.read(stream.cores[i])
             tokens = normed_tokens(attn, x, stats)
-            softmax = OnlineSoftmax(split_heads(attn, attn.to_q(tokens)),
+            softmax = OnlineSoftmax(split_heads(attn, project(attn.to_q, tokens)),
                                     query_block_tokens(attn, x, budget, part_tokens))
             del tokens
             for key, value in key_runs():
@@ -327,7 +328,7 @@ def _attend(attn: nn.Module, stream: TileStream, stats: GroupStats | None, budge
         for i in mine:
             x = store.read(stream.cores[i])
             tokens = normed_tokens(attn, x, stats)
-            softmaxes[i] = OnlineSoftmax(split_heads(attn, attn.to_q(tokens)),
+            softmaxes[i] = OnlineSoftmax(split_heads(attn, project(attn.to_q, tokens)),
                                          query_block_tokens(attn, x, budget, part_tokens))
             del x, tokens
         for key, value in key_runs():
