@@ -413,11 +413,12 @@ def test_ranks_may_keep_their_work_in_different_places(tiny_pipe, tmp_path):
         assert np.array_equal(result, expected)
 
 
-def test_a_bfloat16_render_over_ranks_passes_its_float32_mel_between_ranks(tiny, tmp_path):
+def test_a_bfloat16_render_over_ranks_passes_its_float32_mel_between_ranks(tmp_path):
     """Under bfloat16 the decoder's output is float32 (decode_precision): the ranks exchange the mel as it is."""
     from audioldm_tiled import AudioLDMTiledPipeline
+    from audioldm_tiled.testing.architectures import build_components
 
-    pipe = AudioLDMTiledPipeline(**tiny).to(dtype=torch.bfloat16)
+    pipe = AudioLDMTiledPipeline(**build_components("tiny")).to(dtype=torch.bfloat16)  # not the shared fixture
     pipe.set_progress_bar_config(disable=True)
     tiling = WINDOWS.replace(enabled=True, tile_frames=16, vocoder_chunk_frames=64, store="host")
 
