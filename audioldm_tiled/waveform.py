@@ -15,6 +15,7 @@ from .distributed import Ranks
 from .distributed_decode import waveform_on_ranks
 from .editing import Edit
 from .vae import iter_decode
+from .vae.dispatch import decode_input
 from .vocoder import stream_vocode, vocode_loop
 
 
@@ -24,7 +25,8 @@ def waveform_pieces(pipe, latents: torch.Tensor, keep: int, config: TilingConfig
     """The waveform of denoised ``latents`` (B, C, T, F) as float32 numpy pieces (B, samples), ``keep`` samples in
     all: an edit's assembled with its input's own samples. Across ``ranks`` the pieces come out on ``root`` and
     nothing on the others (every rank with ``root=None``)."""
-    latents = latents.to(pipe.vae.dtype)  # the VAE may be kept in float32 under a half-precision UNet
+    # The VAE may be kept in float32 under a half-precision UNet; a decode in float32 scales its input in float32.
+    latents = decode_input(pipe.vae, latents.to(pipe.vae.dtype), config)
     pieces = _generated(pipe, 1 / pipe.vae.config.scaling_factor * latents, keep, config, circular, ranks, root)
     if edit is None:
         yield from pieces
