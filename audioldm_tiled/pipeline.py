@@ -204,8 +204,8 @@ class TiledAudioPipelineMixin(ModelFamily):
             crossfade_s (`float`, *optional*, 0.25): length of each crossfade between original and generated
                 audio.
             ranks (`"auto"` or a `torch.distributed.ProcessGroup`, *optional*): share this one render over the
-                ranks of a process group (``"auto"``: the default group); every rank calls with the same arguments
-                and gets the whole result. Left out (None), the call renders in this process alone whatever process
+                ranks of a process group (``"auto"``: the default group, or this process alone where none is
+                initialised); every rank calls with the same arguments and gets the whole result. Left out (None), the call renders in this process alone whatever process
                 group exists, so each rank of a data-parallel job can render its own prompts.
 
         Returns:
