@@ -205,8 +205,9 @@ class TiledAudioPipelineMixin(ModelFamily):
                 audio.
             ranks (`"auto"` or a `torch.distributed.ProcessGroup`, *optional*): share this one render over the
                 ranks of a process group (``"auto"``: the default group, or this process alone where none is
-                initialised); every rank calls with the same arguments and gets the whole result. Left out (None), the call renders in this process alone whatever process
-                group exists, so each rank of a data-parallel job can render its own prompts.
+                initialised); every rank calls with the same arguments and gets the whole result. Left out
+                (None), the call renders in this process alone whatever process group exists, so each rank of a
+                data-parallel job can render its own prompts.
 
         Returns:
             [`AudioPipelineOutput`] with ``audios`` of shape (batch, samples), float32 at the vocoder's sampling rate.

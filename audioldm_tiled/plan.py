@@ -22,7 +22,7 @@ from .editing import Edit, plan_edit
 from .files import format_bytes
 from .memory import BUDGET_SHARE, InsufficientMemoryError, available_memory, choose_window_batch_size
 from .request import Request
-from .timeline import Segment, window_mix
+from .timeline import window_mix
 from .vae import check_exact_decode_fits
 from .vae.budget import exact_stored_bytes
 from .vae.dispatch import decode_input, decode_job
@@ -34,7 +34,6 @@ from .vocoder import hop_length
 class RenderPlan:
     """What one render does, decided once. Lengths in latent frames unless named otherwise."""
 
-    request: Request
     config: TilingConfig  # the call's tiling, memory_budget and store resolved
     decode_config: TilingConfig  # the same for the VAE decode: tiled under "auto" when the render is streamed
     steps: int
@@ -42,10 +41,8 @@ class RenderPlan:
     ranks: Ranks | None  # the ranks sharing this render, or None
     prompt: str | list[str] | None  # what the family encodes: the texts (a timeline's, one per segment)
     negative_prompt: str | list[str] | None
-    timeline: list[Segment] | None
     batch: int  # waveforms rendered together
     groups: int  # rows of conditioning: one per waveform, or one per timeline segment
-    seconds: float  # the length the family checks (the parent's audio_length_in_s)
     frames: int
     keep: int  # samples of the waveform that are returned
     circular: bool  # a loop: windows, decode and vocoder wrap around
@@ -129,9 +126,9 @@ def build_plan(pipe, request: Request, streamed: bool = False, decoded: bool = T
         pipe._check_timeline(timeline, mix)
     window_batch = smallest(ranks, config.window_batch_size or choose_window_batch_size(
         example, len(windows.windows), windows.windows[0].length, guidance > 1, config))
-    return RenderPlan(request, config, decode_config, steps, guidance, ranks, prompt, negative, timeline, batch,
-                      prompts * request.num_waveforms_per_prompt if timeline is None else len(timeline), seconds,
-                      frames, keep, request.loop, edit, input_mel, windows, mix, window_batch)
+    return RenderPlan(config, decode_config, steps, guidance, ranks, prompt, negative, batch,
+                      prompts * request.num_waveforms_per_prompt if timeline is None else len(timeline), frames,
+                      keep, request.loop, edit, input_mel, windows, mix, window_batch)
 
 
 def _resolved_store(vae, latents: torch.Tensor, config: TilingConfig) -> TilingConfig:
