@@ -158,6 +158,32 @@ class GpuCheck:
                 del out
         return row
 
+    def decode_bfloat16(self) -> dict:
+        """A bfloat16 VAE's exact tiled decode with each ``decode_precision``: time, peak memory and SNR against
+        the float32 decode of the same (rounded) weights. "float32" is what "auto" picks for bfloat16."""
+        from ..vae import tiled_decode
+
+        vae = self.pipe(torch.bfloat16).vae
+        frames = int(self.args.seconds * LATENT_FRAMES_PER_SECOND)
+        latents = torch.randn(1, vae.config.latent_channels, frames, 16, generator=self.generator())
+        x = latents.to(self.dev.device, torch.bfloat16)
+        row = {}
+        with torch.no_grad():
+            reference = tiled_decode(vae, x, TilingConfig(enabled=True, decode_precision="float32",
+                                                          show_progress=False)).float().cpu()
+            for precision in ("model", "output", "float32"):
+                self.dev.reset_peak()
+                try:
+                    out, elapsed = self.dev.timed(lambda precision=precision: tiled_decode(
+                        vae, x, TilingConfig(enabled=True, decode_precision=precision, show_progress=False)))
+                except torch.OutOfMemoryError:
+                    row[precision] = {"error": "out of memory"}
+                    continue
+                row[precision] = {"time_s": elapsed, "peak_bytes": self.dev.peak_bytes(),
+                                  "snr_db_vs_float32_decode": snr_db(out.float().cpu(), reference)}
+                del out
+        return row
+
     def vocoder(self) -> dict:
         """One pass and chunked in float16 and bfloat16 against float32, on a vocoder rescaled to a trained one's
         activation scale (``stages.unit_scale_activations``): random weights would underflow in float16."""
@@ -255,6 +281,7 @@ class GpuCheck:
             ("main-job-fp16", lambda: self.main_job(torch.float16)),
             ("parent-single-pass", self.parent_single_pass),
             ("decode", self.decode),
+            ("decode-bf16-precision", self.decode_bfloat16),
             ("vocoder", self.vocoder),
             ("fallback", self.fallback),
             ("hour-stream-fast", self.hour_stream),
