@@ -27,3 +27,5 @@ MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed takes
 # The length the command line and batch render when neither a length nor an input is given (the Python call keeps
 # its diffusers parent's default, one training window).
 COMMAND_SECONDS = 10.0
+# Longer than any render (a year of audio): a length past it is a typing mistake, and would overflow sample counts.
+MAX_SECONDS = 365 * 24 * 3600.0

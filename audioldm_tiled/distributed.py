@@ -63,16 +63,21 @@ class Ranks:
         return torch.device("cpu")
 
 
+def check_ranks_argument(asked: object) -> None:
+    """``ranks`` is None, "auto" or a ProcessGroup; else a ValueError saying so."""
+    if not (asked is None or asked == "auto" or (dist.is_available() and isinstance(asked, dist.ProcessGroup))):
+        raise ValueError(f"`ranks` must be None (this process alone), 'auto' (share the render over the default "
+                         f"process group's ranks) or a torch.distributed ProcessGroup, got {asked!r}")
+
+
 def ranks_for(asked: object) -> Ranks | None:
     """The ranks a render is shared over, from what the caller asked (``Request.ranks``): None (the default) is
     this process alone, whatever process group exists (each rank of a data-parallel job renders its own prompts);
     ``"auto"`` is the default process group when one is initialised with more than one rank; a ``ProcessGroup``
     is that group."""
+    check_ranks_argument(asked)
     if asked is None:
         return None
-    if not (asked == "auto" or (dist.is_available() and isinstance(asked, dist.ProcessGroup))):
-        raise ValueError(f"`ranks` must be None (this process alone), 'auto' (share the render over the default "
-                         f"process group's ranks) or a torch.distributed ProcessGroup, got {asked!r}")
     if not (dist.is_available() and dist.is_initialized()):
         return None
     group = None if asked == "auto" else asked

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .audio import load_audio
+from .constants import MAX_SECONDS
 
 # Default crossfade where generated audio meets the original: long enough to hide a change of phase, short
 # enough that the original's events (a car passing) do not bleed far into the edit.
@@ -134,11 +135,13 @@ class _Samples:
         return values
 
 
-def _seconds(name: str, value: object, minimum: float = 0.0, strict: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or (
-            value <= minimum if strict else value < minimum):
-        relation = ">" if strict else ">="
-        raise ValueError(f"`{name}` must be a finite number of seconds {relation} {minimum:g}, got {value!r}")
+def seconds_argument(name: str, value: object, allow_zero: bool = False) -> float:
+    """A call argument in seconds: finite, positive (or with ``allow_zero`` non-negative), at most a year."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or not (
+            (0 <= value if allow_zero else 0 < value) and value <= MAX_SECONDS):
+        relation = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"`{name}` must be a finite number of seconds {relation} and at most {MAX_SECONDS:g}, "
+                         f"got {value!r}")
     return float(value)
 
 
@@ -153,7 +156,7 @@ def parse_spans(regenerate: object, length_s: float) -> list[tuple[float, float]
     for span in regenerate:
         if not isinstance(span, Sequence) or isinstance(span, str) or len(span) != 2:
             raise ValueError(f"`regenerate`: each span must be a (start_s, end_s) pair, got {span!r}")
-        start, end = (_seconds("regenerate", v, strict=False) for v in span)
+        start, end = (seconds_argument("regenerate", v, allow_zero=True) for v in span)
         if end <= start:
             raise ValueError(f"`regenerate`: the span {start:g}-{end:g} s is empty or reversed (end <= start)")
         if end > length_s:
@@ -184,13 +187,14 @@ def edit_geometry(total: int, sample_rate: int, frame_samples: int, extend_s: fl
     model is loaded."""
     if (extend_s is None) == (regenerate is None):
         raise ValueError("pass one of `extend_s` (continue the input) and `regenerate` (remake spans of it)")
-    crossfade_s = DEFAULT_CROSSFADE_S if crossfade_s is None else _seconds("crossfade_s", crossfade_s, strict=False)
+    crossfade_s = DEFAULT_CROSSFADE_S if crossfade_s is None else seconds_argument("crossfade_s", crossfade_s,
+                                                                                   allow_zero=True)
     fade = int(round(crossfade_s * sample_rate))
     if extend_s is not None:
-        extension = int(round(_seconds("extend_s", extend_s) * sample_rate))
+        extension = int(round(seconds_argument("extend_s", extend_s) * sample_rate))
         start = 0
         if context_s is not None:
-            keep = int(round(_seconds("context_s", context_s) * sample_rate))
+            keep = int(round(seconds_argument("context_s", context_s) * sample_rate))
             start = max(0, total - keep) // frame_samples * frame_samples
         if fade > total - start:
             raise ValueError(f"`crossfade_s` of {crossfade_s:g} s is longer than the input context of "
@@ -200,7 +204,7 @@ def edit_geometry(total: int, sample_rate: int, frame_samples: int, extend_s: fl
         return (start, total), [(total - fade, total + extension)], [(first_unknown, frames)], total + extension, \
             fade, frame_samples
     spans = parse_spans(regenerate, total / sample_rate)
-    context = DEFAULT_SPAN_CONTEXT_S if context_s is None else _seconds("context_s", context_s, strict=False)
+    context = DEFAULT_SPAN_CONTEXT_S if context_s is None else seconds_argument("context_s", context_s, allow_zero=True)
     ranges = [(int(round(a * sample_rate)), int(round(b * sample_rate))) for a, b in spans]
     for (a, b), (sa, sb) in zip(ranges, spans):
         if 2 * fade > b - a:

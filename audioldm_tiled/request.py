@@ -21,7 +21,8 @@ import torch
 
 from .config import TilingConfig
 from .constants import COMMAND_SECONDS, HOP_LENGTH, SAMPLE_RATE, VAE_FACTOR
-from .editing import DEFAULT_CROSSFADE_S, edit_geometry, parse_spans
+from .distributed import check_ranks_argument
+from .editing import edit_geometry, seconds_argument
 from .timeline import Segment, is_timeline, parse_timeline
 
 KINDS = ("generate", "restyle", "extend", "regenerate", "loop")
@@ -29,23 +30,12 @@ KINDS = ("generate", "restyle", "extend", "regenerate", "loop")
 DEFAULT_STRENGTH = 0.5
 # The shortest render: one latent frame (the parents' check_inputs asks the same).
 MIN_SECONDS = VAE_FACTOR * HOP_LENGTH / SAMPLE_RATE
-# Longer than any render (a year of audio): a length past it is a typing mistake, and would overflow sample counts.
-MAX_SECONDS = 365 * 24 * 3600.0
 
 
 def _positive_integer(name: str, value: object) -> None:
     """An int or numpy integer >= 1 (a bool is no count)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
-
-
-def _seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or not (
-            (0 <= value if allow_zero else 0 < value) and value <= MAX_SECONDS):
-        relation = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"`{name}` must be a finite number of seconds {relation} and at most {MAX_SECONDS:g}, "
-                         f"got {value!r}")
-    return float(value)
 
 
 def source_seconds(audio: Any, sample_rate: int | None) -> float | None:
@@ -109,11 +99,9 @@ class Request:
             raise ValueError("`prompt` is an empty list: give a string, a non-empty list of strings or a timeline")
         if self.tiling is not None and not isinstance(self.tiling, TilingConfig):
             raise TypeError(f"`tiling` must be a TilingConfig or None, got {type(self.tiling).__name__}")
-        if not (self.ranks is None or self.ranks == "auto" or _is_process_group(self.ranks)):
-            raise ValueError(f"`ranks` must be None (this process alone), 'auto' (share the render over the default "
-                             f"process group's ranks) or a torch.distributed ProcessGroup, got {self.ranks!r}")
+        check_ranks_argument(self.ranks)
         if self.audio_length_in_s is not None:
-            object.__setattr__(self, "audio_length_in_s", _seconds("audio_length_in_s", self.audio_length_in_s))
+            object.__setattr__(self, "audio_length_in_s", seconds_argument("audio_length_in_s", self.audio_length_in_s))
             if self.audio_length_in_s < MIN_SECONDS:
                 raise ValueError(f"`audio_length_in_s` must be at least {MIN_SECONDS:g} s (one latent frame), got "
                                  f"{self.audio_length_in_s:g}")
@@ -146,20 +134,12 @@ class Request:
                                                       and len(self.prompt) > 1):
                 raise ValueError("an edit makes one waveform: give one prompt (or a timeline) and "
                                  "num_waveforms_per_prompt=1")
-            if (self.extend_s is None) == (self.regenerate is None):
-                raise ValueError("pass one of `extend_s` (continue the input) and `regenerate` (remake spans of it)")
-            if self.extend_s is not None:
-                _seconds("extend_s", self.extend_s)
-            if self.context_s is not None:  # 0 is no context: allowed around a span, not for a continuation
-                _seconds("context_s", self.context_s, allow_zero=self.regenerate is not None)
-            if self.crossfade_s is not None:
-                _seconds("crossfade_s", self.crossfade_s, allow_zero=True)
-            length = source_seconds(self.audio, None)  # a file's; arrays are checked by the plan, at the model's rate
-            if length is not None:  # the spans and crossfades against the input, before any model is loaded
+            # The numbers, spans and crossfades against the input's length (arrays are at the vocoder's rate, 16 kHz
+            # in every family), before any model is loaded; an input that cannot be measured is checked when read.
+            length = source_seconds(self.audio, SAMPLE_RATE)
+            if length is not None:
                 edit_geometry(max(1, round(length * SAMPLE_RATE)), SAMPLE_RATE, VAE_FACTOR * HOP_LENGTH,
                               self.extend_s, self.regenerate, self.context_s, self.crossfade_s)
-            elif self.regenerate is not None:
-                parse_spans(self.regenerate, math.inf)
         elif self.audio is not None:
             if self.audio_length_in_s is not None:
                 raise ValueError("pass either `audio` or `audio_length_in_s`: with `audio` the output has the "
@@ -193,10 +173,6 @@ class Request:
         if self.regenerate is not None:
             return "regenerate"
         return "restyle" if self.audio is not None else "generate"
-
-    @property
-    def crossfade(self) -> float:
-        return DEFAULT_CROSSFADE_S if self.crossfade_s is None else float(self.crossfade_s)
 
     def output_seconds(self, sample_rate: int) -> float | None:
         """The output's length where it is known before the model: the length asked for, or the input's (plus the
@@ -257,12 +233,6 @@ class Request:
             hasher.update(f.name.encode())
             _feed(hasher, value)
         return hasher.hexdigest()
-
-
-def _is_process_group(value: object) -> bool:
-    import torch.distributed as dist
-
-    return dist.is_available() and isinstance(value, dist.ProcessGroup)
 
 
 def _feed(hasher, value: Any) -> None:
