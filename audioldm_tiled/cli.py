@@ -70,7 +70,8 @@ def generate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="audioldm-tiled",
         description="Generate long audio from a text prompt with AudioLDM; writes a WAV file. "
-        "Many renders: audioldm-tiled batch --help. Benchmarks: audioldm-tiled bench --help.",
+        "Many renders: audioldm-tiled batch --help. Live, resumable renders: audioldm-tiled live --help. "
+        "Benchmarks: audioldm-tiled bench --help.",
     )
     parser.add_argument("prompt", nargs="?", help="text describing the sound (or a timeline: --at, --timeline)")
     parser.add_argument("--at", action="append", type=_timeline_segment, metavar="START:TEXT",
@@ -425,6 +426,8 @@ def _terminating_signals_unwind():
 def _what_was_kept(argv: list[str]) -> str:
     if argv and argv[0] == "batch":
         return "the jobs finished before are kept; the job in progress was not written"
+    if argv and argv[0] == "live":
+        return "an output file keeps the windows rendered so far in FILE.wav.part; --resume goes on from there"
     return "no output was written"
 
 
@@ -439,6 +442,10 @@ def main(argv: list[str] | None = None) -> int:
                 return bench_main(argv[1:])
             if argv and argv[0] == "batch":
                 return batch(batch_parser().parse_args(argv[1:]))
+            if argv and argv[0] == "live":
+                from .live_command import live, live_parser
+
+                return live(live_parser().parse_args(_attach_negative_at(argv[1:])), (KeyboardInterrupt, Terminated))
             args = generate_parser().parse_args(_attach_negative_at(argv))
             generate(args)
     except (CliError, ValueError, MemoryError) as error:  # MemoryError: a decode that cannot fit, said before denoising

@@ -116,15 +116,7 @@ def atomic_file(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
         os.fchmod(fd, _mode_for(target))
         os.close(fd)
         yield tmp
-        if overwrite:
-            os.replace(tmp, target)
-        else:
-            try:
-                os.link(tmp, target)  # fails with EEXIST instead of replacing a file that appeared meanwhile
-            except FileExistsError:
-                raise OutputError(errno.EEXIST, f"output path {str(path)!r} appeared while rendering, and "
-                                  "overwriting was refused; the render was not saved") from None
-            os.unlink(tmp)
+        commit_file(tmp, path, overwrite)
     except OSError as error:
         _unlink(tmp)
         elsewhere = error.filename is not None and os.fspath(error.filename) not in (str(tmp), str(target))
@@ -136,6 +128,26 @@ def atomic_file(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
     except BaseException:
         _unlink(tmp)
         raise
+
+
+def commit_file(tmp: Path, path: str | os.PathLike, overwrite: bool = True) -> None:
+    """Move the finished file ``tmp`` onto ``path`` (through a symbolic link, onto the file it points to); with
+    ``overwrite=False`` by a hard link, which fails if a file has appeared there meanwhile."""
+    target = _target(Path(path))
+    if overwrite:
+        os.replace(tmp, target)
+        return
+    try:
+        os.link(tmp, target)  # fails with EEXIST instead of replacing a file that appeared meanwhile
+    except FileExistsError:
+        raise OutputError(errno.EEXIST, f"output path {str(path)!r} appeared while rendering, and "
+                          "overwriting was refused; the render was not saved") from None
+    os.unlink(tmp)
+
+
+def new_file_mode(path: str | os.PathLike) -> int:
+    """The mode a file written to ``path`` gets: that of the file it replaces, or a new file's under the umask."""
+    return _mode_for(_target(Path(path)))
 
 
 def _part_stem(target: Path) -> str:

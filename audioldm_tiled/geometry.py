@@ -165,3 +165,69 @@ class ShrinkingExtent:
         self.scale *= factor
         self.start = frames_at(self.start, factor)
         self.stop = self.start + frames_at(frames, factor)
+
+
+@dataclass(frozen=True)
+class ProgressiveLayout:
+    """Where a progressive (live) render's windows, VAE tiles and vocoder chunks fall; the same for every length,
+    so a render's beginning does not depend on where it ends. Window k is denoised to the end before window k + 1
+    starts; what it makes final is decoded as soon as the decoder's right halo is final, and vocoded as soon as
+    the vocoder's right context is decoded::
+
+        windows (latent frames)   [0 ........ W)
+                                        [S ........ S+W)            S = W - overlap: new frames per window
+                                                [2S ........ 2S+W)
+        decode cores              [0 .... W-h)[.. S+W-h)[.. 2S+W-h)   h: decoder halo, read on each side
+        vocoder cores (mel)       [0 .. 4(W-h)-c)[ ... )[ ... )       c: vocoder context, read on each side
+
+    Window k's first ``overlap`` frames are final already (from window k - 1): a known region. After window k the
+    frames [0, kS + W) are final, decode tile k owns [D_k, D_k+1) with D_k+1 = kS + W - h, and vocoder chunk k owns
+    mel frames [M_k, M_k+1) with M_k+1 = factor * D_k+1 - c: every tile and chunk reads only final input."""
+
+    window: int  # latent frames per window
+    overlap: int  # frames each window shares with the one before (known)
+    halo: int  # decoder halo, latent frames per side
+    context: int  # vocoder context, mel frames per side
+    factor: int  # mel frames per latent frame
+
+    def __post_init__(self) -> None:
+        for name, minimum in (("window", 1), ("overlap", 0), ("halo", 0), ("context", 0), ("factor", 1)):
+            _check(name, getattr(self, name), minimum)
+        if self.overlap >= self.window:
+            raise ValueError(f"overlap ({self.overlap}) must be shorter than the window ({self.window})")
+        if 2 * self.halo > self.window or self.factor * (self.window - self.halo) <= self.context:
+            raise ValueError(f"a window of {self.window} latent frames is too short for the decoder's halo of "
+                             f"{self.halo} frames a side and the vocoder's context of {self.context} mel frames")
+
+    @property
+    def stride(self) -> int:
+        return self.window - self.overlap
+
+    @property
+    def kept_frames(self) -> int:
+        """Final latent frames held between windows: the next window's known region, and the next tile's left
+        halo and core start."""
+        return max(self.overlap, 2 * self.halo)
+
+    def denoised(self, k: int) -> Tile:
+        """Window k: it reads and denoises [start, stop) and makes final [core_start, core_stop) (its new frames)."""
+        start = k * self.stride
+        return Tile(start, start + self.window, start + (self.overlap if k else 0), start + self.window)
+
+    def decoded(self, k: int) -> Tile:
+        """Decode tile k, in latent frames: the core it owns and the final frames it reads."""
+        core_start = 0 if k == 0 else self.denoised(k - 1).stop - self.halo
+        core_stop = self.denoised(k).stop - self.halo
+        return Tile(max(0, core_start - self.halo), core_stop + self.halo, core_start, core_stop)
+
+    def vocoded(self, k: int) -> Tile:
+        """Vocoder chunk k, in mel frames: the core it owns and the decoded frames it reads."""
+        tile = self.decoded(k)
+        core_start = 0 if k == 0 else self.factor * tile.core_start - self.context
+        core_stop = self.factor * tile.core_stop - self.context
+        return Tile(max(0, core_start - self.context), core_stop + self.context, core_start, core_stop)
+
+    def windows_for(self, mel_frames: int) -> int:
+        """How many windows a render needs before its vocoded mel frames reach ``mel_frames``."""
+        first = self.vocoded(0).core_stop
+        return 1 if mel_frames <= first else 1 + -(-(mel_frames - first) // (self.factor * self.stride))

@@ -20,7 +20,8 @@ from .denoise import denoise, plan_windows
 from .distributed import guarded, ranks_for
 from .editing import Edit, KnownRegion
 from .families.base import ModelFamily
-from .plan import RenderPlan, build_plan
+from .live import LiveRender, LiveState
+from .plan import RenderPlan, build_live_plan, build_plan
 from .request import Request
 from .vae import decode_tiles, tiled_decode, tiled_encode
 from .vocoder import chunked_vocode, hop_length, plan_chunks
@@ -257,6 +258,38 @@ class TiledAudioPipelineMixin(ModelFamily):
             yield from waveform_pieces(self, latents, plan.keep, plan.decode_config, plan.circular, plan.edit,
                                        plan.ranks)
         self.maybe_free_model_hooks()
+
+    def live(self, prompt: Any = None, resume: LiveState | None = None, **kwargs: Any) -> LiveRender:
+        """Render progressively, left to right, and hand the waveform out as it is made: the first piece after
+        one window (about 9 s of audio) whatever the length, then one piece per window (6.4 s with the default
+        tiling). Iterate the returned ``LiveRender`` for float32 numpy pieces (batch, samples).
+
+        Takes ``__call__``'s arguments (the family's defaults), with these differences:
+
+        - ``audio_length_in_s=None`` (the default) renders until the caller stops iterating;
+        - ``prompt`` may also be a function of seconds (called with the time of each window's first new frame,
+          returning a text) or a queue of texts (``queue.Queue``: each window takes the newest text put in it),
+          so the sound can change while the render runs; a timeline works as in ``__call__``, per window;
+        - ``resume``: a ``LiveState`` (``LiveRender.state``, ``LiveState.load``) of a render with the same
+          arguments but perhaps another length: the render goes on from there, and its pieces, after the
+          samples the state has handed out, are those the render would have made without stopping;
+        - refused: ``audio`` and its edits, ``loop``, ``latents`` and ``ranks``.
+
+        The first N seconds of a live render do not depend on its length, bit for bit. What it keeps of exact
+        mode and what not: the windows are denoised one after another, so each is drawn to fit the one before (a
+        known region, see ``audioldm_tiled.live``) but never revised by the ones after; and each VAE tile is
+        normalised with GroupNorm statistics pooled over the last minute of audio decoded (``vae.running``), not
+        over the whole sequence. The vocoder is exact as everywhere.
+        """
+        for name in ("output_type", "return_dict", "progressive"):
+            if name in kwargs:
+                raise ValueError(f"live() yields numpy pieces of a progressive render; it takes no `{name}`")
+        callbacks = self._callbacks(kwargs)
+        request = Request.from_arguments({"prompt": prompt, **kwargs, "progressive": True}, self._reject_unknown)
+        plan = build_live_plan(self, request)
+        callbacks.check(self)
+        self._guidance_scale, self._interrupt = plan.guidance, False
+        return LiveRender(self, plan, request, callbacks, resume)
 
     @torch.no_grad()
     def stream_latents(self, latents: torch.Tensor, audio_length_in_s: float | None = None,

@@ -10,7 +10,9 @@ depends on memory: it reads free memory once, turns ``TilingConfig.memory_budget
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -20,14 +22,20 @@ from .denoise import WindowPlan, plan_windows
 from .distributed import Ranks, agree_on, ranks_for, smallest, together
 from .editing import Edit, plan_edit
 from .files import format_bytes
+from .geometry import ProgressiveLayout
 from .memory import BUDGET_SHARE, InsufficientMemoryError, available_memory, choose_window_batch_size
-from .request import Request
-from .timeline import window_mix
-from .vae import check_exact_decode_fits
+from .request import Request, is_changing_prompt
+from .timeline import Segment, window_mix
+from .vae import check_exact_decode_fits, decode_job
 from .vae.budget import exact_stored_bytes
-from .vae.dispatch import decode_input, decode_job
+from .vae.dispatch import decode_input
+from .vae.running import decoder_halo
 from .vae.store import choose_store
-from .vocoder import hop_length
+from .vocoder import hop_length, receptive_field_frames
+
+# A live render's decode pools each GroupNorm's moments over about this much of the audio before each tile: long
+# enough that the statistics of one tile's sound do not swing the level, short enough to follow a timeline.
+STATISTICS_SECONDS = 60.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,19 +71,15 @@ def build_plan(pipe, request: Request, streamed: bool = False, decoded: bool = T
     ``streamed``: the waveform is handed out in pieces (``stream()``, WAV files), so ``enabled="auto"`` tiles the
     decode whatever the free memory: a streamed render's memory does not grow with its length. ``decoded``: False
     when the caller takes the latents (``output_type="latent"``), whose decode is then not checked."""
+    if request.progressive:
+        raise ValueError("a progressive render is a live one: call pipe.live(...)")
     device = pipe._execution_device
-    free = available_memory(device)  # read once per render
-    config = pipe._config_for_call(request.tiling)
-    if config.memory_budget is None:
-        config = config.replace(memory_budget=max(1, int(BUDGET_SHARE * free)))
+    config, free, steps, guidance = _settings(pipe, request)
     ranks = ranks_for(request.ranks)
     if ranks is not None:
         agree_on(ranks, request.digest(), "the call's arguments (prompt, length, seed, steps, tiling, ...)")
         if request.loop:
             raise ValueError("`loop=True` is rendered in one process: leave `ranks` out")
-    defaults = pipe._parent_defaults()
-    steps = request.num_inference_steps or defaults["num_inference_steps"]
-    guidance = defaults["guidance_scale"] if request.guidance_scale is None else request.guidance_scale
     seconds, edit, input_mel = request.audio_length_in_s, None, None
     frame_seconds = pipe.vae_scale_factor * pipe._mel_frame_seconds
     if request.kind in ("extend", "regenerate"):
@@ -129,6 +133,79 @@ def build_plan(pipe, request: Request, streamed: bool = False, decoded: bool = T
     return RenderPlan(config, decode_config, steps, guidance, ranks, prompt, negative, batch,
                       prompts * request.num_waveforms_per_prompt if timeline is None else len(timeline), frames,
                       keep, request.loop, edit, input_mel, windows, mix, window_batch)
+
+
+def _settings(pipe, request: Request) -> tuple[TilingConfig, int, int, float]:
+    """The call's tiling with its memory budget resolved (free memory is read here, once per render), the free
+    bytes, and the steps and guidance with the family's defaults filled in."""
+    free = available_memory(pipe._execution_device)
+    config = pipe._config_for_call(request.tiling)
+    if config.memory_budget is None:
+        config = config.replace(memory_budget=max(1, int(BUDGET_SHARE * free)))
+    defaults = pipe._parent_defaults()
+    steps = request.num_inference_steps or defaults["num_inference_steps"]
+    guidance = defaults["guidance_scale"] if request.guidance_scale is None else request.guidance_scale
+    return config, free, steps, guidance
+
+
+@dataclass(frozen=True, eq=False)
+class LivePlan:
+    """What a live (progressive) render does, decided once; it has no end when ``keep`` is None."""
+
+    config: TilingConfig
+    steps: int
+    guidance: float
+    prompt: str | list[str] | None  # what the family encodes once (a timeline's texts); None: ``changing``
+    changing: Any  # a prompt read at every window: a function of seconds, or a queue; None otherwise
+    negative_prompt: str | list[str] | None
+    timeline: list[Segment] | None
+    batch: int  # waveforms rendered together
+    groups: int  # rows of conditioning: one per waveform, or one per timeline segment
+    keep: int | None  # samples handed out in all; None: until the caller stops
+    layout: ProgressiveLayout
+    history: int  # decode tiles whose GroupNorm moments each tile pools with its own
+
+    @property
+    def guided(self) -> bool:
+        return self.guidance > 1
+
+
+def build_live_plan(pipe, request: Request) -> LivePlan:
+    """The plan of a progressive ``request`` (``Request.progressive``) on ``pipe``."""
+    config, _, steps, guidance = _settings(pipe, request)
+    seconds = request.audio_length_in_s
+    keep = None if seconds is None else pipe._audio_geometry(seconds)[2]
+    job = decode_job(pipe.vae, config)
+    context = config.vocoder_context_frames
+    try:
+        layout = ProgressiveLayout(config.window_frames, config.window_overlap_frames, decoder_halo(job, config),
+                                   receptive_field_frames(pipe.vocoder) if context is None else context,
+                                   pipe.vae_scale_factor)
+    except ValueError as error:
+        raise ValueError(f"TilingConfig.window_frames: {error}") from None
+    frame_seconds = pipe.vae_scale_factor * pipe._mel_frame_seconds
+    prompt, negative, changing = request.prompt, request.negative_prompt, None
+    timeline = request.timeline(math.inf if seconds is None else seconds)
+    if is_changing_prompt(prompt):
+        prompt, changing = None, prompt
+    elif timeline is not None:
+        prompt = [segment.text for segment in timeline]
+        negative = None if negative is None else [negative] * len(timeline)
+    window_seconds = layout.window * frame_seconds
+    if changing is None:
+        pipe._check_prompt_inputs(prompt if timeline is None else prompt[0], window_seconds, pipe._mel_frame_seconds,
+                                  1, request.negative_prompt, request.prompt_embeds, request.negative_prompt_embeds,
+                                  **request.family_inputs)
+    if timeline is not None or changing is not None or isinstance(prompt, str):
+        prompts = 1
+    elif isinstance(prompt, list):
+        prompts = len(prompt)
+    else:
+        prompts = request.prompt_embeds.shape[0]
+    groups = len(timeline) if timeline is not None else prompts * request.num_waveforms_per_prompt
+    history = max(1, round(STATISTICS_SECONDS / (layout.stride * frame_seconds)))
+    return LivePlan(config, steps, guidance, prompt, changing, negative, timeline,
+                    prompts * request.num_waveforms_per_prompt, groups, keep, layout, history)
 
 
 def _resolved_store(vae, latents: torch.Tensor, config: TilingConfig) -> TilingConfig:

@@ -1,16 +1,24 @@
-"""One render, streamed straight into a WAV file: what the command line, the samples and the benchmarks call."""
+"""One render streamed straight into a WAV file (what the command line, the samples and the benchmarks call), and
+a live render into a WAV file it can resume, or into a pipe."""
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+import numpy as np
 
 from .audio import open_wav, wav_bytes
 from .callbacks import CALLBACK_ARGUMENTS
 from .distributed import guarded, ranks_for
-from .files import check_output_path
+from .files import check_output_path, commit_file, new_file_mode
 from .request import Request
+
+logger = logging.getLogger(__name__)
 
 
 def render_to_wav(pipe, path: str | os.PathLike, prompt: Any = None, *, subtype: str = "PCM_16",
@@ -62,3 +70,116 @@ def render_to_wav(pipe, path: str | os.PathLike, prompt: Any = None, *, subtype:
                 for piece in pieces:
                     writer.write(piece[0])
     return path
+
+
+def live_files(path: str | os.PathLike) -> tuple[Path, Path]:
+    """The files beside a live render's output ``NAME.wav``: ``NAME.wav.part``, the audio so far (a valid WAV
+    after every window), and ``NAME.wav.live``, where the render stands (``live.LiveState``). The part becomes
+    ``NAME.wav`` when the render ends; the state stays, so that the render can be extended later."""
+    path = Path(path)
+    return path.with_name(path.name + ".part"), path.with_name(path.name + ".live")
+
+
+def render_live(pipe, path: str | os.PathLike, prompt: Any = None, *, subtype: str = "PCM_16",
+                resume: bool = False, overwrite: bool = True, stops: tuple[type[BaseException], ...] = (
+                    KeyboardInterrupt,), also: Callable[[np.ndarray], object] | None = None,
+                **call_kwargs: Any) -> Path:
+    """Render live (``pipe.live``) into the WAV ``path``, window by window, so that a render killed at any moment
+    can go on from its last window.
+
+    While it runs the audio grows in ``NAME.wav.part`` and the state after each window is saved to
+    ``NAME.wav.live`` (``live_files``). When it ends the part becomes ``path``. An endless render
+    (``audio_length_in_s=None``) ends when one of ``stops`` is raised (Ctrl-C): what was rendered becomes
+    ``path``. Any other failure leaves both files for ``resume``.
+
+    Args:
+        resume: go on from ``NAME.wav.live``: with the part file after a crash, or with the finished ``path``
+            to extend it (a longer ``audio_length_in_s``, or endless). What was written stays byte for byte,
+            and the file ends as one uninterrupted render of the new length would.
+        overwrite: replace an existing ``path`` when a new render ends; with False it must not exist.
+        also: called with each new piece (samples,) as it is written (``--play``).
+        call_kwargs: ``pipe.live``'s arguments (``audio_length_in_s``, ``num_inference_steps``, ...).
+
+    Returns:
+        The path written.
+    """
+    from .live import LiveState
+    from .wav_stream import GrowingWav
+
+    path = Path(path)
+    part, state_path = live_files(path)
+    rate = pipe.vocoder.config.sampling_rate
+    seconds = call_kwargs.get("audio_length_in_s")
+    if call_kwargs.get("num_waveforms_per_prompt", 1) != 1 or (
+            isinstance(prompt, list) and len(prompt) > 1 and all(isinstance(p, str) for p in prompt)):
+        raise ValueError("render_live writes one waveform: give one prompt (or one timeline) and "
+                         "num_waveforms_per_prompt=1")
+    size = None if seconds is None else wav_bytes(seconds * rate, subtype)
+    check_output_path(path, overwrite=overwrite or resume, size=size)
+    state = None
+    if resume:
+        if not state_path.is_file():
+            raise ValueError(f"nothing to resume for {str(path)!r}: {state_path.name} is missing (a live render "
+                             "writes it after every window)")
+        state = LiveState.load(state_path)
+        if not part.exists():
+            if not path.is_file():
+                raise ValueError(f"nothing to resume for {str(path)!r}: neither it nor {part.name} exists")
+            shutil.copy2(path, part)  # extend a finished render; the file itself changes only once this succeeds
+        writer = GrowingWav(part, rate, subtype, resume=True)
+    else:
+        if part.exists():
+            raise ValueError(f"{str(part)!r} holds an unfinished live render: continue it (--resume, "
+                             "resume=True) or remove it")
+        writer = GrowingWav(part, rate, subtype, mode=new_file_mode(path))
+    with writer:
+        written = writer.frames
+        if state is not None and written < state.samples:
+            raise ValueError(f"{str(part)!r} holds {written} samples, fewer than its state's {state.samples}; "
+                             "it cannot be resumed")
+        keep = None if seconds is None else int(seconds * rate)
+        if keep is not None and written > keep:
+            raise ValueError(f"{str(path)!r} already holds {written / rate:g} s, more than the "
+                             f"{seconds:g} s asked for")
+        render = pipe.live(prompt, resume=state, **call_kwargs)
+        position = render.samples  # the first sample the render hands out
+        saved = render.state
+        try:
+            for piece in render:
+                start, position = position, render.samples
+                piece = piece[0, max(0, written - start) :]  # what the file holds already is not written again
+                if piece.size:
+                    writer.write(piece)
+                    written = writer.frames
+                    if also is not None:
+                        also(piece)
+                if render.state is not saved:
+                    saved = render.state
+                    saved.save(state_path)
+        except stops:
+            if seconds is not None or written == 0:
+                raise
+            logger.info("stopped after %.1f s", written / rate)
+    commit_file(part, path, overwrite=overwrite or resume)
+    return path
+
+
+def stream_live(pipe, stream: BinaryIO, prompt: Any = None, *, subtype: str = "PCM_16",
+                also: Callable[[np.ndarray], object] | None = None, **call_kwargs: Any) -> int:
+    """Render live into ``stream`` as a WAV of unknown length (``-o -``: standard output, for ``sox -t wav - -d``
+    or ``ffplay -``). Ends with the render, or quietly when the reader closes the pipe. Returns the samples
+    written."""
+    from .wav_stream import WavStream
+
+    render = pipe.live(prompt, **call_kwargs)
+    writer = WavStream(stream, pipe.vocoder.config.sampling_rate, subtype)
+    written = 0
+    try:
+        for piece in render:
+            writer.write(piece[0])
+            written += piece.shape[1]
+            if also is not None:
+                also(piece[0])
+    except BrokenPipeError:  # the player was closed: the listener has stopped
+        render.close()
+    return written

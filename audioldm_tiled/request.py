@@ -32,6 +32,11 @@ DEFAULT_STRENGTH = 0.5
 MIN_SECONDS = VAE_FACTOR * HOP_LENGTH / SAMPLE_RATE
 
 
+def is_changing_prompt(prompt: Any) -> bool:
+    """A prompt read anew at every window of a live render: a function of seconds, or a queue of texts."""
+    return callable(prompt) or hasattr(prompt, "get_nowait")
+
+
 def _positive_integer(name: str, value: object) -> None:
     """An int or numpy integer >= 1 (a bool is no count)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
@@ -81,6 +86,7 @@ class Request:
     crossfade_s: float | None = None  # each crossfade between original and generated audio; None: 0.25
     tiling: TilingConfig | None = None  # None: the pipeline's `tiling`
     ranks: Any = None  # None: this process alone; "auto": the default process group; or a ProcessGroup
+    progressive: bool = False  # live: windows denoised one after another, left to right (``pipe.live``)
     family_inputs: Mapping[str, Any] = field(default_factory=dict)  # arguments only some families take
 
     def __post_init__(self) -> None:
@@ -106,6 +112,13 @@ class Request:
                 raise ValueError(f"`audio_length_in_s` must be at least {MIN_SECONDS:g} s (one latent frame), got "
                                  f"{self.audio_length_in_s:g}")
         self._check_kind()
+        if not isinstance(self.progressive, bool):
+            raise ValueError(f"`progressive` must be True or False, got {self.progressive!r}")
+        if self.progressive:
+            self._check_progressive()
+        elif is_changing_prompt(self.prompt):
+            raise ValueError("a `prompt` that changes while rendering (a function of seconds, or a queue) needs a "
+                             "live render: pipe.live(...)")
         if is_timeline(self.prompt):
             self._check_timeline()
 
@@ -153,6 +166,23 @@ class Request:
         elif self.strength is not None:
             raise ValueError("`strength` goes with `audio` (how far the input is taken towards noise); "
                              "without `audio` the render starts from noise")
+
+    def _check_progressive(self) -> None:
+        """What a live render cannot do: it starts from noise, in one process, and never wraps around."""
+        refused = [("loop", self.loop, "a live render does not wrap around; render the loop with pipe(..., "
+                    "loop=True)"),
+                   ("audio", self.audio is not None, "a live render starts from noise; continue a recording with "
+                    "pipe(..., audio=..., extend_s=...)"),
+                   ("latents", self.latents is not None, "a live render draws each window's noise from "
+                    "`generator` as it goes"),
+                   ("ranks", self.ranks is not None, "a live render runs in one process; give each rank its own "
+                    "render")]
+        for name, given, why in refused:
+            if given:
+                raise ValueError(f"`{name}` is not taken by a live render: {why}")
+        if is_changing_prompt(self.prompt) and self.prompt_embeds is not None:
+            raise ValueError("a `prompt` that changes while rendering is encoded as it goes: leave `prompt_embeds` "
+                             "out")
 
     def _check_timeline(self) -> None:
         if self.prompt_embeds is not None:
@@ -239,6 +269,8 @@ def _feed(hasher, value: Any) -> None:
     """Hash ``value`` by content: tensors and arrays by their bytes, generators by their state."""
     if isinstance(value, torch.Generator):
         value = value.get_state()
+    elif is_changing_prompt(value):  # by name: the object itself differs from one process to the next
+        value = f"{type(value).__module__}.{getattr(value, '__qualname__', type(value).__qualname__)}"
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().contiguous()
         hasher.update(f"tensor{tuple(value.shape)}{value.dtype}".encode())

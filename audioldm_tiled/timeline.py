@@ -78,10 +78,10 @@ def parse_timeline(prompt: Sequence[Sequence[Any]], length_s: float) -> list[Seg
     return segments
 
 
-def frame_membership(segments: list[Segment], frames: int, frames_per_second: float) -> torch.Tensor:
-    """(frames, segments) one-hot: the segment each latent frame belongs to; frames in a gap between segments (or
-    before the first) belong to the nearest one."""
-    centres = (torch.arange(frames, dtype=torch.float64) + 0.5) / frames_per_second
+def frame_membership(segments: list[Segment], frames: int, frames_per_second: float, start: int = 0) -> torch.Tensor:
+    """(frames - start, segments) one-hot: the segment each latent frame from ``start`` on belongs to; frames in a
+    gap between segments (or before the first) belong to the nearest one."""
+    centres = (torch.arange(start, frames, dtype=torch.float64) + 0.5) / frames_per_second
     starts = torch.tensor([s.start_s for s in segments], dtype=torch.float64)
     ends = torch.tensor([s.end_s for s in segments], dtype=torch.float64)
     distance = torch.clamp(starts[None] - centres[:, None], min=0) + torch.clamp(centres[:, None] - ends[None], min=0)

@@ -200,6 +200,15 @@ def vocode_chunks(vocoder: nn.Module, mel: torch.Tensor, mel_start: int, chunks:
 
 
 @torch.no_grad()
+def vocode_chunk(vocoder: nn.Module, mel: torch.Tensor, chunk: Tile, config: TilingConfig) -> torch.Tensor:
+    """The samples (B, hop * chunk.core_length) that ``chunk`` owns, from ``mel`` (B, chunk.length, n_mels): the
+    mel frames it reads. For a sequence that goes on: the tail the transposed convolutions add is not its own."""
+    with large_allocations_returned():
+        return _chunk_wave(vocoder, _vocode_function(vocoder, mel.device, config), mel, chunk, False,
+                           hop_length(vocoder))
+
+
+@torch.no_grad()
 def stream_vocode(
     vocoder: nn.Module,
     mel_pieces: Iterable[torch.Tensor],

@@ -1,0 +1,130 @@
+"""``audioldm-tiled live PROMPT (--seconds S | --forever) -o FILE.wav|-``: a live render from the command line,
+into a file it can resume and extend, into standard output as a WAV stream, and/or onto the sound card."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .arguments import positive_int, positive_number
+from .cli import (
+    CliError,
+    _device_name,
+    _prompt_or_timeline,
+    _seed,
+    _timeline_segment,
+    as_cli_error,
+    resolve_device,
+    resolve_dtype,
+)
+from .constants import DTYPES
+from .loading import DEFAULT_MODEL
+
+logger = logging.getLogger("audioldm_tiled.cli")
+
+
+def live_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="audioldm-tiled live",
+        description="Render progressively and hand the audio out as it is made: the first seconds after one "
+        "window, whatever the length. Into a WAV file (resumable: --resume after a crash, or later with a longer "
+        "--seconds to extend it), into standard output (-o -, e.g. | ffplay - or | sox -t wav - -d), or onto the "
+        "sound card (--play).",
+    )
+    parser.add_argument("prompt", nargs="?", help="text describing the sound (or a timeline: --at, --timeline)")
+    parser.add_argument("--at", action="append", type=_timeline_segment, metavar="START:TEXT",
+                        help="a timeline segment starting at START seconds; repeat for a soundscape that changes")
+    parser.add_argument("--timeline", metavar="FILE.json", help="a JSON list of [start_s, text] or "
+                        "[start_s, end_s, text] segments")
+    length = parser.add_mutually_exclusive_group(required=True)
+    length.add_argument("--seconds", type=positive_number("--seconds", "seconds"), default=None,
+                        help="length of the audio")
+    length.add_argument("--forever", action="store_true",
+                        help="render until stopped (Ctrl-C); a file then holds what was rendered")
+    parser.add_argument("-o", "--output", default=None, help="output .wav file, or - for standard output")
+    parser.add_argument("--resume", action="store_true", help="go on from FILE.wav.live: after a crash, or to "
+                        "extend a finished FILE.wav (its samples stay as they are)")
+    parser.add_argument("--play", action="store_true", help="also play it on the sound card (needs sounddevice: "
+                        "pip install 'audioldm-tiled[play]')")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"hub id, local folder, or random:ARCH for random weights (default {DEFAULT_MODEL})")
+    parser.add_argument("--steps", type=positive_int("--steps"), default=None,
+                        help="denoising steps per window (default: the model family's)")
+    parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: "
+                        "the model family's)")
+    parser.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
+    parser.add_argument("--negative-prompt", default=None, help="what the audio should not contain")
+    parser.add_argument("--device", default="auto", type=_device_name,
+                        help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--dtype", default="auto", choices=("auto", *DTYPES),
+                        help="auto: fp16 on CUDA, fp32 elsewhere")
+    parser.add_argument("--float", dest="subtype", action="store_const", const="FLOAT", default="PCM_16",
+                        help="32-bit float samples instead of 16-bit PCM")
+    parser.add_argument("--no-overwrite", action="store_true", help="refuse to replace an existing output file")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _player(rate: int):
+    """A function that plays each piece on the default sound card as it comes (blocking while it plays)."""
+    try:
+        import sounddevice
+    except (ImportError, OSError) as error:  # OSError: the package is there but PortAudio is not
+        raise CliError(f"--play needs the sounddevice package and PortAudio: pip install "
+                       f"'audioldm-tiled[play]' ({error})") from None
+    stream = sounddevice.OutputStream(samplerate=rate, channels=1, dtype="float32")
+    stream.start()
+    return lambda piece: stream.write(piece.reshape(-1, 1))
+
+
+def live(args: argparse.Namespace, stops: tuple[type[BaseException], ...]) -> int:
+    """Run ``audioldm-tiled live``; returns the exit status."""
+    import torch
+
+    from .audio import wav_bytes
+    from .constants import SAMPLE_RATE
+    from .files import check_output_path
+    from .request import Request
+
+    if args.output is None and not args.play:
+        raise CliError("give -o FILE.wav, -o - (standard output) or --play")
+    if args.resume and args.output in (None, "-"):
+        raise CliError("--resume goes on with a file: give -o FILE.wav")
+    prompt = _prompt_or_timeline(args)
+    try:
+        request = Request(prompt=prompt, audio_length_in_s=args.seconds, progressive=True,
+                          num_inference_steps=args.steps, guidance_scale=args.guidance,
+                          negative_prompt=args.negative_prompt,
+                          generator=torch.Generator(device="cpu").manual_seed(args.seed))
+    except ValueError as error:
+        raise as_cli_error(error) from None
+    if isinstance(prompt, str) and not prompt.strip():
+        raise CliError(f"PROMPT must be a text describing the sound, got {prompt!r}")
+    to_file = args.output not in (None, "-")
+    if to_file:
+        size = None if args.seconds is None else wav_bytes(args.seconds * SAMPLE_RATE, args.subtype)
+        check_output_path(args.output, overwrite=not args.no_overwrite or args.resume, size=size)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    from .loading import ModelLoadError, load_pipeline
+    from .render import live_files, render_live, stream_live
+
+    also = _player(SAMPLE_RATE) if args.play else None
+    try:
+        pipe = load_pipeline(args.model, dtype, device)
+    except ModelLoadError as error:
+        raise CliError(f"--model: {error}") from None
+    pipe.set_progress_bar_config(disable=args.quiet)
+    arguments = {k: v for k, v in request.call_arguments().items() if k != "progressive"}
+    if not to_file:
+        if args.output == "-":
+            stream_live(pipe, sys.stdout.buffer, subtype=args.subtype, also=also, **arguments)
+        else:
+            for piece in pipe.live(**arguments):
+                also(piece[0])
+        return 0
+    output = render_live(pipe, args.output, subtype=args.subtype, resume=args.resume,
+                         overwrite=not args.no_overwrite, stops=stops, also=also, **arguments)
+    logger.info("wrote %s; %s keeps where it stands, for --resume", output, live_files(output)[1].name)
+    return 0
