@@ -9,12 +9,14 @@ sample frame written so far.
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+import soundfile as sf
 
 from .audio import SUBTYPE_BYTES, SUBTYPES
 from .constants import SAMPLE_RATE
@@ -37,18 +39,12 @@ def wav_header(sample_rate: int, subtype: str = "PCM_16", channels: int = 1, fra
 
 
 def sample_bytes(samples: np.ndarray, subtype: str = "PCM_16") -> bytes:
-    """Float samples (frames,) or (frames, channels) in [-1, 1] as WAV data: clipped and rounded for PCM."""
-    x = np.asarray(samples, dtype=np.float32)
-    if subtype == "FLOAT":
-        return x.astype("<f4").tobytes()
-    bits = 8 * SUBTYPE_BYTES[subtype]
-    full = 2 ** (bits - 1) - 1
-    ints = np.rint(np.clip(x.astype(np.float64), -1.0, 1.0) * full).astype("<i4")
-    if subtype == "PCM_16":
-        return ints.astype("<i2").tobytes()
-    if subtype == "PCM_24":  # the low three bytes of each little-endian int32
-        return ints.reshape(-1, 1).view(np.uint8)[:, :3].tobytes()
-    return ints.tobytes()
+    """Float samples (frames,) or (frames, channels) as WAV data, converted by libsndfile as ``soundfile.write``
+    converts them, so a live render's file holds what any other render's would."""
+    buffer = io.BytesIO()
+    sf.write(buffer, np.asarray(samples, dtype=np.float32), SAMPLE_RATE, subtype=subtype, format="RAW",
+             endian="LITTLE")
+    return buffer.getvalue()
 
 
 class WavStream:

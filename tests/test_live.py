@@ -1,0 +1,382 @@
+"""Live rendering: the progressive layout without a model, prefix stability, the known region at every step, the
+first piece after one window, prompts that change while rendering, resuming after SIGKILL and extending a finished
+file from the command line, the standard-output stream, and the refusals."""
+
+import io
+import os
+import queue
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from audioldm_tiled import TilingConfig
+from audioldm_tiled.cli import main
+from audioldm_tiled.editing import KnownRegion
+from audioldm_tiled.geometry import ProgressiveLayout
+from audioldm_tiled.live import LiveState
+from audioldm_tiled.testing.architectures import random_pipeline
+from audioldm_tiled.vae.running import RunningDecoder
+from audioldm_tiled.wav_stream import GrowingWav, WavStream, wav_header
+from conftest import EXACT_TOLERANCE, HALF_PRECISION_TOLERANCE, relative_error
+
+
+def _seed(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _live(pipe, seconds, prompt="rain on a tin roof", seed=0, **kwargs) -> np.ndarray:
+    return np.concatenate(list(pipe.live(prompt, audio_length_in_s=seconds, num_inference_steps=1,
+                                         generator=_seed(seed), **kwargs)), axis=1)
+
+
+# ------------------------------------------------------------------------------------------------ the layout alone
+@pytest.mark.parametrize("window, overlap, halo, context, factor",
+                         [(256, 96, 17, 24, 4), (64, 0, 13, 13, 4), (64, 32, 32, 0, 4), (16, 8, 3, 5, 2),
+                          (24, 11, 0, 3, 1), (256, 128, 128, 23, 4)])
+def test_layout_covers_every_frame_once_and_reads_only_what_is_final(window, overlap, halo, context, factor):
+    layout = ProgressiveLayout(window, overlap, halo, context, factor)
+    windows = 12
+    denoised = [layout.denoised(k) for k in range(windows)]
+    decoded = [layout.decoded(k) for k in range(windows)]
+    vocoded = [layout.vocoded(k) for k in range(windows)]
+    for tiles in (denoised, decoded, vocoded):  # cores tile the axis: each frame owned once, in order
+        assert tiles[0].core_start == 0
+        assert all(a.core_stop == b.core_start for a, b in zip(tiles, tiles[1:]))
+        assert all(t.core_length > 0 for t in tiles)
+    for k in range(windows):
+        w, d, v = denoised[k], decoded[k], vocoded[k]
+        assert w.length == window and w.core_start - w.start == (overlap if k else 0)
+        assert d.stop <= w.stop  # a tile reads only frames final after window k
+        assert d.core_start - d.start == min(halo, d.core_start) and d.stop - d.core_stop == halo
+        assert v.stop <= factor * d.core_stop  # a chunk reads only decoded mel
+        assert v.core_start - v.start == min(context, v.core_start) and v.stop - v.core_stop == context
+        if k + 1 < windows:  # what is held between windows covers what the next window and tile read
+            held = w.stop - layout.kept_frames
+            assert held <= denoised[k + 1].start and held <= decoded[k + 1].start
+    for mel in (1, vocoded[0].core_stop, vocoded[0].core_stop + 1, vocoded[5].core_stop, vocoded[5].core_stop + 1):
+        n = layout.windows_for(mel)
+        assert vocoded[n - 1].core_stop >= mel and (n == 1 or vocoded[n - 2].core_stop < mel)
+
+
+def test_layout_refuses_windows_too_short_for_the_halo():
+    with pytest.raises(ValueError, match="too short"):
+        ProgressiveLayout(32, 8, 17, 24, 4)
+    with pytest.raises(ValueError, match="overlap"):
+        ProgressiveLayout(32, 32, 1, 1, 4)
+
+
+# ----------------------------------------------------------------------------------------------- the running decode
+def test_one_running_tile_over_everything_is_the_untiled_decode(tiny_pipe):
+    """With nothing before it and its core the whole input, a running tile normalises by the whole sequence and
+    attends to all of it: vae.decode. Tolerance: tests/conftest.py's EXACT_TOLERANCE (same sums, other order)."""
+    vae = tiny_pipe.vae
+    latents = torch.randn(1, vae.config.latent_channels, 48, 16, generator=_seed(1))
+    decoder = RunningDecoder(vae, TilingConfig(), history=4)
+    mel = decoder.decode(latents, (0, 48), (0, 48))
+    with torch.no_grad():
+        expected = vae.decode(latents / vae.config.scaling_factor).sample
+    assert relative_error(mel, expected) < EXACT_TOLERANCE
+    assert len(decoder.statistics.tiles) == 1
+
+
+# ------------------------------------------------------------------------------------------------ the live render
+def test_the_first_60_s_do_not_depend_on_the_length(tiny_pipe):
+    short, long = _live(tiny_pipe, 60), _live(tiny_pipe, 150)
+    assert short.shape == (1, 60 * 16000) and long.shape == (1, 150 * 16000)
+    assert np.array_equal(short, long[:, : short.shape[1]])
+    assert np.abs(short).max() > 0
+    assert not np.array_equal(short, _live(tiny_pipe, 60, seed=1))  # the seed matters, so equality means something
+
+
+def test_known_frames_are_the_final_latents_noised_to_each_step(tiny_pipe, monkeypatch):
+    """At every step of window k the overlap is window k - 1's final latents, noised with the region's noise to
+    the next step's level; after the last step it is those latents exactly."""
+    finals, replaced = [], []
+    original = KnownRegion.replace
+
+    def spy(self, latents, timestep):
+        out = original(self, latents, timestep)
+        replaced.append((self, timestep, out))
+        return out
+
+    monkeypatch.setattr(KnownRegion, "replace", spy)
+    steps, layout_overlap = 3, TilingConfig().window_overlap_frames
+
+    def keep_final(pipe, step, timestep, tensors):
+        if step == steps - 1:
+            finals.append(tensors["latents"].clone())
+        return {}
+
+    render = tiny_pipe.live("rain", audio_length_in_s=25, num_inference_steps=steps, generator=_seed(),
+                            callback_on_step_end=keep_final)
+    list(render)
+    assert len(finals) >= 3 and len(replaced) == (len(finals) - 1) * (steps + 1)
+    scheduler = tiny_pipe.scheduler
+    for index, (region, timestep, out) in enumerate(replaced):
+        window = 1 + index // (steps + 1)
+        previous = finals[window - 1][:, :, -layout_overlap:]
+        assert torch.equal(region.latents[:, :, :layout_overlap], previous)
+        expected = previous if timestep is None else scheduler.add_noise(
+            previous, region.noise[:, :, :layout_overlap], timestep.reshape(1))
+        assert torch.equal(out[:, :, :layout_overlap], expected)
+        assert (out[:, :, :layout_overlap] - previous).abs().max() > 0 or timestep is None
+    assert torch.equal(finals[1][:, :, :layout_overlap], finals[0][:, :, -layout_overlap:])
+
+
+def test_the_first_piece_comes_after_one_window_whatever_the_length(tiny_pipe):
+    calls = []
+    hook = tiny_pipe.unet.register_forward_hook(lambda module, args, output: calls.append(1))
+    try:
+        for seconds in (30, None):
+            calls.clear()
+            render = tiny_pipe.live("rain", audio_length_in_s=seconds, num_inference_steps=2, generator=_seed())
+            first = next(render)
+            assert len(calls) == 2  # one window's steps, guidance batched
+            assert first.shape[1] == render.samples > 8 * 16000
+            second = next(render)
+            assert len(calls) == 4 and second.shape[1] == 4 * 160 * TilingConfig().window_frames * 5 // 8
+            render.close()
+    finally:
+        hook.remove()
+
+
+def _class_labels_per_call(pipe):
+    seen = []
+    hook = pipe.unet.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["class_labels"][-1].clone()), with_kwargs=True)
+    return seen, hook
+
+
+def test_a_prompt_change_takes_effect_in_the_next_window(tiny_pipe):
+    rain, thunder = (tiny_pipe._encode_prompt(text, "cpu", 1, True)[-1] for text in ("rain", "thunder"))
+    texts = queue.Queue()
+    texts.put("rain")
+    seen, hook = _class_labels_per_call(tiny_pipe)
+    try:
+        render = tiny_pipe.live(texts, num_inference_steps=1, generator=_seed())
+        next(render)
+        texts.put("thunder")
+        next(render)
+        next(render)
+        render.close()
+        assert [torch.equal(s, rain) for s in seen] == [True, False, False]
+        assert all(torch.equal(s, thunder) for s in seen[1:])
+        assert render.state.text == "thunder"
+
+        seen.clear()  # a function of seconds: read at each window's first new frame (0, 10.24, 16.64 s)
+        list(tiny_pipe.live(lambda t: "rain" if t < 12 else "thunder", audio_length_in_s=20, num_inference_steps=1,
+                            generator=_seed()))
+        assert [torch.equal(s, thunder) for s in seen] == [False, False, True]
+    finally:
+        hook.remove()
+
+
+def test_a_timeline_conditions_each_window_on_the_segments_it_covers(tiny_pipe):
+    seen, hook = _class_labels_per_call(tiny_pipe)
+    try:
+        list(tiny_pipe.live([(0, "rain"), (14, "thunder")], audio_length_in_s=30, num_inference_steps=1,
+                            generator=_seed()))
+    finally:
+        hook.remove()
+    rain, thunder = (tiny_pipe._encode_prompt(text, "cpu", 1, True)[-1] for text in ("rain", "thunder"))
+    torch.testing.assert_close(seen[0], rain.detach())  # window 0 (0-10.24 s): rain alone, renormalised
+    cosine = [torch.nn.functional.cosine_similarity(s, thunder.detach(), dim=0).item() for s in seen]
+    assert cosine[0] < cosine[1] < cosine[2]  # window 1 (6.4-16.64 s) mixes both; window 2 mostly thunder
+
+
+def test_a_resumed_state_goes_on_bit_for_bit(tiny_pipe, tmp_path):
+    whole = _live(tiny_pipe, 40)
+    render = tiny_pipe.live("rain on a tin roof", audio_length_in_s=40, num_inference_steps=1, generator=_seed())
+    head = [next(render), next(render)]
+    render.state.save(tmp_path / "state.live")
+    render.close()
+    state = LiveState.load(tmp_path / "state.live")
+    assert state.window == 2 and state.samples == sum(p.shape[1] for p in head)
+    rest = tiny_pipe.live("rain on a tin roof", audio_length_in_s=40, num_inference_steps=1, generator=_seed(),
+                          resume=state)
+    assert np.array_equal(np.concatenate(head + list(rest), axis=1), whole)
+    with pytest.raises(ValueError, match="another render"):
+        tiny_pipe.live("wind", audio_length_in_s=40, num_inference_steps=1, generator=_seed(), resume=state)
+    (tmp_path / "junk.live").write_bytes(b"not a state")
+    with pytest.raises(ValueError, match="not a live render's saved state"):
+        LiveState.load(tmp_path / "junk.live")
+
+
+@pytest.mark.parametrize("arch", ["musicldm-tiny", "audioldm2-tiny"])
+def test_the_other_families_render_live_and_prefix_stable(arch):
+    pipe = random_pipeline(arch)
+    pipe.set_progress_bar_config(disable=True)
+    short, long = _live(pipe, 12, prompt="a piano"), _live(pipe, 20, prompt="a piano")
+    assert np.array_equal(short, long[:, : short.shape[1]]) and np.abs(short).max() > 0
+
+
+def test_bfloat16_live_render_follows_float32():
+    """The same render in bfloat16 against float32: HALF_PRECISION_TOLERANCE (tests/conftest.py), measured for
+    the tiled pipeline end to end; the running decode keeps its statistics in float32 or wider."""
+    full = random_pipeline("tiny")
+    half = random_pipeline("tiny", dtype=torch.bfloat16)
+    for pipe in (full, half):
+        pipe.set_progress_bar_config(disable=True)
+    expected, actual = _live(full, 12), _live(half, 12)
+    assert np.isfinite(actual).all()
+    assert relative_error(torch.from_numpy(actual), torch.from_numpy(expected)) < \
+        HALF_PRECISION_TOLERANCE[torch.bfloat16]
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"loop": True}, "`loop` is not taken by a live render"),
+    ({"audio": np.zeros(16000, dtype=np.float32)}, "`audio` is not taken by a live render"),
+    ({"latents": torch.zeros(1, 8, 256, 16)}, "`latents` is not taken"),
+    ({"ranks": "auto"}, "`ranks` is not taken"),
+    ({"output_type": "pt"}, "no `output_type`"),
+    ({"audio_length_in_s": -1}, "audio_length_in_s"),
+    ({"tiling": TilingConfig(window_frames=16, window_overlap_frames=8)}, "TilingConfig.window_frames"),
+])
+def test_what_a_live_render_cannot_do_is_named(tiny_pipe, arguments, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_pipe.live("rain", **arguments)
+
+
+def test_a_changing_prompt_needs_a_live_render_and_a_text(tiny_pipe):
+    with pytest.raises(ValueError, match="needs a live render"):
+        tiny_pipe(lambda t: "rain", audio_length_in_s=1)
+    render = tiny_pipe.live(lambda t: None, num_inference_steps=1)
+    with pytest.raises(ValueError, match="prompt function returned None at 0 s"):
+        next(render)
+
+
+# -------------------------------------------------------------------------------------------------------- WAV files
+def test_growing_wav_is_a_valid_file_after_every_piece_and_resumes_after_a_torn_frame(tmp_path):
+    path = tmp_path / "g.wav"
+    rng = np.random.default_rng(0)
+    pieces = [rng.uniform(-1, 1, n).astype(np.float32) for n in (5, 300, 7)]
+    for subtype in ("PCM_16", "PCM_24", "PCM_32", "FLOAT"):
+        with GrowingWav(path, 16000, subtype) as wav:
+            for count, piece in enumerate(pieces[:2], 1):
+                wav.write(piece)
+                read, rate = sf.read(path, dtype="float32")
+                assert rate == 16000 and read.shape == (sum(len(p) for p in pieces[:count]),)
+        with open(path, "ab") as f:
+            f.write(b"\x01")  # a frame cut short by a crash
+        with GrowingWav(path, 16000, subtype, resume=True) as wav:
+            assert wav.frames == 305
+            wav.write(pieces[2])
+        expected = io.BytesIO()  # what soundfile writes for the whole, in one piece
+        sf.write(expected, np.concatenate(pieces), 16000, subtype=subtype, format="WAV")
+        assert path.read_bytes()[44:] == expected.getvalue()[-(len(path.read_bytes()) - 44) :]
+    with pytest.raises(ValueError, match="cannot be continued"):
+        GrowingWav(path, 22050, "FLOAT", resume=True)
+
+
+def test_a_stream_header_says_unknown_length_and_soundfile_reads_it():
+    buffer = io.BytesIO()
+    writer = WavStream(buffer, 16000, "FLOAT")
+    writer.write(np.linspace(-1, 1, 100, dtype=np.float32))
+    assert buffer.getvalue()[:44] == wav_header(16000, "FLOAT") and buffer.getvalue()[40:44] == b"\xff" * 4
+    buffer.seek(0)
+    read, rate = sf.read(buffer, dtype="float32", frames=100)
+    assert rate == 16000 and np.array_equal(read, np.linspace(-1, 1, 100, dtype=np.float32))
+
+
+# ----------------------------------------------------------------------------------------------- the command line
+LIVE = [sys.executable, "-m", "audioldm_tiled", "live", "rain", "--model", "random:tiny", "--steps", "1",
+        "--quiet", "--float"]
+
+
+def _run(*args, **kwargs):
+    return subprocess.run(LIVE + list(args), capture_output=True, text=True, timeout=300, **kwargs)
+
+
+def test_killed_resumed_and_extended_renders_give_the_same_bytes(tmp_path):
+    """A 30 s render; a 12 s one extended to 30 s by --resume, killed with SIGKILL half way and resumed again:
+    the same file, byte for byte, and the 12 s file intact after the killed extension."""
+    whole, grown = tmp_path / "whole.wav", tmp_path / "grown.wav"
+    assert _run("--seconds", "30", "-o", str(whole)).returncode == 0
+    assert _run("--seconds", "12", "-o", str(grown)).returncode == 0
+    first = grown.read_bytes()
+    assert first[44:] == whole.read_bytes()[44 : len(first)]  # prefix-stable: the 40 s render begins the same
+    part = tmp_path / "grown.wav.part"
+    process = subprocess.Popen(LIVE + ["--seconds", "30", "-o", str(grown), "--resume"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not (part.exists() and part.stat().st_size > 44 + 4 * 20 * 16000):  # past 20 s: the extension's
+            assert process.poll() is None and time.monotonic() < deadline          # second window is written
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+    assert grown.read_bytes() == first  # the finished file survives the killed run
+    done = _run("--seconds", "30", "-o", str(grown), "--resume")
+    assert done.returncode == 0, done.stderr
+    assert grown.read_bytes() == whole.read_bytes() and not part.exists()
+
+
+def test_standard_output_is_a_wav_stream_read_while_it_renders(tmp_path):
+    process = subprocess.Popen(LIVE + ["--forever", "-o", "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        with sf.SoundFile(process.stdout.fileno(), closefd=False) as stream:
+            assert (stream.samplerate, stream.channels, stream.subtype) == (16000, 1, "FLOAT")
+            first = stream.read(12 * 16000, dtype="float32")  # more than the first window's piece
+        assert first.shape == (12 * 16000,) and process.poll() is None  # still rendering: --forever
+    finally:
+        process.stdout.close()  # the listener goes away: the render stops quietly
+        status = process.wait(timeout=120)
+    assert status == 0, process.stderr.read()
+    expected, _ = sf.read(_render_file(tmp_path), dtype="float32")
+    assert np.array_equal(first, expected[: first.shape[0]])
+
+
+def _render_file(tmp_path):
+    out = tmp_path / "ref.wav"
+    assert main(["live", "rain", "--model", "random:tiny", "--steps", "1", "--quiet", "--float", "--seconds", "13",
+                 "-o", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seconds", "5", "--forever", "-o", "x.wav"], "not allowed with argument"),
+    (["-o", "x.wav"], "one of the arguments --seconds --forever is required"),
+    (["--seconds", "5"], "give -o FILE.wav, -o - (standard output) or --play"),
+    (["--forever", "-o", "-", "--resume"], "--resume goes on with a file"),
+    (["--seconds", "5", "-o", "x.wav", "--resume"], "nothing to resume"),
+    (["--seconds", "5", "-o", "x.mp3"], "must end in .wav"),
+])
+def test_live_command_errors_are_one_line(tmp_path, capsys, args, message, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["live", "rain", "--model", "random:tiny", "--steps", "1", "--quiet"] + args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_unfinished_render_is_not_overwritten_by_a_new_one(tmp_path, capsys):
+    (tmp_path / "x.wav.part").write_bytes(b"")
+    assert main(["live", "rain", "--model", "random:tiny", "--steps", "1", "--quiet", "--seconds", "5", "-o",
+                 str(tmp_path / "x.wav")]) == 2
+    assert "holds an unfinished live render" in capsys.readouterr().err
+
+
+def test_play_without_sounddevice_says_how_to_get_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sounddevice", None)  # import fails as if it were not installed
+    assert main(["live", "rain", "--model", "random:tiny", "--steps", "1", "--seconds", "5", "--play"]) == 2
+    assert "pip install 'audioldm-tiled[play]'" in capsys.readouterr().err
+
+
+def test_interrupting_an_endless_file_render_keeps_what_was_rendered(tmp_path):
+    out = tmp_path / "bed.wav"
+    process = subprocess.Popen(LIVE + ["--forever", "-o", str(out)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    part = tmp_path / "bed.wav.part"
+    deadline = time.monotonic() + 240
+    while not (part.exists() and part.stat().st_size > 44):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=120) == 0, process.stderr.read()
+    audio, _ = sf.read(out, dtype="float32")
+    assert audio.shape[0] > 9 * 16000 and not part.exists() and os.path.exists(str(out) + ".live")
