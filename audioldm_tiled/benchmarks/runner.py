@@ -34,11 +34,15 @@ VARIANTS = {
     "generate": ("windowed", "single-pass", "windowed-fast"),
     # denoising only (output_type="latent"), windows per UNet call: what a window costs in memory and time
     "windows": ("batch-1", "batch-2", "batch-4"),
+    # a render handed out in pieces: windowed (stream) against progressive (live), and live's first piece alone
+    "live": ("windowed", "progressive", "first-piece"),
 }
-DEFAULT_STEPS = {"stream": 2, "generate": 10, "windows": 2}
+# Stages whose variants make different audio by design (another schedule): timed and measured, not compared.
+OTHER_AUDIO = ("live",)
+DEFAULT_STEPS = {"stream": 2, "generate": 10, "windows": 2, "live": 1}
 # the others run every variant by default
 DEFAULT_VARIANTS = {"stream": ("fast",), "generate": ("windowed", "single-pass"),
-                    "decode": ("untiled", "exact", "fast", "diffusers")}
+                    "decode": ("untiled", "exact", "fast", "diffusers"), "live": ("windowed", "progressive")}
 # A child's exit status for a CUDA out-of-memory error (the parent reports it as out of memory).
 CUDA_OUT_OF_MEMORY = 3
 
@@ -99,7 +103,7 @@ def measure(point: Point) -> None:
     logging.getLogger("audioldm_tiled").addHandler(handler)
     try:
         with torch.inference_mode():
-            out, elapsed, seams = STAGES[point.stage](target, point.variant, point.seconds, point.steps)
+            out, elapsed, seams, *extra = STAGES[point.stage](target, point.variant, point.seconds, point.steps)
     except torch.OutOfMemoryError as error:
         print(f"out of memory: {error}", file=sys.stderr)
         sys.exit(CUDA_OUT_OF_MEMORY)
@@ -110,6 +114,8 @@ def measure(point: Point) -> None:
     row = {"time_s": elapsed, "peak_rss_bytes": peak, "output_shape": list(out.shape), "seam": seam,
            "device": torch.cuda.get_device_name(point.device) if cuda else "cpu", "dtype": point.dtype,
            **environment()}
+    for fields in extra:  # what a stage measures beyond time, memory and seams
+        row.update(fields)
     if warnings:
         row["warnings"] = warnings
     if cuda:
@@ -210,15 +216,18 @@ def run_suite(stage: str, lengths: list[float], variants: list[str], steps: int 
                     row.update(json.load(f))
                 row["time_per_audio_second"] = row["time_s"] / seconds
                 out = torch.load(path).double()
+                compared = stage not in OTHER_AUDIO
                 if variant == variants[0]:
                     reference, base = out, row
-                    row["snr_db"] = float("inf")
-                    row["max_abs_err"] = 0.0
+                    if compared:
+                        row["snr_db"] = float("inf")
+                        row["max_abs_err"] = 0.0
                 elif reference is not None:  # no comparison when the reference itself could not run
-                    err = out - reference
-                    row["snr_db"] = float(10 * torch.log10(reference.pow(2).mean() / err.pow(2).mean()))
-                    row["max_abs_err"] = float(err.abs().max())
-                    row["max_rel_err"] = float(err.abs().max() / reference.abs().max())
+                    if compared:
+                        err = out - reference
+                        row["snr_db"] = float(10 * torch.log10(reference.pow(2).mean() / err.pow(2).mean()))
+                        row["max_abs_err"] = float(err.abs().max())
+                        row["max_rel_err"] = float(err.abs().max() / reference.abs().max())
                     row["time_ratio"] = row["time_s"] / base["time_s"]
                     key = memory_key(row)  # on a GPU, the device's peak; else the process's
                     row["memory_ratio"] = row[key] / base[key]
@@ -250,16 +259,20 @@ def _number(value, spec: str) -> str:
 
 def to_markdown(rows: list[dict]) -> str:
     cuda = any("peak_cuda_bytes" in r for r in rows)
-    extra = " peak CUDA (GB) |" if cuda else ""
+    first = any("first_audio_s" in r for r in rows)
+    extra = (" peak CUDA (GB) |" if cuda else "") + (" first audio (s) |" if first else "")
     lines = ["| stage | variant | audio (s) | time (s) | s per audio s | peak RSS (GB) |" + extra + " time / base "
              "| memory / base | SNR vs base (dB) | max abs err | max err / max abs | seam score |",
-             "|---|---|---|---|---|---|" + ("---|" if cuda else "") + "---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|" + "---|" * (cuda + first) + "---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['stage']} | {r['variant']} | {r['seconds']:g} | {r['error']} |" + " |" * (8 + cuda))
+            lines.append(f"| {r['stage']} | {r['variant']} | {r['seconds']:g} | {r['error']} |"
+                         + " |" * (8 + cuda + first))
             continue
         cuda_cell = f" {_number(r.get('peak_cuda_bytes', None) and r['peak_cuda_bytes'] / 1e9, '.2f')} |" if cuda \
             else ""
+        if first:
+            cuda_cell += f" {_number(r.get('first_audio_s'), '.1f')} |"
         lines.append(
             f"| {r['stage']} | {r['variant']} | {r['seconds']:g} | {r['time_s']:.1f} "
             f"| {r['time_s'] / r['seconds']:.2f} | {r['peak_rss_bytes'] / 1e9:.2f} |{cuda_cell} "
