@@ -39,7 +39,7 @@ from .plan import LivePlan
 from .request import Request
 from .timeline import frame_membership
 from .vae.running import RunningDecoder, RunningStatistics
-from .vocoder import hop_length, vocode_chunk
+from .vocoder import vocode_chunk
 
 # Bumped when what a saved state holds changes.
 STATE_FORMAT = 1
@@ -153,6 +153,7 @@ class LiveRender:
             raise StopIteration
         if self._bar is None:
             self._bar = self._progress_bar()
+        rate = self.sample_rate
         with torch.no_grad():
             wave = self._next_window().cpu().float().numpy()
         whole = keep is None or self._samples + wave.shape[1] <= keep
@@ -161,23 +162,29 @@ class LiveRender:
         self._samples += wave.shape[1]
         if whole:
             self._state = self._snapshot()
-        self._bar.update(1)
+        self._bar.update(round(wave.shape[1] / rate, 2))
         return wave
 
     def close(self) -> None:
-        """End the render (also what leaving a ``for`` loop early does, through garbage collection)."""
+        """End the render: close its progress bar and offload the models (as a call does at its end). Also what
+        leaving a ``for`` loop over it early does, once the render is garbage collected."""
         if not self._done:
             self._done = True
             if self._bar is not None:
                 self._bar.close()
             self.pipe.maybe_free_model_hooks()
 
+    def __del__(self) -> None:
+        if not getattr(self, "_done", True):
+            self.close()
+
     def _progress_bar(self):
-        keep, layout = self.plan.keep, self.plan.layout
-        total = None if keep is None else layout.windows_for(-(-keep // hop_length(self.pipe.vocoder)))
-        config = {**getattr(self.pipe, "_progress_bar_config", {})}
-        config.setdefault("desc", "live")
-        return tqdm(total=total, initial=self._window, unit="window", **config)
+        """Seconds of audio handed out (of those asked for)."""
+        keep, rate = self.plan.keep, self.sample_rate
+        config = {"desc": "live", **getattr(self.pipe, "_progress_bar_config", {})}
+        return tqdm(total=None if keep is None else round(keep / rate, 2), initial=round(self._samples / rate, 2),
+                    unit="s", bar_format="{desc}: {n:.1f}/{total_fmt} s of audio [{elapsed}, {rate_fmt}]"
+                    if keep is not None else "{desc}: {n:.1f} s of audio [{elapsed}, {rate_fmt}]", **config)
 
     # --------------------------------------------------------------------------------------------------- one window
     def _next_window(self) -> torch.Tensor:

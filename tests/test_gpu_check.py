@@ -13,12 +13,14 @@ def test_gpu_check_runs_on_the_cpu_and_writes_every_row(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(out.read_text())
     rows = {row["check"]: row for row in report["rows"]}
-    assert list(rows) == ["main-job-fp16", "parent-single-pass", "decode", "decode-bf16-precision", "vocoder",
-                          "fallback", "hour-stream-fast", "hour-exact-host", "main-job-fp32"]
+    assert list(rows) == ["main-job-fp16", "live-fp16", "parent-single-pass", "decode", "decode-bf16-precision",
+                          "vocoder", "fallback", "hour-stream-fast", "hour-exact-host", "main-job-fp32"]
     precision = rows["decode-bf16-precision"]
     assert precision["float32"]["snr_db_vs_float32_decode"] > 90  # the reference itself, tile for tile
     assert precision["model"]["snr_db_vs_float32_decode"] < precision["output"]["snr_db_vs_float32_decode"] < 90
     assert rows["main-job-fp16"]["samples"] == 3 * 16000 and rows["main-job-fp16"]["denoise_s"] > 0
+    live = rows["live-fp16"]
+    assert live["seconds"] == 3 and 0 < live["first_audio_s"] <= live["time_s"] and live["real_time_factor"] > 0
     assert rows["decode"]["exact"]["snr_db_vs_fp32_untiled"] > 90  # fp32 on the CPU: exact equals untiled
     assert rows["vocoder"]["chunked-bfloat16"]["snr_db_vs_fp32"] > 20
     assert rows["fallback"]["skipped"].startswith("needs CUDA")

@@ -380,3 +380,21 @@ def test_interrupting_an_endless_file_render_keeps_what_was_rendered(tmp_path):
     assert process.wait(timeout=120) == 0, process.stderr.read()
     audio, _ = sf.read(out, dtype="float32")
     assert audio.shape[0] > 9 * 16000 and not part.exists() and os.path.exists(str(out) + ".live")
+
+
+def test_model_offload_gives_the_same_live_audio(tiny_pipe, monkeypatch):
+    pytest.importorskip("accelerate")
+    from accelerate.hooks import CpuOffload
+
+    expected = _live(tiny_pipe, 20)
+    pipe = random_pipeline("tiny")
+    pipe.set_progress_bar_config(disable=True)
+    pipe.enable_model_cpu_offload(device="cpu")
+    fired = []
+    real_pre_forward = CpuOffload.pre_forward
+    monkeypatch.setattr(CpuOffload, "pre_forward", lambda self, module, *args, **kwargs: (
+        fired.append(type(module).__name__), real_pre_forward(self, module, *args, **kwargs))[1])
+    assert np.array_equal(_live(pipe, 20), expected)
+    # the running decode and the vocoder chunk call no module's forward: each window fires their hooks itself
+    windows = 3  # 9.59 s, then 6.4 s per window: 22.4 s cover the 20 s asked for
+    assert fired.count("AutoencoderKL") == windows and fired.count("SpeechT5HifiGan") == windows

@@ -113,6 +113,23 @@ class GpuCheck:
         return {"denoise_s": denoise_s, "decode_and_vocoder_s": decode_s, "time_s": denoise_s + decode_s,
                 "samples": waves, "peak_bytes": self.dev.peak_bytes()}
 
+    def live(self) -> dict:
+        """A live render of ``seconds`` in float16 (float32 on the CPU): the wait for its first piece and its
+        real-time factor (seconds of audio per second of rendering; above 1 it keeps ahead of playback)."""
+        pipe = self.pipe(torch.float16 if self.dev.cuda else torch.float32)
+        self.dev.reset_peak()
+        render = pipe.live(PROMPT, audio_length_in_s=self.args.seconds, num_inference_steps=self.args.steps,
+                           generator=self.generator())
+        start = time.perf_counter()
+        first = None
+        for _ in render:
+            self.dev.sync()
+            first = first if first is not None else time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        seconds = render.samples / pipe.vocoder.config.sampling_rate
+        return {"seconds": seconds, "first_audio_s": first, "time_s": elapsed, "real_time_factor": seconds / elapsed,
+                "peak_bytes": self.dev.peak_bytes()}
+
     def parent_single_pass(self) -> dict:
         pipe = self.pipe(torch.float16 if self.dev.cuda else torch.float32)
         self.dev.reset_peak()
@@ -279,6 +296,7 @@ class GpuCheck:
     def checks(self) -> list[tuple[str, Callable[[], dict]]]:
         return [
             ("main-job-fp16", lambda: self.main_job(torch.float16)),
+            ("live-fp16", self.live),
             ("parent-single-pass", self.parent_single_pass),
             ("decode", self.decode),
             ("decode-bf16-precision", self.decode_bfloat16),
