@@ -1,10 +1,14 @@
-"""argparse types shared by the command lines: each error names the option and what it takes."""
+"""What the command lines share: argparse types whose errors name the option and what it takes, the one-line
+user error, the device and dtype, and the prompt or timeline from PROMPT, --at and --timeline."""
 
 from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections.abc import Callable
+
+from .constants import DTYPES, MAX_SEED
 
 
 def positive_number(option: str, unit: str, allow_zero: bool = False) -> Callable[[str], float]:
@@ -37,3 +41,106 @@ def positive_int(option: str) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"--seed must be an integer from 0 to {MAX_SEED}, got {text!r}")
+    return value
+
+
+def timeline_segment(text: str) -> tuple[float, str]:
+    start, _, prompt = text.partition(":")
+    try:
+        return float(start), prompt.strip()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--at takes START:TEXT with START in seconds, e.g. 120:thunderstorm; "
+                                         f"got {text!r}") from None
+
+
+def device_name(text: str) -> str:
+    """--device's spelling, checked while parsing (availability is checked once torch is loaded)."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {text!r}")
+    return text
+
+
+def resolve_device(name: str):
+    """The device named, checked; "auto" is cuda if available, else mps, else cpu."""
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise CliError(f"--device: unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise CliError(f"--device: unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CliError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise CliError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise CliError(f"--device {name}: MPS is not available on this machine; use --device cpu")
+    return device
+
+
+def resolve_dtype(name: str, device):
+    """The dtype named; "auto" is float16 on CUDA (half the memory and time of float32 there) and float32
+    elsewhere (half-precision convolutions are slow on CPUs)."""
+    import torch
+
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise CliError(f"--dtype must be auto or one of {', '.join(DTYPES)}, got {name!r}")
+    return getattr(torch, DTYPES[name])
+
+
+def prompt_or_timeline(args: argparse.Namespace):
+    """The prompt string, or the timeline, from exactly one of PROMPT, --at and --timeline."""
+    given = [name for name, value in (("PROMPT", args.prompt), ("--at", args.at), ("--timeline", args.timeline))
+             if value]
+    if len(given) != 1:
+        raise CliError(f"give exactly one of PROMPT, --at or --timeline (got {', '.join(given) or 'none'})")
+    if args.prompt:
+        return args.prompt
+    timeline = args.at
+    if args.timeline:
+        import json
+
+        try:
+            with open(args.timeline, encoding="utf-8-sig") as f:  # with or without a byte-order mark
+                timeline = json.load(f)
+        except (OSError, ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
+            raise CliError(f"--timeline {args.timeline}: cannot read a JSON timeline ({error})") from None
+        if not isinstance(timeline, list):
+            raise CliError(f"--timeline {args.timeline}: expected a JSON list of [start_s, text] or "
+                           f"[start_s, end_s, text], got {type(timeline).__name__}")
+    return [tuple(item) if isinstance(item, list) else item for item in timeline]
+
+
+# The command line's name for each call argument, in the request's messages.
+OPTIONS = {"audio_length_in_s": "--seconds", "audio": "--input", "strength": "--strength", "extend_s": "--extend",
+           "regenerate": "--regenerate", "context_s": "--context", "crossfade_s": "--crossfade", "loop": "--loop",
+           "num_inference_steps": "--steps", "guidance_scale": "--guidance", "negative_prompt": "--negative-prompt",
+           "prompt": "PROMPT"}
+
+
+def as_cli_error(error: ValueError) -> CliError:
+    """A request's error with the command line's option names in place of the call's argument names."""
+    message = str(error)
+    for argument, option in OPTIONS.items():
+        message = message.replace(f"`{argument}`", option)
+    return CliError(message)

@@ -6,35 +6,29 @@ import argparse
 import contextlib
 import logging
 import os
-import re
 import signal
 import sys
 import threading
 from pathlib import Path
 
-from .arguments import positive_int, positive_number
+from .arguments import (
+    CliError,
+    as_cli_error,
+    device_name,
+    positive_int,
+    positive_number,
+    prompt_or_timeline,
+    resolve_device,
+    resolve_dtype,
+    seed,
+    timeline_segment,
+)
 from .config import STORES
 from .constants import DTYPES, MAX_SEED
 from .errors import RankFailed
 from .loading import DEFAULT_MODEL
 
 logger = logging.getLogger("audioldm_tiled.cli")
-
-
-class CliError(Exception):
-    """A user error: printed as one line, exit status 2."""
-
-
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"--seed must be an integer from 0 to {MAX_SEED}, got {text!r}")
-    return value
 
 
 def _attach_negative_at(argv: list[str]) -> list[str]:
@@ -46,15 +40,6 @@ def _attach_negative_at(argv: list[str]) -> list[str]:
         else:
             out.append(arg)
     return out
-
-
-def _timeline_segment(text: str) -> tuple[float, str]:
-    start, _, prompt = text.partition(":")
-    try:
-        return float(start), prompt.strip()
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--at takes START:TEXT with START in seconds, e.g. 120:thunderstorm; "
-                                         f"got {text!r}") from None
 
 
 def _span(text: str) -> tuple[float, float]:
@@ -74,7 +59,7 @@ def generate_parser() -> argparse.ArgumentParser:
         "Benchmarks: audioldm-tiled bench --help.",
     )
     parser.add_argument("prompt", nargs="?", help="text describing the sound (or a timeline: --at, --timeline)")
-    parser.add_argument("--at", action="append", type=_timeline_segment, metavar="START:TEXT",
+    parser.add_argument("--at", action="append", type=timeline_segment, metavar="START:TEXT",
                         help="timeline segment: TEXT from START seconds on, e.g. --at 0:'light rain' "
                         "--at 120:thunderstorm (repeatable)")
     parser.add_argument("--timeline", metavar="FILE.json",
@@ -105,9 +90,9 @@ def generate_parser() -> argparse.ArgumentParser:
                         help="denoising steps (default: the model's, AudioLDM 10, AudioLDM 2 and MusicLDM 200)")
     parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the "
                         "model's, AudioLDM 2.5, AudioLDM 2 3.5, MusicLDM 2.0)")
-    parser.add_argument("--seed", type=_seed, default=0, help=f"random seed, 0 to {MAX_SEED} (default 0)")
+    parser.add_argument("--seed", type=seed, default=0, help=f"random seed, 0 to {MAX_SEED} (default 0)")
     parser.add_argument("--negative-prompt", default=None, help="what the audio should not contain")
-    parser.add_argument("--device", default="auto", type=_device_name,
+    parser.add_argument("--device", default="auto", type=device_name,
                         help="auto (default: cuda if available, else mps, else cpu), cpu, cuda, cuda:N or mps")
     parser.add_argument("--dtype", default="auto", choices=("auto", *DTYPES),
                         help="auto (default: fp16 on cuda, fp32 elsewhere), fp32, fp16 or bf16")
@@ -132,86 +117,6 @@ def generate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mark-seams", action="store_true",
                         help="with --spectrogram: draw the denoising window, VAE tile and vocoder chunk boundaries")
     return parser
-
-
-def _device_name(text: str) -> str:
-    """--device's spelling, checked while parsing (availability is checked once torch is loaded)."""
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", text):
-        raise argparse.ArgumentTypeError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {text!r}")
-    return text
-
-
-def resolve_device(name: str):
-    """The device named, checked; "auto" is cuda if available, else mps, else cpu."""
-    import torch
-
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise CliError(f"--device: unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise CliError(f"--device: unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CliError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise CliError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise CliError(f"--device {name}: MPS is not available on this machine; use --device cpu")
-    return device
-
-
-def resolve_dtype(name: str, device):
-    """The dtype named; "auto" is float16 on CUDA (half the memory and time of float32 there) and float32
-    elsewhere (half-precision convolutions are slow on CPUs)."""
-    import torch
-
-    if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if name not in DTYPES:
-        raise CliError(f"--dtype must be auto or one of {', '.join(DTYPES)}, got {name!r}")
-    return getattr(torch, DTYPES[name])
-
-
-def _prompt_or_timeline(args: argparse.Namespace):
-    """The prompt string, or the timeline, from exactly one of PROMPT, --at and --timeline."""
-    given = [name for name, value in (("PROMPT", args.prompt), ("--at", args.at), ("--timeline", args.timeline))
-             if value]
-    if len(given) != 1:
-        raise CliError(f"give exactly one of PROMPT, --at or --timeline (got {', '.join(given) or 'none'})")
-    if args.prompt:
-        return args.prompt
-    timeline = args.at
-    if args.timeline:
-        import json
-
-        try:
-            with open(args.timeline, encoding="utf-8-sig") as f:  # with or without a byte-order mark
-                timeline = json.load(f)
-        except (OSError, ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
-            raise CliError(f"--timeline {args.timeline}: cannot read a JSON timeline ({error})") from None
-        if not isinstance(timeline, list):
-            raise CliError(f"--timeline {args.timeline}: expected a JSON list of [start_s, text] or "
-                           f"[start_s, end_s, text], got {type(timeline).__name__}")
-    return [tuple(item) if isinstance(item, list) else item for item in timeline]
-
-
-# The command line's name for each call argument, in the request's messages.
-OPTIONS = {"audio_length_in_s": "--seconds", "audio": "--input", "strength": "--strength", "extend_s": "--extend",
-           "regenerate": "--regenerate", "context_s": "--context", "crossfade_s": "--crossfade", "loop": "--loop",
-           "num_inference_steps": "--steps", "guidance_scale": "--guidance", "negative_prompt": "--negative-prompt",
-           "prompt": "PROMPT"}
-
-
-def as_cli_error(error: ValueError) -> CliError:
-    """A request's error with the command line's option names in place of the call's argument names."""
-    message = str(error)
-    for argument, option in OPTIONS.items():
-        message = message.replace(f"`{argument}`", option)
-    return CliError(message)
 
 
 def _check_input_file(path: str | None) -> None:
@@ -239,7 +144,7 @@ def build_request(args: argparse.Namespace):
     from .config import TilingConfig
     from .request import Request
 
-    prompt = _prompt_or_timeline(args)
+    prompt = prompt_or_timeline(args)
     _check_input_file(args.input)
     if args.memory_budget is not None and int(args.memory_budget * 1e9) < 1:
         raise CliError(f"--memory-budget must be at least 1e-9 GB (one byte), got {args.memory_budget:g}")
@@ -336,7 +241,7 @@ def batch_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-dir", required=True, metavar="DIR", help="folder for the WAVs, sidecars and manifests")
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"hub id, local folder, or random:ARCH (default {DEFAULT_MODEL})")
-    parser.add_argument("--device", default="auto", type=_device_name,
+    parser.add_argument("--device", default="auto", type=device_name,
                         help="auto (default: cuda:LOCAL_RANK if available, else mps, else cpu), cpu, cuda, cuda:N, mps")
     parser.add_argument("--dtype", default="auto", choices=("auto", *DTYPES),
                         help="auto (default: fp16 on cuda, fp32 elsewhere), fp32, fp16 or bf16")

@@ -150,6 +150,25 @@ def new_file_mode(path: str | os.PathLike) -> int:
     return _mode_for(_target(Path(path)))
 
 
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Within the block SIGINT, SIGTERM and SIGHUP wait; they are handled when it ends. For writes that must be
+    whole (a piece of audio and the header that counts it); a no-op outside the main thread or without POSIX
+    signal masks."""
+    import signal
+    import threading
+
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _part_stem(target: Path) -> str:
     """The target's name in its temporary files' names, or a hash of it where the whole would be too long."""
     if len(os.fsencode(f".{target.name}.{2**22}.{'0' * 8}.part")) <= name_max(target.parent):

@@ -7,16 +7,17 @@ import argparse
 import logging
 import sys
 
-from .arguments import positive_int, positive_number
-from .cli import (
+from .arguments import (
     CliError,
-    _device_name,
-    _prompt_or_timeline,
-    _seed,
-    _timeline_segment,
     as_cli_error,
+    device_name,
+    positive_int,
+    positive_number,
+    prompt_or_timeline,
     resolve_device,
     resolve_dtype,
+    seed,
+    timeline_segment,
 )
 from .constants import DTYPES
 from .loading import DEFAULT_MODEL
@@ -33,7 +34,7 @@ def live_parser() -> argparse.ArgumentParser:
         "sound card (--play).",
     )
     parser.add_argument("prompt", nargs="?", help="text describing the sound (or a timeline: --at, --timeline)")
-    parser.add_argument("--at", action="append", type=_timeline_segment, metavar="START:TEXT",
+    parser.add_argument("--at", action="append", type=timeline_segment, metavar="START:TEXT",
                         help="a timeline segment starting at START seconds; repeat for a soundscape that changes")
     parser.add_argument("--timeline", metavar="FILE.json", help="a JSON list of [start_s, text] or "
                         "[start_s, end_s, text] segments")
@@ -53,9 +54,9 @@ def live_parser() -> argparse.ArgumentParser:
                         help="denoising steps per window (default: the model family's)")
     parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: "
                         "the model family's)")
-    parser.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
     parser.add_argument("--negative-prompt", default=None, help="what the audio should not contain")
-    parser.add_argument("--device", default="auto", type=_device_name,
+    parser.add_argument("--device", default="auto", type=device_name,
                         help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     parser.add_argument("--dtype", default="auto", choices=("auto", *DTYPES),
                         help="auto: fp16 on CUDA, fp32 elsewhere")
@@ -91,7 +92,7 @@ def live(args: argparse.Namespace, stops: tuple[type[BaseException], ...]) -> in
         raise CliError("give -o FILE.wav, -o - (standard output) or --play")
     if args.resume and args.output in (None, "-"):
         raise CliError("--resume goes on with a file: give -o FILE.wav")
-    prompt = _prompt_or_timeline(args)
+    prompt = prompt_or_timeline(args)
     try:
         request = Request(prompt=prompt, audio_length_in_s=args.seconds, progressive=True,
                           num_inference_steps=args.steps, guidance_scale=args.guidance,

@@ -15,7 +15,7 @@ import numpy as np
 from .audio import open_wav, wav_bytes
 from .callbacks import CALLBACK_ARGUMENTS
 from .distributed import guarded, ranks_for
-from .files import check_output_path, commit_file, new_file_mode
+from .files import check_output_path, commit_file, new_file_mode, signals_deferred
 from .request import Request
 
 logger = logging.getLogger(__name__)
@@ -148,14 +148,15 @@ def render_live(pipe, path: str | os.PathLike, prompt: Any = None, *, subtype: s
             for piece in render:
                 start, position = position, render.samples
                 piece = piece[0, max(0, written - start) :]  # what the file holds already is not written again
-                if piece.size:
-                    writer.write(piece)
-                    written = writer.frames
-                    if also is not None:
-                        also(piece)
-                if render.state is not saved:
-                    saved = render.state
-                    saved.save(state_path)
+                with signals_deferred():  # Ctrl-C waits for the piece, its header and its state
+                    if piece.size:
+                        writer.write(piece)
+                        written = writer.frames
+                    if render.state is not saved:
+                        saved = render.state
+                        saved.save(state_path)
+                if also is not None and piece.size:
+                    also(piece)
         except stops:
             if seconds is not None or written == 0:
                 raise

@@ -376,7 +376,7 @@ def test_interrupting_an_endless_file_render_keeps_what_was_rendered(tmp_path):
     while not (part.exists() and part.stat().st_size > 44):
         assert process.poll() is None and time.monotonic() < deadline
         time.sleep(0.02)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGINT)  # at once: while the first piece and its header are being written
     assert process.wait(timeout=120) == 0, process.stderr.read()
     audio, _ = sf.read(out, dtype="float32")
     assert audio.shape[0] > 9 * 16000 and not part.exists() and os.path.exists(str(out) + ".live")
