@@ -154,8 +154,12 @@ class LiveRender:
         if self._bar is None:
             self._bar = self._progress_bar()
         rate = self.sample_rate
-        with torch.no_grad():
-            wave = self._next_window().cpu().float().numpy()
+        try:
+            with torch.no_grad():
+                wave = self._next_window().cpu().float().numpy()
+        except BaseException:
+            self.close()  # a window left half done cannot be gone on from; its state is the last whole one's
+            raise
         whole = keep is None or self._samples + wave.shape[1] <= keep
         if not whole:
             wave = wave[:, : keep - self._samples]

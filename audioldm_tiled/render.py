@@ -3,6 +3,7 @@ a live render into a WAV file it can resume, or into a pipe."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -183,4 +184,6 @@ def stream_live(pipe, stream: BinaryIO, prompt: Any = None, *, subtype: str = "P
                 also(piece[0])
     except BrokenPipeError:  # the player was closed: the listener has stopped
         render.close()
+        with contextlib.suppress(OSError, ValueError):  # nothing more can go into the pipe, at exit neither
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
     return written

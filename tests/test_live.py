@@ -92,6 +92,8 @@ def test_the_first_60_s_do_not_depend_on_the_length(tiny_pipe):
     assert np.array_equal(short, long[:, : short.shape[1]])
     assert np.abs(short).max() > 0
     assert not np.array_equal(short, _live(tiny_pipe, 60, seed=1))  # the seed matters, so equality means something
+    two = _live(tiny_pipe, 10, num_waveforms_per_prompt=2)
+    assert two.shape == (2, 10 * 16000) and not np.array_equal(two[0], two[1])
 
 
 def test_known_frames_are_the_final_latents_noised_to_each_step(tiny_pipe, monkeypatch):
