@@ -280,14 +280,14 @@ def input_problem(job: BatchJob) -> str | None:
     return None
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
+def write_json(path: Path, data: dict[str, Any]) -> None:
     with atomic_file(path) as part:
         with open(part, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=2, default=str)
             f.write("\n")
 
 
-def _versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     import diffusers
@@ -345,12 +345,12 @@ def run_batch(pipe, jobs: list[BatchJob], out_dir: str | os.PathLike, shard: Sha
             model_defaults = loaded["pipe"]._parent_defaults()  # what a job without steps or guidance runs with
             loaded["defaults"] = {"steps": model_defaults["num_inference_steps"],
                                   "guidance": model_defaults["guidance_scale"]}
-            loaded["versions"] = _versions()
+            loaded["versions"] = library_versions()
         return loaded["pipe"]
 
     def write_manifest() -> None:
         try:
-            _write_json(manifest_path, {"rank": shard.rank, "world": shard.world, "jobs": entries})
+            write_json(manifest_path, {"rank": shard.rank, "world": shard.world, "jobs": entries})
         except OSError as error:
             logger.error("%s: cannot write %s: %s", tag, manifest_path, error)
 
@@ -385,7 +385,7 @@ def run_batch(pipe, jobs: list[BatchJob], out_dir: str | os.PathLike, shard: Sha
         entry.update(status=record["status"], error=record.get("error"))
         if unwritable is None:  # a sidecar beside an output that leads elsewhere would lead there too
             try:
-                _write_json(sidecar_path(wav), record)
+                write_json(sidecar_path(wav), record)
             except OSError as error:
                 if record["status"] == "done":  # the WAV without its sidecar is not done: the next run redoes it
                     summary["done"].remove(job.output)

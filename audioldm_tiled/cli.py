@@ -56,6 +56,7 @@ def generate_parser() -> argparse.ArgumentParser:
         prog="audioldm-tiled",
         description="Generate long audio from a text prompt with AudioLDM; writes a WAV file. "
         "Many renders: audioldm-tiled batch --help. Live, resumable renders: audioldm-tiled live --help. "
+        "In the browser: audioldm-tiled studio --help. "
         "Benchmarks: audioldm-tiled bench --help.",
     )
     parser.add_argument("prompt", nargs="?", help="text describing the sound (or a timeline: --at, --timeline)")
@@ -347,6 +348,10 @@ def main(argv: list[str] | None = None) -> int:
                 return bench_main(argv[1:])
             if argv and argv[0] == "batch":
                 return batch(batch_parser().parse_args(argv[1:]))
+            if argv and argv[0] == "studio":
+                from .studio_app import main as studio_main
+
+                return studio_main(argv[1:])
             if argv and argv[0] == "live":
                 from .live_command import live, live_parser
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
@@ -35,7 +36,7 @@ from .denoise import denoise, plan_windows
 from .editing import KnownRegion
 from .files import atomic_file
 from .geometry import Tile
-from .plan import LivePlan
+from .plan import LivePlan, live_layout
 from .request import Request
 from .timeline import frame_membership
 from .vae.running import RunningDecoder, RunningStatistics
@@ -317,3 +318,18 @@ class LiveRender:
         self._decoder.statistics = RunningStatistics.from_state(self.plan.history, state.statistics)
         self._text = state.text
 
+
+def seam_positions(pipe, audio_length_in_s: float, tiling=None) -> dict[str, list[float]]:
+    """Where the pieces of a live render of ``audio_length_in_s`` meet, in seconds, as ``pipe.seam_positions``
+    gives them for a windowed one: each window's first new frame, and the core boundaries of the decode tiles and
+    the vocoder chunks."""
+    layout = live_layout(pipe, pipe._config_for_call(tiling))
+    frame_s, mel_s = pipe.vae_scale_factor * pipe._mel_frame_seconds, pipe._mel_frame_seconds
+    windows = range(1, layout.windows_for(math.ceil(audio_length_in_s / mel_s)))
+
+    def inside(times):
+        return [round(t, 6) for t in times if t < audio_length_in_s]
+
+    return {"denoising windows": inside(layout.denoised(k).core_start * frame_s for k in windows),
+            "VAE tiles": inside(layout.decoded(k).core_start * frame_s for k in windows),
+            "vocoder chunks": inside(layout.vocoded(k).core_start * mel_s for k in windows)}

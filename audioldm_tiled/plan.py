@@ -175,14 +175,7 @@ def build_live_plan(pipe, request: Request) -> LivePlan:
     config, _, steps, guidance = _settings(pipe, request)
     seconds = request.audio_length_in_s
     keep = None if seconds is None else pipe._audio_geometry(seconds)[2]
-    job = decode_job(pipe.vae, config)
-    context = config.vocoder_context_frames
-    try:
-        layout = ProgressiveLayout(config.window_frames, config.window_overlap_frames, decoder_halo(job, config),
-                                   receptive_field_frames(pipe.vocoder) if context is None else context,
-                                   pipe.vae_scale_factor)
-    except ValueError as error:
-        raise ValueError(f"TilingConfig.window_frames: {error}") from None
+    layout = live_layout(pipe, config)
     frame_seconds = pipe.vae_scale_factor * pipe._mel_frame_seconds
     prompt, negative, changing = request.prompt, request.negative_prompt, None
     timeline = request.timeline(math.inf if seconds is None else seconds)
@@ -206,6 +199,18 @@ def build_live_plan(pipe, request: Request) -> LivePlan:
     history = max(1, round(STATISTICS_SECONDS / (layout.stride * frame_seconds)))
     return LivePlan(config, steps, guidance, prompt, changing, negative, timeline,
                     prompts * request.num_waveforms_per_prompt, groups, keep, layout, history)
+
+
+def live_layout(pipe, config: TilingConfig) -> ProgressiveLayout:
+    """Where a live render's windows, tiles and chunks fall with ``config`` on ``pipe``'s models."""
+    context = config.vocoder_context_frames
+    try:
+        return ProgressiveLayout(config.window_frames, config.window_overlap_frames,
+                                 decoder_halo(decode_job(pipe.vae, config), config),
+                                 receptive_field_frames(pipe.vocoder) if context is None else context,
+                                 pipe.vae_scale_factor)
+    except ValueError as error:
+        raise ValueError(f"TilingConfig.window_frames: {error}") from None
 
 
 def _resolved_store(vae, latents: torch.Tensor, config: TilingConfig) -> TilingConfig:

@@ -178,8 +178,8 @@ def test_a_rerun_loads_no_model_and_writes_the_manifest_once(tmp_path, monkeypat
 
     jobs, _ = finished(tmp_path)
     writes = []
-    write_json = batch._write_json
-    monkeypatch.setattr(batch, "_write_json", lambda path, data: writes.append(path.name) or write_json(path, data))
+    real_write_json = batch.write_json
+    monkeypatch.setattr(batch, "write_json", lambda path, data: writes.append(path.name) or real_write_json(path, data))
     summary = run_batch(lambda: pytest.fail("a rerun of finished jobs loaded the model"), jobs, tmp_path / "out",
                         model="m")
     assert summary == {"done": [], "skipped": ["rain.wav", "sub/wind.wav"], "failed": []}

@@ -4,7 +4,6 @@ on shapes): audioldm-s's, or for the whole-pipeline stages the architecture the 
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 import time
@@ -234,6 +233,8 @@ def run_live(target: Target, variant: str, seconds: float, steps: int):
     """A render handed out in pieces, timed to its first piece and to its end: ``windowed`` (``pipe.stream``, all
     windows denoised together, then the streamed decode and vocoder), ``progressive`` (``pipe.live``), or
     ``first-piece`` (``pipe.live`` stopped after its first piece: the wait before any audio)."""
+    from ..live import seam_positions
+
     pipe = audioldm_pipeline(target)
     config = TilingConfig(show_progress=False)
     arguments = {"audio_length_in_s": seconds, "num_inference_steps": steps, "tiling": config,
@@ -244,7 +245,7 @@ def run_live(target: Target, variant: str, seconds: float, steps: int):
         seams = all_seams(pipe.seam_positions(seconds, config))
     else:
         pieces = pipe.live(PROMPT, **arguments)
-        seams = all_seams(live_seams(pipe, seconds, config))
+        seams = all_seams(seam_positions(pipe, seconds, config))
     out, first = [], None
     for piece in pieces:
         out.append(torch.from_numpy(piece))
@@ -257,21 +258,6 @@ def run_live(target: Target, variant: str, seconds: float, steps: int):
     audio = torch.cat(out, dim=1)
     return audio, elapsed, [s for s in seams if s < audio.shape[1] / pipe.vocoder.config.sampling_rate], {
         "first_audio_s": first, "audio_s": audio.shape[1] / pipe.vocoder.config.sampling_rate}
-
-
-def live_seams(pipe, seconds: float, config: TilingConfig) -> dict[str, list[float]]:
-    """Where a live render's pieces meet, in seconds, as ``seam_positions`` gives them for a windowed one: the
-    first new frame of each window, and the core boundaries of the decode tiles and vocoder chunks."""
-    from ..plan import build_live_plan
-    from ..request import Request
-
-    layout = build_live_plan(pipe, Request(prompt=PROMPT, audio_length_in_s=seconds, tiling=config,
-                                           progressive=True)).layout
-    latent_s = 1 / LATENT_FRAMES_PER_SECOND
-    windows = range(1, layout.windows_for(math.ceil(seconds * MEL_FRAMES_PER_SECOND)))
-    return {"denoising windows": [layout.denoised(k).core_start * latent_s for k in windows],
-            "VAE tiles": [layout.decoded(k).core_start * latent_s for k in windows],
-            "vocoder chunks": [layout.vocoded(k).core_start / MEL_FRAMES_PER_SECOND for k in windows]}
 
 
 STAGES = {"decode": run_decode, "encode": run_encode, "vocode": run_vocode, "windows": run_windows,

@@ -1,0 +1,228 @@
+"""The studio's work, without its page: turning the page's fields into the same ``Request`` the command line and
+``batch`` build, rendering it (live where the render allows it, else streamed), keeping each result with its
+sidecar and spectrogram in a folder of its own, checking uploads, and cancelling. ``studio_app.py`` lays out the
+page (Gradio) on top of it."""
+
+from __future__ import annotations
+
+import gc
+import math
+import numbers
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .constants import MAX_SEED
+
+# Uploads: larger or longer recordings are refused (``--max-upload-mb``, ``--max-upload-seconds``).
+MAX_UPLOAD_MB = 50.0
+MAX_UPLOAD_SECONDS = 600.0
+
+
+class Cancelled(Exception):
+    """The render was cancelled from the page."""
+
+
+@dataclass(frozen=True)
+class Result:
+    """One render made since the page was opened: the WAV, its sidecar and its spectrogram, in the studio's
+    folder."""
+
+    index: int
+    what: str  # "render", "loop", "regenerate 12-15 s", "extend +30 s", "upload"
+    seconds: float
+    wav: str
+    sidecar: str
+    picture: str
+    segments: tuple[float, ...] = ()  # where prompt segments start, in seconds
+
+    def row(self) -> list:
+        return [self.index, self.what, round(self.seconds, 2), Path(self.wav).name]
+
+
+def timeline_from_rows(rows: Any) -> str | list:
+    """The prompt of the page's timeline table, rows of (start s, end s or blank, prompt): one text when there is
+    one row starting at 0 with no end, else a timeline for ``Request``. Blank rows are skipped."""
+    rows = [list(r) + [None] * (3 - len(r)) for r in (rows.values.tolist() if hasattr(rows, "values") else rows or [])]
+    segments = []
+    for number, (start, end, text) in enumerate(rows, start=1):
+        start, end = _blank_or_number(start), _blank_or_number(end)
+        text = "" if text is None else str(text).strip()
+        if not text:
+            if start is None and end is None:
+                continue
+            raise ValueError(f"timeline row {number}: the prompt is empty")
+        if start is None:
+            if segments:
+                raise ValueError(f"timeline row {number}: give its start in seconds")
+            start = 0.0
+        segments.append((start, text) if end is None else (start, end, text))
+    if not segments:
+        raise ValueError("the timeline is empty: write a prompt in its first row")
+    if len(segments) == 1 and segments[0][0] == 0 and len(segments[0]) == 2:
+        return segments[0][1]
+    return segments
+
+
+def _blank_or_number(value: Any) -> float | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"timeline: {value!r} is not a number of seconds") from None
+    return None if math.isnan(number) else number
+
+
+def check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Real) or seed != int(seed) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"the seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
+    return int(seed)
+
+
+class Studio:
+    """The studio's renders on one pipeline, one at a time; results go to ``folder``."""
+
+    def __init__(self, pipe, model: str, folder: str | Path, max_upload_mb: float = MAX_UPLOAD_MB,
+                 max_upload_seconds: float = MAX_UPLOAD_SECONDS):
+        self.pipe, self.model, self.folder = pipe, model, Path(folder)
+        self.max_upload_bytes, self.max_upload_seconds = int(max_upload_mb * 1e6), max_upload_seconds
+        self.rate = pipe.vocoder.config.sampling_rate
+        self._cancel = threading.Event()
+        self._count = 0
+        self._lock = threading.Lock()
+
+    # --------------------------------------------------------------------------------------------------- requests
+    def request(self, prompt: Any, seconds: float | None, seed: Any, steps: Any, guidance: Any, negative: str | None,
+                mode: str = "exact", **fields: Any):
+        """The ``Request`` the page's fields describe, as the command line builds it (``for_command_line``)."""
+        import torch
+
+        from .config import TilingConfig
+        from .request import Request
+
+        if mode not in ("exact", "fast"):
+            raise ValueError(f"the VAE mode must be exact or fast, got {mode!r}")
+        return Request.for_command_line(
+            prompt=prompt, audio_length_in_s=None if seconds in (None, "") else seconds,
+            num_inference_steps=None if steps in (None, "", 0) else _whole(steps, "steps"),
+            guidance_scale=None if guidance in (None, "") else guidance, negative_prompt=(negative or "").strip()
+            or None, generator=torch.Generator("cpu").manual_seed(check_seed(seed)),
+            tiling=TilingConfig(mode=mode, show_progress=False), **fields)
+
+    # ------------------------------------------------------------------------------------------------- rendering
+    def cancel(self) -> None:
+        """Stop the render in progress at its next step or piece."""
+        self._cancel.set()
+
+    def pieces(self, request, progress: Callable[[float, str], object]) -> Iterator[np.ndarray]:
+        """The render's waveform (samples,) piece by piece: live for a progressive request, else streamed; raises
+        ``Cancelled`` at the next step or piece once ``cancel()`` is called."""
+        self._cancel.clear()
+        arguments = {k: v for k, v in request.call_arguments().items() if k != "progressive"}
+        total = request.output_seconds(self.rate)
+
+        def step(pipe, i, t, tensors):
+            if self._cancel.is_set():
+                raise Cancelled()
+            if not request.progressive:
+                progress((i + 1) / max(1, pipe.num_timesteps), "denoising")
+            return {}
+
+        made = 0
+        if request.progressive:
+            source = self.pipe.live(**arguments, callback_on_step_end=step)
+        else:
+            source = self.pipe.stream(**arguments, callback_on_step_end=step)
+        try:
+            for piece in source:
+                if self._cancel.is_set():
+                    raise Cancelled()
+                made += piece.shape[1]
+                if total:
+                    stage = "live" if request.progressive else "decode and vocoder"
+                    progress(min(1.0, made / self.rate / total), stage)
+                yield piece[0]
+        finally:
+            source.close()
+            gc.collect()  # what a cancelled render held goes before the next one starts
+            if self.pipe.device.type == "cuda":
+                import torch
+
+                torch.cuda.empty_cache()
+
+    def keep(self, audio: np.ndarray, request, what: str, settings: dict[str, Any], started: float,
+             segments: tuple[float, ...] = (), boundaries: dict[str, list[float]] | None = None) -> Result:
+        """Write a result: its WAV, its sidecar (``batch``'s fields; ``request`` None for an upload) and its
+        spectrogram."""
+        from .audio import save_wav
+        from .batch import library_versions, sidecar_path, write_json
+        from .plots import save_spectrogram
+
+        with self._lock:
+            self._count += 1
+            index = self._count
+        wav = self.folder / f"{index:03d}-{what.split()[0]}.wav"
+        save_wav(wav, audio, self.rate)
+        seconds = audio.shape[0] / self.rate
+        record = {"job": settings, "model": self.model, "status": "done", "settings": dict(settings),
+                  "versions": library_versions(), "render_s": round(time.perf_counter() - started, 3),
+                  "samples": int(audio.shape[0])}
+        if request is not None:  # what the model's defaults filled in
+            defaults = self.pipe._parent_defaults()
+            record["settings"].update(
+                steps=request.num_inference_steps or defaults["num_inference_steps"],
+                guidance=defaults["guidance_scale"] if request.guidance_scale is None else request.guidance_scale)
+        write_json(sidecar_path(wav), record)
+        picture = wav.with_suffix(".png")
+        marks = {"prompt segments": list(segments[1:])} if len(segments) > 1 else {}
+        marks.update(boundaries or {})
+        save_spectrogram(picture, audio, self.rate, boundaries=marks or None, title=f"{wav.name}: {seconds:.2f} s")
+        return Result(index, what, seconds, str(wav), str(sidecar_path(wav)), str(picture), segments)
+
+    def boundaries(self, request, seconds: float) -> dict[str, list[float]]:
+        """Where a render's windows, tiles and chunks meet, for the spectrogram."""
+        if request.progressive:
+            from .live import seam_positions
+
+            return seam_positions(self.pipe, seconds, request.tiling)
+        return self.pipe.seam_positions(seconds, request.tiling)
+
+    # ----------------------------------------------------------------------------------------------------- uploads
+    def upload(self, path: str | Path) -> Result:
+        """An uploaded recording as the current result, after checking it: its size, that soundfile reads it as
+        audio, and its length."""
+        import soundfile
+
+        path = Path(path)
+        size = path.stat().st_size
+        if size > self.max_upload_bytes:
+            raise ValueError(f"the recording is {size / 1e6:.1f} MB; the studio takes up to "
+                             f"{self.max_upload_bytes / 1e6:g} MB")
+        try:
+            info = soundfile.info(str(path))
+        except Exception as error:  # noqa: BLE001 - any unreadable file: say so, not how libsndfile failed
+            raise ValueError(f"the upload is not audio soundfile can read ({str(error).splitlines()[0][:120]})") \
+                from None
+        if info.frames == 0:
+            raise ValueError("the recording holds no samples")
+        if info.duration > self.max_upload_seconds:
+            raise ValueError(f"the recording lasts {info.duration:.1f} s; the studio takes up to "
+                             f"{self.max_upload_seconds:g} s")
+        from .audio import load_audio
+
+        audio = load_audio(str(path), self.rate)
+        started = time.perf_counter()
+        return self.keep(audio, None, "upload", {"upload": path.name}, started)
+
+
+def _whole(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != int(value):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    return int(value)
+

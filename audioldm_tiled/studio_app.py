@@ -1,0 +1,242 @@
+"""``audioldm-tiled studio``: the studio's page (Gradio) and its command line. The work itself is ``studio.py``'s;
+here are the fields, the buttons and the queue: one render at a time per device, the others shown their place."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .arguments import CliError, device_name, positive_number, resolve_device, resolve_dtype
+from .constants import DTYPES
+from .loading import DEFAULT_MODEL
+from .studio import MAX_UPLOAD_MB, MAX_UPLOAD_SECONDS, Cancelled, Result, Studio, timeline_from_rows
+
+logger = logging.getLogger("audioldm_tiled.studio")
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+TIMELINE_HEADERS = ["start (s)", "end (s, optional)", "prompt"]
+FIRST_TIMELINE = [[0, None, "light rain on a tin roof"], [None, None, None]]
+
+
+def build_app(studio: Studio):
+    """The page: a timeline and settings, Render / Regenerate span / Extend / Cancel, the audio (live while it
+    renders), the spectrogram, and the renders made since the page was opened with their downloads."""
+    import gradio as gr
+
+    tracked = gr.Progress()  # a handler's default: Gradio reports progress through it
+
+    def fail(error: Exception):
+        return gr.Error(str(error), print_exception=False)
+
+    def outputs_of(result: Result, history: list[Result]):
+        files = [path for r in history for path in (r.wav, r.sidecar)]
+        table = [r.row() for r in reversed(history)]
+        return (gr.skip(), result.wav, result.picture, files, table, result, history,
+                f"Render {result.index}: {result.what}, {result.seconds:.2f} s")
+
+    def run(request, what: str, settings: dict[str, Any], history: list[Result], progress, segments=(), mark=False,
+            live_output=False):
+        """Render ``request``; a generator of the page's outputs: live pieces, then the result."""
+        started = time.perf_counter()
+        chunks = []
+        try:
+            for piece in studio.pieces(request, lambda share, desc: progress(share, desc=desc)):
+                chunks.append(piece)
+                if live_output:
+                    yield (studio.rate, (np.clip(piece, -1, 1) * 32767).astype(np.int16)), *[gr.skip()] * 7
+        except Cancelled:
+            yield (gr.skip(),) * 7 + ("Cancelled: nothing was kept, and the studio is ready.",)
+            return
+        audio = np.concatenate(chunks)
+        boundaries = studio.boundaries(request, audio.shape[0] / studio.rate) if mark else None
+        result = studio.keep(audio, request, what, settings, started, tuple(segments), boundaries)
+        yield outputs_of(result, history + [result])
+
+    def render(rows, seconds, seed, steps, guidance, negative, mode, loop, live, mark, history,
+               progress=tracked):
+        try:
+            prompt = timeline_from_rows(rows)
+            request = studio.request(prompt, seconds, seed, steps, guidance, negative, mode, loop=bool(loop),
+                                     progressive=bool(live) and not loop)
+        except ValueError as error:
+            raise fail(error) from None
+        segments = [0.0] if isinstance(prompt, str) else [float(s[0]) for s in prompt]
+        settings = {"prompt" if isinstance(prompt, str) else "timeline": prompt, "seconds": seconds, "seed": seed,
+                    "steps": steps or None, "guidance": guidance, "negative_prompt": negative or None,
+                    "mode": mode, "loop": bool(loop), "live": request.progressive}
+        yield from run(request, "loop" if loop else "render", settings, history, progress, segments, mark,
+                       live_output=request.progressive)
+
+    def regenerate(current, start, end, prompt, seed, steps, guidance, negative, mode, mark, history,
+                   progress=tracked):
+        try:
+            if current is None:
+                raise ValueError("render something first (or use a recording): there is nothing to regenerate")
+            request = studio.request(prompt, None, seed, steps, guidance, negative, mode, audio=current.wav,
+                                     regenerate=(start, end))
+        except ValueError as error:
+            raise fail(error) from None
+        settings = {"input": Path(current.wav).name, "prompt": prompt, "regenerate": [start, end], "seed": seed,
+                    "steps": steps or None, "guidance": guidance, "mode": mode}
+        yield from run(request, f"regenerate {start:g}-{end:g} s", settings, history, progress,
+                       current.segments, mark)
+
+    def extend(current, seconds, prompt, seed, steps, guidance, negative, mode, mark, history,
+               progress=tracked):
+        try:
+            if current is None:
+                raise ValueError("render something first (or use a recording): there is nothing to extend")
+            request = studio.request(prompt, None, seed, steps, guidance, negative, mode, audio=current.wav,
+                                     extend_s=seconds)
+        except ValueError as error:
+            raise fail(error) from None
+        settings = {"input": Path(current.wav).name, "prompt": prompt, "extend_s": seconds, "seed": seed,
+                    "steps": steps or None, "guidance": guidance, "mode": mode}
+        yield from run(request, f"extend +{seconds:g} s", settings, history, progress, current.segments, mark)
+
+    def use_recording(path, history):
+        try:
+            if not path:
+                raise ValueError("choose a recording to upload first")
+            result = studio.upload(path)
+        except (ValueError, OSError) as error:
+            raise fail(error) from None
+        return outputs_of(result, history + [result])
+
+    with gr.Blocks(title="audioldm-tiled studio") as app:
+        gr.Markdown("## audioldm-tiled studio\nCompose a timeline, hear it as it renders, fix a span, loop, extend.")
+        history = gr.State([])
+        current = gr.State(None)
+        with gr.Row():
+            with gr.Column(scale=3):
+                timeline = gr.Dataframe(value=FIRST_TIMELINE, headers=TIMELINE_HEADERS,
+                                        datatype=["number", "number", "str"], type="array", interactive=True,
+                                        label="Timeline: one prompt per row (a single row is one prompt)",
+                                        elem_id="timeline")
+                negative = gr.Textbox(label="Negative prompt", elem_id="negative")
+            with gr.Column(scale=2):
+                seconds = gr.Number(value=20, label="Length (s)", minimum=0, elem_id="seconds")
+                with gr.Row():
+                    seed = gr.Number(value=0, label="Seed", precision=0, elem_id="seed")
+                    steps = gr.Number(value=0, label="Steps (0: the model's)", precision=0, elem_id="steps")
+                    guidance = gr.Number(value=None, label="Guidance (blank: the model's)", elem_id="guidance")
+                with gr.Row():
+                    mode = gr.Radio(["exact", "fast"], value="exact", label="VAE tiling", elem_id="mode")
+                    live = gr.Checkbox(value=True, label="Hear it while it renders (live)", elem_id="live")
+                    loop = gr.Checkbox(value=False, label="Seamless loop", elem_id="loop")
+                    mark = gr.Checkbox(value=False, label="Mark windows and tiles", elem_id="mark")
+                with gr.Row():
+                    render_button = gr.Button("Render", variant="primary", elem_id="render")
+                    cancel_button = gr.Button("Cancel", variant="stop", elem_id="cancel")
+        status = gr.Markdown("", elem_id="status")
+        live_audio = gr.Audio(label="Live", streaming=True, autoplay=True, interactive=False, elem_id="live-audio")
+        result_audio = gr.Audio(label="Result", type="filepath", interactive=False, elem_id="result-audio")
+        picture = gr.Image(label="Spectrogram (prompt segments marked)", type="filepath", interactive=False,
+                           elem_id="spectrogram")
+        with gr.Row():
+            with gr.Column():
+                gr.Markdown("**Regenerate a span of the result**, keeping the rest sample for sample")
+                with gr.Row():
+                    span_start = gr.Number(value=5, label="From (s)", elem_id="span-start")
+                    span_end = gr.Number(value=10, label="To (s)", elem_id="span-end")
+                span_prompt = gr.Textbox(value="a dog barks", label="Prompt for the span", elem_id="span-prompt")
+                regenerate_button = gr.Button("Regenerate span", elem_id="regenerate")
+            with gr.Column():
+                gr.Markdown("**Extend the result**")
+                extend_seconds = gr.Number(value=10, label="Seconds to add", elem_id="extend-seconds")
+                extend_prompt = gr.Textbox(value="light rain on a tin roof", label="Prompt for the continuation",
+                                           elem_id="extend-prompt")
+                extend_button = gr.Button("Extend", elem_id="extend")
+            with gr.Column():
+                gr.Markdown(f"**Start from a recording** (up to {studio.max_upload_bytes / 1e6:g} MB and "
+                            f"{studio.max_upload_seconds:g} s)")
+                upload = gr.File(label="Recording", file_types=["audio"], type="filepath", elem_id="upload")
+                upload_button = gr.Button("Use this recording", elem_id="use-recording")
+        renders = gr.Dataframe(headers=["#", "what", "seconds", "file"], label="Renders since the page was opened",
+                               interactive=False, elem_id="renders")
+        downloads = gr.File(label="Downloads: each WAV with its settings (JSON)", file_count="multiple",
+                            interactive=False, elem_id="downloads")
+
+        outputs = [live_audio, result_audio, picture, downloads, renders, current, history, status]
+        device = {"concurrency_id": "device", "concurrency_limit": 1}
+        events = [
+            render_button.click(render, [timeline, seconds, seed, steps, guidance, negative, mode, loop, live, mark,
+                                         history], outputs, api_name="render", **device),
+            regenerate_button.click(regenerate, [current, span_start, span_end, span_prompt, seed, steps, guidance,
+                                                 negative, mode, mark, history], outputs, api_name="regenerate",
+                                    **device),
+            extend_button.click(extend, [current, extend_seconds, extend_prompt, seed, steps, guidance, negative,
+                                         mode, mark, history], outputs, api_name="extend", **device),
+        ]
+        upload_button.click(use_recording, [upload, history], outputs, api_name="use_recording", **device)
+        cancel_button.click(studio.cancel, None, None, api_name="cancel", queue=False, cancels=events)
+    return app.queue(default_concurrency_limit=1)
+
+
+def studio_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="audioldm-tiled studio",
+        description="A local web app to compose a timeline, hear it as it renders, fix a span, loop and extend. "
+        "Needs the studio extra: pip install 'audioldm-tiled[studio]'.")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"hub id, local folder, or random:ARCH for random weights (default {DEFAULT_MODEL})")
+    parser.add_argument("--device", default="auto", type=device_name, help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--dtype", default="auto", choices=("auto", *DTYPES), help="auto: fp16 on CUDA, else fp32")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every network)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    parser.add_argument("--auth", metavar="USER:PASSWORD", default=None, help="ask for this user and password")
+    parser.add_argument("--share", action="store_true", help="also open a public link through Gradio's servers")
+    parser.add_argument("--max-upload-mb", type=positive_number("--max-upload-mb", "MB"), default=MAX_UPLOAD_MB,
+                        help=f"largest recording accepted (default {MAX_UPLOAD_MB:g} MB)")
+    parser.add_argument("--max-upload-seconds", type=positive_number("--max-upload-seconds", "seconds"),
+                        default=MAX_UPLOAD_SECONDS,
+                        help=f"longest recording accepted (default {MAX_UPLOAD_SECONDS:g} s)")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """Run ``audioldm-tiled studio`` until Ctrl-C; its results folder is removed when it exits."""
+    args = studio_parser().parse_args(argv)
+    auth = None
+    if args.auth is not None:
+        user, colon, password = args.auth.partition(":")
+        if not (user and colon and password):
+            raise CliError("--auth takes USER:PASSWORD, both non-empty")
+        auth = (user, password)
+    if not 0 < args.port < 65536:
+        raise CliError(f"--port must be from 1 to 65535, got {args.port}")
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:
+        raise CliError("the studio needs Gradio: pip install 'audioldm-tiled[studio]'")
+    if args.host not in LOOPBACK:
+        logger.warning("!" * 78 + "\n!! The studio listens on %s: anyone who can reach this machine on port %d can "
+                       "use it%s.\n" + "!" * 78, args.host, args.port,
+                       "" if auth else " (no --auth USER:PASSWORD was given)")
+    from .loading import ModelLoadError, load_pipeline
+
+    device = resolve_device(args.device)
+    try:
+        pipe = load_pipeline(args.model, resolve_dtype(args.dtype, device), device)
+    except ModelLoadError as error:
+        raise CliError(f"--model: {error}") from None
+    pipe.set_progress_bar_config(disable=True)
+    with tempfile.TemporaryDirectory(prefix="audioldm-tiled-studio-") as folder:
+        # Gradio's copies of the results and uploads go with them (read when Gradio is first imported, below)
+        os.environ.setdefault("GRADIO_TEMP_DIR", os.path.join(folder, "gradio"))
+        studio = Studio(pipe, args.model, folder, args.max_upload_mb, args.max_upload_seconds)
+        app = build_app(studio)
+        try:
+            app.launch(server_name=args.host, server_port=args.port, auth=auth, share=args.share,
+                       max_file_size=studio.max_upload_bytes, allowed_paths=[folder], show_error=True)
+        finally:
+            app.close()
+    return 0
