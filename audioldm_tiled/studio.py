@@ -45,9 +45,9 @@ class Result:
         return [self.index, self.what, round(self.seconds, 2), Path(self.wav).name]
 
 
-def timeline_from_rows(rows: Any) -> str | list:
-    """The prompt of the page's timeline table, rows of (start s, end s or blank, prompt): one text when there is
-    one row starting at 0 with no end, else a timeline for ``Request``. Blank rows are skipped."""
+def timeline_from_rows(rows: Any, prompt: str | None = None) -> str | list:
+    """The prompt the page describes: its timeline table, rows of (start s, end s or blank, prompt), where it has
+    rows (one row from 0 with no end is one text), else ``prompt``. Blank rows are skipped."""
     rows = [list(r) + [None] * (3 - len(r)) for r in (rows.values.tolist() if hasattr(rows, "values") else rows or [])]
     segments = []
     for number, (start, end, text) in enumerate(rows, start=1):
@@ -63,7 +63,9 @@ def timeline_from_rows(rows: Any) -> str | list:
             start = 0.0
         segments.append((start, text) if end is None else (start, end, text))
     if not segments:
-        raise ValueError("the timeline is empty: write a prompt in its first row")
+        if prompt is None or not prompt.strip():
+            raise ValueError("write a prompt, or a timeline of prompts")
+        return prompt.strip()
     if len(segments) == 1 and segments[0][0] == 0 and len(segments[0]) == 2:
         return segments[0][1]
     return segments
@@ -110,7 +112,7 @@ class Studio:
             raise ValueError(f"the VAE mode must be exact or fast, got {mode!r}")
         return Request.for_command_line(
             prompt=prompt, audio_length_in_s=None if seconds in (None, "") else seconds,
-            num_inference_steps=None if steps in (None, "", 0) else _whole(steps, "steps"),
+            num_inference_steps=None if steps in (None, "", 0) else _whole(steps, "Steps"),
             guidance_scale=None if guidance in (None, "") else guidance, negative_prompt=(negative or "").strip()
             or None, generator=torch.Generator("cpu").manual_seed(check_seed(seed)),
             tiling=TilingConfig(mode=mode, show_progress=False), **fields)
@@ -182,7 +184,10 @@ class Studio:
         picture = wav.with_suffix(".png")
         marks = {"prompt segments": list(segments[1:])} if len(segments) > 1 else {}
         marks.update(boundaries or {})
-        save_spectrogram(picture, audio, self.rate, boundaries=marks or None, title=f"{wav.name}: {seconds:.2f} s")
+        # Levels drawn relative to the loudest sample, so that quiet audio is not lost under the log-mel's floor.
+        peak = float(np.abs(audio).max()) if audio.size else 0.0
+        save_spectrogram(picture, audio / peak if peak > 0 else audio, self.rate, boundaries=marks or None,
+                         row_seconds=min(60.0, max(1.0, seconds)), title=f"{wav.name}: {seconds:.2f} s")
         return Result(index, what, seconds, str(wav), str(sidecar_path(wav)), str(picture), segments)
 
     def boundaries(self, request, seconds: float) -> dict[str, list[float]]:

@@ -22,7 +22,11 @@ logger = logging.getLogger("audioldm_tiled.studio")
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 TIMELINE_HEADERS = ["start (s)", "end (s, optional)", "prompt"]
-FIRST_TIMELINE = [[0, None, "light rain on a tin roof"], [None, None, None]]
+EMPTY_TIMELINE = [[None, None, None], [None, None, None]]
+# The page's name for each call argument, in the request's messages.
+PAGE_FIELDS = {"audio_length_in_s": "Length (s)", "num_inference_steps": "Steps", "guidance_scale": "Guidance",
+               "negative_prompt": "Negative prompt", "extend_s": "Seconds to add", "regenerate": "the span (From, To)",
+               "prompt": "Prompt", "audio": "the recording", "crossfade_s": "the crossfade"}
 
 
 def build_app(studio: Studio):
@@ -33,7 +37,10 @@ def build_app(studio: Studio):
     tracked = gr.Progress()  # a handler's default: Gradio reports progress through it
 
     def fail(error: Exception):
-        return gr.Error(str(error), print_exception=False)
+        message = str(error)
+        for argument, label in PAGE_FIELDS.items():
+            message = message.replace(f"`{argument}`", label)
+        return gr.Error(message, print_exception=False)
 
     def outputs_of(result: Result, history: list[Result]):
         files = [path for r in history for path in (r.wav, r.sidecar)]
@@ -59,10 +66,10 @@ def build_app(studio: Studio):
         result = studio.keep(audio, request, what, settings, started, tuple(segments), boundaries)
         yield outputs_of(result, history + [result])
 
-    def render(rows, seconds, seed, steps, guidance, negative, mode, loop, live, mark, history,
+    def render(text, rows, seconds, seed, steps, guidance, negative, mode, loop, live, mark, history,
                progress=tracked):
         try:
-            prompt = timeline_from_rows(rows)
+            prompt = timeline_from_rows(rows, text)
             request = studio.request(prompt, seconds, seed, steps, guidance, negative, mode, loop=bool(loop),
                                      progressive=bool(live) and not loop)
         except ValueError as error:
@@ -116,17 +123,20 @@ def build_app(studio: Studio):
         current = gr.State(None)
         with gr.Row():
             with gr.Column(scale=3):
-                timeline = gr.Dataframe(value=FIRST_TIMELINE, headers=TIMELINE_HEADERS,
+                prompt = gr.Textbox(value="light rain on a tin roof", label="Prompt", elem_id="prompt")
+                timeline = gr.Dataframe(value=EMPTY_TIMELINE, headers=TIMELINE_HEADERS,
                                         datatype=["number", "number", "str"], type="array", interactive=True,
-                                        label="Timeline: one prompt per row (a single row is one prompt)",
-                                        elem_id="timeline")
+                                        label="Or a timeline: one prompt per row, from its start (replaces the "
+                                        "prompt when filled)", elem_id="timeline")
                 negative = gr.Textbox(label="Negative prompt", elem_id="negative")
             with gr.Column(scale=2):
-                seconds = gr.Number(value=20, label="Length (s)", minimum=0, elem_id="seconds")
+                seconds = gr.Number(value=20, label="Length (s)", elem_id="seconds")
+                defaults = studio.pipe._parent_defaults()  # the model family's, as the command line's
                 with gr.Row():
                     seed = gr.Number(value=0, label="Seed", precision=0, elem_id="seed")
-                    steps = gr.Number(value=0, label="Steps (0: the model's)", precision=0, elem_id="steps")
-                    guidance = gr.Number(value=None, label="Guidance (blank: the model's)", elem_id="guidance")
+                    steps = gr.Number(value=defaults["num_inference_steps"], label="Steps", precision=0,
+                                      elem_id="steps")
+                    guidance = gr.Number(value=defaults["guidance_scale"], label="Guidance", elem_id="guidance")
                 with gr.Row():
                     mode = gr.Radio(["exact", "fast"], value="exact", label="VAE tiling", elem_id="mode")
                     live = gr.Checkbox(value=True, label="Hear it while it renders (live)", elem_id="live")
@@ -167,8 +177,8 @@ def build_app(studio: Studio):
         outputs = [live_audio, result_audio, picture, downloads, renders, current, history, status]
         device = {"concurrency_id": "device", "concurrency_limit": 1}
         events = [
-            render_button.click(render, [timeline, seconds, seed, steps, guidance, negative, mode, loop, live, mark,
-                                         history], outputs, api_name="render", **device),
+            render_button.click(render, [prompt, timeline, seconds, seed, steps, guidance, negative, mode, loop, live,
+                                         mark, history], outputs, api_name="render", **device),
             regenerate_button.click(regenerate, [current, span_start, span_end, span_prompt, seed, steps, guidance,
                                                  negative, mode, mark, history], outputs, api_name="regenerate",
                                     **device),

@@ -1,0 +1,219 @@
+"""The studio, started as a user starts it (``audioldm-tiled studio --model random:tiny``) and driven from outside:
+through its API with gradio_client (a timeline, a span regenerated, an extension, a loop, a cancel, bad input and
+uploads), in a real headless Chromium, and behind --auth."""
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+pytest.importorskip("gradio")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+from audioldm_tiled.studio import timeline_from_rows  # noqa: E402
+
+HEADERS = ["start (s)", "end (s, optional)", "prompt"]
+NO_ROWS = {"headers": HEADERS, "data": [[None, None, None]]}
+# render(prompt, timeline, seconds, seed, steps, guidance, negative, mode, loop, live, mark)
+SETTINGS = dict(seed=0, steps=1, guidance=None, negative="", mode="exact")
+SCREENSHOT = os.environ.get("AUDIOLDM_TILED_STUDIO_SCREENSHOT")  # where the browser test also saves its picture
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_studio(folder: Path, *options: str):
+    port = _free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(folder / "gradio"),
+           "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+    log = open(folder / "studio.log", "w+")  # noqa: SIM115 - read on failure, closed below
+    process = subprocess.Popen([sys.executable, "-m", "audioldm_tiled", "studio", "--model", "random:tiny", "--port",
+                                str(port), *options], stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 180
+        while True:  # poll, not sleep: up when the page answers (401 behind --auth)
+            try:
+                urllib.request.urlopen(url, timeout=5)
+                break
+            except urllib.error.HTTPError:
+                break
+            except OSError:
+                log.seek(0)
+                assert process.poll() is None, f"the studio exited: {log.read()[-3000:]}"
+                assert time.monotonic() < deadline, f"the studio did not start: {log.read()[-3000:]}"
+                time.sleep(0.3)
+        yield url, log
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    with running_studio(tmp_path_factory.mktemp("studio"), "--max-upload-seconds", "30") as (url, log):
+        yield url
+
+
+def _render(client: Client, prompt="rain", rows=NO_ROWS, seconds=12, loop=False, live=True, **settings):
+    values = {**SETTINGS, **settings}
+    return client.predict(prompt, rows, seconds, values["seed"], values["steps"], values["guidance"],
+                          values["negative"], values["mode"], loop, live, False, api_name="/render")
+
+
+def _samples(path) -> np.ndarray:
+    return sf.read(path, dtype="int16")[0]
+
+
+def test_timeline_rows_become_the_request_prompt():
+    assert timeline_from_rows([[None, None, None]], " rain ") == "rain"
+    assert timeline_from_rows([[0, None, "rain"]], "x") == "rain"
+    assert timeline_from_rows([[0, None, "rain"], [6, 9, "thunder"], [None, None, ""]]) == \
+        [(0.0, "rain"), (6.0, 9.0, "thunder")]
+    with pytest.raises(ValueError, match="row 2: give its start"):
+        timeline_from_rows([[0, None, "rain"], [None, None, "thunder"]])
+    with pytest.raises(ValueError, match="write a prompt"):
+        timeline_from_rows([[None, None, None]], "  ")
+
+
+def test_timeline_render_span_extension_and_loop_through_the_api(studio):
+    client = Client(studio, verbose=False)
+    rows = {"headers": HEADERS, "data": [[0, None, "rain"], [6, None, "thunder"]]}
+    _, wav, picture, files, table, status = _render(client, "", rows, seconds=12)
+    first = _samples(wav)
+    assert first.shape == (12 * 16000,) and Path(picture).stat().st_size > 0 and status.startswith("Render 1")
+    sidecar = json.loads(Path(next(f for f in files if f.endswith(".json"))).read_text())
+    assert sidecar["status"] == "done" and sidecar["job"]["timeline"] == [[0, "rain"], [6, "thunder"]]
+    assert sidecar["settings"]["steps"] == 1 and sidecar["model"] == "random:tiny" and sidecar["versions"]
+
+    _, wav, _, files, table, _ = client.predict(4, 8, "a dog barks", 0, 1, None, "", "exact", False,
+                                                api_name="/regenerate")
+    fixed = _samples(wav)
+    assert fixed.shape == first.shape
+    outside = np.r_[0 : 4 * 16000, 8 * 16000 : 12 * 16000]
+    assert np.array_equal(fixed[outside], first[outside])  # the rest, sample for sample
+    assert not np.array_equal(fixed[4 * 16000 : 8 * 16000], first[4 * 16000 : 8 * 16000])
+
+    _, wav, _, files, table, _ = client.predict(5, "rain", 0, 1, None, "", "exact", False, api_name="/extend")
+    longer = _samples(wav)
+    assert longer.shape == (17 * 16000,)
+    assert np.array_equal(longer[: 12 * 16000 - 4000], fixed[: 12 * 16000 - 4000])  # up to the 0.25 s crossfade
+    assert [row[1] for row in table["data"]] == ["extend +5 s", "regenerate 4-8 s", "render"]
+    assert len(files) == 6  # three WAVs, each with its sidecar
+
+    _, wav, *_ = _render(client, "rain on leaves", seconds=8, loop=True)
+    assert _samples(wav).shape == (8 * 16000,)
+
+
+def test_a_cancelled_render_leaves_the_studio_ready(studio):
+    client = Client(studio, verbose=False)
+    # 200 denoising steps over 120 s: cancelled at a step, long before the render would end
+    job = client.submit("rain", NO_ROWS, 120, 0, 200, None, "", "exact", False, False, False, api_name="/render")
+    deadline = time.monotonic() + 60
+    while job.status().code.name not in ("PROCESSING", "ITERATING"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    time.sleep(1)
+    started = time.monotonic()
+    client.predict(api_name="/cancel")
+    with contextlib.suppress(Exception):  # cancelled: the client reports it as it may
+        outputs = job.result(timeout=120)
+        assert "Cancelled" in outputs[-1]
+    assert time.monotonic() - started < 30  # stopped, not finished
+    _, wav, *_ = _render(client, seconds=4)
+    assert _samples(wav).shape == (4 * 16000,)
+
+
+@pytest.mark.parametrize("prompt, seconds, settings, message", [
+    ("rain", 12, {"seed": -1}, "seed must be a whole number"),
+    ("", 12, {}, "write a prompt"),
+    ("rain", -5, {}, "Length"),
+    ("rain", 12, {"steps": -1}, "Steps must be a positive integer"),
+])
+def test_bad_input_is_answered_in_the_page_and_the_studio_goes_on(studio, prompt, seconds, settings, message):
+    client = Client(studio, verbose=False)
+    with pytest.raises(AppError, match=message):
+        _render(client, prompt, seconds=seconds, **settings)
+    with pytest.raises(AppError, match="nothing to regenerate"):
+        client.predict(4, 8, "a dog", 0, 1, None, "", "exact", False, api_name="/regenerate")
+    _, wav, *_ = _render(client, seconds=3)
+    assert _samples(wav).shape == (3 * 16000,)
+
+
+def test_uploads_are_checked_by_reading_them(studio, tmp_path):
+    client = Client(studio, verbose=False)
+    recording = tmp_path / "field.wav"
+    sf.write(recording, 0.1 * np.sin(np.arange(5 * 16000) / 9), 16000)
+    _, wav, *_ = client.predict(handle_file(str(recording)), api_name="/use_recording")
+    assert _samples(wav).shape == (5 * 16000,)
+    _, wav, *_ = client.predict(2, 3, "a bird", 0, 1, None, "", "exact", False, api_name="/regenerate")
+    assert _samples(wav).shape == (5 * 16000,)
+    text = tmp_path / "notes.wav"
+    text.write_text("not audio at all")
+    with pytest.raises(AppError, match="not audio"):
+        client.predict(handle_file(str(text)), api_name="/use_recording")
+    long = tmp_path / "long.wav"
+    sf.write(long, np.zeros(31 * 16000), 16000)
+    with pytest.raises(AppError, match="up to 30 s"):
+        client.predict(handle_file(str(long)), api_name="/use_recording")
+
+
+def test_a_real_browser_renders_and_plays(studio, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no Chromium on this machine (Debian: apt-get install chromium)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1500})
+            page.goto(studio)
+            page.locator("#prompt textarea").fill("rain on a tin roof")
+            page.locator("#seconds input").fill("10")
+            page.locator("#steps input").fill("1")
+            page.locator("#render").click()
+            page.locator("#status").get_by_text("Render").wait_for(timeout=120_000)
+            page.locator("#result-audio [data-testid=download-link][href$='.wav']").wait_for(timeout=30_000)
+            assert page.locator("#spectrogram img").count() == 1
+            errors = page.locator("[data-testid=toast-body]")
+            assert errors.count() == 0, errors.first.inner_text()
+            page.screenshot(path=str(tmp_path / "studio.png"), full_page=True)
+            if SCREENSHOT:
+                shutil.copy(tmp_path / "studio.png", SCREENSHOT)
+        finally:
+            browser.close()
+    assert (tmp_path / "studio.png").stat().st_size > 10_000
+
+
+def test_auth_refuses_a_request_without_credentials(tmp_path):
+    with running_studio(tmp_path, "--auth", "ada:secret") as (url, log):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url + "config", timeout=10)
+        assert refused.value.code == 401
+        with pytest.raises(Exception):  # noqa: B017 - the client's own error for a refused login
+            Client(url, verbose=False)
+        assert "/render" in Client(url, auth=("ada", "secret"), verbose=False).view_api(
+            print_info=False, return_format="dict")["named_endpoints"]
