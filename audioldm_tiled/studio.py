@@ -96,6 +96,7 @@ class Studio:
         self.max_upload_bytes, self.max_upload_seconds = int(max_upload_mb * 1e6), max_upload_seconds
         self.rate = pipe.vocoder.config.sampling_rate
         self._cancel = threading.Event()
+        self._owner: str | None = None  # whose render runs: only they cancel it
         self._count = 0
         self._lock = threading.Lock()
 
@@ -118,14 +119,17 @@ class Studio:
             tiling=TilingConfig(mode=mode, show_progress=False), **fields)
 
     # ------------------------------------------------------------------------------------------------- rendering
-    def cancel(self) -> None:
-        """Stop the render in progress at its next step or piece."""
-        self._cancel.set()
+    def cancel(self, owner: str | None = None) -> None:
+        """Stop the render in progress at its next step or piece, if it is ``owner``'s (a page's session)."""
+        if owner == self._owner:
+            self._cancel.set()
 
-    def pieces(self, request, progress: Callable[[float, str], object]) -> Iterator[np.ndarray]:
+    def pieces(self, request, progress: Callable[[float, str], object],
+               owner: str | None = None) -> Iterator[np.ndarray]:
         """The render's waveform (samples,) piece by piece: live for a progressive request, else streamed; raises
-        ``Cancelled`` at the next step or piece once ``cancel()`` is called."""
+        ``Cancelled`` at the next step or piece once ``owner`` calls ``cancel()``."""
         self._cancel.clear()
+        self._owner = owner
         arguments = {k: v for k, v in request.call_arguments().items() if k != "progressive"}
         total = request.output_seconds(self.rate)
 

@@ -1,8 +1,6 @@
 """``audioldm-tiled studio``: the studio's page (Gradio) and its command line. The work itself is ``studio.py``'s;
 here are the fields, the buttons and the queue: one render at a time per device, the others shown their place."""
 
-from __future__ import annotations
-
 import argparse
 import logging
 import os
@@ -48,13 +46,14 @@ def build_app(studio: Studio):
         return (gr.skip(), result.wav, result.picture, files, table, result, history,
                 f"Render {result.index}: {result.what}, {result.seconds:.2f} s")
 
-    def run(request, what: str, settings: dict[str, Any], history: list[Result], progress, segments=(), mark=False,
-            live_output=False):
-        """Render ``request``; a generator of the page's outputs: live pieces, then the result."""
+    def run(request, what: str, settings: dict[str, Any], history: list[Result], progress, page, segments=(),
+            mark=False, live_output=False):
+        """Render ``request`` for ``page`` (its gr.Request); a generator of the page's outputs: live pieces, then
+        the result."""
         started = time.perf_counter()
         chunks = []
         try:
-            for piece in studio.pieces(request, lambda share, desc: progress(share, desc=desc)):
+            for piece in studio.pieces(request, lambda share, desc: progress(share, desc=desc), page.session_hash):
                 chunks.append(piece)
                 if live_output:
                     yield (studio.rate, (np.clip(piece, -1, 1) * 32767).astype(np.int16)), *[gr.skip()] * 7
@@ -67,7 +66,7 @@ def build_app(studio: Studio):
         yield outputs_of(result, history + [result])
 
     def render(text, rows, seconds, seed, steps, guidance, negative, mode, loop, live, mark, history,
-               progress=tracked):
+               page: gr.Request, progress=tracked):
         try:
             prompt = timeline_from_rows(rows, text)
             request = studio.request(prompt, seconds, seed, steps, guidance, negative, mode, loop=bool(loop),
@@ -78,11 +77,11 @@ def build_app(studio: Studio):
         settings = {"prompt" if isinstance(prompt, str) else "timeline": prompt, "seconds": seconds, "seed": seed,
                     "steps": steps or None, "guidance": guidance, "negative_prompt": negative or None,
                     "mode": mode, "loop": bool(loop), "live": request.progressive}
-        yield from run(request, "loop" if loop else "render", settings, history, progress, segments, mark,
+        yield from run(request, "loop" if loop else "render", settings, history, progress, page, segments, mark,
                        live_output=request.progressive)
 
     def regenerate(current, start, end, prompt, seed, steps, guidance, negative, mode, mark, history,
-                   progress=tracked):
+                   page: gr.Request, progress=tracked):
         try:
             if current is None:
                 raise ValueError("render something first (or use a recording): there is nothing to regenerate")
@@ -92,11 +91,11 @@ def build_app(studio: Studio):
             raise fail(error) from None
         settings = {"input": Path(current.wav).name, "prompt": prompt, "regenerate": [start, end], "seed": seed,
                     "steps": steps or None, "guidance": guidance, "mode": mode}
-        yield from run(request, f"regenerate {start:g}-{end:g} s", settings, history, progress,
+        yield from run(request, f"regenerate {start:g}-{end:g} s", settings, history, progress, page,
                        current.segments, mark)
 
     def extend(current, seconds, prompt, seed, steps, guidance, negative, mode, mark, history,
-               progress=tracked):
+               page: gr.Request, progress=tracked):
         try:
             if current is None:
                 raise ValueError("render something first (or use a recording): there is nothing to extend")
@@ -106,7 +105,8 @@ def build_app(studio: Studio):
             raise fail(error) from None
         settings = {"input": Path(current.wav).name, "prompt": prompt, "extend_s": seconds, "seed": seed,
                     "steps": steps or None, "guidance": guidance, "mode": mode}
-        yield from run(request, f"extend +{seconds:g} s", settings, history, progress, current.segments, mark)
+        yield from run(request, f"extend +{seconds:g} s", settings, history, progress, page, current.segments,
+                       mark)
 
     def use_recording(path, history):
         try:
@@ -186,7 +186,10 @@ def build_app(studio: Studio):
                                          mode, mark, history], outputs, api_name="extend", **device),
         ]
         upload_button.click(use_recording, [upload, history], outputs, api_name="use_recording", **device)
-        cancel_button.click(studio.cancel, None, None, api_name="cancel", queue=False, cancels=events)
+        def cancel(page: gr.Request) -> None:
+            studio.cancel(page.session_hash)
+
+        cancel_button.click(cancel, None, None, api_name="cancel", queue=False, cancels=events)
     return app.queue(default_concurrency_limit=1)
 
 

@@ -78,10 +78,11 @@ def studio(tmp_path_factory):
         yield url
 
 
-def _render(client: Client, prompt="rain", rows=NO_ROWS, seconds=12, loop=False, live=True, **settings):
+def _render(client: Client, prompt="rain", rows=NO_ROWS, seconds=12, loop=False, live=True, mark=False,
+            **settings):
     values = {**SETTINGS, **settings}
     return client.predict(prompt, rows, seconds, values["seed"], values["steps"], values["guidance"],
-                          values["negative"], values["mode"], loop, live, False, api_name="/render")
+                          values["negative"], values["mode"], loop, live, mark, api_name="/render")
 
 
 def _samples(path) -> np.ndarray:
@@ -124,8 +125,10 @@ def test_timeline_render_span_extension_and_loop_through_the_api(studio):
     assert [row[1] for row in table["data"]] == ["extend +5 s", "regenerate 4-8 s", "render"]
     assert len(files) == 6  # three WAVs, each with its sidecar
 
-    _, wav, *_ = _render(client, "rain on leaves", seconds=8, loop=True)
+    _, wav, *_ = _render(client, "rain on leaves", seconds=8, loop=True, mark=True)
     assert _samples(wav).shape == (8 * 16000,)
+    _, wav, picture, *_ = _render(client, "rain on leaves", seconds=30, mark=True)  # live, windows marked
+    assert _samples(wav).shape == (30 * 16000,) and Path(picture).stat().st_size > 0
 
 
 def test_a_cancelled_render_leaves_the_studio_ready(studio):
@@ -136,13 +139,19 @@ def test_a_cancelled_render_leaves_the_studio_ready(studio):
     while job.status().code.name not in ("PROCESSING", "ITERATING"):
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    time.sleep(1)
+    waiting = Client(studio, verbose=False).submit("wind", NO_ROWS, 3, 0, 1, None, "", "exact", False, False,
+                                                   False, api_name="/render")  # another page: its turn comes next
+    while waiting.status().code.name != "IN_QUEUE":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert waiting.status().rank == 0  # first in line, shown its place
     started = time.monotonic()
     client.predict(api_name="/cancel")
     with contextlib.suppress(Exception):  # cancelled: the client reports it as it may
         outputs = job.result(timeout=120)
         assert "Cancelled" in outputs[-1]
     assert time.monotonic() - started < 30  # stopped, not finished
+    assert _samples(waiting.result(timeout=120)[1]).shape == (3 * 16000,)
     _, wav, *_ = _render(client, seconds=4)
     assert _samples(wav).shape == (4 * 16000,)
 
@@ -217,3 +226,24 @@ def test_auth_refuses_a_request_without_credentials(tmp_path):
             Client(url, verbose=False)
         assert "/render" in Client(url, auth=("ada", "secret"), verbose=False).view_api(
             print_info=False, return_format="dict")["named_endpoints"]
+
+
+def test_the_studio_listens_on_this_machine_only(studio):
+    port = int(studio.rsplit(":", 1)[1].strip("/"))
+    addresses = {a[4][0] for a in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)}
+    addresses = {a for a in addresses if not a.startswith("127.")}
+    if not addresses:
+        pytest.skip("this machine has no address but loopback")
+    for address in addresses:
+        with pytest.raises(OSError):
+            socket.create_connection((address, port), timeout=3).close()
+
+
+def test_listening_beyond_the_machine_is_said_loudly_and_bad_options_are_named(caplog, capsys):
+    from audioldm_tiled.cli import main
+
+    assert main(["studio", "--host", "0.0.0.0", "--model", "random:none"]) == 2  # warned, then the model fails
+    assert "anyone who can reach this machine" in caplog.text and "no --auth" in caplog.text
+    assert "random:ARCH" in capsys.readouterr().err
+    assert main(["studio", "--auth", "ada"]) == 2
+    assert "--auth takes USER:PASSWORD" in capsys.readouterr().err
