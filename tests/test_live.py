@@ -91,8 +91,7 @@ def test_the_first_60_s_do_not_depend_on_the_length(tiny_pipe):
     assert short.shape == (1, 60 * 16000) and long.shape == (1, 150 * 16000)
     assert np.array_equal(short, long[:, : short.shape[1]])
     assert np.abs(short).max() > 0
-    assert not np.array_equal(short, _live(tiny_pipe, 60, seed=1))  # the seed matters, so equality means something
-    two = _live(tiny_pipe, 10, num_waveforms_per_prompt=2)
+    two = _live(tiny_pipe, 10, num_waveforms_per_prompt=2)  # the noise matters, so equality means something
     assert two.shape == (2, 10 * 16000) and not np.array_equal(two[0], two[1])
 
 
@@ -296,26 +295,26 @@ def _run(*args, **kwargs):
 
 
 def test_killed_resumed_and_extended_renders_give_the_same_bytes(tmp_path):
-    """A 30 s render; a 12 s one extended to 30 s by --resume, killed with SIGKILL half way and resumed again:
+    """A 20 s render; a 12 s one extended to 20 s by --resume, killed with SIGKILL half way and resumed again:
     the same file, byte for byte, and the 12 s file intact after the killed extension."""
     whole, grown = tmp_path / "whole.wav", tmp_path / "grown.wav"
-    assert _run("--seconds", "30", "-o", str(whole)).returncode == 0
+    assert _run("--seconds", "20", "-o", str(whole)).returncode == 0
     assert _run("--seconds", "12", "-o", str(grown)).returncode == 0
     first = grown.read_bytes()
     assert first[44:] == whole.read_bytes()[44 : len(first)]  # prefix-stable: the 40 s render begins the same
     part = tmp_path / "grown.wav.part"
-    process = subprocess.Popen(LIVE + ["--seconds", "30", "-o", str(grown), "--resume"],
+    process = subprocess.Popen(LIVE + ["--seconds", "20", "-o", str(grown), "--resume"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240
-        while not (part.exists() and part.stat().st_size > 44 + 4 * 20 * 16000):  # past 20 s: the extension's
-            assert process.poll() is None and time.monotonic() < deadline          # second window is written
+        while not (part.exists() and part.stat().st_size > 44 + 4 * 13 * 16000):  # past 13 s: the extension's
+            assert process.poll() is None and time.monotonic() < deadline          # first window is written
             time.sleep(0.02)
         process.send_signal(signal.SIGKILL)
     finally:
         process.wait()
     assert grown.read_bytes() == first  # the finished file survives the killed run
-    done = _run("--seconds", "30", "-o", str(grown), "--resume")
+    done = _run("--seconds", "20", "-o", str(grown), "--resume")
     assert done.returncode == 0, done.stderr
     assert grown.read_bytes() == whole.read_bytes() and not part.exists()
 
