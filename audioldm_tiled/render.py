@@ -123,47 +123,57 @@ def render_live(pipe, path: str | os.PathLike, prompt: Any = None, *, subtype: s
             raise ValueError(f"nothing to resume for {str(path)!r}: {state_path.name} is missing (a live render "
                              "writes it after every window)")
         state = LiveState.load(state_path)
-        if not part.exists():
-            if not path.is_file():
-                raise ValueError(f"nothing to resume for {str(path)!r}: neither it nor {part.name} exists")
-            shutil.copy2(path, part)  # extend a finished render; the file itself changes only once this succeeds
-        writer = GrowingWav(part, rate, subtype, resume=True)
-    else:
-        if part.exists():
-            raise ValueError(f"{str(part)!r} holds an unfinished live render: continue it (--resume, "
-                             "resume=True) or remove it")
-        writer = GrowingWav(part, rate, subtype, mode=new_file_mode(path))
-    with writer:
-        written = writer.frames
-        if state is not None and written < state.samples:
-            raise ValueError(f"{str(part)!r} holds {written} samples, fewer than its state's {state.samples}; "
-                             "it cannot be resumed")
-        keep = None if seconds is None else int(seconds * rate)
-        if keep is not None and written > keep:
-            raise ValueError(f"{str(path)!r} already holds {written / rate:g} s, more than the "
-                             f"{seconds:g} s asked for")
-        render = pipe.live(prompt, resume=state, **call_kwargs)
-        position = render.samples  # the first sample the render hands out
-        saved = render.state
-        try:
-            for piece in render:
-                start, position = position, render.samples
-                piece = piece[0, max(0, written - start) :]  # what the file holds already is not written again
-                with signals_deferred():  # Ctrl-C waits for the piece, its header and its state
-                    if piece.size:
-                        writer.write(piece)
-                        written = writer.frames
-                    if render.state is not saved:
-                        saved = render.state
-                        saved.save(state_path)
-                if also is not None and piece.size:
-                    also(piece)
-        except stops:
-            if seconds is not None or written == 0:
-                raise
-            logger.info("stopped after %.1f s", written / rate)
+        if not part.exists() and not path.is_file():
+            raise ValueError(f"nothing to resume for {str(path)!r}: neither it nor {part.name} exists")
+    elif part.exists():
+        raise ValueError(f"{str(part)!r} holds an unfinished live render: continue it (--resume, resume=True) or "
+                         "remove it")
+    render = pipe.live(prompt, resume=state, **call_kwargs)  # the arguments are checked before any file is made
+    if resume and not part.exists():
+        shutil.copy2(path, part)  # extend a finished render; the file itself changes only once this succeeds
+    writer = GrowingWav(part, rate, subtype, resume=resume, mode=new_file_mode(path))
+    try:
+        with writer:
+            _write_live(render, writer, state, seconds, state_path, stops, also)
+    except BaseException:
+        if not resume and writer.frames == 0:  # nothing rendered: nothing to resume either
+            part.unlink(missing_ok=True)
+        raise
     commit_file(part, path, overwrite=overwrite or resume)
     return path
+
+
+def _write_live(render, writer, state, seconds: float | None, state_path: Path,
+                stops: tuple[type[BaseException], ...], also: Callable[[np.ndarray], object] | None) -> None:
+    """Append ``render``'s pieces to ``writer`` after the samples it holds, saving the state after each whole
+    window; an endless render ends normally on one of ``stops``."""
+    rate = render.sample_rate
+    written = writer.frames
+    if state is not None and written < state.samples:
+        raise ValueError(f"{str(writer.path)!r} holds {written} samples, fewer than its state's {state.samples}; "
+                         "it cannot be resumed")
+    keep = None if seconds is None else int(seconds * rate)
+    if keep is not None and written > keep:
+        raise ValueError(f"{str(writer.path)!r} already holds {written / rate:g} s, more than the {seconds:g} s "
+                         "asked for")
+    position, saved = render.samples, render.state  # the first sample the render hands out, and where it stands
+    try:
+        for piece in render:
+            start, position = position, render.samples
+            piece = piece[0, max(0, written - start) :]  # what the file holds already is not written again
+            with signals_deferred():  # Ctrl-C waits for the piece, its header and its state
+                if piece.size:
+                    writer.write(piece)
+                    written = writer.frames
+                if render.state is not saved:
+                    saved = render.state
+                    saved.save(state_path)
+            if also is not None and piece.size:
+                also(piece)
+    except stops:
+        if seconds is not None or written == 0:
+            raise
+        logger.info("stopped after %.1f s", written / rate)
 
 
 def stream_live(pipe, stream: BinaryIO, prompt: Any = None, *, subtype: str = "PCM_16",

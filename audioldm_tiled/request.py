@@ -1,5 +1,5 @@
-"""What to render: one frozen ``Request`` that every front door builds (the Python call, ``stream()``, the command
-line, ``batch``), and the only home of the defaults and the rules between the arguments.
+"""What to render: one frozen ``Request`` that every front door builds (the Python call, ``stream()``, ``live()``,
+the command line, ``batch``, the studio), and the only home of the defaults and the rules between the arguments.
 
 A request knows nothing of the model: what depends on it (the family's own checks, the latent geometry, memory) is
 decided once per render by ``plan.RenderPlan``. The field names are diffusers' call arguments, so a call's

@@ -399,3 +399,14 @@ def test_model_offload_gives_the_same_live_audio(tiny_pipe, monkeypatch):
     # the running decode and the vocoder chunk call no module's forward: each window fires their hooks itself
     windows = 3  # 9.59 s, then 6.4 s per window: 22.4 s cover the 20 s asked for
     assert fired.count("AutoencoderKL") == windows and fired.count("SpeechT5HifiGan") == windows
+
+
+def test_a_refused_file_render_leaves_no_file_behind(tiny_pipe, tmp_path):
+    from audioldm_tiled.render import live_files, render_live
+
+    out = tmp_path / "x.wav"
+    with pytest.raises(ValueError, match="`loop` is not taken"):
+        render_live(tiny_pipe, out, "rain", loop=True, audio_length_in_s=5)
+    assert not any(path.exists() for path in (out, *live_files(out)))
+    render_live(tiny_pipe, out, "rain", audio_length_in_s=5, num_inference_steps=1)  # and the next one starts
+    assert sf.info(out).frames == 5 * 16000
