@@ -22,6 +22,9 @@ _EXPORTS = {
     "load_pipeline": "loading",
     "InsufficientMemoryError": "memory",
     "render_to_wav": "render",
+    "render_live": "render",
+    "LiveRender": "live",
+    "LiveState": "live",
     "iter_decode": "vae",
     "tiled_decode": "vae",
     "tiled_encode": "vae",
@@ -35,6 +38,8 @@ __all__ = [
     "AudioLDM2TiledPipeline",
     "AudioLDMTiledPipeline",
     "InsufficientMemoryError",
+    "LiveRender",
+    "LiveState",
     "ModelLoadError",
     "MusicLDMTiledPipeline",
     "TilingConfig",
@@ -42,6 +47,7 @@ __all__ = [
     "iter_decode",
     "load_pipeline",
     "random_pipeline",
+    "render_live",
     "render_to_wav",
     "save_wav",
     "stream_vocode",
@@ -56,9 +62,10 @@ if TYPE_CHECKING:
     from .families.audioldm import AudioLDMTiledPipeline
     from .families.audioldm2 import AudioLDM2TiledPipeline
     from .families.musicldm import MusicLDMTiledPipeline
+    from .live import LiveRender, LiveState
     from .loading import DEFAULT_MODEL, ModelLoadError, load_pipeline
     from .memory import InsufficientMemoryError
-    from .render import render_to_wav
+    from .render import render_live, render_to_wav
     from .testing.architectures import ARCHITECTURES, random_pipeline
     from .vae import iter_decode, tiled_decode, tiled_encode
     from .vocoder import chunked_vocode, stream_vocode
