@@ -32,6 +32,16 @@ SETTINGS = dict(seed=0, steps=1, guidance=None, negative="", mode="exact")
 SCREENSHOT = os.environ.get("AUDIOLDM_TILED_STUDIO_SCREENSHOT")  # where the browser test also saves its picture
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _local_and_quiet():
+    """Requests to the studio go straight to 127.0.0.1 whatever proxy the environment names; no analytics."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("NO_PROXY", "no_proxy"):
+            patch.setenv(name, "127.0.0.1,localhost")
+        patch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+        yield
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
