@@ -152,21 +152,27 @@ def new_file_mode(path: str | os.PathLike) -> int:
 
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
-    """Within the block SIGINT, SIGTERM and SIGHUP wait; they are handled when it ends. For writes that must be
-    whole (a piece of audio and the header that counts it); a no-op outside the main thread or without POSIX
-    signal masks."""
+    """Within the block SIGINT, SIGTERM and SIGHUP are held; when it ends they are raised again, to the handlers
+    there were before. For writes that must be whole (a piece of audio, the header that counts it and the state
+    after it). Python's handlers are swapped rather than the signals masked: a process-directed signal masked in
+    the main thread is delivered to another thread (torch's workers), and Python would still raise it in the main
+    one. A no-op outside the main thread."""
     import signal
     import threading
 
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    arrived: list[int] = []
+    held = [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    previous = {signum: signal.signal(signum, lambda signum, frame: arrived.append(signum)) for signum in held}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in arrived:
+            signal.raise_signal(signum)
 
 
 def _part_stem(target: Path) -> str:

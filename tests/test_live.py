@@ -410,3 +410,15 @@ def test_a_refused_file_render_leaves_no_file_behind(tiny_pipe, tmp_path):
     assert not any(path.exists() for path in (out, *live_files(out)))
     render_live(tiny_pipe, out, "rain", audio_length_in_s=5, num_inference_steps=1)  # and the next one starts
     assert sf.info(out).frames == 5 * 16000
+
+
+def test_signals_wait_for_the_end_of_a_whole_write():
+    from audioldm_tiled.files import signals_deferred
+
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        with signals_deferred():
+            os.kill(os.getpid(), signal.SIGINT)  # delivered to any thread; held until the block ends
+            time.sleep(0.05)
+            steps.append("the write went on")
+    assert steps == ["the write went on"]
