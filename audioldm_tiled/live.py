@@ -38,7 +38,7 @@ from .files import atomic_file
 from .geometry import Tile
 from .plan import LivePlan, live_layout
 from .request import Request
-from .timeline import frame_membership
+from .timeline import span_mix
 from .vae.running import RunningDecoder, RunningStatistics
 from .vocoder import vocode_chunk
 
@@ -263,9 +263,8 @@ class LiveRender:
                 prompt, self.device, request.num_waveforms_per_prompt, plan.guided, plan.negative_prompt,
                 request.prompt_embeds, request.negative_prompt_embeds, **request.family_inputs)}
         mix = None
-        if plan.timeline is not None:
-            mix = frame_membership(plan.timeline, window.stop, 1 / frame_seconds, start=window.start).mean(0)[None]
-            pipe._check_timeline(plan.timeline, mix)
+        if plan.timeline is not None:  # checked once, for the whole timeline, by the plan
+            mix = span_mix(plan.timeline, window.start, window.stop, 1 / frame_seconds)[None]
         return pipe._unet_conditioning(self._encoded[self._text], plan.groups, pipe.do_classifier_free_guidance,
                                        mix).for_windows(1)
 

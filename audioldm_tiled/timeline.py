@@ -96,6 +96,12 @@ def window_mix(segments: list[Segment], windows: list[Tile], frames: int, frames
     return torch.stack([take_frames(membership, w.start, w.stop, dim=0).mean(dim=0) for w in windows])
 
 
+def span_mix(segments: list[Segment], start: int, stop: int, frames_per_second: float) -> torch.Tensor:
+    """(segments,) weights of one window over latent frames [start, stop): the share of its frames each segment
+    covers (a live render's window, which no list of all windows holds)."""
+    return frame_membership(segments, stop, frames_per_second, start=start).mean(dim=0)
+
+
 def mix_embeddings(embeddings: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
     """(windows, ..., D) embeddings mixed from (segments, ..., D) with (windows, segments) weights.
 
