@@ -10,7 +10,7 @@ from .audio import MelSettings, load_audio, mel_for_vae
 
 def check_latents(pipe, latents: torch.Tensor, batch: int, frames: int) -> None:
     """Given ``latents`` must have the shape the call's length and batch imply, and finite values."""
-    expected = (batch, pipe.unet.config.in_channels, frames, pipe._latent_rows)
+    expected = (batch, pipe.unet.config.in_channels, frames, pipe.geometry.latent_rows)
     if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != expected:
         raise ValueError(f"`latents` must be a tensor of shape {expected} (batch, channels, latent frames, "
                          f"frequency rows) for this length and batch, got {getattr(latents, 'shape', latents)!r}")

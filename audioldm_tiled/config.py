@@ -14,6 +14,9 @@ WEIGHTINGS = ("cosine", "triangular", "uniform")
 VOCODER_PRECISIONS = ("auto", "model", "float32")
 DECODE_PRECISIONS = ("auto", "model", "output", "float32")
 STORES = ("auto", "device", "host", "disk")
+# The length of the clips AudioLDM and its relatives were trained on: one denoising window, unless set otherwise.
+TRAINING_SECONDS = 10.24
+DEFAULT_OVERLAP = 0.375  # of a window: neighbouring windows share 96 of AudioLDM's 256 frames
 
 
 def _check_positive_int(name: str, value: object, allow_none: bool = True, minimum: int = 1) -> None:
@@ -43,8 +46,9 @@ class TilingConfig:
     # in float32; "float32": the whole decoder in float32 (half weights widened as used); "auto": "float32" for a
     # bfloat16 VAE, else "model". Either way but "model", the mel reaches the vocoder in float32
     windowed: bool = True  # denoise in overlapping time windows when the latent is longer than one window
-    window_frames: int = 256  # latent frames per denoising window (10.24 s, AudioLDM's training length)
-    window_overlap_frames: int = 96  # latent frames shared by neighbouring windows (37.5 %)
+    window_frames: int | None = None  # latent frames per denoising window; None: the training clip, 10.24 s (256
+    # latent frames for AudioLDM's 40 ms frames)
+    window_overlap_frames: int | None = None  # frames shared by neighbouring windows; None: 37.5 % of the window
     window_weighting: str = "cosine"  # merge weights across a window: "cosine", "triangular" or "uniform"
     window_batch_size: int | None = None  # windows per UNet call; None: chosen from memory_budget
     show_progress: bool = True  # progress bars over tiles when called outside a pipeline
@@ -60,11 +64,12 @@ class TilingConfig:
         _check_positive_int("proxy_frames", self.proxy_frames, allow_none=False, minimum=8)
         _check_positive_int("vocoder_chunk_frames", self.vocoder_chunk_frames)
         _check_positive_int("vocoder_context_frames", self.vocoder_context_frames, minimum=0)
-        _check_positive_int("window_frames", self.window_frames, allow_none=False, minimum=8)
-        if self.window_frames % 8:
+        _check_positive_int("window_frames", self.window_frames, minimum=8)
+        if self.window_frames is not None and self.window_frames % 8:
             raise ValueError(f"TilingConfig.window_frames must be a multiple of 8, got {self.window_frames}")
-        _check_positive_int("window_overlap_frames", self.window_overlap_frames, allow_none=False, minimum=0)
-        if self.window_overlap_frames * 2 > self.window_frames:
+        _check_positive_int("window_overlap_frames", self.window_overlap_frames, minimum=0)
+        if None not in (self.window_frames, self.window_overlap_frames) and \
+                self.window_overlap_frames * 2 > self.window_frames:
             raise ValueError(
                 "TilingConfig.window_overlap_frames must be at most half of window_frames "
                 f"({self.window_frames // 2}), got {self.window_overlap_frames}"
@@ -95,6 +100,18 @@ class TilingConfig:
         if unknown:
             raise ValueError(f"unknown TilingConfig field(s) {unknown}; allowed: {sorted(known)}")
         return replace(self, **changes)
+
+    def with_windows_for(self, latent_frame_seconds: float) -> TilingConfig:
+        """This config with the window lengths left None set for a model whose latent frame lasts
+        ``latent_frame_seconds``: windows of the ``TRAINING_SECONDS`` clip (rounded to a multiple of 8 frames),
+        overlapping by ``DEFAULT_OVERLAP`` of a window (rounded likewise)."""
+        window = self.window_frames
+        if window is None:
+            window = max(8, 8 * round(TRAINING_SECONDS / latent_frame_seconds / 8))
+        overlap = self.window_overlap_frames
+        if overlap is None:
+            overlap = min(window // 2, 8 * round(DEFAULT_OVERLAP * window / 8))
+        return self.replace(window_frames=window, window_overlap_frames=overlap)
 
     @classmethod
     def from_seconds(cls, window_s: float | None = None, overlap_s: float | None = None, **fields_) -> TilingConfig:

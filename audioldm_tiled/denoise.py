@@ -16,6 +16,7 @@ import torch
 
 from .conditioning import UNetConditioning
 from .config import TilingConfig
+from .constants import HOP_LENGTH, SAMPLE_RATE, VAE_FACTOR
 from .distributed import Ranks, sum_over_ranks, together
 from .geometry import Tile, add_frames, plan_tiles, take_frames
 
@@ -47,6 +48,8 @@ def plan_windows(latent_frames: int, config: TilingConfig, circular: bool = Fals
     ``circular`` plans a seamless loop: frame ``latent_frames`` is frame 0 again, windows wrap around the end and
     the weights sum to one on the circle. There are always at least two windows, so the wrap point lies inside one
     of them, denoised as any other frame is (``windowed=False`` does not apply to a loop)."""
+    if config.window_frames is None or config.window_overlap_frames is None:  # outside a pipeline: AudioLDM's
+        config = config.with_windows_for(VAE_FACTOR * HOP_LENGTH / SAMPLE_RATE)
     window, overlap = config.window_frames, config.window_overlap_frames
     if circular:
         core = max(1, min(window - overlap, -(-latent_frames // 2)))

@@ -226,7 +226,7 @@ class LiveRender:
         pipe.scheduler.set_timesteps(plan.steps, device=self.device)  # also resets a multistep scheduler's history
         timesteps = pipe.scheduler.timesteps
         pipe._num_timesteps = len(timesteps)
-        shape = (plan.batch, pipe.unet.config.in_channels, window.length, pipe._latent_rows)
+        shape = (plan.batch, pipe.unet.config.in_channels, window.length, pipe.geometry.latent_rows)
         dtype = pipe.unet.dtype
         latents = randn_tensor(shape, generator=generator, device=self.device, dtype=dtype)
         latents = latents * pipe.scheduler.init_noise_sigma
@@ -250,22 +250,23 @@ class LiveRender:
         """The family's UNet conditioning for ``window``: the prompt's, a timeline's mix over its frames, or the
         text a changing prompt gives at the window's first new frame."""
         pipe, plan, request = self.pipe, self.plan, self.request
-        frame_seconds = pipe.vae_scale_factor * pipe._mel_frame_seconds
+        geometry = pipe.geometry
+        frame_seconds = geometry.latent_frame_seconds
         if plan.changing is not None:
             self._text = self._read_text(window.core_start * frame_seconds)
         if self._text not in self._encoded:
             prompt = plan.prompt if plan.changing is None else self._text
             if plan.changing is not None:
-                pipe._check_prompt_inputs(prompt, window.length * frame_seconds, pipe._mel_frame_seconds, 1,
+                pipe.check_prompt_inputs(prompt, window.length * frame_seconds, geometry.mel_frame_seconds, 1,
                                           request.negative_prompt, None, request.negative_prompt_embeds,
                                           **request.family_inputs)
-            self._encoded = {self._text: pipe._encode_conditioning(
+            self._encoded = {self._text: pipe.encode_conditioning(
                 prompt, self.device, request.num_waveforms_per_prompt, plan.guided, plan.negative_prompt,
                 request.prompt_embeds, request.negative_prompt_embeds, **request.family_inputs)}
         mix = None
         if plan.timeline is not None:  # checked once, for the whole timeline, by the plan
             mix = span_mix(plan.timeline, window.start, window.stop, 1 / frame_seconds)[None]
-        return pipe._unet_conditioning(self._encoded[self._text], plan.groups, pipe.do_classifier_free_guidance,
+        return pipe.unet_conditioning(self._encoded[self._text], plan.groups, pipe.do_classifier_free_guidance,
                                        mix).for_windows(1)
 
     def _read_text(self, seconds: float) -> str:
@@ -322,8 +323,9 @@ def seam_positions(pipe, audio_length_in_s: float, tiling=None) -> dict[str, lis
     """Where the pieces of a live render of ``audio_length_in_s`` meet, in seconds, as ``pipe.seam_positions``
     gives them for a windowed one: each window's first new frame, and the core boundaries of the decode tiles and
     the vocoder chunks."""
-    layout = live_layout(pipe, pipe._config_for_call(tiling))
-    frame_s, mel_s = pipe.vae_scale_factor * pipe._mel_frame_seconds, pipe._mel_frame_seconds
+    layout = live_layout(pipe, pipe.tiling_for_call(tiling))
+    geometry = pipe.geometry
+    frame_s, mel_s = geometry.latent_frame_seconds, geometry.mel_frame_seconds
     windows = range(1, layout.windows_for(math.ceil(audio_length_in_s / mel_s)))
 
     def inside(times):

@@ -70,24 +70,25 @@ class TiledAudioPipelineMixin(ModelFamily):
         """Never tile: decode and vocode in one pass, failing hard when memory runs out."""
         self.tiling = self.tiling.replace(enabled=False)
 
-    def _config_for_call(self, tiling: TilingConfig | None) -> TilingConfig:
+    def tiling_for_call(self, tiling: TilingConfig | None) -> TilingConfig:
         config = self.tiling if tiling is None else tiling
         if not isinstance(config, TilingConfig):
             raise TypeError(f"`tiling` must be a TilingConfig or None, got {type(config).__name__}")
         show = not getattr(self, "_progress_bar_config", {}).get("disable", False)
+        config = config.with_windows_for(self.geometry.latent_frame_seconds)
         return config.replace(show_progress=show and config.show_progress)
 
     # ------------------------------------------------------------------------------------------------ the two seams
     def decode_latents(self, latents: torch.Tensor, tiling: TilingConfig | None = None) -> torch.Tensor:
         """Latents (B, C, T, F) to log-mel (B, 1, 4T, n_mels), through `tiled_decode`."""
         latents = 1 / self.vae.config.scaling_factor * latents
-        return tiled_decode(self.vae, latents, self._config_for_call(tiling))
+        return tiled_decode(self.vae, latents, self.tiling_for_call(tiling))
 
     def mel_spectrogram_to_waveform(self, mel_spectrogram: torch.Tensor, tiling: TilingConfig | None = None):
         """Log-mel (B, 1, T, n_mels) or (B, T, n_mels) to float32 waveforms (B, samples) on the CPU."""
         if mel_spectrogram.dim() == 4:
             mel_spectrogram = mel_spectrogram.squeeze(1)
-        waveform = chunked_vocode(self.vocoder, mel_spectrogram, self._config_for_call(tiling))
+        waveform = chunked_vocode(self.vocoder, mel_spectrogram, self.tiling_for_call(tiling))
         return waveform.cpu().float()
 
     # ------------------------------------------------------------------------------------------------------ helpers
@@ -111,17 +112,17 @@ class TiledAudioPipelineMixin(ModelFamily):
         """Where the pieces of a streamed render (``stream()``, the CLI) meet, in seconds: interior edges of the
         denoising windows, and the core boundaries of the VAE tiles and the vocoder chunks (for seam checks and
         ``plots.spectrogram_figure``). Each list is empty where that stage runs in one piece."""
-        config = self._config_for_call(tiling)
-        _, height, _ = self._audio_geometry(audio_length_in_s)
+        config = self.tiling_for_call(tiling)
+        _, height, _ = self.geometry.lengths(audio_length_in_s)
         frames = height // self.vae_scale_factor
-        mel_seconds = self._mel_frame_seconds
-        latent_seconds = self.vae_scale_factor * mel_seconds
+        mel_seconds = self.geometry.mel_frame_seconds
+        latent_seconds = self.geometry.latent_frame_seconds
         windows = plan_windows(frames, config).windows
         edges = sorted({w.start for w in windows[1:]} | {w.stop for w in windows[:-1]})
         # Shape, dtype and device are all the planners read: a zero-stride tensor stands in for the latents.
         device = self._execution_device
         latents = torch.empty((), device=device, dtype=self.vae.dtype).expand(
-            1, self.vae.config.latent_channels, frames, self._latent_rows)
+            1, self.vae.config.latent_channels, frames, self.geometry.latent_rows)
         tiles = [] if config.enabled is False else decode_tiles(self.vae, latents, config)
         mel = torch.empty((), device=device, dtype=self.vocoder.dtype).expand(1, 1, self.vocoder.config.model_in_dim)
         chunks = plan_chunks(self.vocoder, mel, height, config)
@@ -305,7 +306,7 @@ class TiledAudioPipelineMixin(ModelFamily):
         if not 0 < keep <= samples:
             raise ValueError(f"`audio_length_in_s` must be in (0, {samples / rate:g}] s for these latents, got "
                              f"{audio_length_in_s!r}")
-        config = self._config_for_call(tiling)
+        config = self.tiling_for_call(tiling)
         config = config.replace(enabled=True) if config.enabled == "auto" else config  # streamed: tiled
         latents = latents.to(device=self._execution_device, dtype=self.vae.dtype)
         yield from waveform_pieces(self, latents, keep, config)
@@ -325,7 +326,7 @@ class TiledAudioPipelineMixin(ModelFamily):
         callbacks.check(self)
         self._guidance_scale, self._interrupt = plan.guidance, False
         device = self._execution_device
-        current = self._encode_conditioning(plan.prompt, device, request.num_waveforms_per_prompt, plan.guided,
+        current = self.encode_conditioning(plan.prompt, device, request.num_waveforms_per_prompt, plan.guided,
                                             plan.negative_prompt, request.prompt_embeds,
                                             request.negative_prompt_embeds, **request.family_inputs)
         dtype = current["prompt_embeds"].dtype
@@ -348,7 +349,7 @@ class TiledAudioPipelineMixin(ModelFamily):
         # Read at every step: a callback may turn guidance off (diffusers' SDCFGCutoffCallback) or change the
         # embeddings. For a timeline the embeddings are per segment, blended per window by the family.
         def conditioning() -> tuple[UNetConditioning, float]:
-            return self._unet_conditioning(current, plan.groups, self.do_classifier_free_guidance, plan.mix), \
+            return self.unet_conditioning(current, plan.groups, self.do_classifier_free_guidance, plan.mix), \
                 self._guidance_scale
 
         latents = denoise(self.unet, self.scheduler, latents, conditioning, plan.windows, extra_step_kwargs,

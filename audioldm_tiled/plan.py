@@ -21,6 +21,7 @@ from .config import TilingConfig
 from .denoise import WindowPlan, plan_windows
 from .distributed import Ranks, agree_on, ranks_for, smallest, together
 from .editing import Edit, plan_edit
+from .families.base import AudioGeometry
 from .files import format_bytes
 from .geometry import ProgressiveLayout
 from .memory import BUDGET_SHARE, InsufficientMemoryError, available_memory, choose_window_batch_size
@@ -74,6 +75,8 @@ def build_plan(pipe, request: Request, streamed: bool = False, decoded: bool = T
     if request.progressive:
         raise ValueError("a progressive render is a live one: call pipe.live(...)")
     device = pipe._execution_device
+    geometry = pipe.geometry
+    _check_length(geometry, request.audio_length_in_s)
     config, free, steps, guidance = _settings(pipe, request)
     ranks = ranks_for(request.ranks)
     if ranks is not None:
@@ -81,15 +84,15 @@ def build_plan(pipe, request: Request, streamed: bool = False, decoded: bool = T
         if request.loop:
             raise ValueError("`loop=True` is rendered in one process: leave `ranks` out")
     seconds, edit, input_mel = request.audio_length_in_s, None, None
-    frame_seconds = pipe.vae_scale_factor * pipe._mel_frame_seconds
+    frame_seconds = geometry.latent_frame_seconds
     if request.kind in ("extend", "regenerate"):
         edit = plan_edit(request.audio, pipe.vocoder.config.sampling_rate, pipe.vae_scale_factor * hop_length(
             pipe.vocoder), request.extend_s, request.regenerate, request.context_s, request.crossfade_s)
         seconds = edit.latent_frames * frame_seconds
     elif request.kind == "restyle":
         input_mel, input_samples = read_input_audio(pipe, request.audio)
-        seconds = input_mel.shape[2] * pipe._mel_frame_seconds  # padded to whole latent frames
-    seconds, height, keep = pipe._audio_geometry(seconds)
+        seconds = input_mel.shape[2] * geometry.mel_frame_seconds  # padded to whole latent frames
+    seconds, height, keep = pipe.geometry.lengths(seconds)
     if input_mel is not None:  # every input sample is encoded: the mel is padded up to whole latent frames
         height, keep = input_mel.shape[2], input_samples
     if request.loop or edit is not None:  # a loop's period, or the whole generated range of an edit
@@ -100,7 +103,7 @@ def build_plan(pipe, request: Request, streamed: bool = False, decoded: bool = T
     if timeline is not None:
         prompt = [segment.text for segment in timeline]
         negative = None if negative is None else [negative] * len(timeline)
-    pipe._check_prompt_inputs(prompt if timeline is None else prompt[0], seconds, pipe._mel_frame_seconds,
+    pipe.check_prompt_inputs(prompt if timeline is None else prompt[0], seconds, geometry.mel_frame_seconds,
                               1, request.negative_prompt, request.prompt_embeds, request.negative_prompt_embeds,
                               **request.family_inputs)
     if timeline is not None or isinstance(prompt, str):
@@ -115,7 +118,7 @@ def build_plan(pipe, request: Request, streamed: bool = False, decoded: bool = T
         check_latents(pipe, request.latents, batch, frames)
 
     example = torch.empty((), device=device, dtype=pipe.unet.dtype).expand(
-        batch, pipe.unet.config.in_channels, frames, pipe._latent_rows)
+        batch, pipe.unet.config.in_channels, frames, geometry.latent_rows)
     # A streamed render's memory must not grow with its length, and an edit's waveform is assembled piece by piece
     # with the input's samples: both tile the decode under "auto", whatever the free memory.
     tiled = streamed or edit is not None
@@ -127,7 +130,7 @@ def build_plan(pipe, request: Request, streamed: bool = False, decoded: bool = T
     mix = None
     if timeline is not None:
         mix = window_mix(timeline, windows.windows, frames, 1 / frame_seconds)
-        pipe._check_timeline(timeline, mix)
+        pipe.check_timeline(timeline, mix)
     window_batch = smallest(ranks, config.window_batch_size or choose_window_batch_size(
         example, len(windows.windows), windows.windows[0].length, guidance > 1, config))
     return RenderPlan(config, decode_config, steps, guidance, ranks, prompt, negative, batch,
@@ -135,11 +138,18 @@ def build_plan(pipe, request: Request, streamed: bool = False, decoded: bool = T
                       keep, request.loop, edit, input_mel, windows, mix, window_batch)
 
 
+def _check_length(geometry: AudioGeometry, seconds: float | None) -> None:
+    """The shortest render is one latent frame of the family (40 ms for AudioLDM)."""
+    if seconds is not None and seconds < geometry.latent_frame_seconds:
+        raise ValueError(f"`audio_length_in_s` must be at least {geometry.latent_frame_seconds:g} s (one latent "
+                         f"frame of this model), got {seconds:g}")
+
+
 def _settings(pipe, request: Request) -> tuple[TilingConfig, int, int, float]:
     """The call's tiling with its memory budget resolved (free memory is read here, once per render), the free
     bytes, and the steps and guidance with the family's defaults filled in."""
     free = available_memory(pipe._execution_device)
-    config = pipe._config_for_call(request.tiling)
+    config = pipe.tiling_for_call(request.tiling)
     if config.memory_budget is None:
         config = config.replace(memory_budget=max(1, int(BUDGET_SHARE * free)))
     defaults = pipe._parent_defaults()
@@ -172,11 +182,13 @@ class LivePlan:
 
 def build_live_plan(pipe, request: Request) -> LivePlan:
     """The plan of a progressive ``request`` (``Request.progressive``) on ``pipe``."""
+    geometry = pipe.geometry
+    _check_length(geometry, request.audio_length_in_s)
     config, _, steps, guidance = _settings(pipe, request)
     seconds = request.audio_length_in_s
-    keep = None if seconds is None else pipe._audio_geometry(seconds)[2]
+    keep = None if seconds is None else pipe.geometry.lengths(seconds)[2]
     layout = live_layout(pipe, config)
-    frame_seconds = pipe.vae_scale_factor * pipe._mel_frame_seconds
+    frame_seconds = geometry.latent_frame_seconds
     prompt, negative, changing = request.prompt, request.negative_prompt, None
     timeline = request.timeline(math.inf if seconds is None else seconds)
     if is_changing_prompt(prompt):
@@ -186,7 +198,7 @@ def build_live_plan(pipe, request: Request) -> LivePlan:
         negative = None if negative is None else [negative] * len(timeline)
     window_seconds = layout.window * frame_seconds
     if changing is None:
-        pipe._check_prompt_inputs(prompt if timeline is None else prompt[0], window_seconds, pipe._mel_frame_seconds,
+        pipe.check_prompt_inputs(prompt if timeline is None else prompt[0], window_seconds, geometry.mel_frame_seconds,
                                   1, request.negative_prompt, request.prompt_embeds, request.negative_prompt_embeds,
                                   **request.family_inputs)
     if timeline is not None or changing is not None or isinstance(prompt, str):
@@ -198,8 +210,8 @@ def build_live_plan(pipe, request: Request) -> LivePlan:
     groups = len(timeline) if timeline is not None else prompts * request.num_waveforms_per_prompt
     if timeline is not None:  # every window the timeline reaches, checked once (AudioLDM 2 warns of unheard segments)
         reach = seconds if seconds is not None else timeline[-1].start_s + window_seconds
-        windows = [layout.denoised(k) for k in range(layout.windows_for(math.ceil(reach / pipe._mel_frame_seconds)))]
-        pipe._check_timeline(timeline, torch.stack([span_mix(timeline, w.start, w.stop, 1 / frame_seconds)
+        windows = [layout.denoised(k) for k in range(layout.windows_for(math.ceil(reach / geometry.mel_frame_seconds)))]
+        pipe.check_timeline(timeline, torch.stack([span_mix(timeline, w.start, w.stop, 1 / frame_seconds)
                                                     for w in windows]))
     history = max(1, round(STATISTICS_SECONDS / (layout.stride * frame_seconds)))
     return LivePlan(config, steps, guidance, prompt, changing, negative, timeline,
@@ -231,7 +243,7 @@ def _resolved_store(vae, latents: torch.Tensor, config: TilingConfig) -> TilingC
 def _check_latents_fit(pipe, batch: int, frames: int, seconds: float, free: int) -> None:
     """Refuse, before any tensor of that size is made, a length whose latents alone exceed the device's ``free``
     memory (the noise, the latents and the scheduler's copy are held at once)."""
-    needed = 3 * batch * pipe.unet.config.in_channels * frames * pipe._latent_rows * pipe.unet.dtype.itemsize
+    needed = 3 * batch * pipe.unet.config.in_channels * frames * pipe.geometry.latent_rows * pipe.unet.dtype.itemsize
     if needed > free:
         raise InsufficientMemoryError(
             f"`audio_length_in_s` of {seconds:g} s needs {format_bytes(needed)} for its latents alone, more "

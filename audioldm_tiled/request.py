@@ -28,8 +28,6 @@ from .timeline import Segment, is_timeline, parse_timeline
 KINDS = ("generate", "restyle", "extend", "regenerate", "loop")
 # How far audio-to-audio takes its input towards noise when the caller does not say.
 DEFAULT_STRENGTH = 0.5
-# The shortest render: one latent frame (the parents' check_inputs asks the same).
-MIN_SECONDS = VAE_FACTOR * HOP_LENGTH / SAMPLE_RATE
 
 
 def is_changing_prompt(prompt: Any) -> bool:
@@ -108,9 +106,6 @@ class Request:
         check_ranks_argument(self.ranks)
         if self.audio_length_in_s is not None:
             object.__setattr__(self, "audio_length_in_s", seconds_argument("audio_length_in_s", self.audio_length_in_s))
-            if self.audio_length_in_s < MIN_SECONDS:
-                raise ValueError(f"`audio_length_in_s` must be at least {MIN_SECONDS:g} s (one latent frame), got "
-                                 f"{self.audio_length_in_s:g}")
         self._check_kind()
         if not isinstance(self.progressive, bool):
             raise ValueError(f"`progressive` must be True or False, got {self.progressive!r}")

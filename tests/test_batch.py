@@ -155,8 +155,8 @@ def test_a_job_without_steps_or_guidance_runs_with_the_models_defaults(tiny_pipe
     step = tiny_pipe.scheduler.step
     monkeypatch.setattr(tiny_pipe.scheduler, "step", lambda *a, **k: calls.append(1) or step(*a, **k))
     guidance = []
-    monkeypatch.setattr(tiny_pipe, "_unet_conditioning",
-                        lambda *a, f=tiny_pipe._unet_conditioning: guidance.append(tiny_pipe.guidance_scale) or f(*a))
+    monkeypatch.setattr(tiny_pipe, "unet_conditioning",
+                        lambda *a, f=tiny_pipe.unet_conditioning: guidance.append(tiny_pipe.guidance_scale) or f(*a))
     run_batch(tiny_pipe, [BatchJob(output="a.wav", prompt="rain", seconds=0.5)], tmp_path)
     settings = json.loads(sidecar_path(tmp_path / "a.wav").read_text())["settings"]
     assert len(calls) == settings["steps"] == 3 and set(guidance) == {settings["guidance"]} == {1.5}

@@ -99,5 +99,43 @@ def test_every_family_implements_the_interface(family):
     from audioldm_tiled.families.base import ModelFamily
 
     tiled, _, _ = FAMILIES[family]
-    for hook in ("_check_prompt_inputs", "_encode_conditioning", "_unet_conditioning", "_check_timeline"):
+    for hook in ("check_prompt_inputs", "encode_conditioning", "unet_conditioning", "check_timeline"):
         assert getattr(tiled, hook) is not getattr(ModelFamily, hook), hook
+
+
+def other_geometry(arch: str) -> dict:
+    """The family's tiny components with diffusers' dummy VAE and vocoder shapes: a VAE factor of 2 and a vocoder
+    hop of 4 samples, so a latent frame lasts 0.5 ms instead of AudioLDM's 40 ms."""
+    from diffusers import AutoencoderKL
+    from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
+
+    components = build_components(arch, seed=0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        components["vae"] = AutoencoderKL(block_out_channels=[32, 64], in_channels=1, out_channels=1,
+                                          down_block_types=["DownEncoderBlock2D"] * 2,
+                                          up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=8).eval()
+        components["vocoder"] = SpeechT5HifiGan(SpeechT5HifiGanConfig(
+            model_in_dim=64, sampling_rate=16000, upsample_initial_channel=16, upsample_rates=[2, 2],
+            upsample_kernel_sizes=[4, 4], resblock_kernel_sizes=[3, 7], resblock_dilation_sizes=[[1, 3, 5]] * 2,
+            normalize_before=False)).eval()
+    return components
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_audio_length_in_s_follows_the_models_geometry(family):
+    """diffusers' own ``test_*_audio_length_in_s`` with its dummy geometry: 0.016 s and 0.032 s are 16 and 32 latent
+    frames there, far below AudioLDM's 40 ms frame, and the parent renders them."""
+    tiled, _, arch = FAMILIES[family]
+    pipe = tiled(**other_geometry(arch))
+    pipe.set_progress_bar_config(disable=True)
+    geometry = pipe.geometry
+    assert (geometry.mel_hop, geometry.vae_factor, geometry.latent_frame_seconds) == (4, 2, 8 / 16000)
+    for seconds in (0.016, 0.032):
+        audio = pipe("A hammer hitting a wooden surface", audio_length_in_s=seconds, num_inference_steps=2,
+                     guidance_scale=6.0, generator=torch.Generator().manual_seed(0)).audios[0]
+        assert audio.ndim == 1 and len(audio) / geometry.sample_rate == seconds
+    # The shortest render is that model's latent frame, named as such; the windows are its 10.24 s too.
+    with pytest.raises(ValueError, match=r"at least 0.0005 s \(one latent frame of this model\)"):
+        pipe("rain", audio_length_in_s=0.0004, num_inference_steps=1)
+    assert pipe.tiling_for_call(None).window_frames == 10.24 * 16000 / 8

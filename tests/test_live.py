@@ -141,7 +141,8 @@ def test_the_first_piece_comes_after_one_window_whatever_the_length(tiny_pipe):
             assert len(calls) == 2  # one window's steps, guidance batched
             assert first.shape[1] == render.samples > 8 * 16000
             second = next(render)
-            assert len(calls) == 4 and second.shape[1] == 4 * 160 * TilingConfig().window_frames * 5 // 8
+            window = tiny_pipe.tiling_for_call(None).window_frames
+            assert len(calls) == 4 and second.shape[1] == 4 * 160 * window * 5 // 8
             render.close()
     finally:
         hook.remove()

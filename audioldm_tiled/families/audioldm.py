@@ -17,18 +17,18 @@ from .base import ModelFamily
 class ClassLabelFamily(ModelFamily):
     """The family interface for a parent with AudioLDM's ``check_inputs`` and ``_encode_prompt``."""
 
-    def _check_prompt_inputs(self, prompt, audio_length_in_s, vocoder_upsample_factor, callback_steps,
+    def check_prompt_inputs(self, prompt, audio_length_in_s, vocoder_upsample_factor, callback_steps,
                              negative_prompt, prompt_embeds, negative_prompt_embeds) -> None:
         self.check_inputs(prompt, audio_length_in_s, vocoder_upsample_factor, callback_steps, negative_prompt,
                           prompt_embeds, negative_prompt_embeds)
 
-    def _encode_conditioning(self, prompt, device, num_waveforms_per_prompt, guided, negative_prompt,
+    def encode_conditioning(self, prompt, device, num_waveforms_per_prompt, guided, negative_prompt,
                              prompt_embeds, negative_prompt_embeds) -> dict[str, torch.Tensor]:
         return {"prompt_embeds": self._encode_prompt(prompt, device, num_waveforms_per_prompt, guided,
                                                      negative_prompt, prompt_embeds=prompt_embeds,
                                                      negative_prompt_embeds=negative_prompt_embeds)}
 
-    def _unet_conditioning(self, encoded: dict[str, torch.Tensor], groups: int, guided: bool,
+    def unet_conditioning(self, encoded: dict[str, torch.Tensor], groups: int, guided: bool,
                            mix: torch.Tensor | None) -> UNetConditioning:
         """Class embeddings, blended per window along a timeline (``timeline.mix_embeddings``)."""
         rows = guidance_rows(encoded["prompt_embeds"], groups, guided)
@@ -36,7 +36,7 @@ class ClassLabelFamily(ModelFamily):
             return class_labels(rows[None])  # (1, 2 or 1, B, D)
         return class_labels(mix_embeddings(rows.transpose(0, 1)[:, :, None], mix))  # (W, 2 or 1, 1, D)
 
-    def _check_timeline(self, segments: list, mix: torch.Tensor) -> None:
+    def check_timeline(self, segments: list, mix: torch.Tensor) -> None:
         """Every segment a window covers is blended into its conditioning, so each is heard: nothing to warn."""
 
 

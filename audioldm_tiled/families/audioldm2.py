@@ -103,7 +103,7 @@ class AudioLDM2TiledPipeline(ClapRanking, TiledAudioPipelineMixin, AudioLDM2Pipe
         return self._ranked_call({k: v for k, v in locals().items() if k not in ("self", "__class__")})
 
     # ------------------------------------------------------------------------------------------------ family hooks
-    def _check_prompt_inputs(self, prompt, audio_length_in_s, vocoder_upsample_factor, callback_steps,
+    def check_prompt_inputs(self, prompt, audio_length_in_s, vocoder_upsample_factor, callback_steps,
                              negative_prompt, prompt_embeds, negative_prompt_embeds, transcription=None,
                              generated_prompt_embeds=None, negative_generated_prompt_embeds=None,
                              attention_mask=None, negative_attention_mask=None, max_new_tokens=None,
@@ -115,7 +115,7 @@ class AudioLDM2TiledPipeline(ClapRanking, TiledAudioPipelineMixin, AudioLDM2Pipe
                                            or max_new_tokens < 1):
             raise ValueError(f"`max_new_tokens` must be a positive integer or None, got {max_new_tokens!r}")
 
-    def _encode_conditioning(self, prompt, device, num_waveforms_per_prompt, guided, negative_prompt,
+    def encode_conditioning(self, prompt, device, num_waveforms_per_prompt, guided, negative_prompt,
                              prompt_embeds, negative_prompt_embeds, **family_inputs) -> dict[str, torch.Tensor]:
         """The parent's ``encode_prompt``: the T5 sequence, its mask and GPT-2's generated vectors."""
         encoded = self.encode_prompt(prompt, device, num_waveforms_per_prompt, guided,
@@ -123,7 +123,7 @@ class AudioLDM2TiledPipeline(ClapRanking, TiledAudioPipelineMixin, AudioLDM2Pipe
                                      negative_prompt_embeds=negative_prompt_embeds, **family_inputs)
         return dict(zip(_SEQUENCES, encoded))
 
-    def _unet_conditioning(self, encoded: dict[str, torch.Tensor], groups: int, guided: bool,
+    def unet_conditioning(self, encoded: dict[str, torch.Tensor], groups: int, guided: bool,
                            mix: torch.Tensor | None) -> UNetConditioning:
         """Each window cross-attends to its rows' sequences; along a timeline, to its dominant segment's."""
         rows = {name: guidance_rows(encoded[name], groups, guided, name) for name in _SEQUENCES}
@@ -136,7 +136,7 @@ class AudioLDM2TiledPipeline(ClapRanking, TiledAudioPipelineMixin, AudioLDM2Pipe
         return cross_attention(sets["generated_prompt_embeds"], sets["prompt_embeds"], sets["attention_mask"],
                                index)
 
-    def _check_timeline(self, segments: list[Segment], mix: torch.Tensor) -> None:
+    def check_timeline(self, segments: list[Segment], mix: torch.Tensor) -> None:
         heard = set(dominant_segments(mix))
         unheard = [f"{s.start_s:g}-{s.end_s:g} s {s.text!r}" for i, s in enumerate(segments) if i not in heard]
         if unheard:

@@ -10,13 +10,68 @@ from __future__ import annotations
 
 import inspect
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..conditioning import UNetConditioning
-from ..vocoder import hop_length
+from ..vocoder import hop_length, receptive_field_frames
+
+
+@dataclass(frozen=True)
+class AudioGeometry:
+    """Where a family's samples, mel frames and latent frames fall: one latent frame is ``vae_factor`` mel frames,
+    one mel frame ``mel_hop`` samples at ``sample_rate``. AudioLDM, AudioLDM 2 and MusicLDM: 16 kHz, hop 160, 64
+    mel bands, VAE factor 4, 8 latent channels (40 ms per latent frame, 256 frames per 10.24 s window)."""
+
+    sample_rate: int  # Hz, the vocoder's output rate
+    mel_hop: int  # samples per mel frame: the product of the vocoder's upsample rates
+    mel_bands: int  # the vocoder's input channels
+    vae_factor: int  # mel frames per latent frame (and mel bands per latent row)
+    latent_channels: int
+    training_frames: int  # latent frames of the clips the UNet was trained on (its sample_size)
+    vocoder_context_frames: int  # mel frames per side that one vocoder output sample depends on
+
+    @property
+    def latent_rows(self) -> int:
+        """Frequency rows of the latent."""
+        return self.mel_bands // self.vae_factor
+
+    @property
+    def mel_frame_seconds(self) -> float:
+        return self.mel_hop / self.sample_rate
+
+    @property
+    def samples_per_latent_frame(self) -> int:
+        return self.vae_factor * self.mel_hop
+
+    @property
+    def latent_frame_seconds(self) -> float:
+        """Seconds per latent frame, also the shortest render (40 ms for AudioLDM)."""
+        return self.samples_per_latent_frame / self.sample_rate
+
+    @property
+    def training_seconds(self) -> float:
+        """The length of the UNet's training clips, the parents' default length (10.24 s for AudioLDM)."""
+        return self.training_frames * self.latent_frame_seconds
+
+    def lengths(self, audio_length_in_s: float | None) -> tuple[float, int, int]:
+        """(seconds, mel frames rounded up to whole latent frames, samples to keep) of a render, as the diffusers
+        parents compute them; None is the training length."""
+        if audio_length_in_s is None:
+            audio_length_in_s = self.training_seconds
+        if isinstance(audio_length_in_s, bool) or not isinstance(audio_length_in_s, (int, float, np.number)) or not (
+            math.isfinite(audio_length_in_s) and audio_length_in_s > 0
+        ):
+            raise ValueError(
+                f"`audio_length_in_s` must be a positive finite number of seconds, got {audio_length_in_s!r}"
+            )
+        mel_frames = int(audio_length_in_s / self.mel_frame_seconds)
+        mel_frames = math.ceil(mel_frames / self.vae_factor) * self.vae_factor
+        return float(audio_length_in_s), mel_frames, int(audio_length_in_s * self.sample_rate)
+
 
 
 class ModelFamily:
@@ -27,25 +82,25 @@ class ModelFamily:
     # Call arguments only this family takes, handed to its hooks as ``family_inputs`` (AudioLDM takes none).
     _family_arguments: tuple[str, ...] = ()
 
-    def _check_prompt_inputs(self, prompt, audio_length_in_s: float, vocoder_upsample_factor: float,
+    def check_prompt_inputs(self, prompt, audio_length_in_s: float, vocoder_upsample_factor: float,
                              callback_steps, negative_prompt, prompt_embeds, negative_prompt_embeds,
                              **family_inputs) -> None:
         """The parent's ``check_inputs`` for the prompt arguments (a timeline's first segment stands for it)."""
         raise NotImplementedError
 
-    def _encode_conditioning(self, prompt, device, num_waveforms_per_prompt: int, guided: bool, negative_prompt,
+    def encode_conditioning(self, prompt, device, num_waveforms_per_prompt: int, guided: bool, negative_prompt,
                              prompt_embeds, negative_prompt_embeds, **family_inputs) -> dict[str, torch.Tensor]:
         """The encoded prompt as the tensors a step-end callback sees and may replace, each with the negative rows
         first when guided; ``"prompt_embeds"`` gives the latents their dtype."""
         raise NotImplementedError
 
-    def _unet_conditioning(self, encoded: dict[str, torch.Tensor], groups: int, guided: bool,
+    def unet_conditioning(self, encoded: dict[str, torch.Tensor], groups: int, guided: bool,
                            mix: torch.Tensor | None) -> UNetConditioning:
         """The windows' UNet conditioning from ``encoded`` (``groups`` rows, or one per timeline segment); ``mix``
         (windows, segments) weighs a timeline's segments per window."""
         raise NotImplementedError
 
-    def _check_timeline(self, segments: list, mix: torch.Tensor) -> None:
+    def check_timeline(self, segments: list, mix: torch.Tensor) -> None:
         """Called once per render with a timeline's segments and their (windows, segments) weights, to warn about
         what the family's conditioning cannot express."""
         raise NotImplementedError
@@ -67,28 +122,14 @@ class ModelFamily:
 
     # ---------------------------------------------------------------------------------------------------- geometry
     @property
-    def _mel_frame_seconds(self) -> float:
-        """Seconds per mel frame: the vocoder's hop over its sampling rate (the parent's vocoder_upsample_factor)."""
-        return hop_length(self.vocoder) / self.vocoder.config.sampling_rate
-
-    @property
-    def _latent_rows(self) -> int:
-        """Frequency rows of the latent: the vocoder's mel bands over the VAE's downsampling."""
-        return int(self.vocoder.config.model_in_dim) // self.vae_scale_factor
-
-    def _audio_geometry(self, audio_length_in_s: float | None) -> tuple[float, int, int]:
-        """(seconds, mel frames rounded up to the VAE factor, samples to keep), as the parent computes them; None
-        is the UNet's training length."""
-        vocoder_upsample_factor = self._mel_frame_seconds
-        if audio_length_in_s is None:
-            audio_length_in_s = self.unet.config.sample_size * self.vae_scale_factor * vocoder_upsample_factor
-        if isinstance(audio_length_in_s, bool) or not isinstance(audio_length_in_s, (int, float, np.number)) or not (
-            math.isfinite(audio_length_in_s) and audio_length_in_s > 0
-        ):
-            raise ValueError(
-                f"`audio_length_in_s` must be a positive finite number of seconds, got {audio_length_in_s!r}"
-            )
-        height = int(audio_length_in_s / vocoder_upsample_factor)
-        if height % self.vae_scale_factor != 0:
-            height = int(np.ceil(height / self.vae_scale_factor)) * self.vae_scale_factor
-        return float(audio_length_in_s), height, int(audio_length_in_s * self.vocoder.config.sampling_rate)
+    def geometry(self) -> AudioGeometry:
+        """The family's time and frequency geometry, read from the loaded VAE, vocoder and UNet configs."""
+        return AudioGeometry(
+            sample_rate=int(self.vocoder.config.sampling_rate),
+            mel_hop=hop_length(self.vocoder),
+            mel_bands=int(self.vocoder.config.model_in_dim),
+            vae_factor=int(self.vae_scale_factor),
+            latent_channels=int(self.vae.config.latent_channels),
+            training_frames=int(self.unet.config.sample_size),
+            vocoder_context_frames=receptive_field_frames(self.vocoder),
+        )
