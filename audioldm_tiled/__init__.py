@@ -11,6 +11,18 @@ from typing import TYPE_CHECKING, Any
 
 from .families import REGISTRY
 
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("audioldm-tiled")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
+
+
+__version__ = _version()
+
 # public name -> module that defines it
 _EXPORTS = {
     "ARCHITECTURES": "testing.architectures",

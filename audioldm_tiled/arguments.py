@@ -48,13 +48,13 @@ class CliError(Exception):
 
 
 def seed(text: str) -> int:
+    """--seed, by the request's rule (``request.check_seed``)."""
+    from .request import check_seed
+
     try:
-        value = int(text)
+        return check_seed(int(text))
     except ValueError:
-        value = -1
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"--seed must be an integer from 0 to {MAX_SEED}, got {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(f"--seed must be a whole number from 0 to {MAX_SEED}, got {text!r}") from None
 
 
 def timeline_segment(text: str) -> tuple[float, str]:
@@ -131,11 +131,65 @@ def prompt_or_timeline(args: argparse.Namespace):
     return [tuple(item) if isinstance(item, list) else item for item in timeline]
 
 
+def add_delivery_options(parser: argparse.ArgumentParser) -> None:
+    """The options of the file a render is delivered as: format, sample encoding, rate, loudness."""
+    from .sinks import FORMATS
+
+    parser.add_argument("--format", choices=tuple(FORMATS), default=None,
+                        help="file format (default: from the output's extension)")
+    parser.add_argument("--sample-format", choices=("16", "24", "float"), default=None,
+                        help="WAV and FLAC samples: 16-bit (default) or 24-bit PCM, or 32-bit float (WAV)")
+    parser.add_argument("--float", dest="sample_format", action="store_const", const="float",
+                        help="same as --sample-format float")
+    parser.add_argument("--sample-rate", type=positive_int("--sample-rate"), default=None, metavar="HZ",
+                        help="the file's sample rate, e.g. 44100 or 48000 (default: the model's, 16000); resampled "
+                             "with soxr")
+    parser.add_argument("--loudness", type=float, default=None, metavar="LUFS",
+                        help="normalise to this integrated loudness (ITU-R BS.1770), e.g. -16 (podcast), -14 "
+                             "(streaming), -23 (EBU R128 broadcast)")
+    parser.add_argument("--true-peak", type=float, default=None, metavar="DBTP",
+                        help="with --loudness: the highest true peak allowed (default -1)")
+
+
+# --sample-format as soundfile's subtypes
+SAMPLE_FORMATS = {"16": "PCM_16", "24": "PCM_24", "float": "FLOAT"}
+
+
+def delivery_options(args: argparse.Namespace) -> dict:
+    """``render_to_file``'s arguments from the delivery options."""
+    subtype = None if args.sample_format is None else SAMPLE_FORMATS[args.sample_format]
+    return dict(format=args.format, subtype=subtype, sample_rate=args.sample_rate, loudness=args.loudness,
+                true_peak=args.true_peak, overwrite=not args.no_overwrite)
+
+
+def check_delivery(path: str, delivery: dict, seconds: float | None, model_rate: int) -> None:
+    """The output file can be written as asked (format, encoding, rate, levels, path, free space), before any
+    model is loaded."""
+    from .sinks import FileSink
+
+    try:
+        FileSink(path, **delivery).check(seconds, model_rate)
+    except ValueError as error:
+        raise as_cli_error(error) from None
+
+
+def describe_loudness(delivered) -> str:
+    """What a delivered file measures, in one phrase."""
+    loudness = delivered.loudness
+    parts = [f"{delivered.frames / delivered.sample_rate:g} s at {delivered.sample_rate} Hz"]
+    if loudness.integrated_lufs is not None:
+        parts.append(f"{loudness.integrated_lufs:.1f} LUFS")
+    if loudness.true_peak_dbtp is not None:
+        parts.append(f"true peak {loudness.true_peak_dbtp:.1f} dBTP")
+    return ", ".join(parts)
+
+
 # The command line's name for each call argument, in the request's messages.
 OPTIONS = {"audio_length_in_s": "--seconds", "audio": "--input", "strength": "--strength", "extend_s": "--extend",
            "regenerate": "--regenerate", "context_s": "--context", "crossfade_s": "--crossfade", "loop": "--loop",
            "num_inference_steps": "--steps", "guidance_scale": "--guidance", "negative_prompt": "--negative-prompt",
-           "prompt": "PROMPT"}
+           "prompt": "PROMPT", "seed": "--seed", "format": "--format", "subtype": "--sample-format",
+           "sample_rate": "--sample-rate", "loudness": "--loudness", "true_peak": "--true-peak"}
 
 
 def as_cli_error(error: ValueError) -> CliError:

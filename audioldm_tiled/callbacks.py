@@ -29,6 +29,11 @@ class Callbacks:
         if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
             raise ValueError(f"`callback_steps` has to be a positive integer but is {steps!r}")
 
+    @classmethod
+    def from_arguments(cls, arguments: dict[str, Any]) -> Callbacks:
+        """Take the callback arguments out of a call's ``arguments``: they observe a render, they do not define it."""
+        return cls(*(arguments.pop(name, default) for name, default in CALLBACK_ARGUMENTS))
+
     def check(self, pipe) -> None:
         unknown = [k for k in self.tensor_inputs if k not in pipe._callback_tensor_inputs]
         if unknown:

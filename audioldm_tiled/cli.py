@@ -13,7 +13,11 @@ from pathlib import Path
 
 from .arguments import (
     CliError,
+    add_delivery_options,
     as_cli_error,
+    check_delivery,
+    delivery_options,
+    describe_loudness,
     device_name,
     positive_int,
     positive_number,
@@ -84,7 +88,8 @@ def generate_parser() -> argparse.ArgumentParser:
                         help="with --extend or --regenerate: each crossfade between original and new (default 0.25)")
     parser.add_argument("--loop", action="store_true",
                         help="make a seamless loop: the end runs on into the start with no click")
-    parser.add_argument("-o", "--output", required=True, help="output .wav file")
+    parser.add_argument("-o", "--output", required=True,
+                        help="output file: .wav, .flac, .ogg (Vorbis), .opus or .mp3 (or name it with --format)")
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"hub id, local folder, or random:ARCH for random weights (default {DEFAULT_MODEL})")
     parser.add_argument("--steps", type=positive_int("--steps"), default=None,
@@ -109,8 +114,7 @@ def generate_parser() -> argparse.ArgumentParser:
                              "disk (default auto: the device when they fit the memory budget)")
     parser.add_argument("--store-dir", metavar="DIR", default=None,
                         help="with the disk store: the directory for its temporary files (default: TMPDIR or /tmp)")
-    parser.add_argument("--float", dest="subtype", action="store_const", const="FLOAT", default="PCM_16",
-                        help="write 32-bit float samples instead of 16-bit PCM")
+    add_delivery_options(parser)
     parser.add_argument("--no-overwrite", action="store_true", help="refuse to replace an existing output file")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--spectrogram", metavar="FILE.png", default=None,
@@ -138,10 +142,8 @@ def _check_input_file(path: str | None) -> None:
         raise CliError(f"--input {path}: the file holds no samples")
 
 
-def build_request(args: argparse.Namespace):
-    """The request the arguments describe, validated before any model is loaded (the generator is seeded)."""
-    import torch
-
+def build_request(args: argparse.Namespace, ranks: str | None = None):
+    """The request the arguments describe, validated before any model is loaded."""
     from .config import TilingConfig
     from .request import Request
 
@@ -158,41 +160,40 @@ def build_request(args: argparse.Namespace):
             prompt=prompt, audio_length_in_s=args.seconds, audio=args.input, strength=args.strength, loop=args.loop,
             extend_s=args.extend, regenerate=args.regenerate, context_s=args.context, crossfade_s=args.crossfade,
             negative_prompt=args.negative_prompt, num_inference_steps=args.steps, guidance_scale=args.guidance,
-            generator=torch.Generator(device="cpu").manual_seed(args.seed), tiling=tiling)
+            seed=args.seed, tiling=tiling, ranks=ranks)
     except ValueError as error:
         raise as_cli_error(error) from None
 
 
 def generate(args: argparse.Namespace) -> Path:
-    from .audio import wav_bytes
     from .constants import SAMPLE_RATE
-    from .files import check_output_path
-    from .render import render_to_wav
-
-    request = build_request(args)
-    seconds = request.output_seconds(SAMPLE_RATE)
-    output = check_output_path(args.output, overwrite=not args.no_overwrite,  # before any model is loaded
-                               size=wav_bytes(seconds * SAMPLE_RATE, args.subtype))
-    picture = _check_spectrogram_path(args)
-    device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
     from .distributed import init_from_environment, local_device
+    from .render import render_to_file
+
+    device = local_device(resolve_device(args.device))  # under torchrun or srun: this rank's GPU
+    dtype = resolve_dtype(args.dtype, device)
+    ranks = init_from_environment(device)  # launched on several ranks: one render, shared out over them
+    request = build_request(args, ranks=None if ranks is None else "auto")
+    seconds = request.output_seconds(SAMPLE_RATE)
+    delivery = delivery_options(args)
+    check_delivery(args.output, delivery, seconds, SAMPLE_RATE)  # before any model is loaded
+    output = Path(args.output)
+    picture = _check_spectrogram_path(args)
     from .loading import ModelLoadError, load_pipeline
 
-    device = local_device(device)  # under torchrun or srun: this rank's GPU
-    ranks = init_from_environment(device)  # launched on several ranks: one render, shared out over them
-    if ranks is not None:
-        request = request.replace(ranks="auto")
     try:
         pipe = load_pipeline(args.model, dtype, device)
     except ModelLoadError as error:
         raise CliError(f"--model: {error}") from None
     pipe.set_progress_bar_config(disable=args.quiet or (ranks is not None and ranks.rank > 0))
     # Under several ranks each renders its share; rank 0 writes the file.
-    render_to_wav(pipe, output, subtype=args.subtype, overwrite=not args.no_overwrite, **request.call_arguments())
-    if ranks is not None and ranks.rank > 0:
+    try:
+        delivered = render_to_file(pipe, output, request, **delivery)
+    except ValueError as error:  # the model's own checks (its shortest length, its prompt inputs)
+        raise as_cli_error(error) from None
+    if delivered is None:
         return output
-    logger.info("wrote %s", output)
+    logger.info("wrote %s (%s)", output, describe_loudness(delivered))
     if picture is not None:
         import soundfile
 

@@ -112,7 +112,7 @@ class LiveRender:
     def __init__(self, pipe, plan: LivePlan, request: Request, callbacks: Callbacks, resume: LiveState | None):
         self.pipe, self.plan, self.request, self.callbacks = pipe, plan, request, callbacks
         self.device = pipe._execution_device
-        self._generator = request.generator
+        self._generator = request.noise_generator()
         if self._generator is None:  # a seed of its own: the caller's global RNG is theirs
             self._generator = torch.Generator().manual_seed(torch.Generator().seed())
         self._fingerprint = fingerprint(pipe, request)

@@ -13,7 +13,7 @@ from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 
 from .audio import MelSettings, mel_for_vae
-from .callbacks import CALLBACK_ARGUMENTS, Callbacks
+from .callbacks import Callbacks
 from .conditioning import UNetConditioning
 from .config import TilingConfig
 from .denoise import denoise, plan_windows
@@ -21,8 +21,9 @@ from .distributed import guarded, ranks_for
 from .editing import Edit, KnownRegion
 from .families.base import ModelFamily
 from .live import LiveRender, LiveState
-from .plan import RenderPlan, build_live_plan, build_plan
-from .request import Request
+from .plan import RenderPlan, build_live_plan, build_plan, render_tags
+from .request import Request, call_signature
+from .sinks import ArraySink, Sink
 from .vae import decode_tiles, tiled_decode, tiled_encode
 from .vocoder import chunked_vocode, hop_length, plan_chunks
 from .waveform import waveform_pieces
@@ -133,6 +134,7 @@ class TiledAudioPipelineMixin(ModelFamily):
         }
 
     @torch.no_grad()
+    @call_signature("_call")
     def __call__(
         self,
         prompt: str | list[str] | None = None,
@@ -214,27 +216,67 @@ class TiledAudioPipelineMixin(ModelFamily):
         Returns:
             [`AudioPipelineOutput`] with ``audios`` of shape (batch, samples), float32 at the vocoder's sampling rate.
         """
-        return self._call({k: v for k, v in locals().items() if k not in ("self", "__class__")})
 
     def _call(self, arguments: dict[str, Any]):
-        """The call with its arguments by name (the family's own among them): request, plan, denoising, then the
-        one route to the waveform."""
-        with guarded(ranks_for(arguments.get("ranks"))):
-            output_type, return_dict = arguments.pop("output_type"), arguments.pop("return_dict")
-            if output_type not in ("np", "pt", "latent"):
-                raise ValueError(f"`output_type` must be 'np', 'pt' or 'latent', got {output_type!r}")
-            callbacks = self._callbacks(arguments)
-            request = Request.from_arguments(arguments, self._reject_unknown)
-            plan, latents = self._render(request, callbacks, decoded=output_type != "latent")
-            if output_type == "latent":
-                audio = latents
-            else:
-                pieces = waveform_pieces(self, latents, plan.keep, plan.decode_config, plan.circular, plan.edit,
-                                         plan.ranks, root=None)
-                audio = torch.from_numpy(np.concatenate(list(pieces), axis=1))
-                audio = audio.numpy() if output_type == "np" else audio
+        """The call with its arguments by name (the family's own among them): the request, then the engine into
+        an array on every rank (or the denoised latents)."""
+        output_type, return_dict = arguments.pop("output_type"), arguments.pop("return_dict")
+        if output_type not in ("np", "pt", "latent"):
+            raise ValueError(f"`output_type` must be 'np', 'pt' or 'latent', got {output_type!r}")
+        callbacks = Callbacks.from_arguments(arguments)
+        request = Request.from_arguments(arguments, self.reject_unknown_arguments)
+        if output_type == "latent":
+            with guarded(ranks_for(request.ranks)):
+                _, audio = self._render(request, callbacks, decoded=False)
+        else:
+            audio = self._render_into(request, ArraySink(), callbacks, streamed=False, root=None)
+            audio = audio if output_type == "np" else torch.from_numpy(audio)
         self.maybe_free_model_hooks()
         return AudioPipelineOutput(audios=audio) if return_dict else (audio,)
+
+    @torch.no_grad()
+    def render(self, request: Request, sink: Sink | None = None, callbacks: Callbacks | None = None) -> Any:
+        """The engine call every front door ends in: plan ``request``, open ``sink`` (before any denoising, so
+        that a sink that cannot take the render says so first), denoise, and hand the sink the waveform piece by
+        piece as the tiled decode and the chunked vocoder make it; commit the sink when all went well, abort it
+        otherwise.
+
+        Args:
+            request: what to render (``audioldm_tiled.Request``; a call's keyword arguments by name).
+            sink: where the waveform goes (``sinks.FileSink``, ``sinks.ArraySink``, or any object with ``open``,
+                ``write``, ``commit`` and ``abort``); default ``ArraySink()``.
+            callbacks: step callbacks (``callbacks.Callbacks``), as a call's ``callback_on_step_end`` and its kin.
+
+        Returns:
+            What the sink's ``commit()`` returns: for ``ArraySink`` the float32 waveforms (batch, samples), for
+            ``FileSink`` a ``Delivered``. With ``ranks``, every rank calls it and shares the work; the pieces reach
+            rank 0's sink, and the other ranks leave theirs unused and return None.
+        """
+        ranks = ranks_for(request.ranks)
+        sink = ArraySink() if sink is None else sink
+        result = self._render_into(request, sink if ranks is None or ranks.rank == 0 else None,
+                                   callbacks or Callbacks(), streamed=True, root=0)
+        self.maybe_free_model_hooks()
+        return result
+
+    def _render_into(self, request: Request, sink: Sink | None, callbacks: Callbacks, streamed: bool,
+                     root: int | None) -> Any:
+        """Plan, open ``sink``, denoise and hand it the pieces (on ``root``, or every rank with None); None as the
+        sink: this rank takes part in a shared render whose pieces go elsewhere."""
+        with guarded(ranks_for(request.ranks)):  # a failure on any rank, the sink's commit included, fails every rank
+            plan = self._plan(request, callbacks, streamed)
+            if sink is not None:
+                sink.open(self.geometry.sample_rate, plan.batch, render_tags(self, request, plan))
+            try:
+                latents = self._denoise(request, plan, callbacks)
+                for piece in waveform_pieces(self, latents, plan.keep, plan.decode_config, plan.circular, plan.edit,
+                                             plan.ranks, root=root):
+                    sink.write(piece)
+            except BaseException:
+                if sink is not None:
+                    sink.abort()
+                raise
+            return None if sink is None else sink.commit()
 
     @torch.no_grad()
     def stream(self, prompt: str | list[str] | None = None, **kwargs: Any) -> Iterator[np.ndarray]:
@@ -253,8 +295,8 @@ class TiledAudioPipelineMixin(ModelFamily):
         with guarded(ranks_for(kwargs.get("ranks"))):
             if "output_type" in kwargs or "return_dict" in kwargs:
                 raise ValueError("stream() yields numpy pieces; it takes no `output_type` or `return_dict`")
-            callbacks = self._callbacks(kwargs)
-            request = Request.from_arguments({"prompt": prompt, **kwargs}, self._reject_unknown)
+            callbacks = Callbacks.from_arguments(kwargs)
+            request = Request.from_arguments({"prompt": prompt, **kwargs}, self.reject_unknown_arguments)
             plan, latents = self._render(request, callbacks, streamed=True)
             yield from waveform_pieces(self, latents, plan.keep, plan.decode_config, plan.circular, plan.edit,
                                        plan.ranks)
@@ -285,8 +327,9 @@ class TiledAudioPipelineMixin(ModelFamily):
         for name in ("output_type", "return_dict", "progressive"):
             if name in kwargs:
                 raise ValueError(f"live() yields numpy pieces of a progressive render; it takes no `{name}`")
-        callbacks = self._callbacks(kwargs)
-        request = Request.from_arguments({"prompt": prompt, **kwargs, "progressive": True}, self._reject_unknown)
+        callbacks = Callbacks.from_arguments(kwargs)
+        request = Request.from_arguments({"prompt": prompt, **kwargs, "progressive": True},
+                                         self.reject_unknown_arguments)
         plan = build_live_plan(self, request)
         callbacks.check(self)
         self._guidance_scale, self._interrupt = plan.guidance, False
@@ -312,18 +355,22 @@ class TiledAudioPipelineMixin(ModelFamily):
         yield from waveform_pieces(self, latents, keep, config)
         self.maybe_free_model_hooks()
 
-    @staticmethod
-    def _callbacks(arguments: dict[str, Any]) -> Callbacks:
-        """Take the callback arguments out of a call's ``arguments``: they observe a render, they do not define it."""
-        return Callbacks(*(arguments.pop(name, default) for name, default in CALLBACK_ARGUMENTS))
-
     def _render(self, request: Request, callbacks: Callbacks, streamed: bool = False,
                 decoded: bool = True) -> tuple[RenderPlan, torch.Tensor]:
-        """Plan ``request`` (``plan.build_plan``) and denoise it: the parent's steps 0-7 (checks, prompt encoding,
-        noise or the encoded input noised to ``strength``, windowed denoising). Returns the plan and the denoised
-        latents."""
+        """Plan ``request`` and denoise it. Returns the plan and the denoised latents."""
+        plan = self._plan(request, callbacks, streamed, decoded)
+        return plan, self._denoise(request, plan, callbacks)
+
+    def _plan(self, request: Request, callbacks: Callbacks, streamed: bool = False,
+              decoded: bool = True) -> RenderPlan:
+        """``plan.build_plan``, every check that needs the model, before any work."""
         plan = build_plan(self, request, streamed, decoded)
         callbacks.check(self)
+        return plan
+
+    def _denoise(self, request: Request, plan: RenderPlan, callbacks: Callbacks) -> torch.Tensor:
+        """The parent's steps 3-7 for ``plan``: prompt encoding, noise or the encoded input noised to
+        ``strength``, windowed denoising. Returns the denoised latents."""
         self._guidance_scale, self._interrupt = plan.guidance, False
         device = self._execution_device
         current = self.encode_conditioning(plan.prompt, device, request.num_waveforms_per_prompt, plan.guided,
@@ -332,7 +379,7 @@ class TiledAudioPipelineMixin(ModelFamily):
         dtype = current["prompt_embeds"].dtype
         self.scheduler.set_timesteps(plan.steps, device=device)
         timesteps = self.scheduler.timesteps
-        generator, known = request.generator, None
+        generator, known = request.noise_generator(), None
         if plan.input_mel is None:
             latents = self.prepare_latents(plan.batch, self.unet.config.in_channels,
                                            plan.frames * self.vae_scale_factor, dtype, device, generator,
@@ -356,7 +403,7 @@ class TiledAudioPipelineMixin(ModelFamily):
                           plan.window_batch, lambda total: self.progress_bar(total=total),
                           callbacks.step_function(self, current), request.cross_attention_kwargs, timesteps,
                           interrupted=lambda: self.interrupt, ranks=plan.ranks, known=known)
-        return plan, latents
+        return latents
 
     def _known_region(self, edit: Edit, latents: torch.Tensor, generator, config: TilingConfig) -> KnownRegion:
         """The input's latents over the edit's context (tiled encode), fitted to the render's frames, and the

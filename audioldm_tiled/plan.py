@@ -26,7 +26,7 @@ from .files import format_bytes
 from .geometry import ProgressiveLayout
 from .memory import BUDGET_SHARE, InsufficientMemoryError, available_memory, choose_window_batch_size
 from .request import Request, is_changing_prompt
-from .timeline import Segment, span_mix, window_mix
+from .timeline import Segment, is_timeline, span_mix, window_mix
 from .vae import check_exact_decode_fits, decode_job
 from .vae.budget import exact_stored_bytes
 from .vae.dispatch import decode_input
@@ -248,3 +248,24 @@ def _check_latents_fit(pipe, batch: int, frames: int, seconds: float, free: int)
         raise InsufficientMemoryError(
             f"`audio_length_in_s` of {seconds:g} s needs {format_bytes(needed)} for its latents alone, more "
             f"than the {format_bytes(free)} free on {pipe._execution_device}")
+
+
+def render_tags(pipe, request: Request, plan: RenderPlan) -> dict[str, str]:
+    """What a file made from ``request`` says of itself in its own metadata: the prompt as its title, and in its
+    comment, as JSON, everything the plan resolved to make it (``json.loads`` reads it back)."""
+    import json
+
+    from . import __version__
+
+    timeline = request.timeline(plan.keep / pipe.geometry.sample_rate) if is_timeline(request.prompt) else None
+    if timeline is not None:
+        title = "; ".join(f"{segment.start_s:g} s: {segment.text}" for segment in timeline)
+        what = {"timeline": [[s.start_s, s.end_s, s.text] for s in timeline]}
+    else:
+        title = request.prompt if isinstance(request.prompt, str) else ""
+        what = {"prompt": request.prompt if isinstance(request.prompt, (str, list)) else None}
+    recipe = {**what, "negative_prompt": request.negative_prompt, "kind": request.kind,
+              "seconds": plan.keep / pipe.geometry.sample_rate, "steps": plan.steps, "guidance": plan.guidance,
+              "seed": request.seed, "model": getattr(pipe, "name_or_path", None) or type(pipe).__name__}
+    return {"title": title, "comment": json.dumps(recipe, ensure_ascii=False),
+            "software": f"audioldm-tiled {__version__}"}

@@ -1,5 +1,5 @@
-"""One render streamed straight into a WAV file (what the command line, the samples and the benchmarks call), and
-a live render into a WAV file it can resume, or into a pipe."""
+"""One render streamed straight into a file of any format (what the command line, the samples and the benchmarks
+call), and a live render into a WAV file it can resume, or into a pipe."""
 
 from __future__ import annotations
 
@@ -7,70 +7,76 @@ import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
-from .audio import open_wav, wav_bytes
-from .callbacks import CALLBACK_ARGUMENTS
+from .audio import wav_bytes
+from .callbacks import Callbacks
 from .distributed import guarded, ranks_for
 from .files import check_output_path, commit_file, new_file_mode, signals_deferred
 from .request import Request
+from .sinks import Delivered, FileSink
 
 logger = logging.getLogger(__name__)
 
 
-def render_to_wav(pipe, path: str | os.PathLike, prompt: Any = None, *, subtype: str = "PCM_16",
-                  overwrite: bool = True, **call_kwargs: Any) -> Path:
-    """Generate with ``pipe.stream(prompt, **call_kwargs)`` and write the waveform to ``path`` as it arrives.
+def render_to_file(pipe, path: str | os.PathLike, prompt: Any = None, *, format: str | None = None,
+                   subtype: str | None = None, sample_rate: int | None = None, loudness: float | None = None,
+                   true_peak: float | None = None, tags: Mapping[str, str] | None = None, overwrite: bool = True,
+                   **call_kwargs: Any) -> Delivered | None:
+    """Render one waveform straight into ``path`` (``sinks.FileSink``), in memory that does not grow with the length.
 
-    The path, and the free space for a render of known length, are checked before any model work; the file
-    appears only once the render has succeeded (``files.atomic_file``: an existing file is replaced then, or kept
-    when the render fails or is interrupted). Memory stays that of one piece, whatever the length.
+    The path, the format, the rate and the free space for a render of known length are checked before any model
+    work; the file appears only once the render has succeeded (an existing file is replaced then, or kept when the
+    render fails or is interrupted).
 
     Args:
-        pipe: an ``AudioLDMTiledPipeline``.
-        path: the ``.wav`` file to write.
-        prompt: a prompt or a timeline (one waveform: the file holds one channel).
-        subtype: soundfile subtype, ``"PCM_16"`` (default), ``"PCM_24"``, ``"PCM_32"`` or ``"FLOAT"``.
+        pipe: a tiled pipeline.
+        path: the file; its extension names the format (.wav, .flac, .ogg, .opus, .mp3) unless ``format`` does.
+        prompt: a prompt or a timeline (one waveform), or a whole ``Request`` (then no ``call_kwargs``).
+        format, subtype, sample_rate, loudness, true_peak, tags: as ``FileSink`` takes them.
         overwrite: replace an existing file; with False an existing ``path`` raises before anything runs.
-        call_kwargs: the pipeline's call arguments (``audio_length_in_s``, ``num_inference_steps``, ``tiling``, ...).
+        call_kwargs: the pipeline's call arguments (``audio_length_in_s``, ``num_inference_steps``, ``seed``,
+            ``tiling``, callbacks, ...).
 
-    With ``ranks="auto"`` (one render shared over the ranks of the default process group) every rank calls it
-    with the same arguments: all of them render their shares, rank 0 checks the path and writes the file, and a
-    failure on any rank fails them all. Without it, each process renders and writes alone.
+    With ``ranks="auto"`` every rank calls it with the same arguments: all of them render their shares, rank 0
+    checks the path and writes the file, and a failure on any rank fails them all.
 
     Returns:
-        The path written.
+        The ``Delivered`` file (path, rate, length, loudness measured); None on the ranks other than 0.
     """
-    ranks = ranks_for(call_kwargs.get("ranks"))
-    writes = ranks is None or ranks.rank == 0
-    with guarded(ranks):  # a failure on any rank, the file's commit included, fails every rank
-        # The request's own rules first; arguments no field takes are the pipeline's to name (family inputs).
-        callbacks = dict(CALLBACK_ARGUMENTS)
-        request = Request.from_arguments({"prompt": prompt, **{k: v for k, v in call_kwargs.items()
-                                                               if k not in callbacks}},
-                                         reject=lambda family_inputs: None)
-        if request.num_waveforms_per_prompt != 1 or (
-            isinstance(prompt, list) and len(prompt) > 1 and all(isinstance(p, str) for p in prompt)
-        ):
-            raise ValueError("render_to_wav writes one waveform: give one prompt (or one timeline) and "
-                             "num_waveforms_per_prompt=1")
-        rate = pipe.vocoder.config.sampling_rate
-        seconds = request.output_seconds(rate)
-        size = None if seconds is None else wav_bytes(seconds * rate, subtype)
-        path = check_output_path(path, overwrite=overwrite, size=size) if writes else Path(path)
-        pieces = pipe.stream(prompt, **call_kwargs)
-        if not writes:
-            for _ in pieces:  # this rank's share of the work; its pieces reach rank 0
-                pass
-        else:
-            with open_wav(path, rate, subtype, overwrite=overwrite) as writer:
-                for piece in pieces:
-                    writer.write(piece[0])
-    return path
+    callbacks = Callbacks.from_arguments(call_kwargs)
+    if isinstance(prompt, Request):
+        if call_kwargs:
+            raise ValueError(f"a Request carries the call's arguments; got {', '.join(sorted(call_kwargs))} beside it")
+        request = prompt
+    else:
+        request = Request.from_arguments({"prompt": prompt, **call_kwargs}, pipe.reject_unknown_arguments)
+    if request.num_waveforms_per_prompt != 1 or (
+        isinstance(request.prompt, list) and len(request.prompt) > 1 and all(isinstance(p, str) for p in request.prompt)
+    ):
+        raise ValueError("a file holds one waveform: give one prompt (or one timeline) and num_waveforms_per_prompt=1")
+    ranks = ranks_for(request.ranks)
+    sink = None
+    with guarded(ranks):  # a refused path on rank 0 fails every rank, before any work
+        if ranks is None or ranks.rank == 0:
+            sink = FileSink(path, format=format, subtype=subtype, sample_rate=sample_rate, loudness=loudness,
+                            true_peak=true_peak, tags=tags, overwrite=overwrite)
+            rate = pipe.geometry.sample_rate
+            sink.check(request.output_seconds(rate), rate)
+    return pipe.render(request, sink, callbacks)
+
+
+def render_to_wav(pipe, path: str | os.PathLike, prompt: Any = None, *, subtype: str = "PCM_16",
+                  overwrite: bool = True, **call_kwargs: Any) -> Path:
+    """``render_to_file`` into a WAV file at the model's rate; returns the path written."""
+    if Path(path).suffix.lower() != ".wav":
+        raise ValueError(f"output path must end in .wav, got {str(path)!r} (render_to_file writes other formats)")
+    render_to_file(pipe, path, prompt, subtype=subtype, overwrite=overwrite, **call_kwargs)
+    return Path(path)
 
 
 def live_files(path: str | os.PathLike) -> tuple[Path, Path]:

@@ -8,7 +8,9 @@ arguments become a request by name.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import math
 import numbers
 import os
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 
 from .config import TilingConfig
-from .constants import COMMAND_SECONDS, HOP_LENGTH, SAMPLE_RATE, VAE_FACTOR
+from .constants import COMMAND_SECONDS, HOP_LENGTH, MAX_SEED, SAMPLE_RATE, VAE_FACTOR
 from .distributed import check_ranks_argument
 from .editing import edit_geometry, seconds_argument
 from .timeline import Segment, is_timeline, parse_timeline
@@ -30,9 +32,41 @@ KINDS = ("generate", "restyle", "extend", "regenerate", "loop")
 DEFAULT_STRENGTH = 0.5
 
 
+def call_signature(handler: str) -> Callable[[Callable], Callable]:
+    """Decorates a pipeline's ``__call__`` whose body is only its signature and documentation: a call's arguments
+    are bound to that signature, its defaults filled in, and handed by name to the method named ``handler``."""
+
+    def decorate(signature_only: Callable) -> Callable:
+        signature = inspect.signature(signature_only)
+
+        @functools.wraps(signature_only)
+        def call(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                bound = signature.bind(self, *args, **kwargs)
+            except TypeError as error:
+                raise TypeError(f"{type(self).__name__}.__call__(): {error}") from None
+            bound.apply_defaults()
+            arguments = dict(bound.arguments)
+            del arguments["self"]
+            return getattr(self, handler)(arguments)
+
+        return call
+
+    return decorate
+
+
 def is_changing_prompt(prompt: Any) -> bool:
     """A prompt read anew at every window of a live render: a function of seconds, or a queue of texts."""
     return callable(prompt) or hasattr(prompt, "get_nowait")
+
+
+def check_seed(seed: object, name: str = "seed") -> int:
+    """A seed as torch takes it: a whole number from 0 to ``MAX_SEED`` (a whole float from a JSON or a form too)."""
+    whole = isinstance(seed, numbers.Integral) or (
+        isinstance(seed, float) and math.isfinite(seed) and seed.is_integer())
+    if isinstance(seed, bool) or not whole or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"`{name}` must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
+    return int(seed)
 
 
 def _positive_integer(name: str, value: object) -> None:
@@ -69,7 +103,8 @@ class Request:
     guidance_scale: float | None = None  # None: the family's default (AudioLDM 2.5, AudioLDM 2 3.5, MusicLDM 2.0)
     negative_prompt: str | list[str] | None = None  # global along a timeline
     num_waveforms_per_prompt: int | None = 1
-    generator: torch.Generator | list[torch.Generator] | None = None  # the seed: noise is drawn from it on the CPU
+    generator: torch.Generator | list[torch.Generator] | None = None  # noise is drawn from it
+    seed: int | None = None  # or from a CPU generator seeded with this, 0 to MAX_SEED (the command line's --seed)
     eta: float = 0.0  # DDIM's eta, passed to the scheduler as the parent does
     latents: torch.Tensor | None = None  # the starting noise instead of drawing it
     prompt_embeds: torch.Tensor | None = None
@@ -104,6 +139,10 @@ class Request:
         if self.tiling is not None and not isinstance(self.tiling, TilingConfig):
             raise TypeError(f"`tiling` must be a TilingConfig or None, got {type(self.tiling).__name__}")
         check_ranks_argument(self.ranks)
+        if self.seed is not None:
+            object.__setattr__(self, "seed", check_seed(self.seed))
+            if self.generator is not None:
+                raise ValueError("pass either `seed` or `generator`: the seed makes the generator")
         if self.audio_length_in_s is not None:
             object.__setattr__(self, "audio_length_in_s", seconds_argument("audio_length_in_s", self.audio_length_in_s))
         self._check_kind()
@@ -188,6 +227,13 @@ class Request:
             parse_timeline(self.prompt, self.audio_length_in_s if self.audio_length_in_s is not None else math.inf)
 
     # --------------------------------------------------------------------------------------------------- derived
+    def noise_generator(self) -> torch.Generator | list[torch.Generator] | None:
+        """What a render draws its noise from: ``generator``, or a new CPU generator seeded with ``seed`` (so the
+        audio does not depend on the device), or None (torch's global generator, as the parents do)."""
+        if self.seed is not None:
+            return torch.Generator("cpu").manual_seed(self.seed)
+        return self.generator
+
     @property
     def kind(self) -> str:
         """What the request makes: one of ``KINDS``."""

@@ -17,8 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from .constants import MAX_SEED
-
 # Uploads: larger or longer recordings are refused (``--max-upload-mb``, ``--max-upload-seconds``).
 MAX_UPLOAD_MB = 50.0
 MAX_UPLOAD_SECONDS = 600.0
@@ -81,12 +79,6 @@ def _blank_or_number(value: Any) -> float | None:
     return None if math.isnan(number) else number
 
 
-def check_seed(seed: Any) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Real) or seed != int(seed) or not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"the seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
-    return int(seed)
-
-
 class Studio:
     """The studio's renders on one pipeline, one at a time; results go to ``folder``."""
 
@@ -104,7 +96,6 @@ class Studio:
     def request(self, prompt: Any, seconds: float | None, seed: Any, steps: Any, guidance: Any, negative: str | None,
                 mode: str = "exact", **fields: Any):
         """The ``Request`` the page's fields describe, as the command line builds it (``for_command_line``)."""
-        import torch
 
         from .config import TilingConfig
         from .request import Request
@@ -115,7 +106,7 @@ class Studio:
             prompt=prompt, audio_length_in_s=None if seconds in (None, "") else seconds,
             num_inference_steps=None if steps in (None, "", 0) else _whole(steps, "Steps"),
             guidance_scale=None if guidance in (None, "") else guidance, negative_prompt=(negative or "").strip()
-            or None, generator=torch.Generator("cpu").manual_seed(check_seed(seed)),
+            or None, seed=seed,
             tiling=TilingConfig(mode=mode, show_progress=False), **fields)
 
     # ------------------------------------------------------------------------------------------------- rendering

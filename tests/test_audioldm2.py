@@ -94,11 +94,11 @@ def test_streaming_and_the_command_line_take_the_family_defaults(pipe, tmp_path,
 
     seen = {}
 
-    def record(self, request, callbacks, **kwargs):
+    def record(self, request, callbacks, *args, **kwargs):
         seen.update(plan=build_plan(self, request))
         raise KeyboardInterrupt  # stop before any work
 
-    monkeypatch.setattr(AudioLDM2TiledPipeline, "_render", record)
+    monkeypatch.setattr(AudioLDM2TiledPipeline, "_plan", record)
     with pytest.raises(KeyboardInterrupt):
         next(pipe.stream("rain", audio_length_in_s=1.0))
     parent = inspect.signature(AudioLDM2Pipeline.__call__).parameters

@@ -253,7 +253,6 @@ def three_s(tmp_path):
     (["--input", "IN", "--extend", "1", "--context", "1e308"], "--context must be a finite number"),
     (["--input", "IN", "--extend", "1", "--crossfade", "1e308"], "--crossfade must be a finite number"),
     (["--input", "IN", "--regenerate", "1:1.2"], "--crossfade of 0.25 s at each end is longer than half the span"),
-    (["--loop", "--seconds", "0.01"], "--seconds must be at least 0.04 s (one latent frame)"),
     (["--input", "IN", "--extend", "1", "--crossfade", "10"], "--crossfade of 10 s is longer than the input"),
     (["--input", "IN", "--extend", "1", "--context", "0"], "--context must be a finite number of seconds > 0"),
 ])
@@ -262,6 +261,16 @@ def test_numbers_and_edits_are_checked_before_the_model(tmp_path, capsys, no_mod
     assert main(["rain", "-o", str(tmp_path / "o.wav"), "--model", "random:tiny", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_the_shortest_render_is_the_models_latent_frame(tmp_path, capsys):
+    """The shortest length depends on the model's geometry, so it is checked once the model is loaded, still
+    before any work, and named by its option."""
+    out = tmp_path / "o.wav"
+    assert main(["rain", "--loop", "--seconds", "0.01", "-o", str(out), "--model", "random:tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "--seconds must be at least 0.04 s (one latent frame of this model), got 0.01" in err
+    assert "Traceback" not in err and not out.exists()
 
 
 def test_a_blank_prompt_and_inputs_that_are_not_files_are_named(tmp_path, capsys, no_model):

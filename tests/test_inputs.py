@@ -55,8 +55,8 @@ def test_audio_given_as_channels_by_samples_is_refused(tiny_pipe):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--seed", "99999999999999999999999"], "--seed must be an integer from 0 to"),
-    (["--seed", "-1"], "--seed must be an integer from 0 to"),
+    (["--seed", "99999999999999999999999"], "--seed must be a whole number from 0 to"),
+    (["--seed", "-1"], "--seed must be a whole number from 0 to"),
     (["--memory-budget", "1e-10"], "--memory-budget must be at least 1e-9 GB"),
     (["--input", "no-such.wav"], "--input no-such.wav: no such file"),
     (["--strength", "0.3"], "--strength goes with --input"),

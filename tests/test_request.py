@@ -50,4 +50,4 @@ def test_arguments_no_field_takes_go_to_the_family(tiny_pipe):
     request = Request.from_arguments({"prompt": "rain", "transcription": "hi"}, taken.update)
     assert request.family_inputs == {"transcription": "hi"} and taken == {"transcription": "hi"}
     with pytest.raises(TypeError, match="unexpected keyword argument.*'colour'"):  # AudioLDM takes none
-        Request.from_arguments({"prompt": "rain", "colour": 1}, tiny_pipe._reject_unknown)
+        Request.from_arguments({"prompt": "rain", "colour": 1}, tiny_pipe.reject_unknown_arguments)

@@ -27,6 +27,7 @@ from diffusers.utils import logging
 from ..conditioning import UNetConditioning, cross_attention, guidance_rows
 from ..config import TilingConfig
 from ..pipeline import TiledAudioPipelineMixin
+from ..request import call_signature
 from ..scoring import ClapRanking
 from ..timeline import Segment, dominant_segments
 
@@ -60,6 +61,7 @@ class AudioLDM2TiledPipeline(ClapRanking, TiledAudioPipelineMixin, AudioLDM2Pipe
         self._init_tiling()
 
     @torch.no_grad()
+    @call_signature("_ranked_call")
     def __call__(
         self,
         prompt=None,
@@ -100,7 +102,6 @@ class AudioLDM2TiledPipeline(ClapRanking, TiledAudioPipelineMixin, AudioLDM2Pipe
         also be a timeline. The rest are what ``AudioLDMTiledPipeline.__call__`` adds, documented there;
         ``callback_on_step_end`` is handed ``"latents"``, ``"prompt_embeds"``, ``"attention_mask"`` and
         ``"generated_prompt_embeds"``, negative rows first."""
-        return self._ranked_call({k: v for k, v in locals().items() if k not in ("self", "__class__")})
 
     # ------------------------------------------------------------------------------------------------ family hooks
     def check_prompt_inputs(self, prompt, audio_length_in_s, vocoder_upsample_factor, callback_steps,

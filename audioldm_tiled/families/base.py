@@ -105,7 +105,7 @@ class ModelFamily:
         what the family's conditioning cannot express."""
         raise NotImplementedError
 
-    def _reject_unknown(self, arguments: dict[str, Any]) -> None:
+    def reject_unknown_arguments(self, arguments: dict[str, Any]) -> None:
         """Call arguments that no field of the request and no argument of this family takes are the caller's
         mistake."""
         unknown = [name for name in arguments if name not in self._family_arguments]

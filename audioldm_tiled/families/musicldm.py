@@ -20,6 +20,7 @@ from diffusers import MusicLDMPipeline
 from ..config import TilingConfig
 from ..deprecation import parent_deprecation_once
 from ..pipeline import TiledAudioPipelineMixin
+from ..request import call_signature
 from ..scoring import ClapRanking
 from .audioldm import ClassLabelFamily
 
@@ -78,6 +79,7 @@ class MusicLDMTiledPipeline(ClapRanking, ClassLabelFamily, TiledAudioPipelineMix
         return torch.cat([negative_prompt_embeds, prompt_embeds])
 
     @torch.no_grad()
+    @call_signature("_ranked_call")
     def __call__(
         self,
         prompt: str | list[str] | None = None,
@@ -112,4 +114,3 @@ class MusicLDMTiledPipeline(ClapRanking, ClassLabelFamily, TiledAudioPipelineMix
         guidance 2.0); the rest are ``AudioLDMTiledPipeline.__call__``'s. With ``num_waveforms_per_prompt`` > 1
         and a text prompt, each prompt's waveforms are ordered by ``score_waveforms``, best first, as the parent
         orders them."""
-        return self._ranked_call({k: v for k, v in locals().items() if k not in ("self", "__class__")})
