@@ -34,6 +34,12 @@ _EXPORTS = {
     "load_pipeline": "loading",
     "InsufficientMemoryError": "memory",
     "render_to_wav": "render",
+    "render_to_file": "render",
+    "Request": "request",
+    "ArraySink": "sinks",
+    "FileSink": "sinks",
+    "Delivered": "sinks",
+    "AudioGeometry": "families.base",
     "render_live": "render",
     "LiveRender": "live",
     "LiveState": "live",
@@ -46,6 +52,12 @@ _EXPORTS = {
 _EXPORTS.update({family.class_name: f"families.{family.module}" for family in REGISTRY.values()})
 __all__ = [
     "ARCHITECTURES",
+    "ArraySink",
+    "AudioGeometry",
+    "Delivered",
+    "FileSink",
+    "Request",
+    "render_to_file",
     "DEFAULT_MODEL",
     "AudioLDM2TiledPipeline",
     "AudioLDMTiledPipeline",
@@ -73,11 +85,14 @@ if TYPE_CHECKING:
     from .config import TilingConfig
     from .families.audioldm import AudioLDMTiledPipeline
     from .families.audioldm2 import AudioLDM2TiledPipeline
+    from .families.base import AudioGeometry
     from .families.musicldm import MusicLDMTiledPipeline
     from .live import LiveRender, LiveState
     from .loading import DEFAULT_MODEL, ModelLoadError, load_pipeline
     from .memory import InsufficientMemoryError
-    from .render import render_live, render_to_wav
+    from .render import render_live, render_to_file, render_to_wav
+    from .request import Request
+    from .sinks import ArraySink, Delivered, FileSink
     from .testing.architectures import ARCHITECTURES, random_pipeline
     from .vae import iter_decode, tiled_decode, tiled_encode
     from .vocoder import chunked_vocode, stream_vocode
