@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
@@ -36,7 +35,7 @@ from .denoise import denoise, plan_windows
 from .editing import KnownRegion
 from .files import atomic_file
 from .geometry import Tile
-from .plan import LivePlan, live_layout
+from .plan import LivePlan
 from .request import Request
 from .timeline import span_mix
 from .vae.running import RunningDecoder, RunningStatistics
@@ -317,20 +316,3 @@ class LiveRender:
         self._mel, self._mel_start = _on(state.mel, self.device), state.mel_start
         self._decoder.statistics = RunningStatistics.from_state(self.plan.history, state.statistics)
         self._text = state.text
-
-
-def seam_positions(pipe, audio_length_in_s: float, tiling=None) -> dict[str, list[float]]:
-    """Where the pieces of a live render of ``audio_length_in_s`` meet, in seconds, as ``pipe.seam_positions``
-    gives them for a windowed one: each window's first new frame, and the core boundaries of the decode tiles and
-    the vocoder chunks."""
-    layout = live_layout(pipe, pipe.tiling_for_call(tiling))
-    geometry = pipe.geometry
-    frame_s, mel_s = geometry.latent_frame_seconds, geometry.mel_frame_seconds
-    windows = range(1, layout.windows_for(math.ceil(audio_length_in_s / mel_s)))
-
-    def inside(times):
-        return [round(t, 6) for t in times if t < audio_length_in_s]
-
-    return {"denoising windows": inside(layout.denoised(k).core_start * frame_s for k in windows),
-            "VAE tiles": inside(layout.decoded(k).core_start * frame_s for k in windows),
-            "vocoder chunks": inside(layout.vocoded(k).core_start * mel_s for k in windows)}

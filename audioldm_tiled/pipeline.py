@@ -10,22 +10,21 @@ import numpy as np
 import torch
 from diffusers.pipelines.pipeline_utils import AudioPipelineOutput
 from diffusers.utils import logging
-from diffusers.utils.torch_utils import randn_tensor
 
-from .audio import MelSettings, mel_for_vae
+from .call_inputs import known_region, noised_input
 from .callbacks import Callbacks
 from .conditioning import UNetConditioning
 from .config import TilingConfig
-from .denoise import denoise, plan_windows
+from .denoise import denoise
 from .distributed import guarded, ranks_for
-from .editing import Edit, KnownRegion
 from .families.base import ModelFamily
 from .live import LiveRender, LiveState
 from .plan import RenderPlan, build_live_plan, build_plan, render_tags
 from .request import Request, call_signature
+from .seams import windowed_seams
 from .sinks import ArraySink, Sink
-from .vae import decode_tiles, tiled_decode, tiled_encode
-from .vocoder import chunked_vocode, hop_length, plan_chunks
+from .vae import tiled_decode
+from .vocoder import chunked_vocode, hop_length
 from .waveform import waveform_pieces
 
 logger = logging.get_logger(__name__)
@@ -93,45 +92,12 @@ class TiledAudioPipelineMixin(ModelFamily):
         return waveform.cpu().float()
 
     # ------------------------------------------------------------------------------------------------------ helpers
-    def _noised_input(self, mel, batch, strength, num_inference_steps, dtype, device, generator, config):
-        """SDEdit's start: the input's latent (the posterior mean, tiled encode) noised to the timestep where
-        ``int(num_inference_steps * strength)`` steps remain, and those timesteps."""
-        posterior = tiled_encode(self.vae, mel.to(device=device, dtype=self.vae.dtype), config)
-        init = (posterior.mode() * self.vae.config.scaling_factor).to(dtype).repeat(batch, 1, 1, 1)
-        steps = min(int(num_inference_steps * strength), num_inference_steps)
-        start = (num_inference_steps - steps) * self.scheduler.order
-        timesteps = self.scheduler.timesteps[start:]
-        if hasattr(self.scheduler, "set_begin_index"):
-            self.scheduler.set_begin_index(start)
-        if steps == 0:
-            return init, timesteps
-        noise = randn_tensor(init.shape, generator=generator, device=device, dtype=dtype)
-        return self.scheduler.add_noise(init, noise, timesteps[:1].repeat(batch)), timesteps
-
     def seam_positions(self, audio_length_in_s: float | None = None,
                        tiling: TilingConfig | None = None) -> dict[str, list[float]]:
         """Where the pieces of a streamed render (``stream()``, the CLI) meet, in seconds: interior edges of the
         denoising windows, and the core boundaries of the VAE tiles and the vocoder chunks (for seam checks and
         ``plots.spectrogram_figure``). Each list is empty where that stage runs in one piece."""
-        config = self.tiling_for_call(tiling)
-        _, height, _ = self.geometry.lengths(audio_length_in_s)
-        frames = height // self.vae_scale_factor
-        mel_seconds = self.geometry.mel_frame_seconds
-        latent_seconds = self.geometry.latent_frame_seconds
-        windows = plan_windows(frames, config).windows
-        edges = sorted({w.start for w in windows[1:]} | {w.stop for w in windows[:-1]})
-        # Shape, dtype and device are all the planners read: a zero-stride tensor stands in for the latents.
-        device = self._execution_device
-        latents = torch.empty((), device=device, dtype=self.vae.dtype).expand(
-            1, self.vae.config.latent_channels, frames, self.geometry.latent_rows)
-        tiles = [] if config.enabled is False else decode_tiles(self.vae, latents, config)
-        mel = torch.empty((), device=device, dtype=self.vocoder.dtype).expand(1, 1, self.vocoder.config.model_in_dim)
-        chunks = plan_chunks(self.vocoder, mel, height, config)
-        return {
-            "denoising windows": [round(e * latent_seconds, 6) for e in edges],
-            "VAE tiles": [round(t.core_start * latent_seconds, 6) for t in tiles[1:]],
-            "vocoder chunks": [round(c.core_start * mel_seconds, 6) for c in chunks[1:]],
-        }
+        return windowed_seams(self, audio_length_in_s, self.tiling_for_call(tiling))
 
     @torch.no_grad()
     @call_signature("_call")
@@ -385,10 +351,10 @@ class TiledAudioPipelineMixin(ModelFamily):
                                            plan.frames * self.vae_scale_factor, dtype, device, generator,
                                            request.latents)
             if plan.edit is not None:
-                known = self._known_region(plan.edit, latents, generator, plan.config)
+                known = known_region(self, plan.edit, latents, generator, plan.config)
                 latents = known.replace(latents, timesteps[0])
         else:
-            latents, timesteps = self._noised_input(plan.input_mel, plan.batch, request.strength, plan.steps, dtype,
+            latents, timesteps = noised_input(self, plan.input_mel, plan.batch, request.strength, plan.steps, dtype,
                                                     device, generator, plan.config)
         self._num_timesteps = len(timesteps)
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, request.eta)
@@ -404,18 +370,3 @@ class TiledAudioPipelineMixin(ModelFamily):
                           callbacks.step_function(self, current), request.cross_attention_kwargs, timesteps,
                           interrupted=lambda: self.interrupt, ranks=plan.ranks, known=known)
         return latents
-
-    def _known_region(self, edit: Edit, latents: torch.Tensor, generator, config: TilingConfig) -> KnownRegion:
-        """The input's latents over the edit's context (tiled encode), fitted to the render's frames, and the
-        noise they are put back with."""
-        settings = MelSettings.from_vocoder(self.vocoder)
-        start, stop = edit.context
-        mel = mel_for_vae(edit.original[start:stop], settings, self.vae_scale_factor)
-        posterior = tiled_encode(self.vae, mel.to(device=latents.device, dtype=self.vae.dtype), config)
-        known = (posterior.mode() * self.vae.config.scaling_factor).to(latents.dtype)
-        frames = latents.shape[2]
-        known = known[:, :, :frames]
-        if known.shape[2] < frames:
-            known = torch.cat([known, known.new_zeros(*known.shape[:2], frames - known.shape[2], known.shape[3])], 2)
-        noise = randn_tensor(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
-        return KnownRegion(known.expand_as(latents), edit.known_mask(), noise, self.scheduler)

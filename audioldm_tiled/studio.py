@@ -188,9 +188,9 @@ class Studio:
     def boundaries(self, request, seconds: float) -> dict[str, list[float]]:
         """Where a render's windows, tiles and chunks meet, for the spectrogram."""
         if request.progressive:
-            from .live import seam_positions
+            from .seams import live_seams
 
-            return seam_positions(self.pipe, seconds, request.tiling)
+            return live_seams(self.pipe, seconds, request.tiling)
         return self.pipe.seam_positions(seconds, request.tiling)
 
     # ----------------------------------------------------------------------------------------------------- uploads

@@ -233,7 +233,7 @@ def run_live(target: Target, variant: str, seconds: float, steps: int):
     """A render handed out in pieces, timed to its first piece and to its end: ``windowed`` (``pipe.stream``, all
     windows denoised together, then the streamed decode and vocoder), ``progressive`` (``pipe.live``), or
     ``first-piece`` (``pipe.live`` stopped after its first piece: the wait before any audio)."""
-    from ..live import seam_positions
+    from ..seams import live_seams
 
     pipe = audioldm_pipeline(target)
     config = TilingConfig(show_progress=False)
@@ -245,7 +245,7 @@ def run_live(target: Target, variant: str, seconds: float, steps: int):
         seams = all_seams(pipe.seam_positions(seconds, config))
     else:
         pieces = pipe.live(PROMPT, **arguments)
-        seams = all_seams(seam_positions(pipe, seconds, config))
+        seams = all_seams(live_seams(pipe, seconds, config))
     out, first = [], None
     for piece in pieces:
         out.append(torch.from_numpy(piece))
