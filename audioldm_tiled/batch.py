@@ -342,7 +342,7 @@ def run_batch(pipe, jobs: list[BatchJob], out_dir: str | os.PathLike, shard: Sha
     def pipeline():
         if not loaded:
             loaded["pipe"] = pipe() if callable(pipe) and not hasattr(pipe, "vocoder") else pipe
-            model_defaults = loaded["pipe"]._parent_defaults()  # what a job without steps or guidance runs with
+            model_defaults = loaded["pipe"].parent_defaults()  # what a job without steps or guidance runs with
             loaded["defaults"] = {"steps": model_defaults["num_inference_steps"],
                                   "guidance": model_defaults["guidance_scale"]}
             loaded["versions"] = library_versions()

@@ -19,7 +19,7 @@ from .denoise import denoise
 from .distributed import guarded, ranks_for
 from .families.base import ModelFamily
 from .live import LiveRender, LiveState
-from .plan import RenderPlan, build_live_plan, build_plan, render_tags
+from .plan import RenderPlan, build_live_plan, build_plan, render_recipe
 from .request import Request, call_signature
 from .seams import windowed_seams
 from .sinks import ArraySink, Sink
@@ -232,7 +232,7 @@ class TiledAudioPipelineMixin(ModelFamily):
         with guarded(ranks_for(request.ranks)):  # a failure on any rank, the sink's commit included, fails every rank
             plan = self._plan(request, callbacks, streamed)
             if sink is not None:
-                sink.open(self.geometry.sample_rate, plan.batch, render_tags(self, request, plan))
+                sink.open(self.geometry.sample_rate, plan.batch, render_recipe(self, request, plan))
             try:
                 latents = self._denoise(request, plan, callbacks)
                 for piece in waveform_pieces(self, latents, plan.keep, plan.decode_config, plan.circular, plan.edit,

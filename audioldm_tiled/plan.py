@@ -152,7 +152,7 @@ def _settings(pipe, request: Request) -> tuple[TilingConfig, int, int, float]:
     config = pipe.tiling_for_call(request.tiling)
     if config.memory_budget is None:
         config = config.replace(memory_budget=max(1, int(BUDGET_SHARE * free)))
-    defaults = pipe._parent_defaults()
+    defaults = pipe.parent_defaults()
     steps = request.num_inference_steps or defaults["num_inference_steps"]
     guidance = defaults["guidance_scale"] if request.guidance_scale is None else request.guidance_scale
     return config, free, steps, guidance
@@ -250,22 +250,14 @@ def _check_latents_fit(pipe, batch: int, frames: int, seconds: float, free: int)
             f"than the {format_bytes(free)} free on {pipe._execution_device}")
 
 
-def render_tags(pipe, request: Request, plan: RenderPlan) -> dict[str, str]:
-    """What a file made from ``request`` says of itself in its own metadata: the prompt as its title, and in its
-    comment, as JSON, everything the plan resolved to make it (``json.loads`` reads it back)."""
-    import json
-
-    from . import __version__
-
+def render_recipe(pipe, request: Request, plan: RenderPlan) -> dict[str, Any]:
+    """What the plan resolved to make ``request``'s audio, as sinks record it (file tags, sidecars): the prompt or
+    timeline, the kind, seconds, steps, guidance, seed and model."""
     timeline = request.timeline(plan.keep / pipe.geometry.sample_rate) if is_timeline(request.prompt) else None
     if timeline is not None:
-        title = "; ".join(f"{segment.start_s:g} s: {segment.text}" for segment in timeline)
         what = {"timeline": [[s.start_s, s.end_s, s.text] for s in timeline]}
     else:
-        title = request.prompt if isinstance(request.prompt, str) else ""
         what = {"prompt": request.prompt if isinstance(request.prompt, (str, list)) else None}
-    recipe = {**what, "negative_prompt": request.negative_prompt, "kind": request.kind,
-              "seconds": plan.keep / pipe.geometry.sample_rate, "steps": plan.steps, "guidance": plan.guidance,
-              "seed": request.seed, "model": getattr(pipe, "name_or_path", None) or type(pipe).__name__}
-    return {"title": title, "comment": json.dumps(recipe, ensure_ascii=False),
-            "software": f"audioldm-tiled {__version__}"}
+    return {**what, "negative_prompt": request.negative_prompt, "kind": request.kind,
+            "seconds": plan.keep / pipe.geometry.sample_rate, "steps": plan.steps, "guidance": plan.guidance,
+            "seed": request.seed, "model": getattr(pipe, "name_or_path", None) or type(pipe).__name__}

@@ -1,9 +1,10 @@
 """Where a render's waveform goes. The engine (``pipe.render(request, sink)``) hands a sink the pieces as they are
 made and then keeps or drops them; a sink never holds more than it must:
 
-- ``open(sample_rate, waveforms, tags)`` before any denoising, so that a sink that cannot take the render says so
-  before the work; ``write(piece)`` with float32 pieces (waveforms, samples); ``commit()`` once the render has
-  succeeded, returning what the sink made; ``abort()`` when it failed or was interrupted, leaving nothing behind.
+- ``open(sample_rate, waveforms, recipe)`` before any denoising, so that a sink that cannot take the render says
+  so before the work (``recipe``: what the render is made of, ``plan.render_recipe``); ``write(piece)`` with
+  float32 pieces (waveforms, samples); ``commit()`` once the render has succeeded, returning what the sink made;
+  ``abort()`` when it failed or was interrupted, leaving nothing behind.
 - ``ArraySink``: the waveforms as one numpy array (what ``pipe(...)`` returns).
 - ``FileSink``: one waveform into a file of any format libsndfile writes (WAV, FLAC, Ogg Vorbis, Opus, MP3),
   resampled on the way (soxr's streaming resampler), measured (``loudness``), normalised to a loudness target if
@@ -20,7 +21,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 
 class Sink(Protocol):
-    def open(self, sample_rate: int, waveforms: int, tags: Mapping[str, str]) -> None: ...
+    def open(self, sample_rate: int, waveforms: int, recipe: Mapping[str, Any]) -> None: ...
 
     def write(self, piece: np.ndarray) -> None: ...
 
@@ -102,15 +103,32 @@ def _check_level(name: str, value: object, lowest: float, highest: float) -> flo
     return float(value)
 
 
+def recipe_tags(recipe: Mapping[str, Any]) -> dict[str, str]:
+    """What a file says of itself in its own metadata: the prompt (or the timeline's texts) as its title, the whole
+    recipe as JSON in its comment (``json.loads`` reads it back), and this library as its software."""
+    import json
+
+    from . import __version__
+
+    if recipe.get("timeline"):
+        title = "; ".join(f"{start:g} s: {text}" for start, _, text in recipe["timeline"])
+    else:
+        title = recipe.get("prompt") if isinstance(recipe.get("prompt"), str) else ""
+    return {"title": title, "comment": json.dumps(dict(recipe), ensure_ascii=False),
+            "software": f"audioldm-tiled {__version__}"}
+
+
 @dataclass(frozen=True)
 class Delivered:
-    """A file a render made: where, its rate and length, what it measures, and the gain a loudness target took."""
+    """A file a render made: where, its rate and length, what it measures, the gain a loudness target took, and
+    what the render was made of (``plan.render_recipe``)."""
 
     path: Path
     sample_rate: int
     frames: int
     loudness: Loudness
     gain_db: float = 0.0
+    recipe: Mapping[str, Any] = field(default_factory=dict)
 
     def report(self) -> dict[str, Any]:
         """What a sidecar records of the file."""
@@ -152,7 +170,7 @@ class ArraySink:
         self.sample_rate = sample_rate
         self._pieces: list[np.ndarray] = []
 
-    def open(self, sample_rate: int, waveforms: int, tags: Mapping[str, str]) -> None:
+    def open(self, sample_rate: int, waveforms: int, recipe: Mapping[str, Any]) -> None:
         self._channels = waveforms
         self._resample = _Resampled(sample_rate, self.sample_rate or sample_rate, waveforms)
         self._pieces = []
@@ -184,7 +202,8 @@ class FileSink:
             for broadcast. The render is measured whole, then scaled in a second pass over a temporary float
             copy beside the file (it needs that much more free space).
         true_peak: the highest true peak a loudness target may reach, in dBTP (default -1 with a target).
-        tags: text written into the file's own metadata (``TAG_NAMES``: title, comment, software, ...).
+        tags: text written into the file's own metadata (``TAG_NAMES``: title, comment, software, ...), over
+            what the render's recipe puts there (``recipe_tags``).
         overwrite: replace an existing file; with False an existing ``path`` is refused before anything runs.
 
     ``commit()`` returns a ``Delivered`` with what the written audio measures: integrated loudness, loudness range
@@ -225,7 +244,7 @@ class FileSink:
         check_output_path(self.path, overwrite=self.overwrite, suffix=None, size=size)
 
     # ------------------------------------------------------------------------------------------------ the protocol
-    def open(self, sample_rate: int, waveforms: int, tags: Mapping[str, str]) -> None:
+    def open(self, sample_rate: int, waveforms: int, recipe: Mapping[str, Any]) -> None:
         if waveforms != 1:
             raise ValueError(f"a file holds one waveform; this render makes {waveforms}: give one prompt (or one "
                              "timeline) and num_waveforms_per_prompt=1")
@@ -234,12 +253,13 @@ class FileSink:
         self._rate, self._frames = rate, 0
         self._resample = _Resampled(sample_rate, rate, 1)
         self._meter = LoudnessMeter(rate)
+        self._recipe = dict(recipe)
+        self._tags = {**recipe_tags(recipe), **self.tags}
         self._stack = contextlib.ExitStack()
         try:
             if self.loudness is None:
-                self._file = self._open_output({**tags, **self.tags})
+                self._file = self._open_output(self._tags)
             else:
-                self._tags = {**tags, **self.tags}
                 folder = self.path.resolve().parent
                 self._raw = self._stack.enter_context(tempfile.TemporaryFile(dir=folder, prefix=".loudness."))
         except BaseException:
@@ -262,7 +282,7 @@ class FileSink:
         stack, self._stack = self._stack, None
         with self._full_disk_named():
             stack.close()  # the atomic file is moved into place here
-        return Delivered(self.path, self._rate, self._frames, measured, gain)
+        return Delivered(self.path, self._rate, self._frames, measured, gain, self._recipe)
 
     def abort(self) -> None:
         if self._stack is not None:

@@ -171,7 +171,7 @@ class Studio:
                   "versions": library_versions(), "render_s": round(time.perf_counter() - started, 3),
                   "samples": int(audio.shape[0])}
         if request is not None:  # what the model's defaults filled in
-            defaults = self.pipe._parent_defaults()
+            defaults = self.pipe.parent_defaults()
             record["settings"].update(
                 steps=request.num_inference_steps or defaults["num_inference_steps"],
                 guidance=defaults["guidance_scale"] if request.guidance_scale is None else request.guidance_scale)

@@ -131,7 +131,7 @@ def build_app(studio: Studio):
                 negative = gr.Textbox(label="Negative prompt", elem_id="negative")
             with gr.Column(scale=2):
                 seconds = gr.Number(value=20, label="Length (s)", elem_id="seconds")
-                defaults = studio.pipe._parent_defaults()  # the model family's, as the command line's
+                defaults = studio.pipe.parent_defaults()  # the model family's, as the command line's
                 with gr.Row():
                     seed = gr.Number(value=0, label="Seed", precision=0, elem_id="seed")
                     steps = gr.Number(value=defaults["num_inference_steps"], label="Steps", precision=0,

@@ -150,7 +150,7 @@ def test_the_batch_command(tmp_path, capsys):
 
 def test_a_job_without_steps_or_guidance_runs_with_the_models_defaults(tiny_pipe, tmp_path, monkeypatch):
     # a family whose defaults are not AudioLDM's 10 and 2.5 (AudioLDM 2's own are checked in test_audioldm2.py)
-    monkeypatch.setattr(tiny_pipe, "_parent_defaults", lambda: {"num_inference_steps": 3, "guidance_scale": 1.5})
+    monkeypatch.setattr(tiny_pipe, "parent_defaults", lambda: {"num_inference_steps": 3, "guidance_scale": 1.5})
     calls = []
     step = tiny_pipe.scheduler.step
     monkeypatch.setattr(tiny_pipe.scheduler, "step", lambda *a, **k: calls.append(1) or step(*a, **k))

@@ -42,8 +42,8 @@ def whole(seconds: float, **kwargs) -> np.ndarray:
     return np.concatenate(list(noise_pieces(seconds, **kwargs)), axis=1)[0]
 
 
-def deliver(sink, pieces, rate: int = RATE, tags=None):
-    sink.open(rate, 1, tags or {})
+def deliver(sink, pieces, rate: int = RATE):
+    sink.open(rate, 1, {})
     for piece in pieces:
         sink.write(piece)
     return sink.commit()
@@ -100,8 +100,8 @@ def test_a_600_s_render_as_48_khz_flac_at_minus_16_lufs(tmp_path):
     def peak_memory(seconds, path):
         tracemalloc.start()
         try:
-            delivered = deliver(FileSink(path, subtype="PCM_24", sample_rate=48000, loudness=-16, true_peak=-1),
-                                noise_pieces(seconds), tags=tags)
+            delivered = deliver(FileSink(path, subtype="PCM_24", sample_rate=48000, loudness=-16, true_peak=-1,
+                                         tags=tags), noise_pieces(seconds))
             return delivered, tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
@@ -137,8 +137,7 @@ def test_every_format_carries_its_samples_rate_and_tags(tmp_path, extension):
     out = tmp_path / f"rain.{extension}"
     rate = 48000 if extension == "opus" else RATE
     signal = np.concatenate(list(tone_pieces(3)), axis=1)[0]
-    delivered = deliver(FileSink(out, sample_rate=rate), tone_pieces(3),
-                        tags={"title": "rain", "comment": "seed 1"})
+    delivered = deliver(FileSink(out, sample_rate=rate, tags={"title": "rain", "comment": "seed 1"}), tone_pieces(3))
     decoded, read_rate = sf.read(out, dtype="float32")
     assert read_rate == rate and decoded.shape == (delivered.frames,) == (3 * rate,)
     metadata = sf.SoundFile(out).copy_metadata()
@@ -220,8 +219,8 @@ def test_render_into_a_file_is_the_call_resampled(tiny_pipe, tmp_path):
     wide = render_to_file(tiny_pipe, tmp_path / "b.wav", request, subtype="FLOAT", sample_rate=48000)
     assert np.array_equal(sf.read(wide.path, dtype="float32")[0], soxr.resample(called, RATE, 48000))
     recipe = json.loads(sf.SoundFile(wide.path).copy_metadata()["comment"])
-    assert recipe == {"prompt": "rain", "negative_prompt": None, "kind": "generate", "seconds": 3.0, "steps": 2,
-                      "guidance": 2.5, "seed": 5, "model": "AudioLDMTiledPipeline"}
+    assert recipe == wide.recipe == {"prompt": "rain", "negative_prompt": None, "kind": "generate", "seconds": 3.0,
+                                     "steps": 2, "guidance": 2.5, "seed": 5, "model": "AudioLDMTiledPipeline"}
     with pytest.raises(ValueError, match="a Request carries the call's arguments; got seed beside it"):
         render_to_file(tiny_pipe, tmp_path / "c.wav", request, seed=3)
 

@@ -113,7 +113,7 @@ class ModelFamily:
             raise TypeError(f"{type(self).__name__}.__call__() got unexpected keyword argument(s) "
                             f"{', '.join(map(repr, unknown))}")
 
-    def _parent_defaults(self) -> dict[str, Any]:
+    def parent_defaults(self) -> dict[str, Any]:
         """The diffusers parent's defaults of the arguments whose defaults differ between families (AudioLDM: 10
         steps, guidance 2.5; MusicLDM: 200 and 2.0; AudioLDM 2: 200 and 3.5)."""
         parent = next(c for c in type(self).__mro__ if c.__module__.startswith("diffusers.") and "__call__" in vars(c))
