@@ -194,7 +194,6 @@ OPTIONS = {"audio_length_in_s": "--seconds", "audio": "--input", "strength": "--
 
 def as_cli_error(error: ValueError) -> CliError:
     """A request's error with the command line's option names in place of the call's argument names."""
-    message = str(error)
-    for argument, option in OPTIONS.items():
-        message = message.replace(f"`{argument}`", option)
-    return CliError(message)
+    from .request import named_for
+
+    return CliError(named_for(error, OPTIONS))

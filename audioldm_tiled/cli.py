@@ -259,7 +259,8 @@ def batch(args: argparse.Namespace) -> int:
     """The batch command. Alone: 0 when every job of this rank is done, 1 when any failed (see its sidecar).
     Under a launcher (RANK/WORLD_SIZE or Slurm's variables): 0 once every job is done or recorded as failed, so
     that the launcher does not stop the other ranks; the last line counts the failures."""
-    from .batch import JobError, parse_shard, read_jobs, run_batch, shard_from_environment
+    from .batch import parse_shard, run_batch, shard_from_environment
+    from .batch_jobs import JobError, read_jobs
 
     try:
         jobs = read_jobs(args.jobs)  # a bad line fails here, before any model is loaded

@@ -60,6 +60,15 @@ def is_changing_prompt(prompt: Any) -> bool:
     return callable(prompt) or hasattr(prompt, "get_nowait")
 
 
+def named_for(error: Exception, names: Mapping[str, str]) -> str:
+    """``error``'s message with each `argument` called what a front door calls it (an option, a job field, a label
+    of the page); the messages name the call's arguments in backticks."""
+    message = str(error)
+    for argument, name in names.items():
+        message = message.replace(f"`{argument}`", name)
+    return message
+
+
 def check_seed(seed: object, name: str = "seed") -> int:
     """A seed as torch takes it: a whole number from 0 to ``MAX_SEED`` (a whole float from a JSON or a form too)."""
     whole = isinstance(seed, numbers.Integral) or (

@@ -95,6 +95,21 @@ def check_sample_rate(key: str, rate: object, name: str = "sample_rate") -> None
         raise ValueError(f"{key} files take a `{name}` of {', '.join(map(str, rates))} Hz, got {rate}")
 
 
+def check_delivery(path: str | os.PathLike, format: str | None = None, subtype: str | None = None,
+                   sample_rate: int | None = None, loudness: float | None = None,
+                   true_peak: float | None = None) -> tuple[str, str, float | None, float | None]:
+    """The rules between a file's delivery arguments, without touching the filesystem: returns the format's key,
+    the subtype, the loudness target and the true-peak limit (-1 dBTP when a target is given without one)."""
+    key, subtype = file_format(path, format, subtype)
+    if sample_rate is not None:
+        check_sample_rate(key, sample_rate)
+    loudness = _check_level("loudness", loudness, -70.0, 0.0)
+    true_peak = _check_level("true_peak", true_peak, -70.0, 0.0)
+    if true_peak is None and loudness is not None:
+        true_peak = DEFAULT_TRUE_PEAK
+    return key, subtype, loudness, true_peak
+
+
 def _check_level(name: str, value: object, lowest: float, highest: float) -> float | None:
     if value is None:
         return None
@@ -214,14 +229,9 @@ class FileSink:
                  sample_rate: int | None = None, loudness: float | None = None, true_peak: float | None = None,
                  tags: Mapping[str, str] | None = None, overwrite: bool = True):
         self.path = Path(path)
-        self.format, self.subtype = file_format(self.path, format, subtype)
-        if sample_rate is not None:
-            check_sample_rate(self.format, sample_rate)
+        self.format, self.subtype, self.loudness, self.true_peak = check_delivery(
+            self.path, format, subtype, sample_rate, loudness, true_peak)
         self.sample_rate = sample_rate
-        self.loudness = _check_level("loudness", loudness, -70.0, 0.0)
-        self.true_peak = _check_level("true_peak", true_peak, -70.0, 0.0)
-        if self.true_peak is None and self.loudness is not None:
-            self.true_peak = DEFAULT_TRUE_PEAK
         self.tags = dict(tags or {})
         unknown = sorted(set(self.tags) - set(TAG_NAMES))
         if unknown:

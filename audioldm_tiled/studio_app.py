@@ -24,7 +24,7 @@ EMPTY_TIMELINE = [[None, None, None], [None, None, None]]
 # The page's name for each call argument, in the request's messages.
 PAGE_FIELDS = {"audio_length_in_s": "Length (s)", "num_inference_steps": "Steps", "guidance_scale": "Guidance",
                "negative_prompt": "Negative prompt", "extend_s": "Seconds to add", "regenerate": "the span (From, To)",
-               "prompt": "Prompt", "audio": "the recording", "crossfade_s": "the crossfade"}
+               "prompt": "Prompt", "audio": "the recording", "crossfade_s": "the crossfade", "seed": "the seed"}
 
 
 def build_app(studio: Studio):
@@ -32,13 +32,12 @@ def build_app(studio: Studio):
     renders), the spectrogram, and the renders made since the page was opened with their downloads."""
     import gradio as gr
 
+    from .request import named_for
+
     tracked = gr.Progress()  # a handler's default: Gradio reports progress through it
 
     def fail(error: Exception):
-        message = str(error)
-        for argument, label in PAGE_FIELDS.items():
-            message = message.replace(f"`{argument}`", label)
-        return gr.Error(message, print_exception=False)
+        return gr.Error(named_for(error, PAGE_FIELDS), print_exception=False)
 
     def outputs_of(result: Result, history: list[Result]):
         files = [path for r in history for path in (r.wav, r.sidecar)]

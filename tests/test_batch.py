@@ -6,17 +6,8 @@ import json
 import pytest
 import soundfile as sf
 
-from audioldm_tiled.batch import (
-    BatchJob,
-    JobError,
-    Shard,
-    assign,
-    parse_shard,
-    read_jobs,
-    run_batch,
-    shard_from_environment,
-    sidecar_path,
-)
+from audioldm_tiled.batch import Shard, assign, parse_shard, run_batch, shard_from_environment, sidecar_path
+from audioldm_tiled.batch_jobs import BatchJob, JobError, read_jobs
 from audioldm_tiled.cli import main
 
 
@@ -35,8 +26,15 @@ JOBS = [
 @pytest.mark.parametrize("line,message", [
     ("{", "line 2: Expecting property name"),
     ('{"output": "a.wav", "prompt": "x", "colour": 1}', "line 2: unknown field(s) ['colour']"),
-    ('{"prompt": "x"}', "line 2: 'output' must be a relative .wav file name"),
-    ('{"output": "../a.wav", "prompt": "x"}', "'output' must be a relative .wav file name"),
+    ('{"prompt": "x"}', "line 2: 'output' must be a relative file name"),
+    ('{"output": "../a.wav", "prompt": "x"}', "'output' must be a relative file name"),
+    ('{"output": "a.aiff", "prompt": "x"}', "ending in .wav, .flac, .ogg, .opus, .mp3 (in any case), got 'a.aiff'"),
+    ('{"output": "b.opus", "prompt": "x", "sample_rate": 44100}', "opus files take a 'sample_rate' of 8000"),
+    ('{"output": "b.flac", "prompt": "x", "sample_format": "float"}', "'sample_format' 'FLOAT' is not one of"),
+    ('{"output": "b.wav", "prompt": "x", "loudness": 3}', "'loudness' must be a number from -70 to 0"),
+    ('{"output": "b.wav", "prompt": "x", "seed": -1}', "'seed' must be a whole number from 0 to"),
+    ('{"output": "b.wav", "prompt": " "}', "'prompt' must be a text describing the sound"),
+    ('{"output": "caf\\u0065\\u0301.wav", "prompt": "x"}', "is already written by line 1"),
     ('{"output": "b.wav", "prompt": "x", "timeline": [[0, "y"]]}', "exactly one of 'prompt' and 'timeline'"),
     ('{"output": "b.wav", "prompt": "x", "seconds": -1}', "'seconds' must be a finite number of seconds > 0"),
     ('{"output": "b.wav", "prompt": "x", "steps": 1.5}', "'steps' must be a positive integer, got 1.5"),
@@ -47,13 +45,15 @@ JOBS = [
     ('{"output": "b.wav", "timeline": [[5, "late"]], "seconds": 4}', "line 2:"),
     ("[" * 100000, "line 2: JSON nested too deeply"),
     ('{"output": "sub/.wav", "prompt": "x"}', "not hidden"),
-    ('{"output": "a\\u0000b.wav", "prompt": "x"}', "'output' must be a relative .wav file name"),
+    ('{"output": "a\\u0000b.wav", "prompt": "x"}', "'output' must be a relative file name"),
     ('{"output": "b.wav", "prompt": "x", "seconds": 1e306}', "'seconds' must be a finite number of seconds > 0 and "
                                                              "at most"),
 ])
 def test_a_bad_line_is_named(tmp_path, line, message):
     path = tmp_path / "jobs.jsonl"
-    path.write_text('{"output": "a.wav", "prompt": "x"}\n' + line + "\n")
+    path.write_text('{"output": "a.wav", "prompt": "x"}\n' if "caf" not in line else
+                    '{"output": "caf\\u00e9.wav", "prompt": "x"}\n')
+    path.write_text(path.read_text() + line + "\n")
     with pytest.raises(JobError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
                        .replace("]", r"\]").replace(".", r"\.")):
         read_jobs(path)
@@ -129,8 +129,8 @@ def test_a_rerun_skips_finished_jobs_and_a_failed_job_does_not_stop_the_others(t
 
     sidecar_path(tmp_path / "out" / "rain.wav").unlink()  # as if stopped between the WAV and its sidecar
     rendered = []
-    stream = tiny_pipe.stream
-    monkeypatch.setattr(tiny_pipe, "stream", lambda *a, **k: rendered.append(1) or stream(*a, **k))
+    render = tiny_pipe.render
+    monkeypatch.setattr(tiny_pipe, "render", lambda *a, **k: rendered.append(1) or render(*a, **k))
     summary = run_batch(tiny_pipe, jobs, tmp_path / "out")
     assert summary == {"done": ["rain.wav"], "skipped": ["sub/wind.wav"], "failed": ["broken.wav"]}
     assert len(rendered) == 1  # rain.wav again; the failed job is tried again, and fails before any render
@@ -256,3 +256,19 @@ def test_the_rerun_benchmark_skips_every_finished_job():
 
     row = run_point(20)
     assert row["skipped"] == 20 and row["written_bytes"] > 0
+
+
+def test_each_job_delivers_its_own_format_rate_and_loudness(tiny_pipe, tmp_path):
+    """Per-job delivery; the sidecar records the settings the render resolved and what the file measures."""
+    jobs = read_jobs(write_jobs(tmp_path / "jobs.jsonl", [
+        {"output": "rain.FLAC", "prompt": "rain", "seconds": 1.0, "steps": 1, "sample_rate": 48000,
+         "sample_format": "24", "loudness": -20},
+        {"output": "wind.WAV", "prompt": "wind", "seconds": 0.5, "steps": 1}]))
+    assert run_batch(tiny_pipe, jobs, tmp_path / "out")["done"] == ["rain.FLAC", "wind.WAV"]
+    info = sf.info(tmp_path / "out" / "rain.FLAC")
+    assert (info.format, info.subtype, info.samplerate, info.frames) == ("FLAC", "PCM_24", 48000, 48000)
+    sidecar = json.loads(sidecar_path(tmp_path / "out" / "rain.FLAC").read_text())
+    assert sidecar["sample_rate"] == 48000 and sidecar["samples"] == 48000 and sidecar["seconds"] == 1.0
+    assert {"integrated_lufs", "range_lu", "true_peak_dbtp", "gain_db"} <= set(sidecar)
+    assert sidecar["settings"]["guidance"] == 2.5 and sidecar["settings"]["loudness"] == -20
+    assert sf.info(tmp_path / "out" / "wind.WAV").samplerate == 16000

@@ -357,7 +357,8 @@ def test_a_batch_inside_a_process_group_writes_the_one_rank_files(tiny_pipe, tmp
     """Each rank renders its shard's jobs alone, whatever process group the caller made."""
     import json
 
-    from audioldm_tiled.batch import Shard, read_jobs, run_batch
+    from audioldm_tiled.batch import Shard, run_batch
+    from audioldm_tiled.batch_jobs import read_jobs
 
     jobs_file = tmp_path / "jobs.jsonl"
     jobs_file.write_text("\n".join(json.dumps(job) for job in (

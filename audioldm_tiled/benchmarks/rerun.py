@@ -28,7 +28,8 @@ def make_finished(folder: Path, count: int) -> Path:
     """A jobs file of ``count`` jobs and their finished outputs in ``folder / "out"``; returns the jobs file."""
     import soundfile
 
-    from ..batch import read_jobs, sidecar_path
+    from ..batch import sidecar_path
+    from ..batch_jobs import read_jobs
 
     jobs_file = folder / "jobs.jsonl"
     with open(jobs_file, "w") as f:
