@@ -24,6 +24,7 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ from .denoise import denoise, plan_windows
 from .editing import KnownRegion
 from .files import atomic_file
 from .geometry import Tile
-from .plan import LivePlan
+from .plan import LivePlan, render_recipe
 from .request import Request
 from .timeline import span_mix
 from .vae.running import RunningDecoder, RunningStatistics
@@ -128,6 +129,11 @@ class LiveRender:
         self._state = self._snapshot()
 
     # ------------------------------------------------------------------------------------------------ the public side
+    @property
+    def recipe(self) -> dict[str, Any]:
+        """What the render's plan resolved (``plan.render_recipe``): prompt, steps, guidance, seed, ..."""
+        return render_recipe(self.pipe, self.request, self.plan)
+
     @property
     def state(self) -> LiveState:
         """Where the render stands after the last whole window handed out (a last piece cut short to the length

@@ -81,7 +81,7 @@ def _player(rate: int):
 
 def live(args: argparse.Namespace, stops: tuple[type[BaseException], ...]) -> int:
     """Run ``audioldm-tiled live``; returns the exit status."""
-    import torch
+    from pathlib import Path
 
     from .audio import wav_bytes
     from .constants import SAMPLE_RATE
@@ -92,17 +92,17 @@ def live(args: argparse.Namespace, stops: tuple[type[BaseException], ...]) -> in
         raise CliError("give -o FILE.wav, -o - (standard output) or --play")
     if args.resume and args.output in (None, "-"):
         raise CliError("--resume goes on with a file: give -o FILE.wav")
-    prompt = prompt_or_timeline(args)
+    to_file = args.output not in (None, "-")
+    if to_file and Path(args.output).suffix.lower() != ".wav":
+        raise CliError(f"-o {args.output}: a live render grows a WAV file that it can resume window by window; for "
+                       "FLAC, Ogg, Opus or MP3 render with `audioldm-tiled PROMPT -o FILE`, or convert the WAV")
     try:
-        request = Request(prompt=prompt, audio_length_in_s=args.seconds, progressive=True,
-                          num_inference_steps=args.steps, guidance_scale=args.guidance,
-                          negative_prompt=args.negative_prompt,
-                          generator=torch.Generator(device="cpu").manual_seed(args.seed))
+        request = Request.for_command_line(
+            prompt=prompt_or_timeline(args), audio_length_in_s=args.seconds, progressive=True,
+            num_inference_steps=args.steps, guidance_scale=args.guidance, negative_prompt=args.negative_prompt,
+            seed=args.seed)
     except ValueError as error:
         raise as_cli_error(error) from None
-    if isinstance(prompt, str) and not prompt.strip():
-        raise CliError(f"PROMPT must be a text describing the sound, got {prompt!r}")
-    to_file = args.output not in (None, "-")
     if to_file:
         size = None if args.seconds is None else wav_bytes(args.seconds * SAMPLE_RATE, args.subtype)
         check_output_path(args.output, overwrite=not args.no_overwrite or args.resume, size=size)
@@ -117,15 +117,14 @@ def live(args: argparse.Namespace, stops: tuple[type[BaseException], ...]) -> in
     except ModelLoadError as error:
         raise CliError(f"--model: {error}") from None
     pipe.set_progress_bar_config(disable=args.quiet)
-    arguments = {k: v for k, v in request.call_arguments().items() if k != "progressive"}
     if not to_file:
         if args.output == "-":
-            stream_live(pipe, sys.stdout.buffer, subtype=args.subtype, also=also, **arguments)
+            stream_live(pipe, sys.stdout.buffer, request, subtype=args.subtype, also=also)
         else:
-            for piece in pipe.live(**arguments):
+            for piece in pipe.live(request):
                 also(piece[0])
         return 0
-    output = render_live(pipe, args.output, subtype=args.subtype, resume=args.resume,
-                         overwrite=not args.no_overwrite, stops=stops, also=also, **arguments)
+    output = render_live(pipe, args.output, request, subtype=args.subtype, resume=args.resume,
+                         overwrite=not args.no_overwrite, stops=stops, also=also)
     logger.info("wrote %s; %s keeps where it stands, for --resume", output, live_files(output)[1].name)
     return 0

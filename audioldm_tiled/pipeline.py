@@ -25,7 +25,7 @@ from .seams import windowed_seams
 from .sinks import ArraySink, Sink
 from .vae import tiled_decode
 from .vocoder import chunked_vocode, hop_length
-from .waveform import waveform_pieces
+from .waveform import StreamedRender, waveform_pieces
 
 logger = logging.get_logger(__name__)
 
@@ -244,10 +244,10 @@ class TiledAudioPipelineMixin(ModelFamily):
                 raise
             return None if sink is None else sink.commit()
 
-    @torch.no_grad()
-    def stream(self, prompt: str | list[str] | None = None, **kwargs: Any) -> Iterator[np.ndarray]:
-        """Generate like ``__call__`` (the same arguments, the family's defaults) and yield the waveform in pieces,
-        float32 numpy arrays (batch, samples).
+    def stream(self, prompt: Any = None, **kwargs: Any) -> StreamedRender:
+        """Generate like ``__call__`` (the same arguments, the family's defaults, or a whole ``Request`` as
+        ``prompt``) and hand the waveform out in pieces: iterate the returned ``StreamedRender`` for float32 numpy
+        arrays (batch, samples); its ``recipe`` says what the plan resolved once the first piece is asked for.
 
         After denoising, the VAE decode and the vocoder run tile by tile and each piece is handed out as soon as it
         is ready (fast mode: per tile; exact mode: once the last GroupNorm barrier is passed), so a one-hour render
@@ -258,12 +258,22 @@ class TiledAudioPipelineMixin(ModelFamily):
         shares, and the pieces come out on rank 0 only (in order; the other ranks yield nothing). A failure on any
         rank raises ``distributed.RankFailed`` on every rank.
         """
-        with guarded(ranks_for(kwargs.get("ranks"))):
-            if "output_type" in kwargs or "return_dict" in kwargs:
-                raise ValueError("stream() yields numpy pieces; it takes no `output_type` or `return_dict`")
-            callbacks = Callbacks.from_arguments(kwargs)
+        if "output_type" in kwargs or "return_dict" in kwargs:
+            raise ValueError("stream() yields numpy pieces; it takes no `output_type` or `return_dict`")
+        callbacks = Callbacks.from_arguments(kwargs)
+        if isinstance(prompt, Request):
+            if kwargs:
+                raise ValueError(f"a Request carries the call's arguments; got {', '.join(sorted(kwargs))} beside it")
+            request = prompt
+        else:
             request = Request.from_arguments({"prompt": prompt, **kwargs}, self.reject_unknown_arguments)
+        return StreamedRender(lambda render: self._streamed(request, callbacks, render))
+
+    @torch.no_grad()
+    def _streamed(self, request: Request, callbacks: Callbacks, render: StreamedRender) -> Iterator[np.ndarray]:
+        with guarded(ranks_for(request.ranks)):
             plan, latents = self._render(request, callbacks, streamed=True)
+            render.recipe = render_recipe(self, request, plan)
             yield from waveform_pieces(self, latents, plan.keep, plan.decode_config, plan.circular, plan.edit,
                                        plan.ranks)
         self.maybe_free_model_hooks()
@@ -273,7 +283,8 @@ class TiledAudioPipelineMixin(ModelFamily):
         one window (about 9 s of audio) whatever the length, then one piece per window (6.4 s with the default
         tiling). Iterate the returned ``LiveRender`` for float32 numpy pieces (batch, samples).
 
-        Takes ``__call__``'s arguments (the family's defaults), with these differences:
+        Takes ``__call__``'s arguments (the family's defaults), or a whole ``Request`` as ``prompt``, with these
+        differences:
 
         - ``audio_length_in_s=None`` (the default) renders until the caller stops iterating;
         - ``prompt`` may also be a function of seconds (called with the time of each window's first new frame,
@@ -294,8 +305,13 @@ class TiledAudioPipelineMixin(ModelFamily):
             if name in kwargs:
                 raise ValueError(f"live() yields numpy pieces of a progressive render; it takes no `{name}`")
         callbacks = Callbacks.from_arguments(kwargs)
-        request = Request.from_arguments({"prompt": prompt, **kwargs, "progressive": True},
-                                         self.reject_unknown_arguments)
+        if isinstance(prompt, Request):  # a whole request (the command line's): live, whatever it said
+            if kwargs:
+                raise ValueError(f"a Request carries the call's arguments; got {', '.join(sorted(kwargs))} beside it")
+            request = prompt if prompt.progressive else prompt.replace(progressive=True)
+        else:
+            request = Request.from_arguments({"prompt": prompt, **kwargs, "progressive": True},
+                                             self.reject_unknown_arguments)
         plan = build_live_plan(self, request)
         callbacks.check(self)
         self._guidance_scale, self._interrupt = plan.guidance, False

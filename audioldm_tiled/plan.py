@@ -250,14 +250,16 @@ def _check_latents_fit(pipe, batch: int, frames: int, seconds: float, free: int)
             f"than the {format_bytes(free)} free on {pipe._execution_device}")
 
 
-def render_recipe(pipe, request: Request, plan: RenderPlan) -> dict[str, Any]:
+def render_recipe(pipe, request: Request, plan: RenderPlan | LivePlan) -> dict[str, Any]:
     """What the plan resolved to make ``request``'s audio, as sinks record it (file tags, sidecars): the prompt or
-    timeline, the kind, seconds, steps, guidance, seed and model."""
-    timeline = request.timeline(plan.keep / pipe.geometry.sample_rate) if is_timeline(request.prompt) else None
+    timeline, the kind ("live" for a progressive render), seconds (None: endless), steps, guidance, seed and
+    model."""
+    seconds = None if plan.keep is None else plan.keep / pipe.geometry.sample_rate
+    timeline = request.timeline(math.inf if seconds is None else seconds) if is_timeline(request.prompt) else None
     if timeline is not None:
         what = {"timeline": [[s.start_s, s.end_s, s.text] for s in timeline]}
     else:
         what = {"prompt": request.prompt if isinstance(request.prompt, (str, list)) else None}
-    return {**what, "negative_prompt": request.negative_prompt, "kind": request.kind,
-            "seconds": plan.keep / pipe.geometry.sample_rate, "steps": plan.steps, "guidance": plan.guidance,
+    return {**what, "negative_prompt": request.negative_prompt, "kind": "live" if request.progressive else request.kind,
+            "seconds": seconds, "steps": plan.steps, "guidance": plan.guidance,
             "seed": request.seed, "model": getattr(pipe, "name_or_path", None) or type(pipe).__name__}

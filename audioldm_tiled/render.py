@@ -14,7 +14,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from .audio import wav_bytes
-from .callbacks import Callbacks
+from .callbacks import CALLBACK_ARGUMENTS, Callbacks
 from .distributed import guarded, ranks_for
 from .files import check_output_path, commit_file, new_file_mode, signals_deferred
 from .request import Request
@@ -49,16 +49,7 @@ def render_to_file(pipe, path: str | os.PathLike, prompt: Any = None, *, format:
         The ``Delivered`` file (path, rate, length, loudness measured); None on the ranks other than 0.
     """
     callbacks = Callbacks.from_arguments(call_kwargs)
-    if isinstance(prompt, Request):
-        if call_kwargs:
-            raise ValueError(f"a Request carries the call's arguments; got {', '.join(sorted(call_kwargs))} beside it")
-        request = prompt
-    else:
-        request = Request.from_arguments({"prompt": prompt, **call_kwargs}, pipe.reject_unknown_arguments)
-    if request.num_waveforms_per_prompt != 1 or (
-        isinstance(request.prompt, list) and len(request.prompt) > 1 and all(isinstance(p, str) for p in request.prompt)
-    ):
-        raise ValueError("a file holds one waveform: give one prompt (or one timeline) and num_waveforms_per_prompt=1")
+    request = _one_waveform(pipe, prompt, call_kwargs)
     ranks = ranks_for(request.ranks)
     sink = None
     with guarded(ranks):  # a refused path on rank 0 fails every rank, before any work
@@ -68,6 +59,23 @@ def render_to_file(pipe, path: str | os.PathLike, prompt: Any = None, *, format:
             rate = pipe.geometry.sample_rate
             sink.check(request.output_seconds(rate), rate)
     return pipe.render(request, sink, callbacks)
+
+
+def _one_waveform(pipe, prompt: Any, call_kwargs: dict[str, Any], progressive: bool = False) -> Request:
+    """``prompt`` if it is a whole ``Request`` (then nothing beside it), else the request the call's arguments make;
+    either way one waveform, as a file holds."""
+    if isinstance(prompt, Request):
+        if call_kwargs:
+            raise ValueError(f"a Request carries the call's arguments; got {', '.join(sorted(call_kwargs))} beside it")
+        request = prompt.replace(progressive=True) if progressive and not prompt.progressive else prompt
+    else:
+        arguments = {"prompt": prompt, **call_kwargs, **({"progressive": True} if progressive else {})}
+        request = Request.from_arguments(arguments, pipe.reject_unknown_arguments)
+    if request.num_waveforms_per_prompt != 1 or (
+        isinstance(request.prompt, list) and len(request.prompt) > 1 and all(isinstance(p, str) for p in request.prompt)
+    ):
+        raise ValueError("a file holds one waveform: give one prompt (or one timeline) and num_waveforms_per_prompt=1")
+    return request
 
 
 def render_to_wav(pipe, path: str | os.PathLike, prompt: Any = None, *, subtype: str = "PCM_16",
@@ -105,7 +113,8 @@ def render_live(pipe, path: str | os.PathLike, prompt: Any = None, *, subtype: s
             and the file ends as one uninterrupted render of the new length would.
         overwrite: replace an existing ``path`` when a new render ends; with False it must not exist.
         also: called with each new piece (samples,) as it is written (``--play``).
-        call_kwargs: ``pipe.live``'s arguments (``audio_length_in_s``, ``num_inference_steps``, ...).
+        prompt, call_kwargs: ``pipe.live``'s arguments (``audio_length_in_s``, ``num_inference_steps``, ...), or
+            a whole ``Request`` as ``prompt``.
 
     Returns:
         The path written.
@@ -115,12 +124,10 @@ def render_live(pipe, path: str | os.PathLike, prompt: Any = None, *, subtype: s
 
     path = Path(path)
     part, state_path = live_files(path)
-    rate = pipe.vocoder.config.sampling_rate
-    seconds = call_kwargs.get("audio_length_in_s")
-    if call_kwargs.get("num_waveforms_per_prompt", 1) != 1 or (
-            isinstance(prompt, list) and len(prompt) > 1 and all(isinstance(p, str) for p in prompt)):
-        raise ValueError("render_live writes one waveform: give one prompt (or one timeline) and "
-                         "num_waveforms_per_prompt=1")
+    rate = pipe.geometry.sample_rate
+    callbacks = {name: call_kwargs.pop(name) for name, _ in CALLBACK_ARGUMENTS if name in call_kwargs}
+    request = _one_waveform(pipe, prompt, call_kwargs, progressive=True)
+    seconds = request.audio_length_in_s
     size = None if seconds is None else wav_bytes(seconds * rate, subtype)
     check_output_path(path, overwrite=overwrite or resume, size=size)
     state = None
@@ -134,7 +141,7 @@ def render_live(pipe, path: str | os.PathLike, prompt: Any = None, *, subtype: s
     elif part.exists():
         raise ValueError(f"{str(part)!r} holds an unfinished live render: continue it (--resume, resume=True) or "
                          "remove it")
-    render = pipe.live(prompt, resume=state, **call_kwargs)  # the arguments are checked before any file is made
+    render = pipe.live(request, resume=state, **callbacks)  # the arguments are checked before any file is made
     if resume and not part.exists():
         shutil.copy2(path, part)  # extend a finished render; the file itself changes only once this succeeds
     writer = GrowingWav(part, rate, subtype, resume=resume, mode=new_file_mode(path))

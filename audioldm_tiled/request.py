@@ -285,9 +285,10 @@ class Request:
 
     @classmethod
     def for_command_line(cls, **fields_: Any) -> Request:
-        """A request as the command line and batch make it: ``COMMAND_SECONDS`` when neither a length nor an
-        input is given, and a prompt that is not blank."""
-        if fields_.get("audio_length_in_s") is None and fields_.get("audio") is None:
+        """A request as the command lines, batch and the studio make it: a prompt that is not blank, and
+        ``COMMAND_SECONDS`` when neither a length nor an input is given (a live render without one is endless)."""
+        if fields_.get("audio_length_in_s") is None and fields_.get("audio") is None and \
+                not fields_.get("progressive"):
             fields_["audio_length_in_s"] = COMMAND_SECONDS
         prompt = fields_.get("prompt")
         if isinstance(prompt, str) and not prompt.strip():

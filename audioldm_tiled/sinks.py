@@ -126,7 +126,7 @@ def recipe_tags(recipe: Mapping[str, Any]) -> dict[str, str]:
     from . import __version__
 
     if recipe.get("timeline"):
-        title = "; ".join(f"{start:g} s: {text}" for start, _, text in recipe["timeline"])
+        title = "; ".join(f"{segment[0]:g} s: {segment[-1]}" for segment in recipe["timeline"])
     else:
         title = recipe.get("prompt") if isinstance(recipe.get("prompt"), str) else ""
     return {"title": title, "comment": json.dumps(dict(recipe), ensure_ascii=False),

@@ -13,9 +13,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .sinks import Delivered
 
 # Uploads: larger or longer recordings are refused (``--max-upload-mb``, ``--max-upload-seconds``).
 MAX_UPLOAD_MB = 50.0
@@ -38,6 +41,11 @@ class Result:
     sidecar: str
     picture: str
     segments: tuple[float, ...] = ()  # where prompt segments start, in seconds
+    deliveries: tuple[str, ...] = ()  # the same audio made into files to download (other formats, rates, levels)
+
+    def files(self) -> list[str]:
+        """What the page offers to download of it."""
+        return [self.wav, self.sidecar, *self.deliveries]
 
     def row(self) -> list:
         return [self.index, self.what, round(self.seconds, 2), Path(self.wav).name]
@@ -91,6 +99,7 @@ class Studio:
         self._owner: str | None = None  # whose render runs: only they cancel it
         self._count = 0
         self._lock = threading.Lock()
+        self.recipe: dict[str, Any] | None = None  # what the last render resolved (steps, guidance, ...)
 
     # --------------------------------------------------------------------------------------------------- requests
     def request(self, prompt: Any, seconds: float | None, seed: Any, steps: Any, guidance: Any, negative: str | None,
@@ -121,7 +130,7 @@ class Studio:
         ``Cancelled`` at the next step or piece once ``owner`` calls ``cancel()``."""
         self._cancel.clear()
         self._owner = owner
-        arguments = {k: v for k, v in request.call_arguments().items() if k != "progressive"}
+        self.recipe = None
         total = request.output_seconds(self.rate)
 
         def step(pipe, i, t, tensors):
@@ -132,12 +141,10 @@ class Studio:
             return {}
 
         made = 0
-        if request.progressive:
-            source = self.pipe.live(**arguments, callback_on_step_end=step)
-        else:
-            source = self.pipe.stream(**arguments, callback_on_step_end=step)
+        source = (self.pipe.live if request.progressive else self.pipe.stream)(request, callback_on_step_end=step)
         try:
             for piece in source:
+                self.recipe = source.recipe  # what the render resolved, for the sidecar
                 if self._cancel.is_set():
                     raise Cancelled()
                 made += piece.shape[1]
@@ -170,11 +177,8 @@ class Studio:
         record = {"job": settings, "model": self.model, "status": "done", "settings": dict(settings),
                   "versions": library_versions(), "render_s": round(time.perf_counter() - started, 3),
                   "samples": int(audio.shape[0])}
-        if request is not None:  # what the model's defaults filled in
-            defaults = self.pipe.parent_defaults()
-            record["settings"].update(
-                steps=request.num_inference_steps or defaults["num_inference_steps"],
-                guidance=defaults["guidance_scale"] if request.guidance_scale is None else request.guidance_scale)
+        if request is not None and self.recipe is not None:  # what the model's defaults filled in
+            record["settings"].update(steps=self.recipe["steps"], guidance=self.recipe["guidance"])
         write_json(sidecar_path(wav), record)
         picture = wav.with_suffix(".png")
         marks = {"prompt segments": list(segments[1:])} if len(segments) > 1 else {}
@@ -184,6 +188,34 @@ class Studio:
         save_spectrogram(picture, audio / peak if peak > 0 else audio, self.rate, boundaries=marks or None,
                          row_seconds=min(60.0, max(1.0, seconds)), title=f"{wav.name}: {seconds:.2f} s")
         return Result(index, what, seconds, str(wav), str(sidecar_path(wav)), str(picture), segments)
+
+    def deliver(self, result: Result, format: str, sample_rate: Any = None, loudness: Any = None) -> Delivered:
+        """``result`` as a file to download, through the same sink as every rendered file: ``format`` (wav, flac,
+        mp3, ogg, opus), at ``sample_rate`` (blank: the model's) and ``loudness`` LUFS (blank: as rendered), with
+        the render's settings in its tags; read block by block from the result's WAV."""
+        import json
+
+        import soundfile
+
+        from .sinks import FileSink
+
+        rate = None if sample_rate in (None, "", 0) else _whole(sample_rate, "the sample rate")
+        target = None if loudness in (None, "") else loudness
+        if target is not None and (isinstance(target, bool) or not isinstance(target, numbers.Real)):
+            raise ValueError(f"the loudness must be a number of LUFS, got {target!r}")
+        name = Path(result.wav).stem + (f"-{rate // 1000}k" if rate else "") + \
+            (f"-{-target:g}LUFS" if target is not None else "") + f".{format}"
+        with open(result.sidecar, encoding="utf-8") as f:
+            settings = json.load(f)["settings"]
+        sink = FileSink(self.folder / name, format=format, sample_rate=rate, loudness=target)
+        sink.open(self.rate, 1, {**settings, "model": self.model})
+        try:
+            for block in soundfile.blocks(result.wav, blocksize=1 << 16, dtype="float32"):
+                sink.write(block[None])
+        except BaseException:
+            sink.abort()
+            raise
+        return sink.commit()
 
     def boundaries(self, request, seconds: float) -> dict[str, list[float]]:
         """Where a render's windows, tiles and chunks meet, for the spectrogram."""

@@ -2,6 +2,7 @@
 here are the fields, the buttons and the queue: one render at a time per device, the others shown their place."""
 
 import argparse
+import dataclasses
 import logging
 import os
 import tempfile
@@ -11,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .arguments import CliError, device_name, positive_number, resolve_device, resolve_dtype
+from .arguments import CliError, describe_loudness, device_name, positive_number, resolve_device, resolve_dtype
 from .constants import DTYPES
 from .loading import DEFAULT_MODEL
 from .studio import MAX_UPLOAD_MB, MAX_UPLOAD_SECONDS, Cancelled, Result, Studio, timeline_from_rows
@@ -24,7 +25,8 @@ EMPTY_TIMELINE = [[None, None, None], [None, None, None]]
 # The page's name for each call argument, in the request's messages.
 PAGE_FIELDS = {"audio_length_in_s": "Length (s)", "num_inference_steps": "Steps", "guidance_scale": "Guidance",
                "negative_prompt": "Negative prompt", "extend_s": "Seconds to add", "regenerate": "the span (From, To)",
-               "prompt": "Prompt", "audio": "the recording", "crossfade_s": "the crossfade", "seed": "the seed"}
+               "prompt": "Prompt", "audio": "the recording", "crossfade_s": "the crossfade", "seed": "the seed",
+               "format": "Download as", "sample_rate": "Sample rate", "loudness": "Loudness (LUFS)"}
 
 
 def build_app(studio: Studio):
@@ -33,6 +35,7 @@ def build_app(studio: Studio):
     import gradio as gr
 
     from .request import named_for
+    from .sinks import FORMATS
 
     tracked = gr.Progress()  # a handler's default: Gradio reports progress through it
 
@@ -40,7 +43,7 @@ def build_app(studio: Studio):
         return gr.Error(named_for(error, PAGE_FIELDS), print_exception=False)
 
     def outputs_of(result: Result, history: list[Result]):
-        files = [path for r in history for path in (r.wav, r.sidecar)]
+        files = [path for r in history for path in r.files()]
         table = [r.row() for r in reversed(history)]
         return (gr.skip(), result.wav, result.picture, files, table, result, history,
                 f"Render {result.index}: {result.what}, {result.seconds:.2f} s")
@@ -107,6 +110,18 @@ def build_app(studio: Studio):
         yield from run(request, f"extend +{seconds:g} s", settings, history, progress, page, current.segments,
                        mark)
 
+    def deliver(current, format, sample_rate, loudness, history):
+        try:
+            if current is None:
+                raise ValueError("render something first (or use a recording): there is nothing to download")
+            delivered = studio.deliver(current, format, sample_rate, loudness)
+        except (ValueError, OSError) as error:
+            raise fail(error) from None
+        updated = dataclasses.replace(current, deliveries=current.deliveries + (str(delivered.path),))
+        history = [updated if r.index == current.index else r for r in history]
+        files = [path for r in history for path in r.files()]
+        return files, updated, history, f"Download {delivered.path.name}: {describe_loudness(delivered)}"
+
     def use_recording(path, history):
         try:
             if not path:
@@ -168,10 +183,17 @@ def build_app(studio: Studio):
                             f"{studio.max_upload_seconds:g} s)")
                 upload = gr.File(label="Recording", file_types=["audio"], type="filepath", elem_id="upload")
                 upload_button = gr.Button("Use this recording", elem_id="use-recording")
+        with gr.Row():
+            delivery_format = gr.Dropdown(list(FORMATS), value="flac", label="Download as", elem_id="format")
+            delivery_rate = gr.Dropdown([(f"{studio.rate} (the model's)", 0), ("44100", 44100), ("48000", 48000)],
+                                        value=0, label="Sample rate", elem_id="sample-rate")
+            delivery_loudness = gr.Number(value=None, label="Loudness (LUFS; blank: as rendered)",
+                                          elem_id="loudness")
+            deliver_button = gr.Button("Make the download", elem_id="deliver")
         renders = gr.Dataframe(headers=["#", "what", "seconds", "file"], label="Renders since the page was opened",
                                interactive=False, elem_id="renders")
-        downloads = gr.File(label="Downloads: each WAV with its settings (JSON)", file_count="multiple",
-                            interactive=False, elem_id="downloads")
+        downloads = gr.File(label="Downloads: each WAV with its settings (JSON), and the files made from it",
+                            file_count="multiple", interactive=False, elem_id="downloads")
 
         outputs = [live_audio, result_audio, picture, downloads, renders, current, history, status]
         device = {"concurrency_id": "device", "concurrency_limit": 1}
@@ -185,6 +207,8 @@ def build_app(studio: Studio):
                                          mode, mark, history], outputs, api_name="extend", **device),
         ]
         upload_button.click(use_recording, [upload, history], outputs, api_name="use_recording", **device)
+        deliver_button.click(deliver, [current, delivery_format, delivery_rate, delivery_loudness, history],
+                             [downloads, current, history, status], api_name="deliver", **device)
         def cancel(page: gr.Request) -> None:
             studio.cancel(page.session_hash)
 

@@ -5,7 +5,8 @@ The call concatenates the pieces, ``stream()`` hands them out as they come."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,3 +57,22 @@ def _generated(pipe, latents, keep, config, circular, ranks, root) -> Iterator[n
         emitted += wave.shape[1]
         if wave.shape[1]:
             yield wave
+
+
+class StreamedRender:
+    """A streamed render (``pipe.stream``): iterate for its waveform pieces, float32 (batch, samples); ``recipe``
+    is what its plan resolved (``plan.render_recipe``), None until the first piece is asked for; ``close()`` stops
+    it. ``pieces(render)`` makes the pieces and sets ``render.recipe``."""
+
+    def __init__(self, pieces: Callable[[StreamedRender], Iterator[np.ndarray]]):
+        self.recipe: dict[str, Any] | None = None
+        self._pieces = pieces(self)
+
+    def __iter__(self) -> StreamedRender:
+        return self
+
+    def __next__(self) -> np.ndarray:
+        return next(self._pieces)
+
+    def close(self) -> None:
+        self._pieces.close()

@@ -33,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
         from .distributed import main as distributed_main
 
         return distributed_main(argv[1:])
+    if argv and argv[0] == "delivery":
+        from .delivery import main as delivery_main
+
+        return delivery_main(argv[1:])
     if argv and argv[0] == "rerun":
         from .rerun import main as rerun_main
 
@@ -41,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
                                      epilog="audioldm-tiled bench report --help: the report with plots; "
                                      "audioldm-tiled bench gpu --help: every accelerator measurement in one command; "
                                      "audioldm-tiled bench distributed --help: one render over 1 and N ranks; "
-                                     "audioldm-tiled bench rerun --help: a rerun of a finished batch")
+                                     "audioldm-tiled bench rerun --help: a rerun of a finished batch; "
+                                     "audioldm-tiled bench delivery --help: writing a render as each file format")
     parser.add_argument("stage", choices=sorted(VARIANTS))
     parser.add_argument("--seconds", type=positive_number("--seconds", "seconds"), nargs="+", default=[10, 40, 120])
     parser.add_argument("--variants", nargs="+", default=None, help="first one is the reference")
