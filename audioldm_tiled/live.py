@@ -79,7 +79,35 @@ class LiveState:
         if not isinstance(values, dict) or values.pop("format", None) != STATE_FORMAT or \
                 set(values) != {f.name for f in fields(cls)}:
             raise ValueError(f"{os.fspath(path)!r} is not a live render's saved state of format {STATE_FORMAT}")
+        problem = _field_problem(values)
+        if problem:
+            raise ValueError(f"{os.fspath(path)!r} is a damaged live render state: {problem}")
         return cls(**values)
+
+
+def _field_problem(values: dict[str, Any]) -> str | None:
+    """What is wrong with a saved state's fields by their kinds alone (a file edited or damaged), or None."""
+    def count(name):
+        return isinstance(values[name], int) and not isinstance(values[name], bool) and values[name] >= 0
+
+    for name in ("window", "samples", "latents_start", "mel_start"):
+        if not count(name):
+            return f"{name} must be a whole number >= 0, got {values[name]!r}"
+    if not isinstance(values["fingerprint"], str) or not (values["text"] is None or isinstance(values["text"], str)):
+        return "its fingerprint and text must be texts"
+    if not isinstance(values["generators"], list) or not all(isinstance(g, torch.Tensor) and g.dtype == torch.uint8
+                                                             for g in values["generators"]):
+        return "its generators must be generator states"
+    for name, dims in (("latents", 4), ("mel", 3)):
+        tensor = values[name]
+        if tensor is not None and not (isinstance(tensor, torch.Tensor) and tensor.dim() == dims
+                                       and tensor.is_floating_point()):
+            return f"{name} must be a {dims}-d float tensor or None"
+    if not isinstance(values["statistics"], list) or not all(
+            isinstance(layer, list) and all(isinstance(t, torch.Tensor) for t in layer)
+            for layer in values["statistics"]):
+        return "its statistics must be lists of tensors"
+    return None
 
 
 def fingerprint(pipe, request: Request) -> str:
@@ -315,10 +343,38 @@ class LiveRender:
         if len(state.generators) != len(generators):
             raise ValueError(f"`resume`: the saved state has {len(state.generators)} generator(s), the call "
                              f"{len(generators)}")
+        problem = self._state_problem(state)
+        if problem:
+            raise ValueError(f"`resume`: the saved state is damaged: {problem}")
         for generator, saved in zip(generators, state.generators):
             generator.set_state(saved)
         self._window, self._samples = state.window, state.samples
         self._latents, self._latents_start = _on(state.latents, self.device), state.latents_start
         self._mel, self._mel_start = _on(state.mel, self.device), state.mel_start
-        self._decoder.statistics = RunningStatistics.from_state(self.plan.history, state.statistics)
+        try:
+            self._decoder.statistics = RunningStatistics.from_state(self.plan.history, state.statistics)
+        except (ValueError, TypeError, IndexError, RuntimeError) as error:
+            raise ValueError(f"`resume`: the saved state is damaged: its GroupNorm statistics ({error})") from None
         self._text = state.text
+
+    def _state_problem(self, state: LiveState) -> str | None:
+        """Where a state of this render's fingerprint disagrees with the layout it was saved under (a file
+        edited or damaged after it was written), or None. After window k - 1: the held latents end where it
+        ended, the held mel where decode tile k - 1 ended, and the samples where vocoder chunk k - 1 ended."""
+        k, layout, geometry = state.window, self.plan.layout, self.pipe.geometry
+        if k == 0:
+            return None if state.latents is None and state.mel is None and state.samples == 0 else \
+                "window 0 holds nothing yet"
+        if state.latents is None or state.mel is None:
+            return f"window {k} needs the latents and mel of the window before it"
+        latents, mel = state.latents.shape, state.mel.shape
+        expected = (self.plan.batch, self.pipe.unet.config.in_channels, geometry.latent_rows)
+        if (latents[0], latents[1], latents[3]) != expected or state.latents_start + latents[2] != \
+                layout.denoised(k - 1).stop:
+            return f"its latents {tuple(latents)} from frame {state.latents_start} do not fit window {k}"
+        if (mel[0], mel[2]) != (self.plan.batch, geometry.mel_bands) or \
+                state.mel_start + mel[1] != geometry.vae_factor * layout.decoded(k - 1).core_stop:
+            return f"its mel {tuple(mel)} from frame {state.mel_start} does not fit window {k}"
+        if state.samples != layout.vocoded(k - 1).core_stop * geometry.mel_hop:
+            return f"{state.samples} samples handed out do not fit window {k}"
+        return None

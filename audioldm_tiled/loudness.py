@@ -88,12 +88,15 @@ class LoudnessMeter:
     the ``Loudness`` of everything fed. Channels are weighted as BS.1770 weighs L, R, C (1.0 each), up to three."""
 
     def __init__(self, rate: int, channels: int = 1):
-        import pyloudnorm
+        from pyloudnorm.iirfilter import IIRfilter
 
         if channels > 3:
             raise ValueError(f"loudness is measured for at most 3 channels (L, R, C), got {channels}")
-        meter = pyloudnorm.Meter(rate)  # its K-weighting filters, designed for this rate
-        self._filters = [(f.b, f.a, f.passband_gain) for f in meter._filters.values()]
+        # BS.1770's K-weighting designed for this rate as pyloudnorm's meter designs it: a high shelf (+4 dB above
+        # 1.5 kHz), then a high pass at 38 Hz.
+        stages = (IIRfilter(4.0, 1 / math.sqrt(2), 1500.0, rate, "high_shelf"),
+                  IIRfilter(0.0, 0.5, 38.0, rate, "high_pass"))
+        self._filters = [(f.b, f.a, f.passband_gain) for f in stages]
         self._state = [[lfilter_zi_zero(b, a) for b, a, _ in self._filters] for _ in range(channels)]
         self.rate, self.channels, self.samples = rate, channels, 0
         self._integrated = _Blocks(rate, 0.400, 0.75)

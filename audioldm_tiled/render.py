@@ -132,6 +132,9 @@ def render_live(pipe, path: str | os.PathLike, prompt: Any = None, *, subtype: s
     check_output_path(path, overwrite=overwrite or resume, size=size)
     state = None
     if resume:
+        if state_path.exists() and not state_path.is_file():
+            raise ValueError(f"cannot resume {str(path)!r}: {state_path.name} is not a file (a live render's saved "
+                             "state is one file)")
         if not state_path.is_file():
             raise ValueError(f"nothing to resume for {str(path)!r}: {state_path.name} is missing (a live render "
                              "writes it after every window)")

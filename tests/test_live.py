@@ -423,3 +423,39 @@ def test_signals_wait_for_the_end_of_a_whole_write():
             time.sleep(0.05)
             steps.append("the write went on")
     assert steps == ["the write went on"]
+
+
+def test_a_damaged_state_is_refused_by_name(tiny_pipe, tmp_path, capsys):
+    """A state file edited or damaged after it was written: fields of the wrong kind are named when it is loaded,
+    fields of the right kind that do not fit the render's layout when it is resumed; never a traceback from inside
+    a window. A state that is a folder is named as such."""
+    import dataclasses
+
+    render = tiny_pipe.live("rain", audio_length_in_s=20, num_inference_steps=1, generator=_seed())
+    next(render), next(render)
+    state = render.state
+    render.close()
+    path = tmp_path / "rain.wav.live"
+    for change, message in ((dict(window=-1), "window must be a whole number >= 0"),
+                            (dict(latents=torch.zeros(3)), "latents must be a 4-d float tensor"),
+                            (dict(generators=[torch.zeros(3)]), "generators must be generator states")):
+        dataclasses.replace(state, **change).save(path)
+        with pytest.raises(ValueError, match=f"damaged live render state: {message}"):
+            LiveState.load(path)
+    for change, message in ((dict(window=state.window + 3), "do not fit window 5"),
+                            (dict(latents=state.latents[:, :, 1:]), "its latents"),
+                            (dict(mel=state.mel[:, :, :8]), "its mel"),
+                            (dict(samples=state.samples + 1), "samples handed out do not fit"),
+                            (dict(statistics=[[torch.zeros(1)]]), "its GroupNorm statistics")):
+        with pytest.raises(ValueError, match=f"`resume`: the saved state is damaged: {message}"):
+            tiny_pipe.live("rain", audio_length_in_s=20, num_inference_steps=1, generator=_seed(),
+                           resume=dataclasses.replace(state, **change))
+    resumed = tiny_pipe.live("rain", audio_length_in_s=20, num_inference_steps=1, generator=_seed(), resume=state)
+    assert next(resumed).shape[1] > 0  # the undamaged state goes on
+    resumed.close()
+    path.unlink()
+    path.mkdir()
+    out = tmp_path / "rain.wav"
+    out.write_bytes(b"")
+    assert main(["live", "rain", "--seconds", "20", "-o", str(out), "--resume", "--model", "random:tiny"]) == 2
+    assert "rain.wav.live is not a file" in capsys.readouterr().err
