@@ -189,13 +189,17 @@ def memory_budget(config: TilingConfig, device: torch.device | str | None) -> in
     return config.memory_budget if config.memory_budget is not None else int(BUDGET_SHARE * available_memory(device))
 
 
+# An accelerator's allocation failure: torch.OutOfMemoryError from torch 2.4 on, torch.cuda's name before it.
+OUT_OF_MEMORY: type[Exception] = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+
+
 class InsufficientMemoryError(MemoryError):
     """Raised before long work starts when what it must hold exceeds the memory budget."""
 
 
 def is_out_of_memory(error: BaseException) -> bool:
     """True for an allocation failure on any device (CUDA OOM, or the CPU allocator's RuntimeError)."""
-    if isinstance(error, torch.OutOfMemoryError):
+    if isinstance(error, OUT_OF_MEMORY):
         return True
     return isinstance(error, RuntimeError) and (
         "out of memory" in str(error).lower() or "can't allocate memory" in str(error).lower()

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from audioldm_tiled.memory import OUT_OF_MEMORY
 from audioldm_tiled.testing.architectures import build_components
 
 
@@ -35,7 +36,7 @@ def nonstationary_latents(batch: int, frames: int, channels: int = 8, freq: int 
 
 def raise_cuda_out_of_memory(*args, **kwargs):
     """Stands in for an untiled decode or encode that runs out of memory on an accelerator."""
-    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+    raise OUT_OF_MEMORY("CUDA out of memory. Tried to allocate 20.00 GiB")
 
 
 # Exact tiling reorders float32 sums (pooled statistics, convolutions on slices): the measured error of the exact

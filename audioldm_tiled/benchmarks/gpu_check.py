@@ -36,6 +36,7 @@ from ..arguments import positive_int, positive_number
 from ..config import TilingConfig
 from ..constants import LATENT_FRAMES_PER_SECOND, MEL_FRAMES_PER_SECOND
 from ..files import atomic_file
+from ..memory import OUT_OF_MEMORY
 from ..testing.architectures import ARCHITECTURES, random_pipeline
 from .runner import environment
 
@@ -149,7 +150,7 @@ class GpuCheck:
         with torch.no_grad():
             try:  # the whole-sequence attention may not fit in float32 at long lengths: then no SNR column
                 reference = vae.float().decode(latents.to(self.dev.device)).sample.cpu()
-            except torch.OutOfMemoryError:
+            except OUT_OF_MEMORY:
                 reference, row["reference"] = None, "fp32 untiled decode: out of memory"
             vae.to(dtype)
             x = latents.to(self.dev.device, dtype)
@@ -166,7 +167,7 @@ class GpuCheck:
                 self.dev.reset_peak()
                 try:
                     out, elapsed = self.dev.timed(run)
-                except torch.OutOfMemoryError:
+                except OUT_OF_MEMORY:
                     row[name] = {"error": "out of memory"}
                     continue
                 row[name] = {"time_s": elapsed, "peak_bytes": self.dev.peak_bytes()}
@@ -193,7 +194,7 @@ class GpuCheck:
                 try:
                     out, elapsed = self.dev.timed(lambda precision=precision: tiled_decode(
                         vae, x, TilingConfig(enabled=True, decode_precision=precision, show_progress=False)))
-                except torch.OutOfMemoryError:
+                except OUT_OF_MEMORY:
                     row[precision] = {"error": "out of memory"}
                     continue
                 row[precision] = {"time_s": elapsed, "peak_bytes": self.dev.peak_bytes(),

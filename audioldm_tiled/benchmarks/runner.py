@@ -92,6 +92,7 @@ def measure(point: Point) -> None:
 
     import torch
 
+    from ..memory import OUT_OF_MEMORY
     from .stages import STAGES, Target
 
     target = Target(point.device, point.dtype, point.memory_limit, point.model)
@@ -104,7 +105,7 @@ def measure(point: Point) -> None:
     try:
         with torch.inference_mode():
             out, elapsed, seams, *extra = STAGES[point.stage](target, point.variant, point.seconds, point.steps)
-    except torch.OutOfMemoryError as error:
+    except OUT_OF_MEMORY as error:
         print(f"out of memory: {error}", file=sys.stderr)
         sys.exit(CUDA_OUT_OF_MEMORY)
     out = out.float().cpu()
