@@ -325,10 +325,11 @@ def test_a_full_store_folder_is_named_as_such(tmp_path, capsys, monkeypatch):
 
 def test_memory_errors_and_stopped_batches_say_what_happened(tmp_path, capsys, monkeypatch):
     import audioldm_tiled.batch as batch
+    import audioldm_tiled.batch_jobs as batch_jobs
 
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text('{"output": "a.wav", "prompt": "rain", "seconds": 0.5}\n')
-    monkeypatch.setattr(batch, "read_jobs", lambda path: (_ for _ in ()).throw(MemoryError()))
+    monkeypatch.setattr(batch_jobs, "read_jobs", lambda path: (_ for _ in ()).throw(MemoryError()))
     assert main(["batch", str(jobs), "--out-dir", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.strip() == "audioldm-tiled: error: out of memory"
     monkeypatch.undo()

@@ -107,7 +107,7 @@ def test_known_frames_are_the_final_latents_noised_to_each_step(tiny_pipe, monke
         return out
 
     monkeypatch.setattr(KnownRegion, "replace", spy)
-    steps, layout_overlap = 3, TilingConfig().window_overlap_frames
+    steps, layout_overlap = 3, tiny_pipe.tiling_for_call(None).window_overlap_frames
 
     def keep_final(pipe, step, timestep, tensors):
         if step == steps - 1:
@@ -348,7 +348,7 @@ def _render_file(tmp_path):
     (["--seconds", "5"], "give -o FILE.wav, -o - (standard output) or --play"),
     (["--forever", "-o", "-", "--resume"], "--resume goes on with a file"),
     (["--seconds", "5", "-o", "x.wav", "--resume"], "nothing to resume"),
-    (["--seconds", "5", "-o", "x.mp3"], "must end in .wav"),
+    (["--seconds", "5", "-o", "x.mp3"], "-o x.mp3: a live render grows a WAV file that it can resume"),
 ])
 def test_live_command_errors_are_one_line(tmp_path, capsys, args, message, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -438,7 +438,7 @@ def test_a_damaged_state_is_refused_by_name(tiny_pipe, tmp_path, capsys):
     path = tmp_path / "rain.wav.live"
     for change, message in ((dict(window=-1), "window must be a whole number >= 0"),
                             (dict(latents=torch.zeros(3)), "latents must be a 4-d float tensor"),
-                            (dict(generators=[torch.zeros(3)]), "generators must be generator states")):
+                            (dict(generators=[torch.zeros(3)]), "its generators must be generator states")):
         dataclasses.replace(state, **change).save(path)
         with pytest.raises(ValueError, match=f"damaged live render state: {message}"):
             LiveState.load(path)
@@ -447,7 +447,7 @@ def test_a_damaged_state_is_refused_by_name(tiny_pipe, tmp_path, capsys):
                             (dict(mel=state.mel[:, :, :8]), "its mel"),
                             (dict(samples=state.samples + 1), "samples handed out do not fit"),
                             (dict(statistics=[[torch.zeros(1)]]), "its GroupNorm statistics")):
-        with pytest.raises(ValueError, match=f"`resume`: the saved state is damaged: {message}"):
+        with pytest.raises(ValueError, match=f"`resume`: the saved state is damaged: .*{message}"):
             tiny_pipe.live("rain", audio_length_in_s=20, num_inference_steps=1, generator=_seed(),
                            resume=dataclasses.replace(state, **change))
     resumed = tiny_pipe.live("rain", audio_length_in_s=20, num_inference_steps=1, generator=_seed(), resume=state)

@@ -265,6 +265,8 @@ class GpuCheck:
                 "equal_to_exact": bool(torch.equal(out, exact))}
 
     def hour_stream(self) -> dict:
+        import soundfile
+
         from ..render import render_to_wav
 
         pipe = self.pipe(torch.float16 if self.dev.cuda else torch.float32)
@@ -274,9 +276,9 @@ class GpuCheck:
             _, elapsed = self.dev.timed(lambda: render_to_wav(
                 pipe, path, PROMPT, audio_length_in_s=self.args.hour_seconds, num_inference_steps=self.args.steps,
                 generator=self.generator(), tiling=TilingConfig(mode="fast")))
-            size = path.stat().st_size
+            size, samples = path.stat().st_size, soundfile.info(str(path)).frames
         return {"seconds": self.args.hour_seconds, "time_s": elapsed, "peak_bytes": self.dev.peak_bytes(),
-                "wav_bytes": size}
+                "wav_bytes": size, "samples": samples}
 
     def hour_exact_host(self) -> dict:
         """An exact decode of ``hour_seconds`` with the paused tiles in host memory: peak device memory and time.
