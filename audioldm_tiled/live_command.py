@@ -67,18 +67,6 @@ def live_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _player(rate: int):
-    """A function that plays each piece on the default sound card as it comes (blocking while it plays)."""
-    try:
-        import sounddevice
-    except (ImportError, OSError) as error:  # OSError: the package is there but PortAudio is not
-        raise CliError(f"--play needs the sounddevice package and PortAudio: pip install "
-                       f"'audioldm-tiled[play]' ({error})") from None
-    stream = sounddevice.OutputStream(samplerate=rate, channels=1, dtype="float32")
-    stream.start()
-    return lambda piece: stream.write(piece.reshape(-1, 1))
-
-
 def live(args: argparse.Namespace, stops: tuple[type[BaseException], ...]) -> int:
     """Run ``audioldm-tiled live``; returns the exit status."""
     from pathlib import Path
@@ -108,10 +96,15 @@ def live(args: argparse.Namespace, stops: tuple[type[BaseException], ...]) -> in
         check_output_path(args.output, overwrite=not args.no_overwrite or args.resume, size=size)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
+    from .live_sinks import PlayerSink
     from .loading import ModelLoadError, load_pipeline
     from .render import live_files, render_live, stream_live
+    from .sinks import drive
 
-    also = _player(SAMPLE_RATE) if args.play else None
+    try:
+        player = PlayerSink() if args.play else None
+    except ImportError as error:
+        raise CliError(f"--play: {error}") from None
     try:
         pipe = load_pipeline(args.model, dtype, device)
     except ModelLoadError as error:
@@ -119,12 +112,13 @@ def live(args: argparse.Namespace, stops: tuple[type[BaseException], ...]) -> in
     pipe.set_progress_bar_config(disable=args.quiet)
     if not to_file:
         if args.output == "-":
-            stream_live(pipe, sys.stdout.buffer, request, subtype=args.subtype, also=also)
+            stream_live(pipe, sys.stdout.buffer, request, subtype=args.subtype, also=player)
         else:
-            for piece in pipe.live(request):
-                also(piece[0])
+            render = pipe.live(request)
+            player.open(render.sample_rate, 1, render.recipe)
+            drive(render, player, stops)
         return 0
     output = render_live(pipe, args.output, request, subtype=args.subtype, resume=args.resume,
-                         overwrite=not args.no_overwrite, stops=stops, also=also)
+                         overwrite=not args.no_overwrite, stops=stops, also=player)
     logger.info("wrote %s; %s keeps where it stands, for --resume", output, live_files(output)[1].name)
     return 0

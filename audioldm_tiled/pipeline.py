@@ -22,7 +22,7 @@ from .live import LiveRender, LiveState
 from .plan import RenderPlan, build_live_plan, build_plan, render_recipe
 from .request import Request, call_signature
 from .seams import windowed_seams
-from .sinks import ArraySink, Sink
+from .sinks import ArraySink, Sink, drive
 from .vae import tiled_decode
 from .vocoder import chunked_vocode, hop_length
 from .waveform import StreamedRender, waveform_pieces
@@ -231,18 +231,18 @@ class TiledAudioPipelineMixin(ModelFamily):
         sink: this rank takes part in a shared render whose pieces go elsewhere."""
         with guarded(ranks_for(request.ranks)):  # a failure on any rank, the sink's commit included, fails every rank
             plan = self._plan(request, callbacks, streamed)
-            if sink is not None:
-                sink.open(self.geometry.sample_rate, plan.batch, render_recipe(self, request, plan))
-            try:
-                latents = self._denoise(request, plan, callbacks)
-                for piece in waveform_pieces(self, latents, plan.keep, plan.decode_config, plan.circular, plan.edit,
-                                             plan.ranks, root=root):
-                    sink.write(piece)
-            except BaseException:
-                if sink is not None:
-                    sink.abort()
-                raise
-            return None if sink is None else sink.commit()
+            if sink is None:  # no piece comes out on this rank: its share of the work is all it does
+                for _ in self._pieces(request, plan, callbacks, root):
+                    pass
+                return None
+            sink.open(self.geometry.sample_rate, plan.batch, render_recipe(self, request, plan))
+            return drive(self._pieces(request, plan, callbacks, root), sink)
+
+    def _pieces(self, request: Request, plan: RenderPlan, callbacks: Callbacks,
+                root: int | None) -> Iterator[np.ndarray]:
+        latents = self._denoise(request, plan, callbacks)
+        yield from waveform_pieces(self, latents, plan.keep, plan.decode_config, plan.circular, plan.edit,
+                                   plan.ranks, root=root)
 
     def stream(self, prompt: Any = None, **kwargs: Any) -> StreamedRender:
         """Generate like ``__call__`` (the same arguments, the family's defaults, or a whole ``Request`` as

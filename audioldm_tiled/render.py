@@ -3,10 +3,8 @@ call), and a live render into a WAV file it can resume, or into a pipe."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -16,9 +14,10 @@ import numpy as np
 from .audio import wav_bytes
 from .callbacks import CALLBACK_ARGUMENTS, Callbacks
 from .distributed import guarded, ranks_for
-from .files import check_output_path, commit_file, new_file_mode, signals_deferred
+from .files import check_output_path
+from .live_sinks import CallbackSink, ListenerGone, LiveFileSink, WavStreamSink
 from .request import Request
-from .sinks import Delivered, FileSink
+from .sinks import Delivered, FileSink, Sink, Tee, drive
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +96,7 @@ def live_files(path: str | os.PathLike) -> tuple[Path, Path]:
 
 def render_live(pipe, path: str | os.PathLike, prompt: Any = None, *, subtype: str = "PCM_16",
                 resume: bool = False, overwrite: bool = True, stops: tuple[type[BaseException], ...] = (
-                    KeyboardInterrupt,), also: Callable[[np.ndarray], object] | None = None,
+                    KeyboardInterrupt,), also: Sink | Callable[[np.ndarray], object] | None = None,
                 **call_kwargs: Any) -> Path:
     """Render live (``pipe.live``) into the WAV ``path``, window by window, so that a render killed at any moment
     can go on from its last window.
@@ -112,7 +111,8 @@ def render_live(pipe, path: str | os.PathLike, prompt: Any = None, *, subtype: s
             to extend it (a longer ``audio_length_in_s``, or endless). What was written stays byte for byte,
             and the file ends as one uninterrupted render of the new length would.
         overwrite: replace an existing ``path`` when a new render ends; with False it must not exist.
-        also: called with each new piece (samples,) as it is written (``--play``).
+        also: another sink fed the same pieces (``live_sinks.PlayerSink``, for ``--play``), or a function called
+            with each piece (samples,).
         prompt, call_kwargs: ``pipe.live``'s arguments (``audio_length_in_s``, ``num_inference_steps``, ...), or
             a whole ``Request`` as ``prompt``.
 
@@ -120,7 +120,6 @@ def render_live(pipe, path: str | os.PathLike, prompt: Any = None, *, subtype: s
         The path written.
     """
     from .live import LiveState
-    from .wav_stream import GrowingWav
 
     path = Path(path)
     part, state_path = live_files(path)
@@ -145,71 +144,28 @@ def render_live(pipe, path: str | os.PathLike, prompt: Any = None, *, subtype: s
         raise ValueError(f"{str(part)!r} holds an unfinished live render: continue it (--resume, resume=True) or "
                          "remove it")
     render = pipe.live(request, resume=state, **callbacks)  # the arguments are checked before any file is made
-    if resume and not part.exists():
-        shutil.copy2(path, part)  # extend a finished render; the file itself changes only once this succeeds
-    writer = GrowingWav(part, rate, subtype, resume=resume, mode=new_file_mode(path))
-    try:
-        with writer:
-            _write_live(render, writer, state, seconds, state_path, stops, also)
-    except BaseException:
-        if not resume and writer.frames == 0:  # nothing rendered: nothing to resume either
-            part.unlink(missing_ok=True)
-        raise
-    commit_file(part, path, overwrite=overwrite or resume)
-    return path
+    sink = LiveFileSink(path, render, subtype, resume, overwrite, None if seconds is None else int(seconds * rate))
+    outputs = sink if also is None else Tee(sink, _sink(also))
+    outputs.open(rate, 1, render.recipe)
+    return drive(render, outputs, stops if seconds is None else ())
 
 
-def _write_live(render, writer, state, seconds: float | None, state_path: Path,
-                stops: tuple[type[BaseException], ...], also: Callable[[np.ndarray], object] | None) -> None:
-    """Append ``render``'s pieces to ``writer`` after the samples it holds, saving the state after each whole
-    window; an endless render ends normally on one of ``stops``."""
-    rate = render.sample_rate
-    written = writer.frames
-    if state is not None and written < state.samples:
-        raise ValueError(f"{str(writer.path)!r} holds {written} samples, fewer than its state's {state.samples}; "
-                         "it cannot be resumed")
-    keep = None if seconds is None else int(seconds * rate)
-    if keep is not None and written > keep:
-        raise ValueError(f"{str(writer.path)!r} already holds {written / rate:g} s, more than the {seconds:g} s "
-                         "asked for")
-    position, saved = render.samples, render.state  # the first sample the render hands out, and where it stands
-    try:
-        for piece in render:
-            start, position = position, render.samples
-            piece = piece[0, max(0, written - start) :]  # what the file holds already is not written again
-            with signals_deferred():  # Ctrl-C waits for the piece, its header and its state
-                if piece.size:
-                    writer.write(piece)
-                    written = writer.frames
-                if render.state is not saved:
-                    saved = render.state
-                    saved.save(state_path)
-            if also is not None and piece.size:
-                also(piece)
-    except stops:
-        if seconds is not None or written == 0:
-            raise
-        logger.info("stopped after %.1f s", written / rate)
+def _sink(also: Sink | Callable[[np.ndarray], object]) -> Sink:
+    """A sink as given (``live_sinks.PlayerSink``), or one that calls a function with each piece."""
+    return also if hasattr(also, "write") else CallbackSink(also)
 
 
 def stream_live(pipe, stream: BinaryIO, prompt: Any = None, *, subtype: str = "PCM_16",
-                also: Callable[[np.ndarray], object] | None = None, **call_kwargs: Any) -> int:
+                also: Sink | Callable[[np.ndarray], object] | None = None, **call_kwargs: Any) -> int:
     """Render live into ``stream`` as a WAV of unknown length (``-o -``: standard output, for ``sox -t wav - -d``
     or ``ffplay -``). Ends with the render, or quietly when the reader closes the pipe. Returns the samples
     written."""
-    from .wav_stream import WavStream
-
     render = pipe.live(prompt, **call_kwargs)
-    writer = WavStream(stream, pipe.vocoder.config.sampling_rate, subtype)
-    written = 0
+    sink = WavStreamSink(stream, subtype)
+    outputs = sink if also is None else Tee(sink, _sink(also))
+    outputs.open(render.sample_rate, 1, render.recipe)
     try:
-        for piece in render:
-            writer.write(piece[0])
-            written += piece.shape[1]
-            if also is not None:
-                also(piece[0])
-    except BrokenPipeError:  # the player was closed: the listener has stopped
-        render.close()
-        with contextlib.suppress(OSError, ValueError):  # nothing more can go into the pipe, at exit neither
-            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
-    return written
+        drive(render, outputs, stops=(ListenerGone,))
+    except ListenerGone:  # gone before the first piece
+        pass
+    return sink.samples

@@ -20,7 +20,7 @@ import numbers
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -149,6 +149,56 @@ class Delivered:
         """What a sidecar records of the file."""
         return {"file": self.path.name, "sample_rate": self.sample_rate, "seconds": self.frames / self.sample_rate,
                 **self.loudness.as_dict(), "gain_db": round(self.gain_db, 3)}
+
+
+def drive(pieces: Iterable[np.ndarray], sink: Sink, stops: tuple[type[BaseException], ...] = ()) -> Any:
+    """The one render loop, for every render and every sink: each piece into the opened ``sink``, then its
+    ``commit()``, whose result is returned; on any failure its ``abort()``, and the failure goes on up. One of
+    ``stops`` raised while rendering (Ctrl-C on an endless render, a listener gone) ends the render early: what was
+    written is committed, or, if no piece had come, the sink is aborted and the stop goes on up. The pieces' iterator is
+    closed either way (a live render then offloads its models)."""
+    written = False
+    try:
+        for piece in pieces:
+            # A stop raised inside a write comes after it: a sink holds signals until what it writes is whole.
+            written = True
+            sink.write(piece)
+    except stops:
+        if not written:
+            sink.abort()
+            raise
+        logger.info("stopped early; keeping what was rendered")
+    except BaseException:
+        sink.abort()
+        raise
+    finally:
+        close = getattr(pieces, "close", None)
+        if close is not None:
+            close()
+    return sink.commit()
+
+
+class Tee:
+    """Several sinks fed the same pieces (a live render written to a file and played); ``commit()`` returns the
+    first one's result."""
+
+    def __init__(self, *sinks: Sink):
+        self.sinks = sinks
+
+    def open(self, sample_rate: int, waveforms: int, recipe: Mapping[str, Any]) -> None:
+        for sink in self.sinks:
+            sink.open(sample_rate, waveforms, recipe)
+
+    def write(self, piece: np.ndarray) -> None:
+        for sink in self.sinks:
+            sink.write(piece)
+
+    def commit(self) -> Any:
+        return [sink.commit() for sink in self.sinks][0]
+
+    def abort(self) -> None:
+        for sink in self.sinks:
+            sink.abort()
 
 
 class _Resampled:

@@ -1,0 +1,173 @@
+"""Where a live render's pieces go (``sinks`` has the protocol and the one loop, ``drive``): the WAV file that
+grows window by window and resumes after a crash (``LiveFileSink``), a WAV stream of unknown length into a pipe
+(``WavStreamSink``), the sound card (``PlayerSink``), or a function called with each piece (``CallbackSink``)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from .files import commit_file, new_file_mode, signals_deferred
+
+logger = logging.getLogger(__name__)
+
+
+class ListenerGone(Exception):
+    """The reader of a stream went away (the player was closed): a stop, not a failure."""
+
+
+class LiveFileSink:
+    """A live render's WAV ``path``, grown in ``NAME.wav.part`` (a valid WAV after every window) with the render's
+    state after each whole window saved to ``NAME.wav.live`` (``render.live_files``), so that a render killed at
+    any moment goes on from its last window. ``commit()`` moves the part onto ``path``; ``abort()`` keeps it for a
+    resume, unless nothing was written.
+
+    Args:
+        render: the ``LiveRender`` whose pieces come (its samples and state are read after each).
+        resume: go on with the part after a crash, or with the finished ``path`` (copied to the part first) to
+            extend it; the samples the file holds are not written again.
+        keep: samples the finished file holds; None for an endless render.
+    """
+
+    def __init__(self, path: str | os.PathLike, render, subtype: str = "PCM_16", resume: bool = False,
+                 overwrite: bool = True, keep: int | None = None):
+        from .render import live_files
+
+        self.path, self.render, self.subtype = Path(path), render, subtype
+        self.resume, self.overwrite, self.keep = resume, overwrite, keep
+        self.part, self.state_path = live_files(path)
+        self._writer = None
+
+    def open(self, sample_rate: int, waveforms: int, recipe: Mapping[str, Any]) -> None:
+        from .wav_stream import GrowingWav
+
+        if self.resume and not self.part.exists():
+            shutil.copy2(self.path, self.part)  # extend a finished render: the file changes only once this succeeds
+        self._writer = GrowingWav(self.part, sample_rate, self.subtype, resume=self.resume,
+                                  mode=new_file_mode(self.path))
+        written, state = self._writer.frames, self.render.state
+        if self.resume and written < state.samples:
+            self.abort()
+            raise ValueError(f"{str(self.part)!r} holds {written} samples, fewer than its state's {state.samples}; "
+                             "it cannot be resumed")
+        if self.keep is not None and written > self.keep:
+            self.abort()
+            raise ValueError(f"{str(self.part)!r} already holds {written / sample_rate:g} s, more than the "
+                             f"{self.keep / sample_rate:g} s asked for")
+        self._position, self._saved = self.render.samples, self.render.state  # the first sample to come, the state
+
+    def write(self, piece: np.ndarray) -> None:
+        start, self._position = self._position, self.render.samples
+        piece = piece[0, max(0, self._writer.frames - start) :]  # what the file holds already is not written again
+        with signals_deferred():  # Ctrl-C waits for the piece, its header and its state
+            if piece.size:
+                self._writer.write(piece)
+            if self.render.state is not self._saved:
+                self._saved = self.render.state
+                self._saved.save(self.state_path)
+
+    @property
+    def frames(self) -> int:
+        return 0 if self._writer is None else self._writer.frames
+
+    def commit(self) -> Path:
+        self._writer.close()
+        commit_file(self.part, self.path, overwrite=self.overwrite or self.resume)
+        return self.path
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(OSError):
+                self._writer.close()
+            if not self.resume and self._writer.frames == 0:  # nothing rendered: nothing to resume either
+                self.part.unlink(missing_ok=True)
+            self._writer = None
+
+
+class WavStreamSink:
+    """A WAV of unknown length into a pipe (``-o -``: standard output, for ``sox -t wav - -d`` or ``ffplay -``).
+    When the reader closes the pipe, the render ends quietly (``ListenerGone``, a stop); ``commit()`` returns the
+    samples written."""
+
+    def __init__(self, stream: BinaryIO, subtype: str = "PCM_16"):
+        self.stream, self.subtype, self.samples = stream, subtype, 0
+
+    def open(self, sample_rate: int, waveforms: int, recipe: Mapping[str, Any]) -> None:
+        from .wav_stream import WavStream
+
+        self._writer = WavStream(self.stream, sample_rate, self.subtype)
+
+    def write(self, piece: np.ndarray) -> None:
+        try:
+            self._writer.write(piece[0])
+        except BrokenPipeError:  # the player was closed: the listener has stopped
+            with contextlib.suppress(OSError, ValueError):  # nothing more can go into the pipe, at exit neither
+                os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
+            raise ListenerGone() from None
+        self.samples += piece.shape[1]
+
+    def commit(self) -> int:
+        return self.samples
+
+    def abort(self) -> None:
+        pass
+
+
+class PlayerSink:
+    """The default sound card, each piece played as it comes (blocking while it plays): needs ``sounddevice`` and
+    PortAudio (``pip install 'audioldm-tiled[play]'``), checked when the sink is made; a machine without an output
+    device is named when it opens."""
+
+    def __init__(self):
+        try:
+            import sounddevice
+        except (ImportError, OSError) as error:  # OSError: the package is there but PortAudio is not
+            raise ImportError(f"playing needs the sounddevice package and PortAudio: pip install "
+                              f"'audioldm-tiled[play]' ({error})") from None
+        self._sounddevice, self._stream = sounddevice, None
+
+    def open(self, sample_rate: int, waveforms: int, recipe: Mapping[str, Any]) -> None:
+        try:
+            self._stream = self._sounddevice.OutputStream(samplerate=sample_rate, channels=1, dtype="float32")
+            self._stream.start()
+        except Exception as error:  # noqa: BLE001 - PortAudioError and its kin: no device, a busy one
+            self._stream = None
+            raise OSError(f"cannot play on the sound card: {error}") from None
+
+    def write(self, piece: np.ndarray) -> None:
+        self._stream.write(np.ascontiguousarray(piece[0], dtype=np.float32).reshape(-1, 1))
+
+    def commit(self) -> None:
+        self.abort()
+
+    def abort(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
+
+class CallbackSink:
+    """``function(samples)`` with each piece's first waveform."""
+
+    def __init__(self, function: Callable[[np.ndarray], object]):
+        self.function = function
+
+    def open(self, sample_rate: int, waveforms: int, recipe: Mapping[str, Any]) -> None:
+        pass
+
+    def write(self, piece: np.ndarray) -> None:
+        if piece.size:
+            self.function(piece[0])
+
+    def commit(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
