@@ -62,6 +62,11 @@ def live_parser() -> argparse.ArgumentParser:
                         help="auto: fp16 on CUDA, fp32 elsewhere")
     parser.add_argument("--float", dest="subtype", action="store_const", const="FLOAT", default="PCM_16",
                         help="32-bit float samples instead of 16-bit PCM")
+    parser.add_argument("--loudness", type=float, default=None, metavar="LUFS",
+                        help="with -o - or --play: follow this loudness target as it renders (the gain moves by at "
+                        "most 1 dB a window); a file keeps its level, for normalising once it is finished")
+    parser.add_argument("--true-peak", type=float, default=None, metavar="DBTP",
+                        help="with --loudness: the highest sample peak the gain may reach (default -1)")
     parser.add_argument("--no-overwrite", action="store_true", help="refuse to replace an existing output file")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -81,6 +86,12 @@ def live(args: argparse.Namespace, stops: tuple[type[BaseException], ...]) -> in
     if args.resume and args.output in (None, "-"):
         raise CliError("--resume goes on with a file: give -o FILE.wav")
     to_file = args.output not in (None, "-")
+    if args.loudness is not None and to_file:
+        raise CliError("--loudness follows a target while a render is heard (-o -, --play); a live file keeps its "
+                       "level so that it can resume: normalise the finished file with `audioldm-tiled PROMPT "
+                       "--loudness` or any loudness tool")
+    if args.loudness is None and args.true_peak is not None:
+        raise CliError("--true-peak goes with --loudness")
     if to_file and Path(args.output).suffix.lower() != ".wav":
         raise CliError(f"-o {args.output}: a live render grows a WAV file that it can resume window by window; for "
                        "FLAC, Ogg, Opus or MP3 render with `audioldm-tiled PROMPT -o FILE`, or convert the WAV")
@@ -91,12 +102,19 @@ def live(args: argparse.Namespace, stops: tuple[type[BaseException], ...]) -> in
             seed=args.seed)
     except ValueError as error:
         raise as_cli_error(error) from None
+    if args.loudness is not None:
+        from .sinks import check_delivery
+
+        try:
+            check_delivery("-.wav", loudness=args.loudness, true_peak=args.true_peak)
+        except ValueError as error:
+            raise as_cli_error(error) from None
     if to_file:
         size = None if args.seconds is None else wav_bytes(args.seconds * SAMPLE_RATE, args.subtype)
         check_output_path(args.output, overwrite=not args.no_overwrite or args.resume, size=size)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    from .live_sinks import PlayerSink
+    from .live_sinks import LoudnessFollower, PlayerSink
     from .loading import ModelLoadError, load_pipeline
     from .render import live_files, render_live, stream_live
     from .sinks import drive
@@ -111,12 +129,14 @@ def live(args: argparse.Namespace, stops: tuple[type[BaseException], ...]) -> in
         raise CliError(f"--model: {error}") from None
     pipe.set_progress_bar_config(disable=args.quiet)
     if not to_file:
+        level = {} if args.loudness is None else dict(loudness=args.loudness, true_peak=args.true_peak)
         if args.output == "-":
-            stream_live(pipe, sys.stdout.buffer, request, subtype=args.subtype, also=player)
+            stream_live(pipe, sys.stdout.buffer, request, subtype=args.subtype, also=player, **level)
         else:
             render = pipe.live(request)
-            player.open(render.sample_rate, 1, render.recipe)
-            drive(render, player, stops)
+            heard = player if not level else LoudnessFollower(player, level["loudness"], level["true_peak"] or -1.0)
+            heard.open(render.sample_rate, 1, render.recipe)
+            drive(render, heard, stops)
         return 0
     output = render_live(pipe, args.output, request, subtype=args.subtype, resume=args.resume,
                          overwrite=not args.no_overwrite, stops=stops, also=player)

@@ -1,6 +1,7 @@
 """Where a live render's pieces go (``sinks`` has the protocol and the one loop, ``drive``): the WAV file that
 grows window by window and resumes after a crash (``LiveFileSink``), a WAV stream of unknown length into a pipe
-(``WavStreamSink``), the sound card (``PlayerSink``), or a function called with each piece (``CallbackSink``)."""
+(``WavStreamSink``), the sound card (``PlayerSink``), or a function called with each piece (``CallbackSink``);
+``LoudnessFollower`` in front of any of them brings what is heard towards a loudness target as it goes."""
 
 from __future__ import annotations
 
@@ -171,3 +172,43 @@ class CallbackSink:
 
     def abort(self) -> None:
         pass
+
+
+class LoudnessFollower:
+    """A sink in front of another that brings a live render towards ``target`` LUFS as it is heard: each piece is
+    scaled by a gain that follows the integrated loudness measured so far (of the unscaled render), moving by at
+    most ``step_db`` per piece (a ramp across the piece: no click) within ``range_db`` either way, and lowered
+    where a piece's sample peak would pass ``peak_db``. Integrated loudness needs the whole signal, which a live
+    render never has: the first 0.4 s keep their level, a change in the sound reaches the gain a few pieces later,
+    and the result ends near the target, not on it (``docs/delivery.md``)."""
+
+    def __init__(self, sink, target: float, peak_db: float = -1.0, step_db: float = 1.0, range_db: float = 20.0):
+        self.sink, self.target, self.peak_db = sink, target, peak_db
+        self.step_db, self.range_db = step_db, range_db
+        self.gain_db = 0.0
+
+    def open(self, sample_rate: int, waveforms: int, recipe: Mapping[str, Any]) -> None:
+        from .loudness import LoudnessMeter
+
+        self._meter = LoudnessMeter(sample_rate)
+        self.sink.open(sample_rate, waveforms, recipe)
+
+    def write(self, piece: np.ndarray) -> None:
+        self._meter.add(piece[0])
+        so_far = self._meter.integrated_so_far()
+        wanted = self.gain_db if so_far is None else min(self.range_db, max(-self.range_db, self.target - so_far))
+        gain = self.gain_db + min(self.step_db, max(-self.step_db, wanted - self.gain_db))
+        ramp = np.linspace(10 ** (self.gain_db / 20), 10 ** (gain / 20), piece.shape[1], dtype=np.float32)
+        scaled = piece * ramp
+        peak, limit = float(np.abs(scaled).max(initial=0.0)), 10 ** (self.peak_db / 20)
+        if peak > limit:
+            scaled *= limit / peak
+            gain -= 20 * np.log10(peak / limit)
+        self.gain_db = gain
+        self.sink.write(scaled)
+
+    def commit(self) -> Any:
+        return self.sink.commit()
+
+    def abort(self) -> None:
+        self.sink.abort()

@@ -133,6 +133,12 @@ class LoudnessMeter:
         if piece.size:
             self._peak = max(self._peak, float(np.abs(piece).max()))
 
+    def integrated_so_far(self) -> float | None:
+        """The gated integrated loudness of the whole blocks added so far (None before the first 0.4 s, or below
+        the absolute gate); the blocks are kept as they are, so more audio may follow."""
+        powers = np.asarray(self._integrated.powers)
+        return _gated(_block_loudness(powers), powers) if powers.size else None
+
     def result(self) -> Loudness:
         """The loudness of everything added so far; ends the true-peak stream, so call it once, at the end."""
         self._track_peak(np.zeros((0, self.channels), np.float32), last=True)

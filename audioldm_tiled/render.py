@@ -15,7 +15,7 @@ from .audio import wav_bytes
 from .callbacks import CALLBACK_ARGUMENTS, Callbacks
 from .distributed import guarded, ranks_for
 from .files import check_output_path
-from .live_sinks import CallbackSink, ListenerGone, LiveFileSink, WavStreamSink
+from .live_sinks import CallbackSink, ListenerGone, LiveFileSink, LoudnessFollower, WavStreamSink
 from .request import Request
 from .sinks import Delivered, FileSink, Sink, Tee, drive
 
@@ -156,13 +156,17 @@ def _sink(also: Sink | Callable[[np.ndarray], object]) -> Sink:
 
 
 def stream_live(pipe, stream: BinaryIO, prompt: Any = None, *, subtype: str = "PCM_16",
-                also: Sink | Callable[[np.ndarray], object] | None = None, **call_kwargs: Any) -> int:
+                also: Sink | Callable[[np.ndarray], object] | None = None, loudness: float | None = None,
+                true_peak: float | None = None, **call_kwargs: Any) -> int:
     """Render live into ``stream`` as a WAV of unknown length (``-o -``: standard output, for ``sox -t wav - -d``
-    or ``ffplay -``). Ends with the render, or quietly when the reader closes the pipe. Returns the samples
-    written."""
+    or ``ffplay -``). Ends with the render, or quietly when the reader closes the pipe. With ``loudness`` (LUFS)
+    the gain follows that target as the render goes (``live_sinks.LoudnessFollower``), its peaks under
+    ``true_peak`` (default -1 dB). Returns the samples written."""
     render = pipe.live(prompt, **call_kwargs)
     sink = WavStreamSink(stream, subtype)
     outputs = sink if also is None else Tee(sink, _sink(also))
+    if loudness is not None:
+        outputs = LoudnessFollower(outputs, loudness, -1.0 if true_peak is None else true_peak)
     outputs.open(render.sample_rate, 1, render.recipe)
     try:
         drive(render, outputs, stops=(ListenerGone,))

@@ -260,3 +260,35 @@ def test_delivery_options_are_checked_before_the_model(tmp_path, capsys, monkeyp
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_live_render_follows_a_loudness_target_as_it_is_heard():
+    """Noise at about -30 LUFS in 6.4 s pieces (a live render's): the gain climbs at most 1 dB a piece, ramped
+    across each piece (no step between pieces), no sample passes the -1 dB limit, and once the gain has caught up
+    the audio is within 0.5 LU of -16."""
+    from audioldm_tiled.live_sinks import LoudnessFollower
+
+    pieces = [0.2 * piece for piece in noise_pieces(200, piece_s=6.4)]
+    sink = LoudnessFollower(ArraySink(), -16.0, peak_db=-1.0)
+    sink.open(RATE, 1, {})
+    gains = []
+    for piece in pieces:
+        sink.write(piece)
+        gains.append(sink.gain_db)
+    out = sink.commit()[0]
+    source = np.concatenate(pieces, axis=1)[0]
+    applied = out / np.where(source == 0, 1, source)
+    assert np.abs(np.diff(gains, prepend=0.0)).max() <= 1.0 + 1e-9
+    assert np.abs(np.diff(20 * np.log10(applied))).max() < 0.01  # a ramp, not a step
+    assert np.abs(out).max() <= 10 ** (-1 / 20) + 1e-6
+    assert abs(pyloudnorm.Meter(RATE).integrated_loudness(out[-60 * RATE :].astype(np.float64)) + 16) < 0.5
+
+
+def test_a_live_file_keeps_its_level_and_says_how_to_normalise_it(tmp_path, capsys):
+    from audioldm_tiled.cli import main
+
+    assert main(["live", "rain", "--seconds", "5", "-o", str(tmp_path / "a.wav"), "--loudness", "-16"]) == 2
+    assert "a live file keeps its level so that it can resume" in capsys.readouterr().err
+    assert main(["live", "rain", "--seconds", "5", "-o", "-", "--loudness", "-99"]) == 2
+    assert "--loudness must be a number from -70 to 0" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

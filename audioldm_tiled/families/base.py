@@ -31,7 +31,7 @@ class AudioGeometry:
     mel_bands: int  # the vocoder's input channels
     vae_factor: int  # mel frames per latent frame (and mel bands per latent row)
     latent_channels: int
-    training_frames: int  # latent frames of the clips the UNet was trained on (its sample_size)
+    default_frames: int  # the UNet's sample_size: the parents' default length in latent frames
     vocoder_context_frames: int  # mel frames per side that one vocoder output sample depends on
 
     @property
@@ -53,15 +53,15 @@ class AudioGeometry:
         return self.samples_per_latent_frame / self.sample_rate
 
     @property
-    def training_seconds(self) -> float:
-        """The length of the UNet's training clips, the parents' default length (10.24 s for AudioLDM)."""
-        return self.training_frames * self.latent_frame_seconds
+    def default_seconds(self) -> float:
+        """The parents' default length: the UNet's sample_size in latent frames (128, 5.12 s for AudioLDM)."""
+        return self.default_frames * self.latent_frame_seconds
 
     def lengths(self, audio_length_in_s: float | None) -> tuple[float, int, int]:
         """(seconds, mel frames rounded up to whole latent frames, samples to keep) of a render, as the diffusers
-        parents compute them; None is the training length."""
+        parents compute them; None is the parents' default length."""
         if audio_length_in_s is None:
-            audio_length_in_s = self.training_seconds
+            audio_length_in_s = self.default_seconds
         if isinstance(audio_length_in_s, bool) or not isinstance(audio_length_in_s, (int, float, np.number)) or not (
             math.isfinite(audio_length_in_s) and audio_length_in_s > 0
         ):
@@ -130,6 +130,6 @@ class ModelFamily:
             mel_bands=int(self.vocoder.config.model_in_dim),
             vae_factor=int(self.vae_scale_factor),
             latent_channels=int(self.vae.config.latent_channels),
-            training_frames=int(self.unet.config.sample_size),
+            default_frames=int(self.unet.config.sample_size),
             vocoder_context_frames=receptive_field_frames(self.vocoder),
         )
