@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 # Uploads: larger or longer recordings are refused (``--max-upload-mb``, ``--max-upload-seconds``).
 MAX_UPLOAD_MB = 50.0
 MAX_UPLOAD_SECONDS = 600.0
+# The download's loudness when none is asked for.
+AS_RENDERED = "as rendered"
 
 
 class Cancelled(Exception):
@@ -191,8 +193,9 @@ class Studio:
 
     def deliver(self, result: Result, format: str, sample_rate: Any = None, loudness: Any = None) -> Delivered:
         """``result`` as a file to download, through the same sink as every rendered file: ``format`` (wav, flac,
-        mp3, ogg, opus), at ``sample_rate`` (blank: the model's) and ``loudness`` LUFS (blank: as rendered), with
-        the render's settings in its tags; read block by block from the result's WAV."""
+        mp3, ogg, opus), at ``sample_rate`` (blank or 0: the model's) and ``loudness`` LUFS (a number, or text that
+        starts with one, as "-16 (podcast)"; blank or ``AS_RENDERED``: as rendered), with the render's settings in
+        its tags; read block by block from the result's WAV."""
         import json
 
         import soundfile
@@ -200,7 +203,12 @@ class Studio:
         from .sinks import FileSink
 
         rate = None if sample_rate in (None, "", 0) else _whole(sample_rate, "the sample rate")
-        target = None if loudness in (None, "") else loudness
+        target = None if loudness in (None, "", AS_RENDERED) else loudness
+        if isinstance(target, str):
+            try:
+                target = float(target.split()[0])
+            except ValueError:
+                raise ValueError(f"the loudness must be a number of LUFS, e.g. -16, got {loudness!r}") from None
         if target is not None and (isinstance(target, bool) or not isinstance(target, numbers.Real)):
             raise ValueError(f"the loudness must be a number of LUFS, got {target!r}")
         name = Path(result.wav).stem + (f"-{rate // 1000}k" if rate else "") + \

@@ -15,7 +15,7 @@ import numpy as np
 from .arguments import CliError, describe_loudness, device_name, positive_number, resolve_device, resolve_dtype
 from .constants import DTYPES
 from .loading import DEFAULT_MODEL
-from .studio import MAX_UPLOAD_MB, MAX_UPLOAD_SECONDS, Cancelled, Result, Studio, timeline_from_rows
+from .studio import AS_RENDERED, MAX_UPLOAD_MB, MAX_UPLOAD_SECONDS, Cancelled, Result, Studio, timeline_from_rows
 
 logger = logging.getLogger("audioldm_tiled.studio")
 
@@ -187,8 +187,9 @@ def build_app(studio: Studio):
             delivery_format = gr.Dropdown(list(FORMATS), value="flac", label="Download as", elem_id="format")
             delivery_rate = gr.Dropdown([(f"{studio.rate} (the model's)", 0), ("44100", 44100), ("48000", 48000)],
                                         value=0, label="Sample rate", elem_id="sample-rate")
-            delivery_loudness = gr.Number(value=None, label="Loudness (LUFS; blank: as rendered)",
-                                          elem_id="loudness")
+            delivery_loudness = gr.Dropdown([AS_RENDERED, "-14 (streaming)", "-16 (podcast)", "-23 (EBU R128)",
+                                             "-24 (ATSC A/85)"], value=AS_RENDERED, allow_custom_value=True,
+                                            label="Loudness (LUFS)", elem_id="loudness")
             deliver_button = gr.Button("Make the download", elem_id="deliver")
         renders = gr.Dataframe(headers=["#", "what", "seconds", "file"], label="Renders since the page was opened",
                                interactive=False, elem_id="renders")

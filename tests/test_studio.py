@@ -208,14 +208,16 @@ def test_a_result_is_delivered_in_another_format_rate_and_loudness(studio, tmp_p
     recording = tmp_path / "field.wav"
     sf.write(recording, 0.1 * np.sin(np.arange(5 * 16000) / 9), 16000)
     _, wav, *_ = client.predict(handle_file(str(recording)), api_name="/use_recording")
-    files, status = client.predict("flac", 48000, -20, api_name="/deliver")
+    files, status = client.predict("flac", 48000, "-20", api_name="/deliver")
     flac = next(f for f in files if f.endswith(".flac"))
     audio, rate = sf.read(flac)
     assert rate == 48000 and audio.shape == (5 * 48000,) and status.startswith(f"Download {Path(flac).name}")
     assert abs(pyloudnorm.Meter(rate).integrated_loudness(audio) + 20) < 0.1
     assert any(f.endswith(".wav") for f in files)  # the WAV stays, for further edits
     with pytest.raises(AppError, match="opus files take a Sample rate of"):
-        client.predict("opus", 44100, None, api_name="/deliver")
+        client.predict("opus", 44100, "as rendered", api_name="/deliver")
+    with pytest.raises(AppError, match="the loudness must be a number of LUFS, e.g. -16, got 'loud'"):
+        client.predict("mp3", 0, "loud", api_name="/deliver")
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
