@@ -9,19 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .constants import VERSION as __version__  # noqa: F401 - the package's version, as packages give it
 from .families import REGISTRY
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("audioldm-tiled")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "0+unknown"
-
-
-__version__ = _version()
 
 # public name -> module that defines it
 _EXPORTS = {
@@ -39,7 +28,7 @@ _EXPORTS = {
     "ArraySink": "sinks",
     "FileSink": "sinks",
     "Delivered": "sinks",
-    "AudioGeometry": "families.base",
+    "AudioGeometry": "audio_geometry",
     "render_live": "render",
     "LiveRender": "live",
     "LiveState": "live",
@@ -82,10 +71,10 @@ assert sorted(__all__) == sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from .audio import save_wav
+    from .audio_geometry import AudioGeometry
     from .config import TilingConfig
     from .families.audioldm import AudioLDMTiledPipeline
     from .families.audioldm2 import AudioLDM2TiledPipeline
-    from .families.base import AudioGeometry
     from .families.musicldm import MusicLDMTiledPipeline
     from .live import LiveRender, LiveState
     from .loading import DEFAULT_MODEL, ModelLoadError, load_pipeline

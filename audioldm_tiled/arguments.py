@@ -133,7 +133,7 @@ def prompt_or_timeline(args: argparse.Namespace):
 
 def add_delivery_options(parser: argparse.ArgumentParser) -> None:
     """The options of the file a render is delivered as: format, sample encoding, rate, loudness."""
-    from .sinks import FORMATS
+    from .formats import FORMATS
 
     parser.add_argument("--format", choices=tuple(FORMATS), default=None,
                         help="file format (default: from the output's extension)")

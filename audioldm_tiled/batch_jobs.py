@@ -103,8 +103,8 @@ def parse_job(data: Any, line: int = 0) -> BatchJob:
     unknown = sorted(set(data) - FIELDS)
     if unknown:
         raise ValueError(f"unknown field(s) {unknown}; allowed: {sorted(FIELDS)}")
+    from .formats import FORMATS, check_delivery
     from .request import named_for
-    from .sinks import FORMATS, check_delivery
 
     output = data.get("output")
     if not isinstance(output, str) or Path(output).suffix.lower().lstrip(".") not in FORMATS or \

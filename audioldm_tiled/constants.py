@@ -29,3 +29,15 @@ MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed takes
 COMMAND_SECONDS = 10.0
 # Longer than any render (a year of audio): a length past it is a typing mistake, and would overflow sample counts.
 MAX_SECONDS = 365 * 24 * 3600.0
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("audioldm-tiled")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
+
+
+VERSION = _version()  # this library's, as installed (files made with it say so in their tags)

@@ -103,7 +103,7 @@ def live(args: argparse.Namespace, stops: tuple[type[BaseException], ...]) -> in
     except ValueError as error:
         raise as_cli_error(error) from None
     if args.loudness is not None:
-        from .sinks import check_delivery
+        from .formats import check_delivery
 
         try:
             check_delivery("-.wav", loudness=args.loudness, true_peak=args.true_peak)
@@ -114,9 +114,9 @@ def live(args: argparse.Namespace, stops: tuple[type[BaseException], ...]) -> in
         check_output_path(args.output, overwrite=not args.no_overwrite or args.resume, size=size)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    from .live_sinks import LoudnessFollower, PlayerSink
+    from .live_sinks import LoudnessFollower, PlayerSink, live_files
     from .loading import ModelLoadError, load_pipeline
-    from .render import live_files, render_live, stream_live
+    from .render import render_live, stream_live
     from .sinks import drive
 
     try:

@@ -24,6 +24,14 @@ class ListenerGone(Exception):
     """The reader of a stream went away (the player was closed): a stop, not a failure."""
 
 
+def live_files(path: str | os.PathLike) -> tuple[Path, Path]:
+    """The files beside a live render's output ``NAME.wav``: ``NAME.wav.part``, the audio so far (a valid WAV
+    after every window), and ``NAME.wav.live``, where the render stands (``live.LiveState``). The part becomes
+    ``NAME.wav`` when the render ends; the state stays, so that the render can be extended later."""
+    path = Path(path)
+    return path.with_name(path.name + ".part"), path.with_name(path.name + ".live")
+
+
 class LiveFileSink:
     """A live render's WAV ``path``, grown in ``NAME.wav.part`` (a valid WAV after every window) with the render's
     state after each whole window saved to ``NAME.wav.live`` (``render.live_files``), so that a render killed at
@@ -39,8 +47,6 @@ class LiveFileSink:
 
     def __init__(self, path: str | os.PathLike, render, subtype: str = "PCM_16", resume: bool = False,
                  overwrite: bool = True, keep: int | None = None):
-        from .render import live_files
-
         self.path, self.render, self.subtype = Path(path), render, subtype
         self.resume, self.overwrite, self.keep = resume, overwrite, keep
         self.part, self.state_path = live_files(path)

@@ -16,12 +16,12 @@ from typing import Any
 
 import torch
 
+from .audio_geometry import AudioGeometry
 from .call_inputs import check_latents, read_input_audio
 from .config import TilingConfig
 from .denoise import WindowPlan, plan_windows
 from .distributed import Ranks, agree_on, ranks_for, smallest, together
 from .editing import Edit, plan_edit
-from .families.base import AudioGeometry
 from .files import format_bytes
 from .geometry import ProgressiveLayout
 from .memory import BUDGET_SHARE, InsufficientMemoryError, available_memory, choose_window_batch_size

@@ -15,7 +15,7 @@ from .audio import wav_bytes
 from .callbacks import CALLBACK_ARGUMENTS, Callbacks
 from .distributed import guarded, ranks_for
 from .files import check_output_path
-from .live_sinks import CallbackSink, ListenerGone, LiveFileSink, LoudnessFollower, WavStreamSink
+from .live_sinks import CallbackSink, ListenerGone, LiveFileSink, LoudnessFollower, WavStreamSink, live_files
 from .request import Request
 from .sinks import Delivered, FileSink, Sink, Tee, drive
 
@@ -84,14 +84,6 @@ def render_to_wav(pipe, path: str | os.PathLike, prompt: Any = None, *, subtype:
         raise ValueError(f"output path must end in .wav, got {str(path)!r} (render_to_file writes other formats)")
     render_to_file(pipe, path, prompt, subtype=subtype, overwrite=overwrite, **call_kwargs)
     return Path(path)
-
-
-def live_files(path: str | os.PathLike) -> tuple[Path, Path]:
-    """The files beside a live render's output ``NAME.wav``: ``NAME.wav.part``, the audio so far (a valid WAV
-    after every window), and ``NAME.wav.live``, where the render stands (``live.LiveState``). The part becomes
-    ``NAME.wav`` when the render ends; the state stays, so that the render can be extended later."""
-    path = Path(path)
-    return path.with_name(path.name + ".part"), path.with_name(path.name + ".live")
 
 
 def render_live(pipe, path: str | os.PathLike, prompt: Any = None, *, subtype: str = "PCM_16",

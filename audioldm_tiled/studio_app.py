@@ -34,8 +34,8 @@ def build_app(studio: Studio):
     renders), the spectrogram, and the renders made since the page was opened with their downloads."""
     import gradio as gr
 
+    from .formats import FORMATS
     from .request import named_for
-    from .sinks import FORMATS
 
     tracked = gr.Progress()  # a handler's default: Gradio reports progress through it
 

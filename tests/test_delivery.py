@@ -13,8 +13,9 @@ import soundfile as sf
 import soxr
 from scipy.signal import resample_poly
 
+from audioldm_tiled.formats import FORMATS
 from audioldm_tiled.loudness import TRUE_PEAK_RATE, LoudnessMeter
-from audioldm_tiled.sinks import FORMATS, ArraySink, FileSink
+from audioldm_tiled.sinks import ArraySink, FileSink
 
 RATE = 16000
 

@@ -403,7 +403,8 @@ def test_model_offload_gives_the_same_live_audio(tiny_pipe, monkeypatch):
 
 
 def test_a_refused_file_render_leaves_no_file_behind(tiny_pipe, tmp_path):
-    from audioldm_tiled.render import live_files, render_live
+    from audioldm_tiled.live_sinks import live_files
+    from audioldm_tiled.render import render_live
 
     out = tmp_path / "x.wav"
     with pytest.raises(ValueError, match="`loop` is not taken"):
