@@ -144,6 +144,7 @@ class LiveRender:
         if self._generator is None:  # a seed of its own: the caller's global RNG is theirs
             self._generator = torch.Generator().manual_seed(torch.Generator().seed())
         self._fingerprint = fingerprint(pipe, request)
+        self._guidance, self._interrupted = plan.guidance, False  # a callback may change them from step to step
         self._decoder = RunningDecoder(pipe.vae, plan.config, plan.history)
         self._encoded: dict[str | None, dict[str, torch.Tensor]] = {}
         self._text: str | None = None
@@ -182,7 +183,7 @@ class LiveRender:
 
     def __next__(self) -> np.ndarray:
         keep = self.plan.keep
-        if self._done or (keep is not None and self._samples >= keep) or self.pipe.interrupt:
+        if self._done or (keep is not None and self._samples >= keep) or self._interrupted:
             self.close()
             raise StopIteration
         if self._bar is None:
@@ -272,11 +273,18 @@ class LiveRender:
             known = KnownRegion(region, mask, noise, pipe.scheduler)
             latents = known.replace(latents, timesteps[0])
         single = plan_windows(window.length, plan.config.replace(windowed=False))
-        return denoise(pipe.unet, pipe.scheduler, latents, lambda: (conditioning, pipe._guidance_scale), single,
-                       pipe.prepare_extra_step_kwargs(generator, self.request.eta), 1,
-                       lambda total: tqdm(total=total, disable=True),
-                       self.callbacks.step_function(pipe, self._encoded[self._text]),
-                       self.request.cross_attention_kwargs, timesteps, interrupted=lambda: False, known=known)
+        # The guidance and the interrupt flag are this render's: the pipeline holds them only while this window is
+        # denoised (diffusers' callbacks read and set them there), so another render or call on the same pipeline,
+        # between this one's pieces, changes nothing of it.
+        pipe._guidance_scale, pipe._interrupt = self._guidance, False
+        try:
+            return denoise(pipe.unet, pipe.scheduler, latents, lambda: (conditioning, pipe._guidance_scale), single,
+                           pipe.prepare_extra_step_kwargs(generator, self.request.eta), 1,
+                           lambda total: tqdm(total=total, disable=True),
+                           self.callbacks.step_function(pipe, self._encoded[self._text]),
+                           self.request.cross_attention_kwargs, timesteps, interrupted=lambda: False, known=known)
+        finally:
+            self._guidance, self._interrupted = pipe._guidance_scale, pipe._interrupt
 
     # ------------------------------------------------------------------------------------------------- conditioning
     def _conditioning(self, window: Tile):

@@ -314,7 +314,6 @@ class TiledAudioPipelineMixin(ModelFamily):
                                              self.reject_unknown_arguments)
         plan = build_live_plan(self, request)
         callbacks.check(self)
-        self._guidance_scale, self._interrupt = plan.guidance, False
         return LiveRender(self, plan, request, callbacks, resume)
 
     @torch.no_grad()

@@ -168,6 +168,7 @@ class Studio:
         spectrogram."""
         from .audio import save_wav
         from .batch import library_versions, sidecar_path, write_json
+        from .loudness import LoudnessMeter
         from .plots import save_spectrogram
 
         with self._lock:
@@ -176,9 +177,11 @@ class Studio:
         wav = self.folder / f"{index:03d}-{what.split()[0]}.wav"
         save_wav(wav, audio, self.rate)
         seconds = audio.shape[0] / self.rate
+        meter = LoudnessMeter(self.rate)  # every result's loudness, asked or not, as batch's sidecars have it
+        meter.add(audio)
         record = {"job": settings, "model": self.model, "status": "done", "settings": dict(settings),
                   "versions": library_versions(), "render_s": round(time.perf_counter() - started, 3),
-                  "samples": int(audio.shape[0])}
+                  "samples": int(audio.shape[0]), **meter.result().as_dict()}
         if request is not None and self.recipe is not None:  # what the model's defaults filled in
             record["settings"].update(steps=self.recipe["steps"], guidance=self.recipe["guidance"])
         write_json(sidecar_path(wav), record)

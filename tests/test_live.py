@@ -460,3 +460,22 @@ def test_a_damaged_state_is_refused_by_name(tiny_pipe, tmp_path, capsys):
     out.write_bytes(b"")
     assert main(["live", "rain", "--seconds", "20", "-o", str(out), "--resume", "--model", "random:tiny"]) == 2
     assert "rain.wav.live is not a file" in capsys.readouterr().err
+
+
+def test_two_live_renders_on_one_pipeline_keep_their_own_arguments(tiny_pipe):
+    """A render's guidance belongs to the render: a second live render with another guidance, and a call with a
+    third, made between the first one's pieces, change none of its samples."""
+    def render(guidance):
+        return tiny_pipe.live("rain", audio_length_in_s=20, num_inference_steps=2, guidance_scale=guidance,
+                              generator=_seed())
+
+    solo = render(2.5)
+    expected = [next(solo), next(solo)]
+    solo.close()
+    a, b = render(2.5), render(50.0)
+    first, other = next(a), next(b)
+    tiny_pipe("rain", audio_length_in_s=1.0, num_inference_steps=1, guidance_scale=9.0)
+    second = next(a)
+    assert np.array_equal(first, expected[0]) and np.array_equal(second, expected[1])
+    assert not np.array_equal(other, first)  # the other guidance does make other audio
+    a.close(), b.close()

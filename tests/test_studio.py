@@ -118,6 +118,7 @@ def test_timeline_render_span_extension_and_loop_through_the_api(studio):
     assert first.shape == (12 * 16000,) and Path(picture).stat().st_size > 0 and status.startswith("Render 1")
     sidecar = json.loads(Path(next(f for f in files if f.endswith(".json"))).read_text())
     assert sidecar["status"] == "done" and sidecar["job"]["timeline"] == [[0, "rain"], [6, "thunder"]]
+    assert {"integrated_lufs", "range_lu", "true_peak_dbtp"} <= set(sidecar)  # measured, asked or not
     assert sidecar["settings"]["steps"] == 1 and sidecar["model"] == "random:tiny" and sidecar["versions"]
 
     _, wav, _, files, table, _ = client.predict(4, 8, "a dog barks", 0, 1, None, "", "exact", False,
