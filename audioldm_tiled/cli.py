@@ -335,7 +335,11 @@ def _what_was_kept(argv: list[str]) -> str:
     if argv and argv[0] == "batch":
         return "the jobs finished before are kept; the job in progress was not written"
     if argv and argv[0] == "live":
-        return "an output file keeps the windows rendered so far in FILE.wav.part; --resume goes on from there"
+        output = next((argv[i + 1] for i in range(len(argv) - 1) if argv[i] in ("-o", "--output")), None)
+        output = next((a.split("=", 1)[1] for a in argv if a.startswith("--output=")), output)
+        if output is None or output == "-":
+            return "nothing was kept"
+        return f"{output}.part keeps the windows rendered so far; --resume goes on from there"
     return "no output was written"
 
 

@@ -72,6 +72,17 @@ def live_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_open(stream) -> bool:
+    """Whether ``stream``'s file descriptor is open (a program started with standard output closed has none)."""
+    import os
+
+    try:
+        os.fstat(stream.fileno())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def live(args: argparse.Namespace, stops: tuple[type[BaseException], ...]) -> int:
     """Run ``audioldm-tiled live``; returns the exit status."""
     from pathlib import Path
@@ -86,6 +97,8 @@ def live(args: argparse.Namespace, stops: tuple[type[BaseException], ...]) -> in
     if args.resume and args.output in (None, "-"):
         raise CliError("--resume goes on with a file: give -o FILE.wav")
     to_file = args.output not in (None, "-")
+    if args.output == "-" and (sys.stdout is None or sys.stdout.closed or not _is_open(sys.stdout)):
+        raise CliError("-o -: standard output is closed; give -o FILE.wav or --play")
     if args.loudness is not None and to_file:
         raise CliError("--loudness follows a target while a render is heard (-o -, --play); a live file keeps its "
                        "level so that it can resume: normalise the finished file with `audioldm-tiled PROMPT "
@@ -140,5 +153,9 @@ def live(args: argparse.Namespace, stops: tuple[type[BaseException], ...]) -> in
         return 0
     output = render_live(pipe, args.output, request, subtype=args.subtype, resume=args.resume,
                          overwrite=not args.no_overwrite, stops=stops, also=player)
-    logger.info("wrote %s; %s keeps where it stands, for --resume", output, live_files(output)[1].name)
+    state = live_files(output)[1]
+    if state.is_file():
+        logger.info("wrote %s; %s keeps where it stands, for --resume", output, state.name)
+    else:  # shorter than one whole window: there is no state to go on from
+        logger.info("wrote %s (shorter than one window: it cannot be extended with --resume)", output)
     return 0

@@ -55,11 +55,22 @@ class LiveFileSink:
     def open(self, sample_rate: int, waveforms: int, recipe: Mapping[str, Any]) -> None:
         from .wav_stream import GrowingWav
 
-        if self.resume and not self.part.exists():
-            shutil.copy2(self.path, self.part)  # extend a finished render: the file changes only once this succeeds
-        self._writer = GrowingWav(self.part, sample_rate, self.subtype, resume=self.resume,
-                                  mode=new_file_mode(self.path))
+        self._copied = self.resume and not self.part.exists()
+        if self._copied:  # extend a finished render: the file itself changes only once this succeeds
+            copying = self.part.with_name(self.part.name + ".copying")
+            try:  # whole or not at all: an interrupted copy is no part to resume from
+                shutil.copy2(self.path, copying)
+                os.replace(copying, self.part)
+            finally:
+                copying.unlink(missing_ok=True)
+        try:
+            self._writer = GrowingWav(self.part, sample_rate, self.subtype, resume=self.resume,
+                                      mode=new_file_mode(self.path))
+        except BaseException:
+            self._drop_copy()
+            raise
         written, state = self._writer.frames, self.render.state
+        self._opened_with = written
         if self.resume and written < state.samples:
             self.abort()
             raise ValueError(f"{str(self.part)!r} holds {written} samples, fewer than its state's {state.samples}; "
@@ -95,7 +106,15 @@ class LiveFileSink:
                 self._writer.close()
             if not self.resume and self._writer.frames == 0:  # nothing rendered: nothing to resume either
                 self.part.unlink(missing_ok=True)
+            elif self._writer.frames <= self._opened_with:  # a refused or stopped extension added nothing
+                self._drop_copy()
             self._writer = None
+
+    def _drop_copy(self) -> None:
+        """A copy of the finished file made for an extension that added nothing goes: the file is still there,
+        and a copy left behind would block every later render of it."""
+        if getattr(self, "_copied", False):
+            self.part.unlink(missing_ok=True)
 
 
 class WavStreamSink:
@@ -109,16 +128,22 @@ class WavStreamSink:
     def open(self, sample_rate: int, waveforms: int, recipe: Mapping[str, Any]) -> None:
         from .wav_stream import WavStream
 
-        self._writer = WavStream(self.stream, sample_rate, self.subtype)
+        with self._listener_gone_on_broken_pipe():  # the header: a reader gone before it (`-o - | true`)
+            self._writer = WavStream(self.stream, sample_rate, self.subtype)
 
     def write(self, piece: np.ndarray) -> None:
-        try:
+        with self._listener_gone_on_broken_pipe():
             self._writer.write(piece[0])
+        self.samples += piece.shape[1]
+
+    @contextlib.contextmanager
+    def _listener_gone_on_broken_pipe(self):
+        try:
+            yield
         except BrokenPipeError:  # the player was closed: the listener has stopped
             with contextlib.suppress(OSError, ValueError):  # nothing more can go into the pipe, at exit neither
                 os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
             raise ListenerGone() from None
-        self.samples += piece.shape[1]
 
     def commit(self) -> int:
         return self.samples

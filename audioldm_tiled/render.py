@@ -159,9 +159,9 @@ def stream_live(pipe, stream: BinaryIO, prompt: Any = None, *, subtype: str = "P
     outputs = sink if also is None else Tee(sink, _sink(also))
     if loudness is not None:
         outputs = LoudnessFollower(outputs, loudness, -1.0 if true_peak is None else true_peak)
-    outputs.open(render.sample_rate, 1, render.recipe)
     try:
+        outputs.open(render.sample_rate, 1, render.recipe)
         drive(render, outputs, stops=(ListenerGone,))
-    except ListenerGone:  # gone before the first piece
-        pass
+    except ListenerGone:  # gone before the first piece, or before the header
+        render.close()
     return sink.samples

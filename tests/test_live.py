@@ -479,3 +479,40 @@ def test_two_live_renders_on_one_pipeline_keep_their_own_arguments(tiny_pipe):
     assert np.array_equal(first, expected[0]) and np.array_equal(second, expected[1])
     assert not np.array_equal(other, first)  # the other guidance does make other audio
     a.close(), b.close()
+
+
+def test_a_reader_gone_before_the_header_and_a_closed_output_end_in_one_line(tmp_path):
+    """`-o - | true`: the reader is gone before the header is written; the render ends quietly (exit 0, no
+    'Broken pipe'). Standard output closed altogether: one line, before any model is loaded."""
+    process = subprocess.Popen(LIVE + ["--seconds", "20", "-o", "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    process.stdout.close()
+    _, err = process.communicate(timeout=240)
+    assert process.returncode == 0 and "Broken pipe" not in err and "Traceback" not in err, err
+    closed = subprocess.run(["bash", "-c", 'exec 1>&- && exec "$@"', "-", *LIVE, "--seconds", "5", "-o", "-"],
+                            capture_output=True, text=True, timeout=240)
+    assert closed.returncode == 2 and "-o -: standard output is closed" in closed.stderr, closed.stderr
+
+
+def test_ctrl_c_names_what_was_kept_for_the_output_given():
+    from audioldm_tiled.cli import _what_was_kept
+
+    assert _what_was_kept(["live", "rain", "--forever", "-o", "-"]) == "nothing was kept"
+    assert _what_was_kept(["live", "rain", "--forever", "--output=bed.wav"]).startswith("bed.wav.part keeps")
+
+
+def test_resume_dead_ends_are_closed(tmp_path, caplog):
+    """A render shorter than one window says it cannot be extended (it has no state); a refused extension of a
+    finished render leaves no copy of it behind, and the next render of the name starts."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="audioldm_tiled.cli")
+    short = tmp_path / "short.wav"
+    options = ["--model", "random:tiny", "--steps", "1", "--quiet"]
+    assert main(["live", "rain", "--seconds", "2", "-o", str(short), *options]) == 0
+    assert "cannot be extended with --resume" in caplog.text and not (tmp_path / "short.wav.live").exists()
+    out = tmp_path / "bed.wav"
+    assert main(["live", "rain", "--seconds", "12", "-o", str(out), *options]) == 0
+    assert main(["live", "rain", "--seconds", "5", "-o", str(out), "--resume", *options]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bed.wav", "bed.wav.live", "short.wav"]
+    assert main(["live", "rain", "--seconds", "3", "-o", str(out), *options]) == 0
