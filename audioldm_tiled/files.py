@@ -54,7 +54,7 @@ def check_output_path(path: str | os.PathLike, overwrite: bool = True, suffix: s
     if not overwrite and (path.exists() or path.is_symlink()):
         raise ValueError(f"output path {str(path)!r} exists, and overwriting was refused (overwrite=False, CLI "
                          "--no-overwrite); choose another path or remove the file")
-    folder = _target(path).parent
+    folder = target_of(path).parent
     if not folder.is_dir():
         raise ValueError(f"folder {str(folder)!r} of the output path does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):
@@ -108,7 +108,7 @@ def atomic_file(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
             device", with the path).
     """
     path = Path(path)
-    target = _target(path)
+    target = target_of(path)
     _remove_stale_parts(target)
     tmp = target.with_name(f".{_part_stem(target)}.{os.getpid()}.{secrets.token_hex(4)}.part")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -133,7 +133,7 @@ def atomic_file(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
 def commit_file(tmp: Path, path: str | os.PathLike, overwrite: bool = True) -> None:
     """Move the finished file ``tmp`` onto ``path`` (through a symbolic link, onto the file it points to); with
     ``overwrite=False`` by a hard link, which fails if a file has appeared there meanwhile."""
-    target = _target(Path(path))
+    target = target_of(Path(path))
     if overwrite:
         os.replace(tmp, target)
         return
@@ -147,7 +147,7 @@ def commit_file(tmp: Path, path: str | os.PathLike, overwrite: bool = True) -> N
 
 def new_file_mode(path: str | os.PathLike) -> int:
     """The mode a file written to ``path`` gets: that of the file it replaces, or a new file's under the umask."""
-    return _mode_for(_target(Path(path)))
+    return _mode_for(target_of(Path(path)))
 
 
 @contextlib.contextmanager
@@ -182,7 +182,7 @@ def _part_stem(target: Path) -> str:
     return "~" + hashlib.sha256(os.fsencode(target.name)).hexdigest()[:24]
 
 
-def _target(path: Path) -> Path:
+def target_of(path: Path) -> Path:
     """The file that writing ``path`` replaces: the end of its chain of symbolic links (which may not exist yet)."""
     return Path(os.path.realpath(path)) if path.is_symlink() else path
 

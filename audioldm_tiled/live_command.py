@@ -89,7 +89,7 @@ def live(args: argparse.Namespace, stops: tuple[type[BaseException], ...]) -> in
 
     from .audio import wav_bytes
     from .constants import SAMPLE_RATE
-    from .files import check_output_path
+    from .live_sinks import check_live_output
     from .request import Request
 
     if args.output is None and not args.play:
@@ -124,7 +124,10 @@ def live(args: argparse.Namespace, stops: tuple[type[BaseException], ...]) -> in
             raise as_cli_error(error) from None
     if to_file:
         size = None if args.seconds is None else wav_bytes(args.seconds * SAMPLE_RATE, args.subtype)
-        check_output_path(args.output, overwrite=not args.no_overwrite or args.resume, size=size)
+        try:  # the path, the files beside it, another render writing them, what a resume needs
+            check_live_output(args.output, overwrite=not args.no_overwrite, resume=args.resume, size=size)
+        except ValueError as error:
+            raise CliError(str(error)) from None
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     from .live_sinks import LoudnessFollower, PlayerSink, live_files

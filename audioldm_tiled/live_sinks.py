@@ -15,7 +15,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from .files import commit_file, new_file_mode, signals_deferred
+from .files import OutputError, check_output_path, commit_file, name_problem, new_file_mode, signals_deferred, target_of
+from .wav_stream import lock_for_writing
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +28,52 @@ class ListenerGone(Exception):
 def live_files(path: str | os.PathLike) -> tuple[Path, Path]:
     """The files beside a live render's output ``NAME.wav``: ``NAME.wav.part``, the audio so far (a valid WAV
     after every window), and ``NAME.wav.live``, where the render stands (``live.LiveState``). The part becomes
-    ``NAME.wav`` when the render ends; the state stays, so that the render can be extended later."""
-    path = Path(path)
+    ``NAME.wav`` when the render ends; the state stays, so that the render can be extended later. Through a
+    symbolic link they lie beside the file it leads to, on its filesystem."""
+    path = target_of(Path(path))
     return path.with_name(path.name + ".part"), path.with_name(path.name + ".live")
+
+
+def check_live_output(path: str | os.PathLike, overwrite: bool = True, resume: bool = False,
+                      size: int | None = None):
+    """Before any model work: that ``path`` and the files beside it can be written (names, folder, free space
+    for ``size`` bytes beyond what the part already holds), that no other render is writing them, and what a
+    resume needs. Returns the saved ``LiveState`` to go on from, or None for a new render.
+
+    A part without a state (a render stopped before its first whole window) holds nothing to go on from: a new
+    render replaces it, and ``resume`` says so."""
+    from .live import LiveState
+
+    part, state_path = live_files(path)
+    for name in (part, state_path):
+        problem = name_problem(name)
+        if problem:
+            raise ValueError(f"{problem} (a live render writes {part.name} and {state_path.name} beside it)")
+    held = part.stat().st_size if part.is_file() else 0
+    check_output_path(path, overwrite=overwrite or resume, size=None if size is None else max(0, size - held))
+    if part.exists():
+        with open(part, "rb") as file:  # refused at once while another render holds it
+            lock_for_writing(file, part)
+    if state_path.exists() and not state_path.is_file():
+        raise ValueError(f"{str(state_path)!r} is not a file (a live render's saved state is one file)")
+    if resume:
+        if not state_path.is_file():
+            if part.exists():
+                raise ValueError(f"nothing to resume for {str(path)!r}: {part.name} holds no whole window (the "
+                                 "render stopped in its first); start again without --resume")
+            raise ValueError(f"nothing to resume for {str(path)!r}: {state_path.name} is missing (a live render "
+                             "writes it after every window)")
+        state = LiveState.load(state_path)
+        if not part.exists() and not Path(path).is_file():
+            raise ValueError(f"nothing to resume for {str(path)!r}: neither it nor {part.name} exists")
+        return state
+    if part.exists():
+        if state_path.is_file():
+            raise ValueError(f"{str(part)!r} holds an unfinished live render: continue it (--resume, resume=True) "
+                             "or remove it")
+        logger.info("%s holds no whole window: starting again", part)
+        part.unlink()
+    return None
 
 
 class LiveFileSink:
@@ -97,7 +141,10 @@ class LiveFileSink:
 
     def commit(self) -> Path:
         self._writer.close()
-        commit_file(self.part, self.path, overwrite=self.overwrite or self.resume)
+        try:
+            commit_file(self.part, self.path, overwrite=self.overwrite or self.resume)
+        except OutputError as error:  # a file appeared at the path meanwhile, under --no-overwrite
+            raise OutputError(error.errno, f"{error}; it is kept in {str(self.part)!r}") from None
         return self.path
 
     def abort(self) -> None:

@@ -14,8 +14,7 @@ import numpy as np
 from .audio import wav_bytes
 from .callbacks import CALLBACK_ARGUMENTS, Callbacks
 from .distributed import guarded, ranks_for
-from .files import check_output_path
-from .live_sinks import CallbackSink, ListenerGone, LiveFileSink, LoudnessFollower, WavStreamSink, live_files
+from .live_sinks import CallbackSink, ListenerGone, LiveFileSink, LoudnessFollower, WavStreamSink, check_live_output
 from .request import Request
 from .sinks import Delivered, FileSink, Sink, Tee, drive
 
@@ -111,30 +110,13 @@ def render_live(pipe, path: str | os.PathLike, prompt: Any = None, *, subtype: s
     Returns:
         The path written.
     """
-    from .live import LiveState
-
     path = Path(path)
-    part, state_path = live_files(path)
     rate = pipe.geometry.sample_rate
     callbacks = {name: call_kwargs.pop(name) for name, _ in CALLBACK_ARGUMENTS if name in call_kwargs}
     request = _one_waveform(pipe, prompt, call_kwargs, progressive=True)
     seconds = request.audio_length_in_s
     size = None if seconds is None else wav_bytes(seconds * rate, subtype)
-    check_output_path(path, overwrite=overwrite or resume, size=size)
-    state = None
-    if resume:
-        if state_path.exists() and not state_path.is_file():
-            raise ValueError(f"cannot resume {str(path)!r}: {state_path.name} is not a file (a live render's saved "
-                             "state is one file)")
-        if not state_path.is_file():
-            raise ValueError(f"nothing to resume for {str(path)!r}: {state_path.name} is missing (a live render "
-                             "writes it after every window)")
-        state = LiveState.load(state_path)
-        if not part.exists() and not path.is_file():
-            raise ValueError(f"nothing to resume for {str(path)!r}: neither it nor {part.name} exists")
-    elif part.exists():
-        raise ValueError(f"{str(part)!r} holds an unfinished live render: continue it (--resume, resume=True) or "
-                         "remove it")
+    state = check_live_output(path, overwrite, resume, size)
     render = pipe.live(request, resume=state, **callbacks)  # the arguments are checked before any file is made
     sink = LiveFileSink(path, render, subtype, resume, overwrite, None if seconds is None else int(seconds * rate))
     outputs = sink if also is None else Tee(sink, _sink(also))

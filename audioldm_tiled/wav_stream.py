@@ -9,6 +9,7 @@ sample frame written so far.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import struct
@@ -60,6 +61,24 @@ class WavStream:
         self.stream.flush()
 
 
+class BusyError(OSError):
+    """Another process is writing the file."""
+
+
+def lock_for_writing(file, path: str | os.PathLike) -> None:
+    """Hold an exclusive lock on ``file`` for as long as it is open, or raise ``BusyError`` at once if another
+    process holds one (where the system has no ``fcntl``, nothing is locked)."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    try:
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise BusyError(errno.EBUSY, f"another render is writing {str(path)!r} now; wait for it, or give another "
+                        "output") from None
+
+
 class GrowingWav:
     """A WAV file appended to piece by piece, its header true after every piece.
 
@@ -71,18 +90,17 @@ class GrowingWav:
                  channels: int = 1, resume: bool = False, mode: int = 0o644):
         self.path, self.sample_rate, self.subtype, self.channels = Path(path), sample_rate, subtype, channels
         self.frame_bytes = SUBTYPE_BYTES[subtype] * channels
-        if resume:
-            self.file = open(self.path, "r+b")  # noqa: SIM115 - held open across pieces, closed by close()
-            try:
-                self.frames = self._whole_frames()
-            except BaseException:
-                self.file.close()
-                raise
-            self.file.truncate(HEADER_BYTES + self.frames * self.frame_bytes)
-        else:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, mode)
-            self.file = os.fdopen(fd, "r+b")
-            self.frames = 0
+        # Held open across pieces (closed by close()), and locked while held: a second writer is refused before it
+        # can change a byte (the lock goes with the process, so a killed render leaves none behind).
+        fd = os.open(self.path, os.O_RDWR | (0 if resume else os.O_CREAT), mode)
+        self.file = os.fdopen(fd, "r+b")
+        try:
+            lock_for_writing(self.file, self.path)
+            self.frames = self._whole_frames() if resume else 0
+        except BaseException:
+            self.file.close()
+            raise
+        self.file.truncate(HEADER_BYTES + self.frames * self.frame_bytes)
         self._commit()
 
     def _whole_frames(self) -> int:

@@ -5,10 +5,12 @@ file from the command line, the standard-output stream, and the refusals."""
 import io
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -516,3 +518,55 @@ def test_resume_dead_ends_are_closed(tmp_path, caplog):
     assert main(["live", "rain", "--seconds", "5", "-o", str(out), "--resume", *options]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bed.wav", "bed.wav.live", "short.wav"]
     assert main(["live", "rain", "--seconds", "3", "-o", str(out), *options]) == 0
+
+
+def test_a_live_output_is_owned_by_one_render_from_the_start(tmp_path, capsys):
+    """A part another render holds (its lock) is refused at once, before any model loads; once nothing holds it,
+    a part without a state (a render stopped in its first window) is no dead end: a new render replaces it, and
+    --resume says why there is nothing to resume."""
+    import fcntl
+
+    out = tmp_path / "same.wav"
+    part = tmp_path / "same.wav.part"
+    part.write_bytes(b"RIFF")
+    options = ["--model", "random:tiny", "--steps", "1", "--quiet"]
+    with open(part, "rb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        started = time.monotonic()
+        assert main(["live", "snow", "--seconds", "3", "-o", str(out), *options]) != 0
+        assert time.monotonic() - started < 10 and "another render is writing" in capsys.readouterr().err
+    assert main(["live", "rain", "--seconds", "3", "-o", str(out), "--resume", *options]) == 2
+    assert "holds no whole window (the render stopped in its first)" in capsys.readouterr().err
+    assert main(["live", "rain", "--seconds", "3", "-o", str(out), *options]) == 0
+    assert sf.info(out).frames == 3 * 16000 and not part.exists()
+
+
+def test_odd_live_outputs_fail_first_or_say_where_the_audio_is(tmp_path, capsys):
+    """Names whose part or state would be too long fail before any model loads; through a symbolic link onto
+    another folder the part grows beside the file the link leads to; a file that appears under --no-overwrite
+    while rendering leaves the render in its part, and the message says so."""
+    from audioldm_tiled.files import OutputError
+    from audioldm_tiled.render import render_live
+
+    long = tmp_path / ("r" * 247 + ".wav")  # 251 bytes: its .part would be 256
+    assert main(["live", "rain", "--seconds", "3", "-o", str(long), "--model", "no/such-model"]) == 2
+    assert "more than the 255 its filesystem takes" in capsys.readouterr().err
+    import tempfile
+
+    # Another filesystem where there is one (a move across filesystems fails): /dev/shm is a tmpfs on Linux.
+    other = "/dev/shm" if os.path.isdir("/dev/shm") and os.stat("/dev/shm").st_dev != os.stat(tmp_path).st_dev \
+        else str(tmp_path)
+    elsewhere = Path(tempfile.mkdtemp(dir=other))
+    link = tmp_path / "link.wav"
+    link.symlink_to(elsewhere / "target.wav")
+    pipe = random_pipeline("tiny")
+    pipe.set_progress_bar_config(disable=True)
+    render_live(pipe, link, "rain", audio_length_in_s=3, num_inference_steps=1, generator=_seed())
+    assert link.is_symlink() and sf.info(elsewhere / "target.wav").frames == 3 * 16000
+    assert not (tmp_path / "link.wav.part").exists()
+    shutil.rmtree(elsewhere)
+    late = tmp_path / "late.wav"
+    with pytest.raises(OutputError, match="late.wav.part"):
+        render_live(pipe, late, "rain", audio_length_in_s=3, num_inference_steps=1, generator=_seed(),
+                    overwrite=False, also=lambda piece: late.write_bytes(b"appeared"))
+    assert late.read_bytes() == b"appeared" and sf.info(tmp_path / "late.wav.part").frames == 3 * 16000
