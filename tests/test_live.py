@@ -461,7 +461,7 @@ def test_a_damaged_state_is_refused_by_name(tiny_pipe, tmp_path, capsys):
     out = tmp_path / "rain.wav"
     out.write_bytes(b"")
     assert main(["live", "rain", "--seconds", "20", "-o", str(out), "--resume", "--model", "random:tiny"]) == 2
-    assert "rain.wav.live is not a file" in capsys.readouterr().err
+    assert "rain.wav.live' is not a file (a live render's saved state is one file)" in capsys.readouterr().err
 
 
 def test_two_live_renders_on_one_pipeline_keep_their_own_arguments(tiny_pipe):
