@@ -72,17 +72,6 @@ def live_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _is_open(stream) -> bool:
-    """Whether ``stream``'s file descriptor is open (a program started with standard output closed has none)."""
-    import os
-
-    try:
-        os.fstat(stream.fileno())
-    except (OSError, ValueError):
-        return False
-    return True
-
-
 def live(args: argparse.Namespace, stops: tuple[type[BaseException], ...]) -> int:
     """Run ``audioldm-tiled live``; returns the exit status."""
     from pathlib import Path
@@ -97,7 +86,7 @@ def live(args: argparse.Namespace, stops: tuple[type[BaseException], ...]) -> in
     if args.resume and args.output in (None, "-"):
         raise CliError("--resume goes on with a file: give -o FILE.wav")
     to_file = args.output not in (None, "-")
-    if args.output == "-" and (sys.stdout is None or sys.stdout.closed or not _is_open(sys.stdout)):
+    if args.output == "-" and (sys.stdout is None or sys.stdout.closed):  # None: started with it closed
         raise CliError("-o -: standard output is closed; give -o FILE.wav or --play")
     if args.loudness is not None and to_file:
         raise CliError("--loudness follows a target while a render is heard (-o -, --play); a live file keeps its "

@@ -6,6 +6,7 @@ grows window by window and resumes after a crash (``LiveFileSink``), a WAV strea
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -128,12 +129,22 @@ class LiveFileSink:
     def write(self, piece: np.ndarray) -> None:
         start, self._position = self._position, self.render.samples
         piece = piece[0, max(0, self._writer.frames - start) :]  # what the file holds already is not written again
-        with signals_deferred():  # Ctrl-C waits for the piece, its header and its state
-            if piece.size:
-                self._writer.write(piece)
-            if self.render.state is not self._saved:
-                self._saved = self.render.state
-                self._saved.save(self.state_path)
+        try:
+            with signals_deferred():  # Ctrl-C waits for the piece, its header and its state
+                if piece.size:
+                    self._writer.write(piece)
+                if self.render.state is not self._saved:
+                    self._saved = self.render.state
+                    self._saved.save(self.state_path)
+        except OSError as error:
+            if error.errno != errno.ENOSPC or self._writer.frames == 0:
+                raise
+            # A full disk ends the render as a stop does: what the header counts is kept, with the last state saved
+            # (a piece whose state could not be saved is skipped when the render resumes).
+            seconds = self._writer.frames / self._writer.sample_rate
+            self.commit()
+            raise OutputError(errno.ENOSPC, f"no space left on device after {seconds:.1f} s: they are kept in "
+                              f"{str(self.path)!r} with their state; --resume goes on once there is room") from None
 
     @property
     def frames(self) -> int:

@@ -28,6 +28,8 @@ from .editing import edit_geometry, seconds_argument
 from .timeline import Segment, is_timeline, parse_timeline
 
 KINDS = ("generate", "restyle", "extend", "regenerate", "loop")
+# Beyond this the guided noise prediction overflows float32 into NaN audio (the models use 1 to 20).
+MAX_GUIDANCE = 1000.0
 # How far audio-to-audio takes its input towards noise when the caller does not say.
 DEFAULT_STRENGTH = 0.5
 
@@ -137,8 +139,9 @@ class Request:
             object.__setattr__(self, "num_inference_steps", int(self.num_inference_steps))
         if self.guidance_scale is not None:
             if isinstance(self.guidance_scale, bool) or not isinstance(self.guidance_scale, numbers.Real) \
-                    or not math.isfinite(self.guidance_scale):
-                raise ValueError(f"`guidance_scale` must be a finite number, got {self.guidance_scale!r}")
+                    or not math.isfinite(self.guidance_scale) or abs(self.guidance_scale) > MAX_GUIDANCE:
+                raise ValueError(f"`guidance_scale` must be a number from {-MAX_GUIDANCE:g} to {MAX_GUIDANCE:g}, got "
+                                 f"{self.guidance_scale!r}")
             object.__setattr__(self, "guidance_scale", float(self.guidance_scale))
         waveforms = 1 if self.num_waveforms_per_prompt is None else self.num_waveforms_per_prompt
         _positive_integer("num_waveforms_per_prompt", waveforms)

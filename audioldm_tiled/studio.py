@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 # Uploads: larger or longer recordings are refused (``--max-upload-mb``, ``--max-upload-seconds``).
 MAX_UPLOAD_MB = 50.0
 MAX_UPLOAD_SECONDS = 600.0
+MIN_UPLOAD_SECONDS = 0.1  # shorter recordings are too short to edit (or to draw)
 # The download's loudness when none is asked for.
 AS_RENDERED = "as rendered"
 
@@ -58,7 +59,11 @@ def timeline_from_rows(rows: Any, prompt: str | None = None) -> str | list:
     rows (one row from 0 with no end is one text), else ``prompt``. Blank rows are skipped."""
     rows = [list(r) + [None] * (3 - len(r)) for r in (rows.values.tolist() if hasattr(rows, "values") else rows or [])]
     segments = []
-    for number, (start, end, text) in enumerate(rows, start=1):
+    for number, row in enumerate(rows, start=1):
+        if len(row) > 3 and any(cell not in (None, "") for cell in row[3:]):
+            raise ValueError(f"timeline row {number} has {len(row)} cells; a row is a start, an optional end and a "
+                             "prompt")
+        start, end, text = row[:3]
         start, end = _blank_or_number(start), _blank_or_number(end)
         text = "" if text is None else str(text).strip()
         if not text:
@@ -113,6 +118,8 @@ class Studio:
 
         if mode not in ("exact", "fast"):
             raise ValueError(f"the VAE mode must be exact or fast, got {mode!r}")
+        if "extend_s" in fields and fields["extend_s"] in (None, ""):
+            raise ValueError("`extend_s` is empty: give the seconds to add")
         return Request.for_command_line(
             prompt=prompt, audio_length_in_s=None if seconds in (None, "") else seconds,
             num_inference_steps=None if steps in (None, "", 0) else _whole(steps, "Steps"),
@@ -252,8 +259,9 @@ class Studio:
         except Exception as error:  # noqa: BLE001 - any unreadable file: say so, not how libsndfile failed
             raise ValueError(f"the upload is not audio soundfile can read ({str(error).splitlines()[0][:120]})") \
                 from None
-        if info.frames == 0:
-            raise ValueError("the recording holds no samples")
+        if info.duration < MIN_UPLOAD_SECONDS:
+            raise ValueError(f"the recording lasts {info.duration:.4g} s; the studio takes at least "
+                             f"{MIN_UPLOAD_SECONDS:g} s")
         if info.duration > self.max_upload_seconds:
             raise ValueError(f"the recording lasts {info.duration:.1f} s; the studio takes up to "
                              f"{self.max_upload_seconds:g} s")
@@ -265,7 +273,8 @@ class Studio:
 
 
 def _whole(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != int(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or \
+            value != int(value):
         raise ValueError(f"{name} must be a whole number, got {value!r}")
     return int(value)
 

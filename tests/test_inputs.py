@@ -23,7 +23,8 @@ QUICK = dict(num_inference_steps=1, audio_length_in_s=1)
     (dict(latents=torch.full((1, 8, 25, 16), float("nan"))), "`latents` contain NaN or inf"),
     (dict(strength=0.3), "`strength` goes with `audio`"),
     (dict(num_inference_steps=2.5), "`num_inference_steps` must be a positive integer"),
-    (dict(guidance_scale=float("nan")), "`guidance_scale` must be a finite number"),
+    (dict(guidance_scale=float("nan")), "`guidance_scale` must be a number from -1000 to 1000"),
+    (dict(guidance_scale=1e308), r"`guidance_scale` must be a number from -1000 to 1000, got 1e\+308"),
 ])
 def test_bad_call_arguments_are_named(tiny_pipe, kwargs, message):
     args = {"prompt": "rain", **QUICK, **kwargs}

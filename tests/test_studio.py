@@ -110,6 +110,36 @@ def test_timeline_rows_become_the_request_prompt():
         timeline_from_rows([[None, None, None]], "  ")
 
 
+def test_the_studios_fields_are_checked_before_any_render(tiny_pipe, tmp_path):
+    """What the page (or its API) can send that no render takes, refused up front in the page's words: an empty
+    "Seconds to add", a row of more cells than a timeline row has, NaN or infinite steps and seeds, a guidance that
+    would overflow into NaN audio, and a recording too short to edit."""
+    from audioldm_tiled.request import named_for
+    from audioldm_tiled.studio import Studio
+    from audioldm_tiled.studio_app import PAGE_FIELDS
+
+    studio = Studio(tiny_pipe, "random:tiny", tmp_path)
+    recording = tmp_path / "in.wav"
+    sf.write(recording, np.zeros(16000, np.float32), 16000)
+    cases = [
+        (lambda: studio.request("rain", None, 0, 1, None, "", audio=str(recording), extend_s=None),
+         "Seconds to add is empty: give the seconds to add"),
+        (lambda: timeline_from_rows([[0, None, "rain", 4, 5]]), "timeline row 1 has 5 cells"),
+        (lambda: studio.request("rain", 10, 0, float("nan"), None, ""), "Steps must be a whole number, got nan"),
+        (lambda: studio.request("rain", 10, float("inf"), 1, None, ""), "the seed must be a whole number"),
+        (lambda: studio.request("rain", 10, 0, 1, 1e308, ""), "Guidance must be a number from -1000 to 1000"),
+    ]
+    for make, message in cases:
+        with pytest.raises(ValueError) as refused:
+            make()
+        assert message in named_for(refused.value, PAGE_FIELDS)
+    one = tmp_path / "one.wav"
+    sf.write(one, np.zeros(1, np.float32), 16000)
+    with pytest.raises(ValueError, match="the studio takes at least 0.1 s"):
+        studio.upload(one)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.wav", "one.wav"]  # nothing kept of any of them
+
+
 def test_timeline_render_span_extension_and_loop_through_the_api(studio):
     client = Client(studio, verbose=False)
     rows = {"headers": HEADERS, "data": [[0, None, "rain"], [6, None, "thunder"]]}
