@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .constants import MAX_SECONDS
 from .geometry import Tile, take_frames
 
 
@@ -32,8 +33,10 @@ def is_timeline(prompt: Any) -> bool:
 
 
 def _seconds(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"prompt timeline: {what} must be a finite number of seconds, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
+            abs(value) > MAX_SECONDS:
+        raise ValueError(f"prompt timeline: {what} must be a finite number of seconds, at most {MAX_SECONDS:g} "
+                         f"(a year), got {value!r}")
     return float(value)
 
 

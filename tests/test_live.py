@@ -625,3 +625,11 @@ def test_a_full_disk_ends_a_live_render_as_a_stop_does(tiny_pipe, tmp_path, monk
     monkeypatch.undo()
     render_live(tiny_pipe, out, "rain", audio_length_in_s=20, num_inference_steps=1, generator=_seed(), resume=True)
     assert sf.info(out).frames == 20 * 16000
+
+
+def test_a_timeline_past_a_year_is_refused_at_once(tiny_pipe):
+    """A segment's start beyond any render (1e308 s gave a traceback from deep inside the plan) is named."""
+    started = time.monotonic()
+    with pytest.raises(ValueError, match=r"segment 1's start must be a finite number of seconds, at most 3.1536e\+07"):
+        tiny_pipe.live([(0, "rain"), (1e308, "snow")])
+    assert time.monotonic() - started < 5
