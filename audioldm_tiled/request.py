@@ -298,12 +298,6 @@ class Request:
             raise ValueError(f"`prompt` must be a text describing the sound, got {prompt!r}")
         return cls(**fields_)
 
-    def call_arguments(self) -> dict[str, Any]:
-        """The pipeline call's keyword arguments that make this request (those that differ from the defaults)."""
-        arguments = {f.name: getattr(self, f.name) for f in fields(self)
-                     if f.name != "family_inputs" and getattr(self, f.name) is not f.default}
-        return {**arguments, **self.family_inputs}
-
     def digest(self) -> str:
         """A fingerprint of everything that decides the audio (not where it is computed): ranks that share one
         render compare it, so that different arguments on different ranks are refused instead of mixed."""
