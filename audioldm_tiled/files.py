@@ -220,11 +220,12 @@ def _remove_stale_parts(target: Path) -> None:
         return
     for entry in entries:
         match = _PART.fullmatch(entry.name)
-        if match and match["name"] == _part_stem(target) and not _running(int(match["pid"])):
+        if match and match["name"] == _part_stem(target) and not process_running(int(match["pid"])):
             _unlink(Path(entry.path))
 
 
-def _running(pid: int) -> bool:
+def process_running(pid: int) -> bool:
+    """Whether a process with this id runs (another user's counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -217,6 +217,29 @@ def build_app(studio: Studio):
     return app.queue(default_concurrency_limit=1)
 
 
+# A studio's results folder, in the temporary folder: the prefix, its process id, then a random part.
+FOLDER_PREFIX = "audioldm-tiled-studio-"
+
+
+def remove_stale_folders(root: str | os.PathLike) -> list[str]:
+    """Remove the results folders under ``root`` of studios that no longer run (killed with SIGKILL, nothing
+    removed them); returns their names."""
+    import re
+    import shutil
+
+    from .files import process_running
+
+    removed = []
+    for entry in os.scandir(root):
+        match = re.fullmatch(rf"{FOLDER_PREFIX}(\d+)-.+", entry.name)
+        if match and entry.is_dir(follow_symlinks=False) and not process_running(int(match[1])):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.name)
+    if removed:
+        logger.info("removed the folders of %d studio(s) that no longer run", len(removed))
+    return removed
+
+
 def studio_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="audioldm-tiled studio",
@@ -266,7 +289,8 @@ def main(argv: list[str]) -> int:
     except ModelLoadError as error:
         raise CliError(f"--model: {error}") from None
     pipe.set_progress_bar_config(disable=True)
-    with tempfile.TemporaryDirectory(prefix="audioldm-tiled-studio-") as folder:
+    remove_stale_folders(tempfile.gettempdir())
+    with tempfile.TemporaryDirectory(prefix=f"{FOLDER_PREFIX}{os.getpid()}-") as folder:
         # Gradio's copies of the results and uploads go with them (read when Gradio is first imported, below)
         os.environ.setdefault("GRADIO_TEMP_DIR", os.path.join(folder, "gradio"))
         studio = Studio(pipe, args.model, folder, args.max_upload_mb, args.max_upload_seconds)

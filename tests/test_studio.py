@@ -317,3 +317,18 @@ def test_listening_beyond_the_machine_is_said_loudly_and_bad_options_are_named(c
     assert "random:ARCH" in capsys.readouterr().err
     assert main(["studio", "--auth", "ada"]) == 2
     assert "--auth takes USER:PASSWORD" in capsys.readouterr().err
+
+
+def test_the_folders_of_studios_that_no_longer_run_are_removed_at_start(tmp_path):
+    """A studio killed with SIGKILL cannot remove its results folder; the next studio to start does, and leaves
+    those of studios still running (this process stands for one) and everything else alone."""
+    from audioldm_tiled.studio_app import FOLDER_PREFIX, remove_stale_folders
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = tmp_path / f"{FOLDER_PREFIX}{int(gone.stdout)}-x1"
+    alive = tmp_path / f"{FOLDER_PREFIX}{os.getpid()}-x2"
+    other = tmp_path / "audioldm-tiled-studio-notes"
+    for folder in (dead, alive, other):
+        (folder / "gradio").mkdir(parents=True)
+    assert remove_stale_folders(tmp_path) == [dead.name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, other.name])
