@@ -261,12 +261,7 @@ class TiledAudioPipelineMixin(ModelFamily):
         if "output_type" in kwargs or "return_dict" in kwargs:
             raise ValueError("stream() yields numpy pieces; it takes no `output_type` or `return_dict`")
         callbacks = Callbacks.from_arguments(kwargs)
-        if isinstance(prompt, Request):
-            if kwargs:
-                raise ValueError(f"a Request carries the call's arguments; got {', '.join(sorted(kwargs))} beside it")
-            request = prompt
-        else:
-            request = Request.from_arguments({"prompt": prompt, **kwargs}, self.reject_unknown_arguments)
+        request = Request.given_or_from(prompt, kwargs, self.reject_unknown_arguments)
         return StreamedRender(lambda render: self._streamed(request, callbacks, render))
 
     @torch.no_grad()
@@ -305,13 +300,7 @@ class TiledAudioPipelineMixin(ModelFamily):
             if name in kwargs:
                 raise ValueError(f"live() yields numpy pieces of a progressive render; it takes no `{name}`")
         callbacks = Callbacks.from_arguments(kwargs)
-        if isinstance(prompt, Request):  # a whole request (the command line's): live, whatever it said
-            if kwargs:
-                raise ValueError(f"a Request carries the call's arguments; got {', '.join(sorted(kwargs))} beside it")
-            request = prompt if prompt.progressive else prompt.replace(progressive=True)
-        else:
-            request = Request.from_arguments({"prompt": prompt, **kwargs, "progressive": True},
-                                             self.reject_unknown_arguments)
+        request = Request.given_or_from(prompt, kwargs, self.reject_unknown_arguments, progressive=True)
         plan = build_live_plan(self, request)
         callbacks.check(self)
         return LiveRender(self, plan, request, callbacks, resume)

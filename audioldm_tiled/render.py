@@ -62,13 +62,7 @@ def render_to_file(pipe, path: str | os.PathLike, prompt: Any = None, *, format:
 def _one_waveform(pipe, prompt: Any, call_kwargs: dict[str, Any], progressive: bool = False) -> Request:
     """``prompt`` if it is a whole ``Request`` (then nothing beside it), else the request the call's arguments make;
     either way one waveform, as a file holds."""
-    if isinstance(prompt, Request):
-        if call_kwargs:
-            raise ValueError(f"a Request carries the call's arguments; got {', '.join(sorted(call_kwargs))} beside it")
-        request = prompt.replace(progressive=True) if progressive and not prompt.progressive else prompt
-    else:
-        arguments = {"prompt": prompt, **call_kwargs, **({"progressive": True} if progressive else {})}
-        request = Request.from_arguments(arguments, pipe.reject_unknown_arguments)
+    request = Request.given_or_from(prompt, call_kwargs, pipe.reject_unknown_arguments, progressive)
     if request.num_waveforms_per_prompt != 1 or (
         isinstance(request.prompt, list) and len(request.prompt) > 1 and all(isinstance(p, str) for p in request.prompt)
     ):

@@ -287,6 +287,19 @@ class Request:
         return cls(**{k: v for k, v in arguments.items() if k in names}, family_inputs=extra)
 
     @classmethod
+    def given_or_from(cls, prompt: Any, arguments: Mapping[str, Any], reject: Callable[[dict], None],
+                      progressive: bool = False) -> Request:
+        """``prompt`` itself when it is a whole request (then no other call argument may come beside it), else the
+        request a call's ``prompt`` and ``arguments`` make (``from_arguments``); live with ``progressive``."""
+        if isinstance(prompt, Request):
+            if arguments:
+                raise ValueError(f"a Request carries the call's arguments; got {', '.join(sorted(arguments))} "
+                                 "beside it")
+            return prompt.replace(progressive=True) if progressive and not prompt.progressive else prompt
+        return cls.from_arguments({"prompt": prompt, **arguments, **({"progressive": True} if progressive else {})},
+                                  reject)
+
+    @classmethod
     def for_command_line(cls, **fields_: Any) -> Request:
         """A request as the command lines, batch and the studio make it: a prompt that is not blank, and
         ``COMMAND_SECONDS`` when neither a length nor an input is given (a live render without one is endless)."""
