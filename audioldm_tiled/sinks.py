@@ -239,8 +239,7 @@ class FileSink:
                 folder = self.path.resolve().parent
                 self._raw = self._stack.enter_context(tempfile.TemporaryFile(dir=folder, prefix=".loudness."))
         except BaseException:
-            self._stack.close()
-            self._stack = None
+            self.abort()  # not a plain close: that would move the half-made file onto an existing one
             raise
 
     def write(self, piece: np.ndarray) -> None:

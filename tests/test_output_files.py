@@ -21,6 +21,7 @@ from audioldm_tiled import save_wav
 from audioldm_tiled.audio import open_wav
 from audioldm_tiled.cli import main
 from audioldm_tiled.files import OutputError, atomic_file
+from conftest import child_process
 
 TONE = np.full(1000, 0.25, dtype=np.float32)
 
@@ -135,18 +136,37 @@ def test_the_cli_refuses_a_render_the_disk_cannot_hold_before_loading_a_model(tm
     assert "no space left on device" in capsys.readouterr().err and not (tmp_path / "a.wav").exists()
 
 
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, OSError])
+def test_a_file_sink_failing_while_it_opens_leaves_the_existing_file(tmp_path, monkeypatch, failure):
+    """A signal (or an error) after the temporary file is made but before the sink is open: the temporary file
+    goes, the file it would have replaced stays."""
+    import audioldm_tiled.sinks as sinks
+
+    target = tmp_path / "out.flac"
+    target.write_text("precious")
+
+    def failing(*args, **kwargs):
+        raise failure("arrived while the file opened")
+
+    monkeypatch.setattr(sinks.sf, "SoundFile", failing)
+    sink = sinks.FileSink(target)
+    with pytest.raises(failure):
+        sink.open(16000, 1, {"prompt": "rain"})
+    assert target.read_text() == "precious" and _litter(tmp_path) == []
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_and_sighup_clean_up_like_ctrl_c(tmp_path, sig):
     target = tmp_path / "out.wav"
     target.write_text("precious")
-    child = subprocess.Popen([sys.executable, "-m", "audioldm_tiled", "x", "--model", "random:tiny", "--steps", "50",
-                              "--seconds", "20", "--quiet", "-o", str(target)], stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not _litter(tmp_path) and time.monotonic() < deadline:  # the .part file exists: writing has begun
-        time.sleep(0.1)
-    assert _litter(tmp_path), "the render never started writing"
-    child.send_signal(sig)
-    _, err = child.communicate(timeout=120)
+    with child_process([sys.executable, "-m", "audioldm_tiled", "x", "--model", "random:tiny", "--steps", "50",
+                        "--seconds", "20", "--quiet", "-o", str(target)], stderr=subprocess.PIPE, text=True) as child:
+        deadline = time.monotonic() + 120
+        while not _litter(tmp_path) and time.monotonic() < deadline:  # the .part file exists: writing has begun
+            time.sleep(0.1)
+        assert _litter(tmp_path), "the render never started writing"
+        child.send_signal(sig)
+        _, err = child.communicate(timeout=120)
     assert child.returncode == 128 + sig and "no output was written" in err
     assert target.read_text() == "precious" and _litter(tmp_path) == []
 
