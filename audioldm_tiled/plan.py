@@ -26,7 +26,7 @@ from .files import format_bytes
 from .geometry import ProgressiveLayout
 from .memory import BUDGET_SHARE, InsufficientMemoryError, available_memory, choose_window_batch_size
 from .request import Request, is_changing_prompt
-from .timeline import Segment, is_timeline, span_mix, window_mix
+from .timeline import Segment, deciding_mix, is_timeline, window_mix
 from .vae import check_exact_decode_fits, decode_job
 from .vae.budget import exact_stored_bytes
 from .vae.dispatch import decode_input
@@ -208,11 +208,9 @@ def build_live_plan(pipe, request: Request) -> LivePlan:
     else:
         prompts = request.prompt_embeds.shape[0]
     groups = len(timeline) if timeline is not None else prompts * request.num_waveforms_per_prompt
-    if timeline is not None:  # every window the timeline reaches, checked once (AudioLDM 2 warns of unheard segments)
-        reach = seconds if seconds is not None else timeline[-1].start_s + window_seconds
-        windows = [layout.denoised(k) for k in range(layout.windows_for(math.ceil(reach / geometry.mel_frame_seconds)))]
-        pipe.check_timeline(timeline, torch.stack([span_mix(timeline, w.start, w.stop, 1 / frame_seconds)
-                                                    for w in windows]))
+    if timeline is not None:  # checked once (AudioLDM 2 warns of unheard segments), without laying out every window
+        windows = None if seconds is None else layout.windows_for(math.ceil(seconds / geometry.mel_frame_seconds))
+        pipe.check_timeline(timeline, deciding_mix(timeline, layout.window, layout.stride, windows, 1 / frame_seconds))
     history = max(1, round(STATISTICS_SECONDS / (layout.stride * frame_seconds)))
     return LivePlan(config, steps, guidance, prompt, changing, negative, timeline,
                     prompts * request.num_waveforms_per_prompt, groups, keep, layout, history)

@@ -105,6 +105,37 @@ def span_mix(segments: list[Segment], start: int, stop: int, frames_per_second: 
     return frame_membership(segments, stop, frames_per_second, start=start).mean(dim=0)
 
 
+def deciding_mix(segments: list[Segment], window: int, stride: int, windows: int | None,
+                 frames_per_second: float) -> torch.Tensor:
+    """(rows, segments) weights from which the same segments dominate some row as dominate some window of a render
+    with ``windows`` windows (None: endless) of ``window`` latent frames every ``stride`` frames, without laying
+    out every window: a live timeline may reach a year ahead.
+
+    Each frame belongs to its nearest segment (``frame_membership``), so the frames nearest to one segment form one
+    run, its territory. A window inside a territory mixes that segment alone: a territory that holds a whole window
+    gives one row of that segment alone, and only the windows across a shorter territory are mixed, a few per
+    segment. Territories are found one frame wide on each side (the rows of those windows are exact mixes)."""
+    rows = []
+    last = math.inf if windows is None else windows - 1
+    for index, (low, high) in enumerate(_territories(segments, frames_per_second)):
+        inside = -(-(low + 1) // stride)  # the first window starting inside the territory, one frame in
+        if inside <= last and inside * stride + window <= high - 1:
+            rows.append(F.one_hot(torch.tensor(index), len(segments)).double())
+            continue
+        first = max(0, (low - 1 - window) // stride + 1)
+        stop = last + 1 if high == math.inf else min(last + 1, -(-(high + 1) // stride))
+        rows += [span_mix(segments, k * stride, k * stride + window, frames_per_second) for k in range(first, stop)]
+    return torch.stack(rows)
+
+
+def _territories(segments: list[Segment], frames_per_second: float) -> list[tuple[int, float]]:
+    """Each segment's latent frames [low, high), give or take one frame at each end: from the middle of the gap
+    before it to the middle of the gap after it (the first from frame 0, the last without end)."""
+    middles = [(a.end_s + b.start_s) / 2 * frames_per_second for a, b in zip(segments, segments[1:])]
+    edges = [0, *(max(0, math.floor(m - 0.5) + 1) for m in middles), math.inf]
+    return list(zip(edges, edges[1:]))
+
+
 def mix_embeddings(embeddings: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
     """(windows, ..., D) embeddings mixed from (segments, ..., D) with (windows, segments) weights.
 

@@ -1,10 +1,21 @@
+import math
+
 import numpy as np
 import pytest
 import torch
 
-from audioldm_tiled import TilingConfig
+from audioldm_tiled import TilingConfig, timeline
 from audioldm_tiled.geometry import Tile
-from audioldm_tiled.timeline import Segment, is_timeline, mix_embeddings, parse_timeline, window_mix
+from audioldm_tiled.timeline import (
+    Segment,
+    deciding_mix,
+    dominant_segments,
+    is_timeline,
+    mix_embeddings,
+    parse_timeline,
+    span_mix,
+    window_mix,
+)
 
 
 def test_segments_without_end_last_until_the_next_start():
@@ -41,6 +52,57 @@ def test_each_window_gets_the_segments_it_covers():
     assert mix[0].tolist() == [1.0, 0.0, 0.0]  # 0-2 s: all "a"
     assert mix[1].tolist() == [0.5, 0.5, 0.0]  # 3-5 s: half "a", half "b"
     assert mix[2].tolist() == [0.0, 0.0, 1.0]  # 8-10 s: the gap after "c" takes "c"
+
+
+def _random_timeline(rng) -> list[Segment]:
+    """Segments of 0.2 to 30 seconds with gaps of up to 5 seconds: some cover most of no window."""
+    segments, start = [], float(rng.uniform(0, 3))
+    for index in range(int(rng.integers(2, 9))):
+        end = start + float(rng.choice([rng.uniform(0.2, 2), rng.uniform(2, 30)]))
+        segments.append(Segment(start, end, f"s{index}"))
+        start = end + float(rng.choice([0.0, rng.uniform(0, 5)]))
+    return segments
+
+
+def test_the_deciding_rows_show_the_segments_that_dominate_some_window():
+    """What a live plan checks, without laying out a window per stride up to the timeline's end, against every
+    window: finite renders ending inside the timeline or past it, and endless ones (windows up to two windows past
+    the last start stand for all, the rest lying in the last segment)."""
+    rng = np.random.default_rng(0)
+    some_unheard = 0
+    for _ in range(60):
+        segments = _random_timeline(rng)
+        window = int(rng.integers(4, 40))
+        stride, frames_per_second = int(rng.integers(1, window)), float(rng.choice([1.0, 3.0, 12.5, 25.0]))
+        reach = math.ceil(segments[-1].start_s * frames_per_second) + 2 * window
+        for windows in (None, max(1, reach // (2 * stride)), reach // stride + 1):
+            every = torch.stack([span_mix(segments, k * stride, k * stride + window, frames_per_second)
+                                 for k in range(reach // stride + 1 if windows is None else windows)])
+            rows = deciding_mix(segments, window, stride, windows, frames_per_second)
+            assert set(dominant_segments(rows)) == set(dominant_segments(every)), (segments, window, stride, windows)
+            assert rows.shape[0] <= len(segments) * (2 * window // stride + 4)
+            some_unheard += len(set(dominant_segments(every))) < len(segments)
+    assert some_unheard > 20  # the comparison is not only between timelines where every segment is heard
+
+
+def test_a_live_timeline_reaching_a_year_is_checked_without_laying_out_its_windows(monkeypatch, caplog):
+    from audioldm_tiled import AudioLDM2TiledPipeline
+    from audioldm_tiled.testing.architectures import build_components
+
+    pipe = AudioLDM2TiledPipeline(**build_components("audioldm2-tiny", seed=0))
+    mixed = []
+    membership = timeline.frame_membership
+
+    def counted(*args, **kwargs):  # a window per 6.4 s up to 3e7 s would be 4.7 million
+        mixed.append(1)
+        assert len(mixed) < 1000, "the plan lays out the timeline's windows one by one"
+        return membership(*args, **kwargs)
+
+    monkeypatch.setattr(timeline, "frame_membership", counted)
+    with caplog.at_level("WARNING"):
+        render = pipe.live([(0, "rain"), (20, "thunder"), (20.5, "snow"), (3e7, "birds")], num_inference_steps=1)
+    render.close()
+    assert "'thunder'" in caplog.text and "'snow'" not in caplog.text and "'birds'" not in caplog.text
 
 
 def test_mixed_embeddings_are_unit_vectors_between_the_segments():

@@ -45,8 +45,9 @@ class ModelFamily:
         raise NotImplementedError
 
     def check_timeline(self, segments: list, mix: torch.Tensor) -> None:
-        """Called once per render with a timeline's segments and their (windows, segments) weights, to warn about
-        what the family's conditioning cannot express."""
+        """Called once per render with a timeline's segments and (rows, segments) weights, to warn about what the
+        family's conditioning cannot express: a row per window, or for a live render only the rows that decide
+        which segments dominate a window (``timeline.deciding_mix``)."""
         raise NotImplementedError
 
     def reject_unknown_arguments(self, arguments: dict[str, Any]) -> None:
