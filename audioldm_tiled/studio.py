@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 MAX_UPLOAD_MB = 50.0
 MAX_UPLOAD_SECONDS = 600.0
 MIN_UPLOAD_SECONDS = 0.1  # shorter recordings are too short to edit (or to draw)
+# Renders: a result is held whole to be drawn and kept (an hour: 230 MB of float32), so longer ones are refused
+# (``--max-seconds``); an endless or day-long bed is the command line's ``live`` work.
+MAX_RENDER_SECONDS = 3600.0
 # The download's loudness when none is asked for.
 AS_RENDERED = "as rendered"
 
@@ -98,9 +101,10 @@ class Studio:
     """The studio's renders on one pipeline, one at a time; results go to ``folder``."""
 
     def __init__(self, pipe, model: str, folder: str | Path, max_upload_mb: float = MAX_UPLOAD_MB,
-                 max_upload_seconds: float = MAX_UPLOAD_SECONDS):
+                 max_upload_seconds: float = MAX_UPLOAD_SECONDS, max_seconds: float = MAX_RENDER_SECONDS):
         self.pipe, self.model, self.folder = pipe, model, Path(folder)
         self.max_upload_bytes, self.max_upload_seconds = int(max_upload_mb * 1e6), max_upload_seconds
+        self.max_seconds = max_seconds
         self.rate = pipe.vocoder.config.sampling_rate
         self._cancel = threading.Event()
         self._owner: str | None = None  # whose render runs: only they cancel it
@@ -114,18 +118,27 @@ class Studio:
         """The ``Request`` the page's fields describe, as the command line builds it (``for_command_line``)."""
 
         from .config import TilingConfig
+        from .constants import COMMAND_SECONDS
         from .request import Request
 
         if mode not in ("exact", "fast"):
             raise ValueError(f"the VAE mode must be exact or fast, got {mode!r}")
         if "extend_s" in fields and fields["extend_s"] in (None, ""):
             raise ValueError("`extend_s` is empty: give the seconds to add")
-        return Request.for_command_line(
+        if seconds in (None, "") and fields.get("audio") is None:  # a live render too: the studio has no endless one
+            seconds = COMMAND_SECONDS
+        request = Request.for_command_line(
             prompt=prompt, audio_length_in_s=None if seconds in (None, "") else seconds,
             num_inference_steps=None if steps in (None, "", 0) else _whole(steps, "Steps"),
             guidance_scale=None if guidance in (None, "") else guidance, negative_prompt=(negative or "").strip()
             or None, seed=seed,
             tiling=TilingConfig(mode=mode, show_progress=False), **fields)
+        for name in ("audio_length_in_s", "extend_s"):
+            value = getattr(request, name)
+            if value is not None and value > self.max_seconds:
+                raise ValueError(f"`{name}` must be at most {self.max_seconds:g} s in the studio (--max-seconds; "
+                                 f"longer beds: audioldm-tiled live), got {value:g}")
+        return request
 
     # ------------------------------------------------------------------------------------------------- rendering
     def cancel(self, owner: str | None = None) -> None:

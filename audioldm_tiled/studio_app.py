@@ -15,7 +15,16 @@ import numpy as np
 from .arguments import CliError, describe_loudness, device_name, positive_number, resolve_device, resolve_dtype
 from .constants import DTYPES
 from .loading import DEFAULT_MODEL
-from .studio import AS_RENDERED, MAX_UPLOAD_MB, MAX_UPLOAD_SECONDS, Cancelled, Result, Studio, timeline_from_rows
+from .studio import (
+    AS_RENDERED,
+    MAX_RENDER_SECONDS,
+    MAX_UPLOAD_MB,
+    MAX_UPLOAD_SECONDS,
+    Cancelled,
+    Result,
+    Studio,
+    timeline_from_rows,
+)
 
 logger = logging.getLogger("audioldm_tiled.studio")
 
@@ -259,6 +268,9 @@ def studio_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-upload-seconds", type=positive_number("--max-upload-seconds", "seconds"),
                         default=MAX_UPLOAD_SECONDS,
                         help=f"longest recording accepted (default {MAX_UPLOAD_SECONDS:g} s)")
+    parser.add_argument("--max-seconds", type=positive_number("--max-seconds", "seconds"), default=MAX_RENDER_SECONDS,
+                        help=f"longest render (default {MAX_RENDER_SECONDS:g} s; each result is held whole to draw "
+                        "it)")
     return parser
 
 
@@ -293,11 +305,24 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix=f"{FOLDER_PREFIX}{os.getpid()}-") as folder:
         # Gradio's copies of the results and uploads go with them (read when Gradio is first imported, below)
         os.environ.setdefault("GRADIO_TEMP_DIR", os.path.join(folder, "gradio"))
-        studio = Studio(pipe, args.model, folder, args.max_upload_mb, args.max_upload_seconds)
+        studio = Studio(pipe, args.model, folder, args.max_upload_mb, args.max_upload_seconds, args.max_seconds)
         app = build_app(studio)
         try:
-            app.launch(server_name=args.host, server_port=args.port, auth=auth, share=args.share,
-                       max_file_size=studio.max_upload_bytes, allowed_paths=[folder], show_error=True)
+            launch(app, studio, args.host, args.port, auth, args.share)
         finally:
             app.close()
     return 0
+
+
+def launch(app, studio: Studio, host: str, port: int, auth: tuple[str, str] | None = None, share: bool = False,
+           block: bool = True):
+    """Serve ``app`` (``build_app(studio)``) until Ctrl-C, or in a thread with ``block=False``; with ``auth``
+    every route but the login page needs the login (``studio_login``)."""
+    from starlette.middleware import Middleware
+
+    from .studio_login import LoginRequired
+
+    return app.launch(server_name=host, server_port=port, auth=auth, share=share,
+                      max_file_size=studio.max_upload_bytes, allowed_paths=[str(studio.folder)], show_error=True,
+                      app_kwargs={"middleware": [Middleware(LoginRequired)]} if auth else None,
+                      prevent_thread_lock=not block, quiet=not block)

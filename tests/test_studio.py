@@ -56,7 +56,8 @@ def running_studio(folder: Path, *options: str):
            "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
     log = open(folder / "studio.log", "w+")  # noqa: SIM115 - read on failure, closed below
     process = subprocess.Popen([sys.executable, "-m", "audioldm_tiled", "studio", "--model", "random:tiny", "--port",
-                                str(port), *options], stdout=log, stderr=subprocess.STDOUT, env=env)
+                                str(port), *options], stdout=log, stderr=subprocess.STDOUT, env=env,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # see child_process
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 180
@@ -113,7 +114,9 @@ def test_timeline_rows_become_the_request_prompt():
 def test_the_studios_fields_are_checked_before_any_render(tiny_pipe, tmp_path):
     """What the page (or its API) can send that no render takes, refused up front in the page's words: an empty
     "Seconds to add", a row of more cells than a timeline row has, NaN or infinite steps and seeds, a guidance that
-    would overflow into NaN audio, and a recording too short to edit."""
+    would overflow into NaN audio, a length or extension longer than the studio holds (each result is held whole),
+    and a recording too short to edit. A live render without a length is the command line's default length, not
+    endless."""
     from audioldm_tiled.request import named_for
     from audioldm_tiled.studio import Studio
     from audioldm_tiled.studio_app import PAGE_FIELDS
@@ -128,6 +131,10 @@ def test_the_studios_fields_are_checked_before_any_render(tiny_pipe, tmp_path):
         (lambda: studio.request("rain", 10, 0, float("nan"), None, ""), "Steps must be a whole number, got nan"),
         (lambda: studio.request("rain", 10, float("inf"), 1, None, ""), "the seed must be a whole number"),
         (lambda: studio.request("rain", 10, 0, 1, 1e308, ""), "Guidance must be a number from -1000 to 1000"),
+        (lambda: studio.request("rain", 3e7, 0, 1, None, "", progressive=True),
+         "Length (s) must be at most 3600 s in the studio"),
+        (lambda: studio.request("rain", None, 0, 1, None, "", audio=str(recording), extend_s=4000),
+         "Seconds to add must be at most 3600 s"),
     ]
     for make, message in cases:
         with pytest.raises(ValueError) as refused:
@@ -138,6 +145,7 @@ def test_the_studios_fields_are_checked_before_any_render(tiny_pipe, tmp_path):
     with pytest.raises(ValueError, match="the studio takes at least 0.1 s"):
         studio.upload(one)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.wav", "one.wav"]  # nothing kept of any of them
+    assert studio.request("rain", None, 0, 1, None, "", progressive=True).audio_length_in_s == 10
 
 
 def test_timeline_render_span_extension_and_loop_through_the_api(studio):
@@ -279,15 +287,58 @@ def test_a_real_browser_renders_and_plays(studio, tmp_path):
     assert (tmp_path / "studio.png").stat().st_size > 10_000
 
 
-def test_auth_refuses_a_request_without_credentials(tmp_path):
-    with running_studio(tmp_path, "--auth", "ada:secret") as (url, log):
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(url + "config", timeout=10)
-        assert refused.value.code == 401
+def _status(url: str, method: str, cookie: str | None = None) -> int:
+    request = urllib.request.Request(url, method=method, headers={"Cookie": cookie} if cookie else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def _routes(routes, prefix=""):
+    """Each route's path and methods, through the routers FastAPI includes (from 0.165 kept as included routers)."""
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            yield from _routes(included.routes, prefix + route.include_context.prefix)
+        else:
+            yield prefix + route.path, getattr(route, "methods", None) or {"GET"}
+
+
+def test_auth_asks_for_the_login_on_every_route_but_the_login_page(tmp_path, tiny_pipe):
+    """Every route of the app, each method, without the login: 401, but for the login page and what draws it
+    (Gradio's own check leaves /gradio_api/cancel, /gradio_api/reset and /openapi.json open). With the login the
+    page's API answers, also to gradio_client."""
+    import re
+
+    from audioldm_tiled.studio import Studio
+    from audioldm_tiled.studio_app import build_app, launch
+    from audioldm_tiled.studio_login import open_without_login
+
+    studio = Studio(tiny_pipe, "random:tiny", tmp_path)
+    app, port = build_app(studio), _free_port()
+    launch(app, studio, "127.0.0.1", port, ("ada", "secret"), block=False)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        routes = {(re.sub(r"\{[^}]*\}", "x", path), method) for path, methods in _routes(app.app.routes)
+                  for method in methods}
+        assert {("/gradio_api/cancel", "POST"), ("/gradio_api/reset", "POST"), ("/openapi.json", "GET")} <= routes
+        answered = {(path, method): _status(url + path, method) for path, method in sorted(routes)
+                    if not open_without_login(path)}
+        assert len(answered) > 50 and {k: v for k, v in answered.items() if v != 401} == {}
+        assert _status(url + "/", "GET") == 200  # the login page
+        login = urllib.request.urlopen(urllib.request.Request(
+            url + "/login", data=b"username=ada&password=secret", method="POST"), timeout=10)
+        cookie = "; ".join(c.split(";")[0] for c in login.headers.get_all("Set-Cookie"))
+        assert _status(url + "/config", "GET", cookie) == 200
+        assert _status(url + "/gradio_api/cancel", "POST", "access-token-unsecure-x=forged") == 401
         with pytest.raises(Exception):  # noqa: B017 - the client's own error for a refused login
             Client(url, verbose=False)
         assert "/render" in Client(url, auth=("ada", "secret"), verbose=False).view_api(
             print_info=False, return_format="dict")["named_endpoints"]
+    finally:
+        app.close()
 
 
 def _other_addresses() -> set[str]:
