@@ -48,7 +48,9 @@ def _generated(pipe, latents, keep, config, circular, ranks, root) -> Iterator[n
         waves = vocode_loop(pipe.vocoder, mel, config)
     elif ranks is None:
         mel = (piece.squeeze(1) for piece in iter_decode(pipe.vae, latents, config))
-        waves = stream_vocode(pipe.vocoder, mel, latents.shape[2] * pipe.vae_scale_factor, config)
+        # The vocoder pulls the decode's tiles as it goes: the decode's bar measures both (two would interleave).
+        waves = stream_vocode(pipe.vocoder, mel, latents.shape[2] * pipe.vae_scale_factor,
+                              config.replace(show_progress=False))
     else:  # decoded and vocoded by all ranks; the pieces arrive in order on the root
         waves = waveform_on_ranks(pipe.vae, pipe.vocoder, latents, config, ranks, root=root)
     emitted = 0
