@@ -19,14 +19,19 @@ _shown: set[str] = set()
 
 
 class _DropParentDeprecation(std_logging.Filter):
+    dropped = False  # whether diffusers said it: the parents are deprecated only from diffusers 0.33 on
+
     def filter(self, record: std_logging.LogRecord) -> bool:
-        return PARENT_DEPRECATION not in record.getMessage()
+        if PARENT_DEPRECATION in record.getMessage():
+            self.dropped = True
+            return False
+        return True
 
 
 @contextlib.contextmanager
 def parent_deprecation_once(parent: type, child_name: str) -> Iterator[None]:
-    """Within the block diffusers' own deprecation message is dropped; after it, the parent's deprecation is said
-    once per process, naming the parent and its last supported diffusers version."""
+    """Within the block diffusers' own deprecation message is dropped; after it, if diffusers said one, the parent's
+    deprecation is said once per process, naming the parent and its last supported diffusers version."""
     parent_logger = logging.get_logger("diffusers.pipelines.pipeline_utils")
     drop = _DropParentDeprecation()
     parent_logger.addFilter(drop)
@@ -34,7 +39,7 @@ def parent_deprecation_once(parent: type, child_name: str) -> Iterator[None]:
         yield
     finally:
         parent_logger.removeFilter(drop)
-    if parent.__name__ not in _shown:
+    if drop.dropped and parent.__name__ not in _shown:
         _shown.add(parent.__name__)
         logger.warning(
             "diffusers' %s, which %s subclasses, %s after diffusers %s; audioldm_tiled's tests guard the parts it "

@@ -1,3 +1,8 @@
+import contextlib
+import signal
+import subprocess
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -58,3 +63,17 @@ def snr_db(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """Signal-to-error ratio of ``actual`` against ``expected`` in dB."""
     error = (actual.double() - expected.double()).pow(2).mean()
     return (10 * torch.log10(expected.double().pow(2).mean() / error)).item()
+
+
+@contextlib.contextmanager
+def child_process(args: list[str], **popen_kwargs) -> Iterator[subprocess.Popen]:
+    """A command started for a test and ended with it, whatever happens in between (a --forever render left
+    running writes 40 MB a minute). It starts with SIGINT at its default: a test run started in the background
+    ignores SIGINT, and its children would inherit that and never see a test's Ctrl-C."""
+    process = subprocess.Popen(args, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **popen_kwargs)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()

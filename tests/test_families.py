@@ -4,9 +4,11 @@ embedded as the parent embeds it."""
 
 import inspect
 
+import diffusers
 import numpy as np
 import pytest
 import torch
+import transformers
 from diffusers import AudioLDM2Pipeline, AudioLDMPipeline, MusicLDMPipeline
 
 from audioldm_tiled import AudioLDM2TiledPipeline, AudioLDMTiledPipeline, MusicLDMTiledPipeline, TilingConfig
@@ -53,10 +55,10 @@ def runnable_parent(family, components, monkeypatch):
     if family == "audioldm2":
         monkeypatch.setattr(components["language_model"], "_update_model_kwargs_for_generation",
                             transformers4_kwargs_update, raising=False)
-    if family == "musicldm":  # ClapModel.get_text_features returns an output object; the parent wants its tensor
-        text_features = type(components["text_encoder"]).get_text_features
+    if family == "musicldm":  # transformers 5's ClapModel.get_text_features returns an output object (4's, the
+        text_features = type(components["text_encoder"]).get_text_features  # tensor); the parent wants the tensor
         monkeypatch.setattr(type(components["text_encoder"]), "get_text_features",
-                            lambda self, *a, **k: text_features(self, *a, **k).pooler_output)
+                            lambda self, *a, **k: getattr(out := text_features(self, *a, **k), "pooler_output", out))
     pipe = parent(**components)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -76,7 +78,15 @@ def test_equals_the_parent_with_tiling_and_windowing_off(family, kwargs, monkeyp
                  generator=torch.Generator().manual_seed(0), **kwargs, **extra).audios
 
     ours = run(pipe, tiling=OFF)
-    assert np.array_equal(ours, run(runnable_parent(family, components, monkeypatch)))
+    parent = runnable_parent(family, components, monkeypatch)
+    try:
+        theirs = run(parent)
+    except AttributeError as error:  # diffusers 0.30's AudioLDM 2 with transformers 4.40: the pair cannot run
+        if "_get_initial_cache_position" not in str(error):
+            raise
+        pytest.skip(f"diffusers {diffusers.__version__}'s {type(parent).__name__} cannot run with "
+                    f"transformers {transformers.__version__}: {error}")
+    assert np.array_equal(ours, theirs)
 
 
 def test_the_loader_reads_the_registry_and_leaves_the_random_weights_alone(tmp_path):

@@ -25,7 +25,7 @@ from audioldm_tiled.live import LiveState
 from audioldm_tiled.testing.architectures import random_pipeline
 from audioldm_tiled.vae.running import RunningDecoder
 from audioldm_tiled.wav_stream import GrowingWav, WavStream, wav_header
-from conftest import EXACT_TOLERANCE, HALF_PRECISION_TOLERANCE, relative_error
+from conftest import EXACT_TOLERANCE, HALF_PRECISION_TOLERANCE, child_process, relative_error
 
 
 def _seed(seed: int = 0) -> torch.Generator:
@@ -307,16 +307,13 @@ def test_killed_resumed_and_extended_renders_give_the_same_bytes(tmp_path):
     first = grown.read_bytes()
     assert first[44:] == whole.read_bytes()[44 : len(first)]  # prefix-stable: the 40 s render begins the same
     part = tmp_path / "grown.wav.part"
-    process = subprocess.Popen(LIVE + ["--seconds", "20", "-o", str(grown), "--resume"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    with child_process(LIVE + ["--seconds", "20", "-o", str(grown), "--resume"], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL) as process:
         deadline = time.monotonic() + 240
         while not (part.exists() and part.stat().st_size > 44 + 4 * 13 * 16000):  # past 13 s: the extension's
             assert process.poll() is None and time.monotonic() < deadline          # first window is written
             time.sleep(0.02)
         process.send_signal(signal.SIGKILL)
-    finally:
-        process.wait()
     assert grown.read_bytes() == first  # the finished file survives the killed run
     done = _run("--seconds", "20", "-o", str(grown), "--resume")
     assert done.returncode == 0, done.stderr
@@ -324,16 +321,13 @@ def test_killed_resumed_and_extended_renders_give_the_same_bytes(tmp_path):
 
 
 def test_standard_output_is_a_wav_stream_read_while_it_renders(tmp_path):
-    process = subprocess.Popen(LIVE + ["--forever", "-o", "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
+    with child_process(LIVE + ["--forever", "-o", "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
         with sf.SoundFile(process.stdout.fileno(), closefd=False) as stream:
             assert (stream.samplerate, stream.channels, stream.subtype) == (16000, 1, "FLOAT")
             first = stream.read(12 * 16000, dtype="float32")  # more than the first window's piece
         assert first.shape == (12 * 16000,) and process.poll() is None  # still rendering: --forever
-    finally:
         process.stdout.close()  # the listener goes away: the render stops quietly
-        status = process.wait(timeout=120)
-    assert status == 0, process.stderr.read()
+        assert process.wait(timeout=120) == 0, process.stderr.read()
     expected, _ = sf.read(_render_file(tmp_path), dtype="float32")
     assert np.array_equal(first, expected[: first.shape[0]])
 
@@ -377,15 +371,15 @@ def test_play_without_sounddevice_says_how_to_get_it(tmp_path, capsys, monkeypat
 
 def test_interrupting_an_endless_file_render_keeps_what_was_rendered(tmp_path):
     out = tmp_path / "bed.wav"
-    process = subprocess.Popen(LIVE + ["--forever", "-o", str(out)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
     part = tmp_path / "bed.wav.part"
-    deadline = time.monotonic() + 240
-    while not (part.exists() and part.stat().st_size > 44):
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.02)
-    process.send_signal(signal.SIGINT)  # at once: while the first piece and its header are being written
-    assert process.wait(timeout=120) == 0, process.stderr.read()
+    with child_process(LIVE + ["--forever", "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       text=True) as process:
+        deadline = time.monotonic() + 240
+        while not (part.exists() and part.stat().st_size > 44):
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        process.send_signal(signal.SIGINT)  # at once: while the first piece and its header are being written
+        assert process.wait(timeout=120) == 0, process.stderr.read()
     audio, _ = sf.read(out, dtype="float32")
     assert audio.shape[0] > 9 * 16000 and not part.exists() and os.path.exists(str(out) + ".live")
 

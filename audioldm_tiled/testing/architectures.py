@@ -53,12 +53,12 @@ from transformers import (
     ClapTextModelWithProjection,
     GPT2Config,
     GPT2Model,
-    RobertaTokenizer,
+    RobertaTokenizerFast,
     SpeechT5HifiGan,
     SpeechT5HifiGanConfig,
     T5Config,
     T5EncoderModel,
-    T5Tokenizer,
+    T5TokenizerFast,
 )
 
 from ..constants import HOP_LENGTH, N_MELS, SAMPLE_RATE
@@ -230,23 +230,49 @@ def _architecture(arch: str) -> Architecture:
     return ARCHITECTURES[arch]
 
 
-def offline_tokenizer(model_max_length: int = 512) -> RobertaTokenizer:
+def offline_tokenizer(model_max_length: int = 512) -> RobertaTokenizerFast:
     """A byte-level RoBERTa tokenizer built without any download: one token per byte, no merges.
 
     Its ids are a subset of the real vocabulary's range, so it drives a text encoder of the real shape; with
     random weights the exact token ids do not matter, only that any text tokenizes and padding works.
     """
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
     specials = ["<s>", "<pad>", "</s>", "<unk>"]
     vocab = {token: i for i, token in enumerate(specials)}
-    for char in bytes_to_unicode().values():
+    for char in _byte_characters():
         vocab[char] = len(vocab)
     vocab["<mask>"] = len(vocab)
-    return RobertaTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), add_prefix_space=False)
+    return _from_files(RobertaTokenizerFast, tokenizer, model_max_length, bos_token="<s>", eos_token="</s>",
+                       sep_token="</s>", cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
 
 
-def offline_t5_tokenizer(model_max_length: int = 128) -> T5Tokenizer:
+def _byte_characters() -> list[str]:
+    """GPT-2's printable stand-ins for the 256 byte values (its byte-level alphabet): the printable Latin-1
+    characters stand for themselves, the other bytes for the characters from U+0100 on."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    return [chr(b) for b in printable] + [chr(256 + n) for n in range(256 - len(printable))]
+
+
+def _from_files(cls, tokenizer, model_max_length: int, **special_tokens: str):
+    """``cls`` loaded from the files a hub folder holds (``tokenizer.json`` and its configuration): the one way to
+    build a tokenizer from a ``tokenizers`` object that transformers 4 and 5 share."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="audioldm-tiled-tokenizer-") as folder:
+        tokenizer.save(str(Path(folder) / "tokenizer.json"))
+        config = {"model_max_length": model_max_length, **special_tokens}
+        (Path(folder) / "tokenizer_config.json").write_text(json.dumps(config))
+        return cls.from_pretrained(folder)
+
+
+def offline_t5_tokenizer(model_max_length: int = 128) -> T5TokenizerFast:
     """A T5 tokenizer built without any download: a ``tokenizers`` Unigram model over printable ASCII, each character
     alone or starting a word, with T5's special tokens (pad 0, end 1, unknown 2) and SentencePiece's word marker.
 
@@ -254,10 +280,18 @@ def offline_t5_tokenizer(model_max_length: int = 128) -> T5Tokenizer:
     become the unknown token."""
     import string
 
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
     chars = sorted(set(string.printable) - set(string.whitespace))
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
     vocab += [("\u2581" + c, -3.0) for c in chars] + [(c, -4.0) for c in chars]
-    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=model_max_length)
+    tokenizer = Tokenizer(models.Unigram(vocab, unk_id=2))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tokenizer.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                             special_tokens=[("</s>", 1)])
+    return _from_files(T5TokenizerFast, tokenizer, model_max_length, eos_token="</s>", unk_token="<unk>",
+                       pad_token="<pad>")
 
 
 def build_components(arch: str = "tiny", seed: int = 0, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
