@@ -42,8 +42,14 @@ MODEL_CARD_TOTAL_BILLIONS = {"audioldm2": 1.1, "audioldm2-music": 1.1, "audioldm
 
 
 def _counts(arch: str) -> dict[str, int]:
-    with torch.device("meta"):  # shapes only: no memory, no initialisation
-        components = build_components(arch)
+    try:
+        with torch.device("meta"):  # shapes only: no memory, no initialisation
+            components = build_components(arch)
+    except RuntimeError:  # transformers 4's CLAP reads a number off a tensor it makes while it builds (`.item()`)
+        from accelerate import init_empty_weights
+
+        with init_empty_weights():  # only the parameters on the meta device
+            components = build_components(arch)
     return {name: sum(p.numel() for p in module.parameters()) for name, module in components.items()
             if isinstance(module, torch.nn.Module)}
 

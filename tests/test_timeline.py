@@ -123,9 +123,15 @@ def test_pipeline_with_a_timeline(tiny_pipe):
     as_timeline = _pipe_audio(tiny_pipe, [(0, "light rain")])
     # a one-segment timeline is the prompt itself, up to the rounding of re-normalising a unit vector
     assert np.abs(as_timeline - one).max() <= 1e-4 * np.abs(one).max()
-    changing = _pipe_audio(tiny_pipe, [(0, "light rain"), (3, "thunderstorm")], negative_prompt="low quality")
+    changing = _pipe_audio(tiny_pipe, [(0, "light rain"), (3, "thunderstorm")])
     assert changing.shape == one.shape and np.isfinite(changing).all()
-    assert np.abs(changing - one).max() > 1e-3 * np.abs(one).max()  # the second segment changes the audio
+    # The second segment changes the audio, by a good share of what changing the whole prompt does (measured
+    # against that, not against the audio: how much random weights let the text through depends on the library
+    # versions' initialisation).
+    thunder = _pipe_audio(tiny_pipe, "thunderstorm")
+    assert np.abs(changing - one).max() > 0.1 * np.abs(thunder - one).max() > 0
+    negative = _pipe_audio(tiny_pipe, [(0, "light rain"), (3, "thunderstorm")], negative_prompt="low quality")
+    assert negative.shape == one.shape and np.isfinite(negative).all()
 
 
 def test_timeline_with_prompt_embeds_raises(tiny_pipe):

@@ -267,7 +267,8 @@ def _from_files(cls, tokenizer, model_max_length: int, **special_tokens: str):
 
     with tempfile.TemporaryDirectory(prefix="audioldm-tiled-tokenizer-") as folder:
         tokenizer.save(str(Path(folder) / "tokenizer.json"))
-        config = {"model_max_length": model_max_length, **special_tokens}
+        config = {"tokenizer_class": cls.__name__.removesuffix("Fast"), "model_max_length": model_max_length,
+                  **special_tokens}
         (Path(folder) / "tokenizer_config.json").write_text(json.dumps(config))
         return cls.from_pretrained(folder)
 
