@@ -77,3 +77,25 @@ def child_process(args: list[str], **popen_kwargs) -> Iterator[subprocess.Popen]
         if process.poll() is None:
             process.kill()
         process.wait()
+
+
+def _cpu_convolves(dtype: torch.dtype) -> bool:
+    try:
+        torch.nn.functional.conv2d(torch.zeros(1, 1, 2, 2, dtype=dtype), torch.zeros(1, 1, 1, 1, dtype=dtype))
+        return True
+    except RuntimeError:
+        return False
+
+
+# torch before 2.2 has no float16 convolution on the CPU, where the half-precision tests run their models.
+CPU_HALF = _cpu_convolves(torch.float16)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    """A test that needs float16 kernels on the CPU skips, saying why, on a torch that has none."""
+    outcome = yield
+    error = outcome.excinfo[1] if outcome.excinfo else None
+    if not CPU_HALF and isinstance(error, RuntimeError) and "not implemented for 'Half'" in str(error):
+        outcome.force_exception(pytest.skip.Exception(
+            f"torch {torch.__version__} has no float16 kernels on the CPU: {error}", _use_item_location=True))

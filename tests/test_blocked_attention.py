@@ -3,7 +3,6 @@ float rounding, and never holding tokens x tokens scores, even under the math ba
 
 import pytest
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -11,6 +10,16 @@ from audioldm_tiled import TilingConfig, tiled_decode
 from audioldm_tiled.vae.attention import MIN_BLOCK_TOKENS, attend_in_blocks, query_block_tokens
 from audioldm_tiled.vae.tasks import Global, decoder_tasks
 from conftest import EXACT_TOLERANCE, nonstationary_latents, relative_error
+
+
+def math_attention():
+    """SDPA's math backend only (torch.nn.attention from torch 2.3 on; before it, torch.backends.cuda's switch,
+    which set the backend for every device)."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:
+        return torch.backends.cuda.sdp_kernel(enable_flash=False, enable_mem_efficient=False, enable_math=True)
+    return sdpa_kernel(SDPBackend.MATH)
 
 
 class LargestTensor(TorchDispatchMode):
@@ -50,7 +59,7 @@ def test_exact_decode_never_holds_all_scores_under_the_math_backend(tiny):
     budget = 10**6  # a block of MIN_BLOCK_TOKENS queries
     assert query_block_tokens(attn, z, budget) == MIN_BLOCK_TOKENS
     config = TilingConfig(enabled=True, tile_frames=16, memory_budget=budget, show_progress=False)
-    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+    with torch.no_grad(), math_attention():
         expected = vae.decode(z).sample
         largest = LargestTensor()
         with largest:
