@@ -1,0 +1,134 @@
+"""AudioSR's components against the original package's modules: random weights put into the original
+``LatentDiffusion``, its state dict converted by the project's converter, then the same inputs through both.
+
+Tolerance: float32 through the same operations in another order (diffusers' attention is one fused kernel where
+the original computes softmax(QK^T)V step by step; its GroupNorm and convolutions are the same calls), so the
+difference is rounding: 1e-5 of the largest output value, about 100 float32 ulps after a few dozen layers, is far
+below any error of layout (a swapped or missing weight moves the output by tens of percent).
+"""
+
+import math
+
+import pytest
+import torch
+
+from audioldm_tiled.audiosr.components import ARCHITECTURES, LATENT_CHANNELS, N_MELS, build_components
+from audioldm_tiled.audiosr.convert import convert_state_dict
+from audiosr_original import latent_diffusion, original
+from conftest import relative_error
+
+TINY = ARCHITECTURES["audiosr-tiny"]
+TOLERANCE = 1e-5
+
+
+def _randomised(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Every parameter drawn anew (the original zero-initialises its output convolutions, which would make any
+    comparison of those layers pass): weights scaled by their fan-in, so that activations stay of order one through
+    the whole depth; norms' scales near one; biases small."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in module.named_parameters():
+            noise = torch.randn(parameter.shape, generator=generator)
+            if parameter.dim() > 1:
+                parameter.copy_(noise / math.sqrt(parameter[0].numel()))
+            elif "norm" in name or name.endswith(("gamma", "g")):
+                parameter.copy_(1 + 0.1 * noise)
+            else:
+                parameter.copy_(0.1 * noise)
+    return module
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """(the original LatentDiffusion with random weights, this project's components converted from it)."""
+    model = _randomised(latent_diffusion(TINY), seed=1)
+    model.scale_factor.fill_(0.37)
+    # The conditioning VAE is configured as the first one and frozen; given its weights here (a differing one is
+    # kept apart: test_a_differing_conditioning_encoder_is_kept_as_its_own_vae).
+    model.cond_stage_models[0].vae.load_state_dict(model.first_stage_model.state_dict())
+    return model, convert_state_dict(model.state_dict(), TINY)
+
+
+def test_the_converted_components_have_the_original_parameter_counts(pair):
+    model, ours = pair
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    assert count(ours["unet"]) == count(model.model.diffusion_model)
+    assert count(ours["vae"]) == count(model.first_stage_model) - count(model.first_stage_model.vocoder)
+    assert count(ours["vocoder"]) == count(model.first_stage_model.vocoder)
+    assert ours["vae"].config.scaling_factor == pytest.approx(0.37)
+    assert "condition_vae" not in ours
+
+
+def test_a_differing_conditioning_encoder_is_kept_as_its_own_vae(pair):
+    model, _ = pair
+    state = dict(model.state_dict())
+    key = "cond_stage_models.0.vae.encoder.conv_in.weight"
+    state[key] = state[key] + 1
+    converted = convert_state_dict(state, TINY)
+    assert torch.equal(converted["condition_vae"].encoder.conv_in.weight, state[key])
+    assert torch.equal(converted["vae"].encoder.conv_in.weight, state["first_stage_model.encoder.conv_in.weight"])
+
+
+def test_the_vae_encodes_and_decodes_as_the_original(pair):
+    model, ours = pair
+    mel = torch.randn(2, 1, 64, N_MELS, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        theirs = model.first_stage_model.encode(mel)
+        posterior = ours["vae"].encode(mel).latent_dist
+        assert relative_error(posterior.mean, theirs.mean) < TOLERANCE
+        assert relative_error(posterior.logvar, theirs.logvar) < TOLERANCE
+        z = theirs.mean
+        assert relative_error(ours["vae"].decode(z).sample, model.first_stage_model.decode(z)) < TOLERANCE
+
+
+def test_one_unet_call_equals_the_original(pair):
+    model, ours = pair
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 2 * LATENT_CHANNELS, 16, N_MELS // 8, generator=g)
+    t = torch.tensor([999, 321])
+    with torch.no_grad():
+        theirs = model.model.diffusion_model(x, t, context_list=[], context_attn_mask_list=[])
+        mine = ours["unet"](x, t, encoder_hidden_states=None).sample
+    assert theirs.abs().max() > 0.1 and relative_error(mine, theirs) < TOLERANCE
+
+
+def test_the_vocoder_equals_the_original(pair):
+    model, ours = pair
+    mel = torch.randn(1, 40, N_MELS, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        theirs = model.first_stage_model.vocoder(mel.transpose(1, 2)).squeeze(1)
+        mine = ours["vocoder"](mel)
+    assert relative_error(mine.reshape(theirs.shape), theirs) < TOLERANCE
+
+
+def test_a_checkpoint_of_another_layout_is_refused_by_name(pair):
+    model, _ = pair
+    state = dict(model.state_dict())
+    state["model.diffusion_model.input_blocks.99.0.in_layers.0.weight"] = torch.zeros(3)
+    with pytest.raises(ValueError, match="not an AudioSR checkpoint of this layout"):
+        convert_state_dict(state, TINY)
+    del state["model.diffusion_model.input_blocks.99.0.in_layers.0.weight"]
+    state["model.diffusion_model.out.2.bias"] = torch.zeros(5)
+    with pytest.raises(ValueError, match="the checkpoint's unet does not fit AudioSR's layout: 0 missing .* 1 of "
+                                         "another shape"):
+        convert_state_dict(state, TINY)
+    with pytest.raises(ValueError, match="not an AudioSR checkpoint of this layout"):
+        convert_state_dict(model.state_dict(), ARCHITECTURES["audiosr"])  # another depth: modules it has not
+
+
+def test_the_public_shapes_are_the_original_config_shapes():
+    """The full-size components against the original modules built from the package's own config (shapes only)."""
+    modules = original()
+    config = modules["audiosr.utils"].get_basic_config()["model"]["params"]
+    openaimodel = modules["audiosr.latent_diffusion.modules.diffusionmodules.openaimodel"]
+    with torch.device("meta"):
+        theirs = openaimodel.UNetModel(**config["unet_config"]["params"])
+        mine = build_components("audiosr")
+    shapes = lambda module: sorted(tuple(p.shape) for p in module.parameters())  # noqa: E731
+    assert shapes(mine["unet"]) == shapes(theirs)
+    hifigan, model = modules["audiosr.hifigan"], modules["audiosr.utilities.model"]
+    public = getattr(model, "public_config_48k", model.get_vocoder_config_48k)  # tiny_config swaps the latter
+    with torch.device("meta"):
+        vocoder = hifigan.Generator_old(hifigan.AttrDict(public()))
+        vocoder.remove_weight_norm()  # as the package does before loading a checkpoint
+    assert sum(p.numel() for p in vocoder.parameters()) == sum(p.numel() for p in mine["vocoder"].parameters())
