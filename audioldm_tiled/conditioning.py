@@ -7,6 +7,9 @@
   embeddings (``encoder_hidden_states``) and the T5 sequence itself with its padding mask
   (``encoder_hidden_states_1``, ``encoder_attention_mask_1``): ``cross_attention``.
 
+- AudioSR conditions on the low-passed input's latent, frame by frame: its channels are concatenated to the noisy
+  latent's, each window reading its own frames (``frames``).
+
 Either way the adapter holds, per UNet argument, the rows of every window, negative rows first when guided, and
 turns a batch of windows into the UNet's keyword arguments in the parent pipelines' row layout: all unconditional
 rows of the batch first, then all conditional rows.
@@ -19,6 +22,8 @@ from typing import Any
 
 import torch
 
+from .geometry import take_frames
+
 
 @dataclass(frozen=True)
 class UNetConditioning:
@@ -29,18 +34,25 @@ class UNetConditioning:
     rows: dict[str, torch.Tensor]
     constants: dict[str, Any] = field(default_factory=dict)
     index: tuple[int, ...] | None = None
+    # (2 or 1, B, C, T, F): channels along the latent's frames, concatenated to each window's own frames of the
+    # noisy latent (negative rows first when guided)
+    frames: torch.Tensor | None = None
 
     @property
-    def _first(self) -> torch.Tensor:
-        return next(iter(self.rows.values()))
+    def _first(self) -> torch.Tensor | None:
+        return next(iter(self.rows.values()), None)
 
     @property
     def guided(self) -> bool:
-        return self._first.shape[1] == 2
+        if self._first is not None:
+            return self._first.shape[1] == 2
+        return self.frames is not None and self.frames.shape[0] == 2
 
     @property
     def windows(self) -> int:
-        return self._first.shape[0] if self.index is None else len(self.index)
+        if self.index is not None:
+            return len(self.index)
+        return 1 if self._first is None else self._first.shape[0]
 
     def for_windows(self, count: int) -> UNetConditioning:
         """The same conditioning for each of ``count`` windows (from one set shared by all)."""
@@ -56,6 +68,22 @@ class UNetConditioning:
         batched = {name: torch.cat([t[j, k] for k in range(t.shape[1]) for j in sets])
                    for name, t in self.rows.items()}
         return {**self.constants, **batched}
+
+    def model_input(self, crops: torch.Tensor, tiles: list) -> torch.Tensor:
+        """The UNet's input for a batch of windows: their ``crops`` of the noisy latent (rows of every window in
+        turn), twice when guided, with each window's own ``frames`` concatenated along the channels."""
+        model_input = torch.cat([crops] * 2) if self.guided else crops
+        if self.frames is None:
+            return model_input
+        own = torch.cat([take_frames(self.frames[k], w.start, w.stop) for k in range(self.frames.shape[0])
+                         for w in tiles])
+        return torch.cat([model_input, own.to(model_input.dtype)], dim=1)
+
+
+def concatenated_frames(frames: torch.Tensor) -> UNetConditioning:
+    """AudioSR: ``frames`` (2 or 1, B, C, T, F), the negative and the conditional latent concatenated to the noisy
+    latent's channels, no cross-attention."""
+    return UNetConditioning({}, {"encoder_hidden_states": None}, frames=frames)
 
 
 def class_labels(embeds: torch.Tensor) -> UNetConditioning:

@@ -107,7 +107,7 @@ def _predict(unet, latents, t, conditioning: UNetConditioning, guidance_scale, p
         group = range(first, min(first + batch_size, windows.stop))
         crops = torch.cat([take_frames(latents, plan.windows[i].start, plan.windows[i].stop) for i in group])
         # Same layout as the parent pipeline: all unconditional rows first, then all conditional rows.
-        model_input = torch.cat([crops] * 2) if guided else crops
+        model_input = conditioning.model_input(crops, [plan.windows[i] for i in group])
         noise = unet(model_input, t, **conditioning.unet_kwargs(group),
                      cross_attention_kwargs=cross_attention_kwargs).sample
         if guided:

@@ -9,10 +9,11 @@ below any error of layout (a swapped or missing weight moves the output by tens 
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from audioldm_tiled.audiosr.components import ARCHITECTURES, LATENT_CHANNELS, N_MELS, build_components
+from audioldm_tiled.audiosr.components import ARCHITECTURES, LATENT_CHANNELS, N_MELS, SAMPLE_RATE, build_components
 from audioldm_tiled.audiosr.convert import convert_state_dict
 from audiosr_original import latent_diffusion, original
 from conftest import relative_error
@@ -132,3 +133,82 @@ def test_the_public_shapes_are_the_original_config_shapes():
         vocoder = hifigan.Generator_old(hifigan.AttrDict(public()))
         vocoder.remove_weight_norm()  # as the package does before loading a checkpoint
     assert sum(p.numel() for p in vocoder.parameters()) == sum(p.numel() for p in mine["vocoder"].parameters())
+
+
+def _recording(seconds: float = 5.12, cutoff_hz: float = 11025.0) -> np.ndarray:
+    """Noise band-limited at ``cutoff_hz`` with a tone in it, at 48 kHz: what the front end must find the top of."""
+    from scipy import signal
+
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal(round(seconds * SAMPLE_RATE))
+    noise = signal.sosfilt(signal.butter(12, cutoff_hz / 24000, output="sos"), noise)
+    tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(noise.shape[0]) / SAMPLE_RATE)
+    return (0.2 * noise + tone + 0.05).astype(np.float32)
+
+
+def test_the_front_end_equals_the_original():
+    """Input preparation, magnitude and log-mel, cutoff and low-pass (each filter type), against the original's
+    functions on a 48 kHz recording (the original resamples with torchaudio first; at 48 kHz that is nothing).
+    Tolerance: the same float32 STFT and float64 filters; 1e-5 of the largest value for what passes through the
+    mel's log, the cutoff bin exactly."""
+    from audioldm_tiled.audiosr import front_end
+
+    utils = original()["audiosr.utils"]
+    recording = _recording(4.0)
+    mine = front_end.prepared(recording)
+    theirs = utils.pad_wav(utils.normalize_wav(recording)[None], round(5.12 * SAMPLE_RATE))
+    np.testing.assert_allclose(mine, theirs[0], atol=1e-7)
+    frames = 512
+    their_mel, their_stft = utils.wav_feature_extraction(theirs, frames)
+    magnitude, log_mel = front_end.magnitude_and_log_mel(torch.from_numpy(mine)[None])
+    assert relative_error(log_mel[0], their_mel) < TOLERANCE and relative_error(magnitude[0], their_stft) < TOLERANCE
+    assert front_end.cutoff_bin(magnitude[0]) == utils._locate_cutoff_freq(their_stft, percentile=0.985)
+    assert 11025 < front_end.cutoff_hz(magnitude[0]) < 12500  # the band's top, within its filter's roll-off
+    for seed in range(12):  # the original draws the type from NumPy's global generator after seeding it
+        np.random.seed(seed)
+        expected = utils.lowpass_filtering_prepare_inference(
+            {"waveform": torch.from_numpy(theirs), "stft": their_stft, "sampling_rate": SAMPLE_RATE})
+        kind = front_end.filter_type(seed)
+        mine_low = front_end.low_passed(mine, front_end.cutoff_hz(magnitude[0]), kind)
+        assert relative_error(torch.tensor(mine_low).float(), expected["waveform_lowpass"][0]) < TOLERANCE, kind
+    assert {front_end.filter_type(seed) for seed in range(12)} == set(front_end.FILTER_TYPES)
+
+
+def _original_batch(recording: np.ndarray, seed: int) -> dict:
+    """``pipeline.make_batch_for_super_resolution`` for a 48 kHz recording, without its torchaudio reading."""
+    utils = original()["audiosr.utils"]
+    duration = -(-recording.shape[0] // round(5.12 * SAMPLE_RATE)) * 5.12
+    frames = round(duration * 100)
+    waveform = utils.pad_wav(utils.normalize_wav(recording)[None], round(duration * SAMPLE_RATE))
+    log_mel, stft = utils.wav_feature_extraction(waveform, frames)
+    batch = {"waveform": torch.FloatTensor(waveform), "stft": stft, "log_mel_spec": log_mel,
+             "sampling_rate": SAMPLE_RATE}
+    np.random.seed(seed)  # as the package's seed_everything before it
+    batch.update(utils.lowpass_filtering_prepare_inference(batch))
+    batch["lowpass_mel"], _ = utils.wav_feature_extraction(batch["waveform_lowpass"], frames)
+    return {k: v.unsqueeze(0) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def test_a_whole_super_resolution_equals_the_original(pair):
+    """5.12 s (one window) through both with the same noise: the original draws, from torch's global generator, the
+    input mel's posterior sample (which it uses only for its shape), the low-passed latent's sample, the initial
+    latents, then each DDIM step's noise; the pipeline draws the same from its generator after the first. Four
+    steps (a divisor of 1000: the original's DDIM then takes as many), guidance 3.5, eta 1."""
+    from audioldm_tiled.audiosr.pipeline import AudioSRTiledPipeline
+
+    model, ours = pair
+    recording = _recording(5.12)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        theirs = model.generate_batch(_original_batch(recording, seed=3), ddim_steps=4,
+                                      unconditional_guidance_scale=3.5)
+    pipe = AudioSRTiledPipeline(**{k: ours[k] for k in ("vae", "unet", "vocoder", "scheduler")})
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(7)
+    torch.randn((1, LATENT_CHANNELS, 64, N_MELS // 8), generator=generator)  # the original's first, unused draw
+    mine = pipe(recording, sampling_rate=SAMPLE_RATE, num_inference_steps=4, guidance_scale=3.5, seed=3,
+                generator=generator).audios
+    expected = torch.from_numpy(theirs[:, 0, : mine.shape[1]])
+    assert mine.shape == (1, recording.shape[0]) and np.abs(mine).max() > 0.1
+    # 2e-6 measured: float32 rounding through four UNet calls, the decode, the vocoder and two STFTs; 10x margin
+    assert relative_error(torch.from_numpy(mine), expected) < 2e-5

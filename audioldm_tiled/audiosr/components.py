@@ -137,5 +137,6 @@ def build_components(arch: str | AudioSRArchitecture = "audiosr", seed: int = 0,
                           vocoder=SpeechT5HifiGan(SpeechT5HifiGanConfig(**arch.vocoder)))
     for name, module in components.items():
         components[name] = (module if dtype == torch.float32 else module.to(dtype)).eval()
-    components["scheduler"] = DDIMScheduler(**arch.scheduler)
+    with torch.device("cpu"):  # its schedule's tensors are data, also where the modules are built on "meta"
+        components["scheduler"] = DDIMScheduler(**arch.scheduler)
     return components
