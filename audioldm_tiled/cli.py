@@ -358,6 +358,10 @@ def main(argv: list[str] | None = None) -> int:
                 from .studio_app import main as studio_main
 
                 return studio_main(argv[1:])
+            if argv and argv[0] in ("upsample", "convert"):
+                from .audiosr.command import main as audiosr_main
+
+                return audiosr_main(argv)
             if argv and argv[0] == "live":
                 from .live_command import live, live_parser
 

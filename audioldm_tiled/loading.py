@@ -45,12 +45,20 @@ def load_pipeline(model: str = DEFAULT_MODEL, dtype: torch.dtype | None = None,
     if not isinstance(model, str) or not model:
         raise ModelLoadError(f"model must be a hub id, a folder or random:ARCH, got {model!r}")
     if model.startswith(RANDOM_PREFIX):
+        from .audiosr import components as audiosr
         from .testing.architectures import ARCHITECTURES, random_pipeline  # random weights only when asked
 
         arch = model[len(RANDOM_PREFIX):]
+        if arch in audiosr.ARCHITECTURES:
+            from .audiosr.pipeline import AudioSRTiledPipeline
+
+            return AudioSRTiledPipeline(**audiosr.build_components(arch, dtype=dtype)).to(device)
         if arch not in ARCHITECTURES:
-            raise ModelLoadError(f"random:ARCH: ARCH must be one of {', '.join(ARCHITECTURES)}, got {arch!r}")
+            known = ", ".join([*ARCHITECTURES, *audiosr.ARCHITECTURES])
+            raise ModelLoadError(f"random:ARCH: ARCH must be one of {known}, got {arch!r}")
         return random_pipeline(arch, dtype=dtype).to(device)
+    if model in AUDIOSR_CHECKPOINTS:  # the hub holds the original checkpoint: converted on loading
+        return _audiosr_from_hub(model, dtype).to(device)
     folder = os.path.expanduser(model)
     if not os.path.isdir(folder) and not _HUB_ID.fullmatch(model):
         raise ModelLoadError(f"model folder {model!r} does not exist (a hub id reads OWNER/NAME)")
@@ -61,6 +69,10 @@ def load_pipeline(model: str = DEFAULT_MODEL, dtype: torch.dtype | None = None,
     try:
         name = DiffusionPipeline.load_config(source).get("_class_name")
         family = family_of(name)
+        if name == "AudioSRTiledPipeline":  # super-resolution: a pipeline beside the text-to-audio families
+            from .audiosr.pipeline import AudioSRTiledPipeline
+
+            return AudioSRTiledPipeline.from_pretrained(source, **{_dtype_keyword(): dtype}).to(device)
         if family is None:
             raise ModelLoadError(f"{model!r} holds a {name}; the tiled pipelines load "
                                  f"{', '.join(sorted(f.parent_name for f in REGISTRY.values()))}")
@@ -75,6 +87,31 @@ def load_pipeline(model: str = DEFAULT_MODEL, dtype: torch.dtype | None = None,
             "use random:audioldm-s."
         ) from None
     return pipe.to(device)
+
+
+# AudioSR's public checkpoints: the hub repository and its file, in the original format.
+AUDIOSR_CHECKPOINTS = {"haoheliu/audiosr_basic": "pytorch_model.bin", "haoheliu/audiosr_speech": "pytorch_model.bin"}
+
+
+def _audiosr_from_hub(model: str, dtype):
+    """AudioSR from its hub repository: the original checkpoint downloaded (or found in the hub's cache) and
+    converted (``audiosr.convert``)."""
+    import torch
+    from huggingface_hub import hf_hub_download
+
+    from .audiosr.convert import convert_state_dict
+    from .audiosr.pipeline import AudioSRTiledPipeline
+
+    try:
+        path = hf_hub_download(repo_id=model, filename=AUDIOSR_CHECKPOINTS[model])
+    except Exception as error:  # noqa: BLE001 - no network, no cache: the same advice
+        raise ModelLoadError(
+            f"{model!r} could not be downloaded ({type(error).__name__}). Without network access, convert the "
+            "checkpoint file once (audioldm-tiled convert audiosr CKPT OUT/) and pass the folder; to try the "
+            "pipeline without weights, use random:audiosr.") from None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    pipe = AudioSRTiledPipeline(**convert_state_dict(state.get("state_dict", state)))
+    return pipe.to(dtype=dtype)
 
 
 def _dtype_keyword() -> str:

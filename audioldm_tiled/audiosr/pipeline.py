@@ -54,15 +54,18 @@ class AudioSRTiledPipeline(DiffusionPipeline):
 
     Components: ``vae`` (``AutoencoderKL``, 256 mels, 16 latent channels), ``unet``
     (``AudioLDM2UNet2DConditionModel`` with 32 input channels), ``vocoder`` (``SpeechT5HifiGan`` at 48 kHz),
-    ``scheduler`` (``DDIMScheduler``: cosine, v-prediction); see ``audiosr.components``. ``convert.convert_state_dict``
-    makes them from the original checkpoint.
+    ``scheduler`` (``DDIMScheduler``: cosine, v-prediction), and ``condition_vae`` where the checkpoint's conditioning
+    encoder differs from the VAE's; see ``audiosr.components``. ``convert.convert_state_dict`` makes them from the
+    original checkpoint.
     """
 
-    model_cpu_offload_seq = "vae->unet->vocoder"
+    model_cpu_offload_seq = "condition_vae->vae->unet->vocoder"
+    # The original's conditioning VAE, where a checkpoint's encoder differs from the VAE's (``convert``).
+    _optional_components = ["condition_vae"]
 
-    def __init__(self, vae, unet, vocoder, scheduler):
+    def __init__(self, vae, unet, vocoder, scheduler, condition_vae=None):
         super().__init__()
-        self.register_modules(vae=vae, unet=unet, vocoder=vocoder, scheduler=scheduler)
+        self.register_modules(vae=vae, unet=unet, vocoder=vocoder, scheduler=scheduler, condition_vae=condition_vae)
 
     @torch.no_grad()
     def __call__(self, audio: Any, sampling_rate: int | None = None, num_inference_steps: int = DEFAULT_STEPS,
@@ -91,7 +94,8 @@ class AudioSRTiledPipeline(DiffusionPipeline):
         _, low_mel = front_end.magnitude_and_log_mel(torch.from_numpy(low))
 
         scale = self.vae.config.scaling_factor
-        posterior = tiled_encode(self.vae, low_mel[:, None].to(device, self.vae.dtype), config)
+        encoder = self.vae if self.condition_vae is None else self.condition_vae
+        posterior = tiled_encode(encoder, low_mel[:, None].to(device, encoder.dtype), config)
         condition = posterior.sample(generator) * scale
         shape = (prepared.shape[0], LATENT_CHANNELS, condition.shape[2], condition.shape[3])
         if latents is None:

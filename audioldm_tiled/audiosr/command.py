@@ -1,0 +1,126 @@
+"""``audioldm-tiled upsample IN -o OUT`` (any audio to 48 kHz with AudioSR) and ``audioldm-tiled convert audiosr
+CKPT OUT/`` (the original checkpoint into a folder that ``from_pretrained`` loads)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..arguments import CliError, device_name, resolve_device, resolve_dtype
+from ..constants import DTYPES
+from .components import ARCHITECTURES, SAMPLE_RATE
+
+DEFAULT_MODEL = "haoheliu/audiosr_basic"
+MIN_SECONDS = 0.01  # one frame of the 48 kHz mel: shorter input has nothing to super-resolve
+
+
+def upsample_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="audioldm-tiled upsample",
+        description="Super-resolve a recording to 48 kHz with AudioSR: any format soundfile reads, any rate; each "
+        "channel on its own.")
+    parser.add_argument("input", help="the recording")
+    parser.add_argument("-o", "--output", required=True, help="the 48 kHz file (.wav, .flac, .ogg, .opus or .mp3)")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"a folder written by 'convert audiosr', or random:audiosr / random:audiosr-tiny for "
+                        f"random weights (default {DEFAULT_MODEL})")
+    parser.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    parser.add_argument("--guidance", type=float, default=3.5, help="guidance scale (default 3.5)")
+    parser.add_argument("--seed", type=int, default=0, help="the noise and the low-pass filter's type (default 0)")
+    parser.add_argument("--device", default="auto", type=device_name, help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--dtype", default="auto", choices=("auto", *DTYPES), help="auto: fp16 on CUDA, else fp32")
+    parser.add_argument("--no-overwrite", action="store_true", help="refuse to replace an existing output file")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def read_recording(path: str) -> tuple[np.ndarray, int]:
+    """(channels, samples) float32 and the rate of the audio file ``path``, checked: audio, finite, long enough."""
+    import soundfile as sf
+
+    try:
+        data, rate = sf.read(path, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as error:
+        raise CliError(f"{path}: not audio that soundfile reads ({error})") from None
+    if rate < 1000:
+        raise CliError(f"{path}: a sample rate of {rate} Hz is not audio this model takes (1 kHz at the least)")
+    if data.shape[0] < math.ceil(MIN_SECONDS * rate):
+        raise CliError(f"{path}: {data.shape[0]} samples; AudioSR needs {MIN_SECONDS * 1000:g} ms at the least")
+    if not np.isfinite(data).all():
+        raise CliError(f"{path}: holds NaN or infinite samples")
+    return np.ascontiguousarray(data.T), rate
+
+
+def upsample(args: argparse.Namespace) -> int:
+    import soundfile as sf
+    import torch
+
+    from ..files import atomic_file, check_output_path
+    from ..formats import FORMATS, check_sample_rate, file_format
+    from ..loading import ModelLoadError, load_pipeline
+
+    if args.steps < 1:
+        raise CliError(f"--steps must be a positive integer, got {args.steps}")
+    if not math.isfinite(args.guidance):
+        raise CliError(f"--guidance must be a finite number, got {args.guidance}")
+    key, subtype = file_format(args.output)
+    check_sample_rate(key, SAMPLE_RATE, "the output's rate")
+    waveform, rate = read_recording(args.input)
+    seconds = waveform.shape[1] / rate
+    size = int(seconds * SAMPLE_RATE * waveform.shape[0] * FORMATS[key].bytes_per_sample) + (1 << 16)
+    check_output_path(args.output, overwrite=not args.no_overwrite, suffix=None, size=size)
+    device = resolve_device(args.device)
+    try:
+        pipe = load_pipeline(args.model, resolve_dtype(args.dtype, device), device)
+    except ModelLoadError as error:
+        raise CliError(f"--model: {error}") from None
+    if type(pipe).__name__ != "AudioSRTiledPipeline":
+        raise CliError(f"--model: {args.model} is a {type(pipe).__name__}; upsample takes an AudioSR model")
+    pipe.set_progress_bar_config(disable=args.quiet, desc="AudioSR denoising")
+    audio = pipe(waveform, sampling_rate=rate, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                 seed=args.seed, generator=torch.Generator().manual_seed(args.seed)).audios
+    with atomic_file(args.output, overwrite=not args.no_overwrite) as tmp:
+        sf.write(tmp, audio.T, SAMPLE_RATE, format=FORMATS[key].name, subtype=subtype)
+    print(f"wrote {args.output} ({audio.shape[1] / SAMPLE_RATE:.2f} s, {audio.shape[0]} channel(s), 48 kHz)")
+    return 0
+
+
+def convert_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="audioldm-tiled convert audiosr",
+        description="Convert AudioSR's original checkpoint (the file the audiosr package loads, e.g. "
+        "haoheliu/audiosr_basic's pytorch_model.bin) into a folder that from_pretrained and --model load.")
+    parser.add_argument("checkpoint", help="the original checkpoint file")
+    parser.add_argument("output", help="the folder to write (must not exist)")
+    parser.add_argument("--arch", default="audiosr", choices=sorted(ARCHITECTURES),
+                        help="the checkpoint's layout: audiosr (the public checkpoints) or audiosr-tiny")
+    return parser
+
+
+def convert(args: argparse.Namespace) -> int:
+    import torch
+
+    from .convert import convert_state_dict
+    from .pipeline import AudioSRTiledPipeline
+
+    if not Path(args.checkpoint).is_file():
+        raise CliError(f"{args.checkpoint}: no such checkpoint file")
+    if Path(args.output).exists():
+        raise CliError(f"{args.output} exists; the converted folder is written to a new path")
+    state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state)
+    AudioSRTiledPipeline(**convert_state_dict(state, args.arch)).save_pretrained(args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    """``upsample ...`` or ``convert audiosr ...``."""
+    if argv[0] == "upsample":
+        return upsample(upsample_parser().parse_args(argv[1:]))
+    if argv[1:2] != ["audiosr"]:
+        raise CliError("convert takes the model family first: audioldm-tiled convert audiosr CKPT OUT/")
+    return convert(convert_parser().parse_args(argv[2:]))
