@@ -37,6 +37,7 @@ _EXPORTS = {
     "tiled_encode": "vae",
     "chunked_vocode": "vocoder",
     "stream_vocode": "vocoder",
+    "AudioSRTiledPipeline": "audiosr.pipeline",
 }
 _EXPORTS.update({family.class_name: f"families.{family.module}" for family in REGISTRY.values()})
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "AudioLDM2TiledPipeline",
     "AudioLDMTiledPipeline",
+    "AudioSRTiledPipeline",
     "InsufficientMemoryError",
     "LiveRender",
     "LiveState",
@@ -72,6 +74,7 @@ assert sorted(__all__) == sorted(_EXPORTS)
 if TYPE_CHECKING:
     from .audio import save_wav
     from .audio_geometry import AudioGeometry
+    from .audiosr.pipeline import AudioSRTiledPipeline
     from .config import TilingConfig
     from .families.audioldm import AudioLDMTiledPipeline
     from .families.audioldm2 import AudioLDM2TiledPipeline
