@@ -16,10 +16,13 @@ def write_jobs(path, jobs):
     return path
 
 
+# Float samples where renders are compared: the tiny random models' audio is quiet enough for 16-bit samples to
+# round two different renders to the same values.
 JOBS = [
-    {"output": "rain.wav", "prompt": "rain", "seconds": 1.0, "steps": 2, "seed": 3},
+    {"output": "rain.wav", "prompt": "rain", "seconds": 1.0, "steps": 2, "seed": 3, "sample_format": "float"},
     {"output": "sub/wind.wav", "prompt": "wind", "seconds": 2.0, "steps": 1},
-    {"output": "scape.wav", "timeline": [[0, "rain"], [1, "thunder"]], "seconds": 2.0, "steps": 2, "mode": "fast"},
+    {"output": "scape.wav", "timeline": [[0, "rain"], [1, "thunder"]], "seconds": 2.0, "steps": 2, "mode": "fast",
+     "sample_format": "float"},
 ]
 
 

@@ -321,6 +321,7 @@ def build_components(arch: str = "tiny", seed: int = 0, dtype: torch.dtype = tor
             components["projection_model"] = AudioLDM2ProjectionModel(
                 text_encoder_dim=spec.text_encoder["projection_dim"], text_encoder_1_dim=t5.d_model,
                 langauge_model_dim=components["language_model"].config.n_embd)
+        _initialise_like_transformers_5(components["vocoder"])
     if spec.family in ("musicldm", "audioldm2"):
         # rand_trunc: the windows score_waveforms hands it are 10 s, so nothing is cut
         components["feature_extractor"] = ClapFeatureExtractor(truncation="rand_trunc")
@@ -329,6 +330,19 @@ def build_components(arch: str = "tiny", seed: int = 0, dtype: torch.dtype = tor
         module = components[name] if dtype == torch.float32 else components[name].to(dtype)
         components[name] = module.eval()
     return components
+
+
+def _initialise_like_transformers_5(vocoder: torch.nn.Module) -> None:
+    """transformers 5 (and 4.57) draw the HiFi-GAN's transposed convolutions from N(0, initializer_range) as its
+    other convolutions; 4.40 leaves them at PyTorch's default, about four times wider, and the random vocoder then
+    all but ignores its input. Redrawn here where that is so, so that random weights behave alike whatever the
+    version (tests compare renders that differ by prompt or seed)."""
+    spread = vocoder.config.initializer_range
+    with torch.no_grad():
+        for layer in vocoder.upsampler:
+            if not layer.weight.is_meta and layer.weight.std() > 2 * spread:
+                layer.weight.normal_(0.0, spread)
+                layer.bias.zero_()
 
 
 def _text_encoder(spec: Architecture) -> torch.nn.Module:
