@@ -212,3 +212,33 @@ def test_a_whole_super_resolution_equals_the_original(pair):
     assert mine.shape == (1, recording.shape[0]) and np.abs(mine).max() > 0.1
     # 2e-6 measured: float32 rounding through four UNet calls, the decode, the vocoder and two STFTs; 10x margin
     assert relative_error(torch.from_numpy(mine), expected) < 2e-5
+
+
+def test_each_window_is_conditioned_on_its_own_frames():
+    """The low-passed latent concatenated to the noisy latent's channels, cropped to each window as the noisy
+    latent is (negative rows first when guided): a UNet that records its input sees, in every call, the windows'
+    own frames of the conditioning."""
+    from audioldm_tiled import TilingConfig
+    from audioldm_tiled.conditioning import concatenated_frames
+    from audioldm_tiled.denoise import plan_windows, predict_noise
+
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, sample, t, encoder_hidden_states=None, cross_attention_kwargs=None):
+            seen.append(sample.clone())
+            return type("Out", (), {"sample": sample[:, :2]})()
+
+    latents = torch.randn(1, 2, 40, 4, generator=torch.Generator().manual_seed(0))
+    frames = torch.stack([torch.full((1, 3, 40, 4), -1.0),
+                          torch.arange(40.0).view(1, 1, 40, 1).expand(1, 3, 40, 4)])
+    plan = plan_windows(40, TilingConfig(window_frames=16, window_overlap_frames=8))
+    predict_noise(Recorder(), latents, torch.tensor(5), concatenated_frames(frames), 3.0, plan, batch_size=2)
+    assert len(plan.windows) > 2 and sum(s.shape[0] for s in seen) == 2 * len(plan.windows)
+    windows = iter(plan.windows)
+    for call in seen:
+        group = [next(windows) for _ in range(call.shape[0] // 2)]
+        for j, w in enumerate(group):
+            negative, positive = call[j], call[len(group) + j]
+            assert torch.equal(negative[:2], latents[0, :, w.start:w.stop]) and (negative[2:] == -1).all()
+            assert torch.equal(positive[2:, :, 0], torch.arange(w.start, w.stop, dtype=torch.float32).expand(3, -1))
