@@ -61,7 +61,7 @@ def original() -> dict[str, types.ModuleType]:
     for name in ("RobertaTokenizer", "AutoTokenizer", "T5EncoderModel", "T5Config"):
         getattr(transformers, name)
     package = types.ModuleType("audiosr")
-    package.__path__ = list(spec.submodule_search_locations)
+    package.__path__, package.__spec__ = list(spec.submodule_search_locations), spec
     added = {"audiosr": package, **{name: _StandIn(name) for name in STAND_INS}}
     previous = {name: sys.modules.get(name) for name in added}
     sys.modules.update(added)
