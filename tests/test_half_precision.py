@@ -140,8 +140,10 @@ def test_a_bfloat16_pipeline_can_load_its_vae_and_vocoder_in_float32(tmp_path):
     dtypes), they decode and vocode the latents sample for sample as a float32 pipeline does."""
     full = _pipe(torch.float32)
     full.save_pretrained(tmp_path)
-    mixed = AudioLDMTiledPipeline.from_pretrained(tmp_path, dtype={"default": torch.bfloat16, "vae": torch.float32,
-                                                                   "vocoder": torch.float32})
+    from audioldm_tiled.loading import _dtype_keyword  # the name this diffusers reads the dtypes by
+
+    dtypes = {"default": torch.bfloat16, "vae": torch.float32, "vocoder": torch.float32}
+    mixed = AudioLDMTiledPipeline.from_pretrained(tmp_path, **{_dtype_keyword(): dtypes})
     mixed.set_progress_bar_config(disable=True)
     assert (mixed.unet.dtype, mixed.vae.dtype, mixed.vocoder.dtype) == (torch.bfloat16, torch.float32, torch.float32)
     latents = mixed("rain", audio_length_in_s=2, num_inference_steps=1, output_type="latent",

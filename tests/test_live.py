@@ -417,12 +417,17 @@ def test_a_refused_file_render_leaves_no_file_behind(tiny_pipe, tmp_path):
 def test_signals_wait_for_the_end_of_a_whole_write():
     from audioldm_tiled.files import signals_deferred
 
+    # Python's own Ctrl-C handler, whatever this test run inherited (started in the background, SIGINT is ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     steps = []
-    with pytest.raises(KeyboardInterrupt):
-        with signals_deferred():
-            os.kill(os.getpid(), signal.SIGINT)  # delivered to any thread; held until the block ends
-            time.sleep(0.05)
-            steps.append("the write went on")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with signals_deferred():
+                os.kill(os.getpid(), signal.SIGINT)  # delivered to any thread; held until the block ends
+                time.sleep(0.05)
+                steps.append("the write went on")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert steps == ["the write went on"]
 
 
