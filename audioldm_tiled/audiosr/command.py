@@ -4,6 +4,7 @@ CKPT OUT/`` (the original checkpoint into a folder that ``from_pretrained`` load
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from ..arguments import CliError, device_name, resolve_device, resolve_dtype
 from ..constants import DTYPES
 from .components import ARCHITECTURES, SAMPLE_RATE
 
+logger = logging.getLogger("audioldm_tiled.cli")
 DEFAULT_MODEL = "haoheliu/audiosr_basic"
 MIN_SECONDS = 0.01  # one frame of the 48 kHz mel: shorter input has nothing to super-resolve
 
@@ -84,7 +86,7 @@ def upsample(args: argparse.Namespace) -> int:
                  seed=args.seed, generator=torch.Generator().manual_seed(args.seed)).audios
     with atomic_file(args.output, overwrite=not args.no_overwrite) as tmp:
         sf.write(tmp, audio.T, SAMPLE_RATE, format=FORMATS[key].name, subtype=subtype)
-    print(f"wrote {args.output} ({audio.shape[1] / SAMPLE_RATE:.2f} s, {audio.shape[0]} channel(s), 48 kHz)")
+    logger.info("wrote %s (%.2f s, %d channel(s), 48 kHz)", args.output, audio.shape[1] / SAMPLE_RATE, audio.shape[0])
     return 0
 
 
@@ -113,7 +115,7 @@ def convert(args: argparse.Namespace) -> int:
     state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
     state = state.get("state_dict", state)
     AudioSRTiledPipeline(**convert_state_dict(state, args.arch)).save_pretrained(args.output)
-    print(f"wrote {args.output}")
+    logger.info("wrote %s", args.output)
     return 0
 
 
