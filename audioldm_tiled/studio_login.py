@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from starlette.requests import HTTPConnection
+from starlette.responses import JSONResponse
+from starlette.websockets import WebSocketClose
+
 # What a browser fetches to show the login page and to log in, before it holds the cookie; and the one-time
 # trigger that Gradio's launch asks for itself when the server is up (it returns a boolean, nothing else).
 OPEN_PATHS = frozenset({"/", "/login", "/login/", "/favicon.ico", "/theme.css", "/gradio_api/theme.css",
@@ -34,9 +38,6 @@ class LoginRequired:
                 self._logged_in(scope):
             await self.app(scope, receive, send)
             return
-        from starlette.responses import JSONResponse
-        from starlette.websockets import WebSocketClose
-
         if scope["type"] == "websocket":
             await WebSocketClose(code=1008)(scope, receive, send)
             return
@@ -45,8 +46,6 @@ class LoginRequired:
     @staticmethod
     def _logged_in(scope: dict) -> bool:
         """Gradio's own test (``App.get_current_user``): one of its two login cookies names a token it issued."""
-        from starlette.requests import HTTPConnection
-
         gradio_app = scope["app"]  # Starlette puts the application in the scope before any middleware runs
         cookies = HTTPConnection(scope).cookies
         token = cookies.get(f"access-token-{gradio_app.cookie_id}") or \

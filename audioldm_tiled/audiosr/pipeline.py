@@ -130,10 +130,8 @@ def _replace_low_band(out: np.ndarray, low: np.ndarray) -> np.ndarray:
     the input's, divided by the ratio of their magnitudes summed over the cutoff bin (clamped to 0.8-1.2)."""
     import librosa
 
-    energy = np.cumsum(np.sum(np.abs(librosa.stft(low)), axis=-1))
-    below = np.nonzero(energy[1:] < energy[-1] * front_end.CUTOFF_SHARE)[0]
-    cutoff = int(below[-1]) + 1 if below.size else 0
     spectrum_low, spectrum_out = librosa.stft(low), librosa.stft(out)
+    cutoff = front_end.cutoff_bin(torch.from_numpy(np.abs(spectrum_low).T))
     ratio = np.sum(np.abs(spectrum_low[cutoff])) / np.sum(np.abs(spectrum_out[cutoff]))
     spectrum_out[:cutoff] = spectrum_low[:cutoff] / min(max(ratio, 0.8), 1.2)
     return librosa.istft(spectrum_out, length=out.shape[0])
