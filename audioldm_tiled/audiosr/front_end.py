@@ -45,15 +45,21 @@ def prepared(waveform: np.ndarray) -> np.ndarray:
 def magnitude_and_log_mel(waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(magnitude (B, frames, 1024), log-mel (B, frames, 256)) of ``waveform`` (B, samples) at 48 kHz: one frame
     per 480 samples. The STFT's last bin (24 kHz) is dropped, as the original drops it."""
-    import librosa
-
-    key = (str(waveform.device), waveform.dtype)
-    if key not in _mel_bases:
-        basis = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=MEL_FMIN, fmax=MEL_FMAX)
-        _mel_bases[key] = torch.from_numpy(basis).to(waveform.device, waveform.dtype)
     pad = (N_FFT - HOP_LENGTH) // 2
     padded = torch.nn.functional.pad(waveform.unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)
-    window = torch.hann_window(N_FFT, device=waveform.device, dtype=waveform.dtype)
+    return frames_magnitude_and_log_mel(padded)
+
+
+def frames_magnitude_and_log_mel(padded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``magnitude_and_log_mel`` of the frames that ``padded`` (B, samples), a stretch of the reflected signal
+    starting on a frame, holds whole."""
+    import librosa
+
+    key = (str(padded.device), padded.dtype)
+    if key not in _mel_bases:
+        basis = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=MEL_FMIN, fmax=MEL_FMAX)
+        _mel_bases[key] = torch.from_numpy(basis).to(padded.device, padded.dtype)
+    window = torch.hann_window(N_FFT, device=padded.device, dtype=padded.dtype)
     magnitude = torch.stft(padded, N_FFT, hop_length=HOP_LENGTH, win_length=N_FFT, window=window, center=False,
                            normalized=False, onesided=True, return_complex=True).abs()
     log_mel = torch.log(torch.clamp(_mel_bases[key] @ magnitude, min=1e-5))
@@ -63,14 +69,24 @@ def magnitude_and_log_mel(waveform: torch.Tensor) -> tuple[torch.Tensor, torch.T
 def cutoff_bin(magnitude: torch.Tensor, share: float = CUTOFF_SHARE) -> int:
     """The highest bin (at least 1) whose cumulative magnitude, summed over frames (magnitude: (frames, bins)), is
     below ``share`` of the total; 0 if there is none."""
-    energy = torch.cumsum(magnitude.sum(dim=0), dim=0)
+    return cutoff_bin_of_sums(magnitude.sum(dim=0), share)
+
+
+def cutoff_bin_of_sums(sums: torch.Tensor, share: float = CUTOFF_SHARE) -> int:
+    """``cutoff_bin`` from the magnitude already summed over frames (bins,)."""
+    energy = torch.cumsum(torch.as_tensor(sums), dim=0)
     below = torch.nonzero(energy[1:] < energy[-1] * share).flatten()
     return int(below[-1]) + 1 if below.numel() else 0
 
 
 def cutoff_hz(magnitude: torch.Tensor) -> float:
     """The low-pass cutoff for a recording of STFT ``magnitude`` (frames, 1024): 24 kHz where it is below 1 kHz."""
-    hz = cutoff_bin(magnitude) / magnitude.shape[-1] * SAMPLE_RATE / 2
+    return cutoff_hz_of_sums(magnitude.sum(dim=0))
+
+
+def cutoff_hz_of_sums(sums: torch.Tensor) -> float:
+    """``cutoff_hz`` from the magnitude already summed over frames (1024,)."""
+    hz = cutoff_bin_of_sums(sums) / sums.shape[-1] * SAMPLE_RATE / 2
     return SAMPLE_RATE / 2 if hz < MIN_CUTOFF_HZ else hz
 
 
@@ -86,22 +102,30 @@ def low_passed(waveform: np.ndarray, cutoff: float, kind: str) -> np.ndarray:
     filters' normalised frequency is 1, which SciPy refuses: there the input is returned as it is."""
     from scipy import signal
 
+    sos, down = low_pass_design(cutoff, kind)
+    if sos is None:
+        return np.asarray(waveform, dtype=np.float64)
+    filtered = signal.sosfiltfilt(sos, waveform)
+    resampled = signal.resample_poly(signal.resample_poly(filtered, down, SAMPLE_RATE), SAMPLE_RATE, down)
+    resampled = _fit(resampled, filtered.shape[0])
+    return np.ascontiguousarray(_fit(signal.sosfiltfilt(sos, resampled), filtered.shape[0]))
+
+
+def low_pass_design(cutoff: float, kind: str) -> tuple[np.ndarray | None, int]:
+    """The original's order-8 low-pass at ``cutoff`` Hz as second-order sections, and the rate it resamples
+    through (twice the cutoff); no filter at 24 kHz, where the normalised frequency is 1 and SciPy refuses it."""
+    from scipy import signal
+
     if kind not in FILTER_TYPES:
         raise ValueError(f"the low-pass type must be one of {FILTER_TYPES}, got {kind!r}")
-    highcut = int(cutoff)
-    normalised = highcut / (0.5 * SAMPLE_RATE)
+    normalised = int(cutoff) / (0.5 * SAMPLE_RATE)
     if normalised >= 1:
-        return np.asarray(waveform, dtype=np.float64)
+        return None, SAMPLE_RATE
     design = {"butter": lambda: signal.butter(FILTER_ORDER, normalised, btype="low", output="sos"),
               "cheby1": lambda: signal.cheby1(FILTER_ORDER, 0.1, normalised, btype="low", output="sos"),
               "ellip": lambda: signal.ellip(FILTER_ORDER, 0.1, 60, normalised, btype="low", output="sos"),
               "bessel": lambda: signal.bessel(FILTER_ORDER, normalised, btype="low", output="sos")}
-    sos = design[kind]()
-    filtered = signal.sosfiltfilt(sos, waveform)
-    down = int(normalised * SAMPLE_RATE)
-    resampled = signal.resample_poly(signal.resample_poly(filtered, down, SAMPLE_RATE), SAMPLE_RATE, down)
-    resampled = _fit(resampled, filtered.shape[0])
-    return np.ascontiguousarray(_fit(signal.sosfiltfilt(sos, resampled), filtered.shape[0]))
+    return design[kind](), int(normalised * SAMPLE_RATE)
 
 
 def _fit(x: np.ndarray, length: int) -> np.ndarray:

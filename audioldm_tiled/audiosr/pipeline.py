@@ -2,26 +2,28 @@
 
 What the original's ``LatentDiffusion.generate_batch`` does, in order, and how it is run here:
 
-1. the front end (``front_end``): the input at 48 kHz, prepared, its cutoff, its low-passed copy and that copy's
-   log-mel, over the whole recording;
+1. the front end (``front_end``, run in passes by ``recording``): the input at 48 kHz, prepared, its cutoff, its
+   low-passed copy and that copy's log-mel;
 2. the low-passed log-mel encoded by the VAE, exactly in tiles along time (``vae.tiled_encode``), a sample of its
    posterior scaled by the latent scale: the frames the UNet is conditioned on (the negative: -11.4981 everywhere,
    scaled likewise);
 3. DDIM with eta 1 and v-prediction, on windows of 10.24 s (``denoise``), each window reading its own frames of the
    conditioning;
-4. the latent decoded exactly in tiles (``vae.tiled_decode``), the mel bands below the low-passed log-mel's own
+4. the latent decoded exactly in tiles (``vae.iter_decode``), the mel bands below the low-passed log-mel's own
    cutoff band replaced by it;
-5. the chunked vocoder (``vocoder.chunked_vocode``);
-6. the post-processing over the whole output: the STFT bins below the low-passed input's cutoff replaced by the
-   low-passed input's, divided by the ratio of the two's magnitudes at the cutoff bin (clamped to 0.8-1.2), then
-   the peak scaled to 0.5 and the mean removed.
+5. the chunked vocoder (``vocoder.stream_vocode``);
+6. the post-processing (``recording.post_processed``) over the whole output: the STFT bins below the low-passed
+   input's cutoff replaced by the low-passed input's, divided by the ratio of the two's magnitudes at the cutoff
+   bin (clamped to 0.8-1.2), then the peak scaled to 0.5 and the mean removed.
 
 Up to one window (10.24 s) the result equals the original's given the same noise (``tests/test_audiosr.py``).
-Longer, the denoising is windowed and the decode and the vocoder exact; steps 1, 4 and 6 hold the whole recording.
+Longer, the denoising is windowed; everything else is the whole recording's: the decode and the vocoder exactly,
+and the front end's and post-processing's figures summed over the whole recording in passes before they are used.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,9 +34,10 @@ from diffusers import DiffusionPipeline
 from ..conditioning import concatenated_frames
 from ..config import TilingConfig
 from ..denoise import denoise, plan_windows
-from ..vae import tiled_decode, tiled_encode
-from ..vocoder import chunked_vocode
-from . import front_end
+from ..spool import BLOCK_ROWS, Spool, blocks
+from ..vae import iter_decode, tiled_encode
+from ..vocoder import stream_vocode
+from . import recording
 from .components import HOP_LENGTH, LATENT_CHANNELS, SAMPLE_RATE, UNCONDITIONAL_LATENT
 
 LATENT_FRAME_SECONDS = 8 * HOP_LENGTH / SAMPLE_RATE  # 80 ms
@@ -72,7 +75,7 @@ class AudioSRTiledPipeline(DiffusionPipeline):
                  guidance_scale: float = DEFAULT_GUIDANCE, eta: float = 1.0, seed: int = 0,
                  generator: torch.Generator | None = None, latents: torch.Tensor | None = None,
                  tiling: TilingConfig | None = None, return_dict: bool = True):
-        """Super-resolve ``audio`` to 48 kHz.
+        """Super-resolve ``audio`` to 48 kHz: ``upsampled``'s pieces joined into one array.
 
         Args:
             audio: a path soundfile reads, or float samples (samples,) or (channels, samples) at ``sampling_rate``;
@@ -81,78 +84,116 @@ class AudioSRTiledPipeline(DiffusionPipeline):
             generator: the noise: the conditioning latent's sample, the initial latents, then each step's.
             latents: the initial noise (channels, 16, frames, 32), instead of drawing it.
         """
-        waveform, rate = _read(audio, sampling_rate)
-        waveform = _at_48_khz(waveform, rate)
-        length = waveform.shape[1]
-        config = (tiling or TilingConfig()).with_windows_for(LATENT_FRAME_SECONDS)
-        device, dtype = self._execution_device, self.unet.dtype
-        prepared = np.stack([front_end.prepared(channel) for channel in waveform])
-        magnitude, _ = front_end.magnitude_and_log_mel(torch.from_numpy(prepared))
-        kind = front_end.filter_type(seed)
-        low = np.stack([front_end.low_passed(channel, front_end.cutoff_hz(m), kind)
-                        for channel, m in zip(prepared, magnitude)]).astype(np.float32)
-        _, low_mel = front_end.magnitude_and_log_mel(torch.from_numpy(low))
+        pieces = self.upsampled(audio, sampling_rate, num_inference_steps, guidance_scale, eta, seed, generator,
+                                latents, tiling)
+        audios = np.concatenate(list(pieces), axis=1)
+        return AudioSROutput(audios) if return_dict else (audios,)
 
+    @torch.no_grad()
+    def upsampled(self, audio: Any, sampling_rate: int | None = None, num_inference_steps: int = DEFAULT_STEPS,
+                  guidance_scale: float = DEFAULT_GUIDANCE, eta: float = 1.0, seed: int = 0,
+                  generator: torch.Generator | None = None, latents: torch.Tensor | None = None,
+                  tiling: TilingConfig | None = None) -> Iterator[np.ndarray]:
+        """``__call__``'s 48 kHz waveform as float32 pieces (channels, samples), in order, in memory that does not
+        grow with the length: what is held for the whole recording between the stages is spooled to disk
+        (``recording``), except the latents and the low-passed log-mel the encoder reads (about 0.3 GB per channel
+        and hour of audio)."""
+        source = _source(audio, sampling_rate)
+        config = (tiling or TilingConfig()).with_windows_for(LATENT_FRAME_SECONDS)
+        prepared = recording.prepare(source.pieces(), source.rate, source.channels, source.seconds, seed,
+                                     config.show_progress)
+        try:
+            with Spool((prepared.channels,), np.float32) as out:
+                for wave in self._vocoded(prepared, num_inference_steps, guidance_scale, eta, generator, latents,
+                                          config):
+                    out.append(wave.T)
+                self.maybe_free_model_hooks()
+                yield from recording.post_processed(out, prepared, config.show_progress)
+        finally:
+            prepared.close()
+
+    def _vocoded(self, prepared: recording.Prepared, steps: int, guidance_scale: float, eta: float,
+                 generator: torch.Generator | None, latents: torch.Tensor | None,
+                 config: TilingConfig) -> Iterator[np.ndarray]:
+        """The model's part: the low-passed log-mel encoded, denoised with it as the condition, decoded, its low
+        bands replaced by the input's, and vocoded: float32 waveform pieces (channels, samples)."""
+        device, dtype = self._execution_device, self.unet.dtype
         scale = self.vae.config.scaling_factor
         encoder = self.vae if self.condition_vae is None else self.condition_vae
-        posterior = tiled_encode(encoder, low_mel[:, None].to(device, encoder.dtype), config)
-        condition = posterior.sample(generator) * scale
-        shape = (prepared.shape[0], LATENT_CHANNELS, condition.shape[2], condition.shape[3])
+        low_mel = torch.from_numpy(prepared.low_mel.read(0, prepared.low_mel.length)).transpose(0, 1)[:, None]
+        condition = tiled_encode(encoder, low_mel.to(device, encoder.dtype), config).sample(generator) * scale
+        del low_mel
+        shape = (prepared.channels, LATENT_CHANNELS, condition.shape[2], condition.shape[3])
         if latents is None:
             latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(device, dtype)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"`latents` must have the shape {shape} for this input, got {tuple(latents.shape)}")
         frames = condition.to(dtype)[None]
+        del condition
         if guidance_scale != 1:  # as the original: guided unless the scale is exactly 1
             frames = torch.cat([torch.full_like(frames, UNCONDITIONAL_LATENT * scale), frames])
 
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        self.scheduler.set_timesteps(steps, device=device)
         latents = latents.to(device, dtype) * self.scheduler.init_noise_sigma
         plan = plan_windows(latents.shape[2], config)
         latents = denoise(self.unet, self.scheduler, latents, lambda: (concatenated_frames(frames), guidance_scale),
                           plan, {"eta": eta, "generator": generator}, config.window_batch_size or 1,
                           lambda total: self.progress_bar(total=total))
-
-        mel = tiled_decode(self.vae, latents.to(self.vae.dtype) / scale, config)[:, 0].float().cpu()
-        for row, low_row in zip(mel, low_mel):
-            band = front_end.cutoff_bin(torch.exp(low_row))
-            row[:, :band] = low_row[: row.shape[0], :band]
-        wave = chunked_vocode(self.vocoder, mel.to(device, self.vocoder.dtype), config).float().cpu().numpy()
-        audios = np.stack([_replace_low_band(w, low_row) for w, low_row in zip(wave, low)])
-        audios = 0.5 * audios / np.max(np.abs(audios), axis=-1, keepdims=True)
-        audios = (audios - np.mean(audios, axis=-1, keepdims=True))[:, :length].astype(np.float32)
-        self.maybe_free_model_hooks()
-        return AudioSROutput(audios) if return_dict else (audios,)
+        frames = None  # the conditioning is not needed past the denoising
+        mel = _replaced(iter_decode(self.vae, latents.to(self.vae.dtype) / scale, config), prepared)
+        vocoder = (piece.to(device, self.vocoder.dtype) for piece in mel)
+        for wave in stream_vocode(self.vocoder, vocoder, latents.shape[2] * 8, config.replace(show_progress=False)):
+            yield wave.float().cpu().numpy()
 
 
-def _replace_low_band(out: np.ndarray, low: np.ndarray) -> np.ndarray:
-    """The original's ``postprocessing``: the output's STFT bins below the low-passed input's cutoff bin replaced by
-    the input's, divided by the ratio of their magnitudes summed over the cutoff bin (clamped to 0.8-1.2)."""
-    import librosa
+def _replaced(pieces: Iterator[torch.Tensor], prepared: recording.Prepared) -> Iterator[torch.Tensor]:
+    """The decoded log-mel pieces (channels, 1, t, 256) as (channels, t, 256) float32, each channel's bands below
+    its ``mel_bands`` replaced by the input's own log-mel (the original's ``mel_replace_ops``)."""
+    start = 0
+    for piece in pieces:
+        piece = piece[:, 0].float().cpu()
+        stop = start + piece.shape[1]
+        low = torch.from_numpy(prepared.low_mel.read(start, min(stop, prepared.low_mel.length))).transpose(0, 1)
+        for row, low_row, band in zip(piece, low, prepared.mel_bands):
+            row[: low_row.shape[0], :band] = low_row[:, :band]
+        start = stop
+        yield piece
 
-    spectrum_low, spectrum_out = librosa.stft(low), librosa.stft(out)
-    cutoff = front_end.cutoff_bin(torch.from_numpy(np.abs(spectrum_low).T))
-    ratio = np.sum(np.abs(spectrum_low[cutoff])) / np.sum(np.abs(spectrum_out[cutoff]))
-    spectrum_out[:cutoff] = spectrum_low[:cutoff] / min(max(ratio, 0.8), 1.2)
-    return librosa.istft(spectrum_out, length=out.shape[0])
+
+@dataclass
+class _Source:
+    """A recording to read in pieces (samples, channels) float32: a file, or an array already in memory."""
+
+    rate: int
+    channels: int
+    frames: int
+    path: Any = None
+    array: np.ndarray | None = None
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.rate
+
+    def pieces(self) -> Iterator[np.ndarray]:
+        if self.array is not None:
+            for lo, hi in blocks(self.frames):
+                yield self.array[:, lo:hi].T
+            return
+        import soundfile as sf
+
+        yield from sf.blocks(self.path, blocksize=BLOCK_ROWS, dtype="float32", always_2d=True)
 
 
-def _read(audio: Any, sampling_rate: int | None) -> tuple[np.ndarray, int]:
-    """(channels, samples) float32 and the rate, from a path or an array."""
+def _source(audio: Any, sampling_rate: int | None) -> _Source:
     if isinstance(audio, (str, bytes)) or hasattr(audio, "__fspath__"):
         import soundfile as sf
 
-        data, rate = sf.read(audio, dtype="float32", always_2d=True)
-        return np.ascontiguousarray(data.T), rate
+        info = sf.info(audio)
+        return _Source(int(info.samplerate), int(info.channels), int(info.frames), path=audio)
     if sampling_rate is None:
         raise ValueError("`sampling_rate` is needed with samples: the rate of `audio`")
     data = np.asarray(audio, dtype=np.float32)
-    return (data[None] if data.ndim == 1 else data), int(sampling_rate)
-
-
-def _at_48_khz(waveform: np.ndarray, rate: int) -> np.ndarray:
-    if rate == SAMPLE_RATE:
-        return waveform
-    import soxr
-
-    return np.ascontiguousarray(soxr.resample(waveform.T, rate, SAMPLE_RATE, quality="VHQ").T.astype(np.float32))
+    if data.ndim not in (1, 2) or data.shape[-1] == 0:
+        raise ValueError(f"`audio` must be samples (samples,) or (channels, samples), got shape {data.shape}")
+    data = data[None] if data.ndim == 1 else data
+    return _Source(int(sampling_rate), data.shape[0], data.shape[1], array=data)
