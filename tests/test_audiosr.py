@@ -15,7 +15,7 @@ import torch
 
 from audioldm_tiled.audiosr.components import ARCHITECTURES, LATENT_CHANNELS, N_MELS, SAMPLE_RATE, build_components
 from audioldm_tiled.audiosr.convert import convert_state_dict
-from audiosr_original import latent_diffusion, original
+from audiosr_original import latent_diffusion, original, original_batch
 from conftest import relative_error
 
 TINY = ARCHITECTURES["audiosr-tiny"]
@@ -174,21 +174,6 @@ def test_the_front_end_equals_the_original():
     assert {front_end.filter_type(seed) for seed in range(12)} == set(front_end.FILTER_TYPES)
 
 
-def _original_batch(recording: np.ndarray, seed: int) -> dict:
-    """``pipeline.make_batch_for_super_resolution`` for a 48 kHz recording, without its torchaudio reading."""
-    utils = original()["audiosr.utils"]
-    duration = -(-recording.shape[0] // round(5.12 * SAMPLE_RATE)) * 5.12
-    frames = round(duration * 100)
-    waveform = utils.pad_wav(utils.normalize_wav(recording)[None], round(duration * SAMPLE_RATE))
-    log_mel, stft = utils.wav_feature_extraction(waveform, frames)
-    batch = {"waveform": torch.FloatTensor(waveform), "stft": stft, "log_mel_spec": log_mel,
-             "sampling_rate": SAMPLE_RATE}
-    np.random.seed(seed)  # as the package's seed_everything before it
-    batch.update(utils.lowpass_filtering_prepare_inference(batch))
-    batch["lowpass_mel"], _ = utils.wav_feature_extraction(batch["waveform_lowpass"], frames)
-    return {k: v.unsqueeze(0) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
 def test_a_whole_super_resolution_equals_the_original(pair):
     """5.12 s (one window) through both with the same noise: the original draws, from torch's global generator, the
     input mel's posterior sample (which it uses only for its shape), the low-passed latent's sample, the initial
@@ -200,7 +185,7 @@ def test_a_whole_super_resolution_equals_the_original(pair):
     recording = _recording(5.12)
     torch.manual_seed(7)
     with torch.no_grad():
-        theirs = model.generate_batch(_original_batch(recording, seed=3), ddim_steps=4,
+        theirs = model.generate_batch(original_batch(recording, seed=3), ddim_steps=4,
                                       unconditional_guidance_scale=3.5)
     pipe = AudioSRTiledPipeline(**{k: ours[k] for k in ("vae", "unet", "vocoder", "scheduler")})
     pipe.set_progress_bar_config(disable=True)

@@ -39,28 +39,49 @@ def upsample_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def read_recording(path: str) -> tuple[np.ndarray, int]:
-    """(channels, samples) float32 and the rate of the audio file ``path``, checked: audio, finite, long enough."""
+def check_recording(path: str) -> tuple[int, int, int]:
+    """(rate, channels, frames) of the audio file ``path``, checked before any model loads: audio, a rate, long
+    enough, finite (read through once, in blocks)."""
     import soundfile as sf
 
     try:
-        data, rate = sf.read(path, dtype="float32", always_2d=True)
+        info = sf.info(path)
+        if info.frames > 0 and info.samplerate >= 1000:
+            for block in sf.blocks(path, blocksize=1 << 18, dtype="float32", always_2d=True):
+                if not np.isfinite(block).all():
+                    raise CliError(f"{path}: holds NaN or infinite samples")
     except (sf.LibsndfileError, RuntimeError, TypeError) as error:
         raise CliError(f"{path}: not audio that soundfile reads ({error})") from None
-    if rate < 1000:
-        raise CliError(f"{path}: a sample rate of {rate} Hz is not audio this model takes (1 kHz at the least)")
-    if data.shape[0] < math.ceil(MIN_SECONDS * rate):
-        raise CliError(f"{path}: {data.shape[0]} samples; AudioSR needs {MIN_SECONDS * 1000:g} ms at the least")
-    if not np.isfinite(data).all():
-        raise CliError(f"{path}: holds NaN or infinite samples")
-    return np.ascontiguousarray(data.T), rate
+    if info.samplerate < 1000:
+        raise CliError(f"{path}: a sample rate of {info.samplerate} Hz is not audio this model takes (1 kHz at the "
+                       "least)")
+    if info.frames < math.ceil(MIN_SECONDS * info.samplerate):
+        raise CliError(f"{path}: {info.frames} samples; AudioSR needs {MIN_SECONDS * 1000:g} ms at the least")
+    return int(info.samplerate), int(info.channels), int(info.frames)
+
+
+def write_pieces(pieces, path: str, channels: int, overwrite: bool = True) -> int:
+    """The 48 kHz ``pieces`` (channels, samples) into the file ``path`` (its extension names the format), which
+    appears whole or not at all; the frames written."""
+    import soundfile as sf
+
+    from ..files import atomic_file
+    from ..formats import FORMATS, file_format
+
+    key, subtype = file_format(path)
+    frames = 0
+    with atomic_file(path, overwrite=overwrite) as tmp, sf.SoundFile(
+            tmp, "w", SAMPLE_RATE, channels, format=FORMATS[key].name, subtype=subtype) as file:
+        for piece in pieces:
+            file.write(piece.T)
+            frames += piece.shape[1]
+    return frames
 
 
 def upsample(args: argparse.Namespace) -> int:
-    import soundfile as sf
     import torch
 
-    from ..files import atomic_file, check_output_path
+    from ..files import check_output_path
     from ..formats import FORMATS, check_sample_rate, file_format
     from ..loading import ModelLoadError, load_pipeline
 
@@ -68,11 +89,11 @@ def upsample(args: argparse.Namespace) -> int:
         raise CliError(f"--steps must be a positive integer, got {args.steps}")
     if not math.isfinite(args.guidance):
         raise CliError(f"--guidance must be a finite number, got {args.guidance}")
-    key, subtype = file_format(args.output)
+    key, _ = file_format(args.output)
     check_sample_rate(key, SAMPLE_RATE, "the output's rate")
-    waveform, rate = read_recording(args.input)
-    seconds = waveform.shape[1] / rate
-    size = int(seconds * SAMPLE_RATE * waveform.shape[0] * FORMATS[key].bytes_per_sample) + (1 << 16)
+    rate, channels, frames = check_recording(args.input)
+    seconds = frames / rate
+    size = int(seconds * SAMPLE_RATE * channels * FORMATS[key].bytes_per_sample) + (1 << 16)
     check_output_path(args.output, overwrite=not args.no_overwrite, suffix=None, size=size)
     device = resolve_device(args.device)
     try:
@@ -82,11 +103,13 @@ def upsample(args: argparse.Namespace) -> int:
     if type(pipe).__name__ != "AudioSRTiledPipeline":
         raise CliError(f"--model: {args.model} is a {type(pipe).__name__}; upsample takes an AudioSR model")
     pipe.set_progress_bar_config(disable=args.quiet, desc="AudioSR denoising")
-    audio = pipe(waveform, sampling_rate=rate, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                 seed=args.seed, generator=torch.Generator().manual_seed(args.seed)).audios
-    with atomic_file(args.output, overwrite=not args.no_overwrite) as tmp:
-        sf.write(tmp, audio.T, SAMPLE_RATE, format=FORMATS[key].name, subtype=subtype)
-    logger.info("wrote %s (%.2f s, %d channel(s), 48 kHz)", args.output, audio.shape[1] / SAMPLE_RATE, audio.shape[0])
+    from ..config import TilingConfig
+
+    pieces = pipe.upsampled(args.input, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                            seed=args.seed, generator=torch.Generator().manual_seed(args.seed),
+                            tiling=TilingConfig(show_progress=not args.quiet))
+    written = write_pieces(pieces, args.output, channels, overwrite=not args.no_overwrite)
+    logger.info("wrote %s (%.2f s, %d channel(s), 48 kHz)", args.output, written / SAMPLE_RATE, channels)
     return 0
 
 

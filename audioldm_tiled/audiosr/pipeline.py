@@ -184,16 +184,25 @@ class _Source:
         yield from sf.blocks(self.path, blocksize=BLOCK_ROWS, dtype="float32", always_2d=True)
 
 
+MIN_RATE = 1000  # Hz: below it, nothing a 48 kHz model could take for audio
+
+
 def _source(audio: Any, sampling_rate: int | None) -> _Source:
     if isinstance(audio, (str, bytes)) or hasattr(audio, "__fspath__"):
         import soundfile as sf
 
         info = sf.info(audio)
-        return _Source(int(info.samplerate), int(info.channels), int(info.frames), path=audio)
-    if sampling_rate is None:
+        source = _Source(int(info.samplerate), int(info.channels), int(info.frames), path=audio)
+    elif sampling_rate is None:
         raise ValueError("`sampling_rate` is needed with samples: the rate of `audio`")
-    data = np.asarray(audio, dtype=np.float32)
-    if data.ndim not in (1, 2) or data.shape[-1] == 0:
-        raise ValueError(f"`audio` must be samples (samples,) or (channels, samples), got shape {data.shape}")
-    data = data[None] if data.ndim == 1 else data
-    return _Source(int(sampling_rate), data.shape[0], data.shape[1], array=data)
+    else:
+        data = np.asarray(audio, dtype=np.float32)
+        if data.ndim not in (1, 2) or data.shape[-1] == 0:
+            raise ValueError(f"`audio` must be samples (samples,) or (channels, samples), got shape {data.shape}")
+        data = data[None] if data.ndim == 1 else data
+        source = _Source(int(sampling_rate), data.shape[0], data.shape[1], array=data)
+    if source.rate < MIN_RATE:
+        raise ValueError(f"`audio` at {source.rate} Hz: AudioSR takes recordings of {MIN_RATE} Hz or more")
+    if source.frames == 0:
+        raise ValueError("`audio` has no samples")
+    return source

@@ -126,6 +126,8 @@ def prepare(pieces: Iterable[np.ndarray], rate: int, channels: int, seconds: flo
 def _resampled(pieces: Iterable[np.ndarray], stream, channels: int) -> Iterator[np.ndarray]:
     for piece in pieces:
         piece = np.asarray(piece, dtype=np.float32).reshape(-1, channels)
+        if not np.isfinite(piece).all():
+            raise ValueError("the recording holds NaN or infinite samples")
         yield stream.resample_chunk(piece) if stream is not None else piece
     if stream is not None:
         yield stream.resample_chunk(np.zeros((0, channels), np.float32), last=True)

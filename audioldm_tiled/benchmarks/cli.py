@@ -61,14 +61,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="fp32 (default), fp16 or bf16")
     parser.add_argument("--model", default="audioldm-s", metavar="ARCH",
                         help="random architecture of generate, windows and stream (default audioldm-s); decode, "
-                        "encode and vocode measure audioldm-s's VAE and vocoder, which every family shares")
+                        "encode and vocode measure audioldm-s's VAE and vocoder, which every family shares; "
+                        "audiosr takes audiosr (default) or audiosr-tiny")
     args = parser.parse_args(argv)
     from .runner import check_json_path
 
     check_json_path(parser, args.json)
-    from ..testing.architectures import ARCHITECTURES  # after parsing: --help needs no torch
+    from ..audiosr.components import ARCHITECTURES as AUDIOSR  # after parsing: --help needs no torch
+    from ..testing.architectures import ARCHITECTURES
 
-    if args.model not in ARCHITECTURES:
+    if args.stage == "audiosr":
+        args.model = "audiosr" if args.model == "audioldm-s" else args.model
+        if args.model not in AUDIOSR:
+            parser.error(f"--model of audiosr must be one of {', '.join(AUDIOSR)}; got {args.model!r}")
+    elif args.model not in ARCHITECTURES:
         parser.error(f"--model must be one of {', '.join(ARCHITECTURES)}; got {args.model!r}")
     variants = args.variants or list(DEFAULT_VARIANTS.get(args.stage, VARIANTS[args.stage]))
     unknown = [v for v in variants if v not in VARIANTS[args.stage]]

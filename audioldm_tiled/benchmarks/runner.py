@@ -36,10 +36,13 @@ VARIANTS = {
     "windows": ("batch-1", "batch-2", "batch-4"),
     # a render handed out in pieces: windowed (stream) against progressive (live), and live's first piece alone
     "live": ("windowed", "progressive", "first-piece"),
+    # AudioSR to 48 kHz: the command line's streamed path against the original package (benchmarks/audiosr.py)
+    # tiled-disk: with exact mode's paused tiles in temporary files, as where memory runs out (flat in the length)
+    "audiosr": ("tiled", "tiled-disk", "original"),
 }
 # Stages whose variants make different audio by design (another schedule): timed and measured, not compared.
-OTHER_AUDIO = ("live",)
-DEFAULT_STEPS = {"stream": 2, "generate": 10, "windows": 2, "live": 1}
+OTHER_AUDIO = ("live", "audiosr")
+DEFAULT_STEPS = {"stream": 2, "generate": 10, "windows": 2, "live": 1, "audiosr": 2}
 # the others run every variant by default
 DEFAULT_VARIANTS = {"stream": ("fast",), "generate": ("windowed", "single-pass"),
                     "decode": ("untiled", "exact", "fast", "diffusers"), "live": ("windowed", "progressive")}

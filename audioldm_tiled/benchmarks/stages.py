@@ -14,6 +14,7 @@ import torch
 from ..config import TilingConfig
 from ..constants import DTYPES, LATENT_FRAMES_PER_SECOND, MEL_FRAMES_PER_SECOND
 from ..testing.architectures import ARCHITECTURES, random_pipeline
+from .audiosr import run_audiosr
 
 PROMPT = "soft rain on leaves"
 
@@ -261,4 +262,4 @@ def run_live(target: Target, variant: str, seconds: float, steps: int):
 
 
 STAGES = {"decode": run_decode, "encode": run_encode, "vocode": run_vocode, "windows": run_windows,
-          "stream": run_stream, "generate": run_generate, "live": run_live}
+          "stream": run_stream, "generate": run_generate, "live": run_live, "audiosr": run_audiosr}
