@@ -144,26 +144,33 @@ def library_versions() -> dict[str, str]:
             "transformers": transformers.__version__, "python": platform.python_version()}
 
 
-def render_job(pipe, job: BatchJob, out_dir: Path, tiling) -> dict[str, Any]:
+def render_job(pipe, job: BatchJob, out_dir: Path, tiling, upsampler=None) -> dict[str, Any]:
     """Render one job into ``out_dir / job.output`` (atomically) and return what its sidecar records of it: the
-    settings the render resolved, its time, length and loudness."""
+    settings the render resolved, its time, length and loudness. ``upsampler()`` gives the AudioSR pipeline of a
+    job that asks for 48 kHz."""
     from .render import render_to_file
 
     target = out_dir / job.output
     target.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    delivered = render_to_file(pipe, target, job.request(tiling), **job.delivery())
+    upsample = None
+    if job.upsample:
+        if upsampler is None:
+            raise ValueError("the job asks for 'upsample', and this batch has no AudioSR model")
+        upsample = upsampler()
+    delivered = render_to_file(pipe, target, job.request(tiling), upsample=upsample, **job.delivery())
     recipe = delivered.recipe
     return {"settings": {**job.settings(), "steps": recipe["steps"], "guidance": recipe["guidance"]},
             "render_s": round(time.perf_counter() - start, 3), "samples": delivered.frames, **delivered.report()}
 
 
 def run_batch(pipe, jobs: list[BatchJob], out_dir: str | os.PathLike, shard: Shard = Shard(), tiling=None,
-              model: str | None = None) -> dict[str, list[str]]:
+              model: str | None = None, upsample=None) -> dict[str, list[str]]:
     """Render this rank's share of ``jobs`` into ``out_dir``; returns the outputs done, skipped and failed.
 
     ``pipe`` is a tiled pipeline, or a function that loads one, called only once a job needs rendering (a rerun
-    of finished jobs loads no model). A job already done (``is_done``) is skipped. A job that fails, for any
+    of finished jobs loads no model); ``upsample`` likewise an ``AudioSRTiledPipeline`` for the jobs that ask for
+    48 kHz. A job already done (``is_done``) is skipped. A job that fails, for any
     reason, is recorded in its sidecar (where it can be written) and in this rank's manifest with the error, and
     the others go on. The manifest, ``manifest.rank-<r>-of-<N>.json`` in ``out_dir``, is rewritten atomically
     after every job rendered or failed and at the end, so a rerun of finished jobs takes time linear in their
@@ -188,6 +195,11 @@ def run_batch(pipe, jobs: list[BatchJob], out_dir: str | os.PathLike, shard: Sha
             loaded["versions"] = library_versions()
         return loaded["pipe"]
 
+    def upsampler():
+        if "upsample" not in loaded:
+            loaded["upsample"] = upsample() if callable(upsample) and not hasattr(upsample, "vocoder") else upsample
+        return loaded["upsample"]
+
     def write_manifest() -> None:
         try:
             write_json(manifest_path, {"rank": shard.rank, "world": shard.world, "jobs": entries})
@@ -211,7 +223,8 @@ def run_batch(pipe, jobs: list[BatchJob], out_dir: str | os.PathLike, shard: Sha
             if problem is not None:
                 raise ValueError(problem)
             current = pipeline()
-            record.update(render_job(current, job, out_dir, tiling), versions=loaded["versions"], status="done")
+            record.update(render_job(current, job, out_dir, tiling, upsampler if upsample is not None else None),
+                          versions=loaded["versions"], status="done")
             summary["done"].append(job.output)
             logger.info("%s: job %d/%d %s: done in %.1f s", tag, count, len(mine), job.output, record["render_s"])
         except (KeyboardInterrupt, SystemExit):

@@ -43,6 +43,7 @@ class BatchJob:
     sample_rate: int | None = None  # None: the model's
     loudness: float | None = None  # LUFS target
     true_peak: float | None = None  # dBTP limit of a loudness target (default -1)
+    upsample: bool | None = None  # true: delivered at 48 kHz, super-resolved by the batch's AudioSR model
     line: int = field(default=0, compare=False)
 
     @property
@@ -126,6 +127,8 @@ def parse_job(data: Any, line: int = 0) -> BatchJob:
         raise ValueError(f"'negative_prompt' must be a string, got {data['negative_prompt']!r}")
     if data.get("sample_format") not in (None, "16", "24", "float"):
         raise ValueError(f"'sample_format' must be \"16\", \"24\" or \"float\", got {data['sample_format']!r}")
+    if data.get("upsample") not in (None, True, False):
+        raise ValueError(f"'upsample' must be true or false, got {data['upsample']!r}")
     job = BatchJob(**data, line=line)
     try:  # the request's own rules (lengths, strength, timeline, seed) and the file's, before any model is loaded
         job.request()

@@ -28,7 +28,7 @@ from .arguments import (
     timeline_segment,
 )
 from .config import STORES
-from .constants import DTYPES, MAX_SEED
+from .constants import DTYPES, MAX_SEED, UPSAMPLE_MODEL, UPSAMPLED_RATE
 from .errors import RankFailed
 from .loading import DEFAULT_MODEL
 
@@ -92,6 +92,9 @@ def generate_parser() -> argparse.ArgumentParser:
                         help="output file: .wav, .flac, .ogg (Vorbis), .opus or .mp3 (or name it with --format)")
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"hub id, local folder, or random:ARCH for random weights (default {DEFAULT_MODEL})")
+    parser.add_argument("--upsample", nargs="?", const=UPSAMPLE_MODEL, default=None, metavar="MODEL",
+                        help="deliver at 48 kHz: the render super-resolved by AudioSR once it is whole (MODEL: "
+                        f"{UPSAMPLE_MODEL} unless named; a converted folder, or random:audiosr)")
     parser.add_argument("--steps", type=positive_int("--steps"), default=None,
                         help="denoising steps (default: the model's, AudioLDM 10, AudioLDM 2 and MusicLDM 200)")
     parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the "
@@ -176,7 +179,11 @@ def generate(args: argparse.Namespace) -> Path:
     request = build_request(args, ranks=None if ranks is None else "auto")
     seconds = request.output_seconds(SAMPLE_RATE)
     delivery = delivery_options(args)
-    check_delivery(args.output, delivery, seconds, SAMPLE_RATE)  # before any model is loaded
+    if args.upsample is not None and ranks is not None:
+        raise CliError("--upsample runs in one process: render on several ranks without it, then run "
+                       "'audioldm-tiled upsample' on the file")
+    # before any model is loaded
+    check_delivery(args.output, delivery, seconds, UPSAMPLED_RATE if args.upsample else SAMPLE_RATE)
     output = Path(args.output)
     picture = _check_spectrogram_path(args)
     from .loading import ModelLoadError, load_pipeline
@@ -188,7 +195,10 @@ def generate(args: argparse.Namespace) -> Path:
     pipe.set_progress_bar_config(disable=args.quiet or (ranks is not None and ranks.rank > 0))
     # Under several ranks each renders its share; rank 0 writes the file.
     try:
-        delivered = render_to_file(pipe, output, request, **delivery)
+        if args.upsample is None:
+            delivered = render_to_file(pipe, output, request, **delivery)
+        else:
+            delivered = _render_upsampled(pipe, output, request, delivery, args, dtype, device)
     except ValueError as error:  # the model's own checks (its shortest length, its prompt inputs)
         raise as_cli_error(error) from None
     if delivered is None:
@@ -208,6 +218,22 @@ def generate(args: argparse.Namespace) -> Path:
             raise CliError(f"--spectrogram: {error}; the audio was written to {output}") from None
         logger.info("wrote %s", picture)
     return output
+
+
+def _render_upsampled(pipe, output: Path, request, delivery: dict, args: argparse.Namespace, dtype, device):
+    """The render into ``output`` at 48 kHz through AudioSR (``audiosr.sink.UpsampledSink``), the model loaded
+    before the render starts."""
+    from .loading import ModelLoadError, load_pipeline
+    from .render import render_to_file
+
+    try:
+        upsampler = load_pipeline(args.upsample, dtype, device)
+    except ModelLoadError as error:
+        raise CliError(f"--upsample: {error}") from None
+    if type(upsampler).__name__ != "AudioSRTiledPipeline":
+        raise CliError(f"--upsample: {args.upsample} is a {type(upsampler).__name__}, not an AudioSR model")
+    upsampler.set_progress_bar_config(disable=args.quiet, desc="AudioSR denoising")
+    return render_to_file(pipe, output, request, upsample=upsampler, **delivery)
 
 
 def _check_spectrogram_path(args: argparse.Namespace) -> Path | None:
@@ -243,6 +269,9 @@ def batch_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-dir", required=True, metavar="DIR", help="folder for the WAVs, sidecars and manifests")
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"hub id, local folder, or random:ARCH (default {DEFAULT_MODEL})")
+    parser.add_argument("--upsample-model", default=UPSAMPLE_MODEL, metavar="MODEL",
+                        help='the AudioSR model of the jobs with "upsample": true, loaded once one needs it (default '
+                        f"{UPSAMPLE_MODEL}; a converted folder, or random:audiosr)")
     parser.add_argument("--device", default="auto", type=device_name,
                         help="auto (default: cuda:LOCAL_RANK if available, else mps, else cpu), cpu, cuda, cuda:N, mps")
     parser.add_argument("--dtype", default="auto", choices=("auto", *DTYPES),
@@ -294,8 +323,20 @@ def batch(args: argparse.Namespace) -> int:
         pipe.set_progress_bar_config(disable=args.quiet)
         return pipe
 
+    def load_upsampler():
+        from .loading import ModelLoadError, load_pipeline
+
+        try:
+            pipe = load_pipeline(args.upsample_model, dtype, device)
+        except ModelLoadError as error:
+            raise CliError(f"--upsample-model: {error}") from None
+        if type(pipe).__name__ != "AudioSRTiledPipeline":
+            raise CliError(f"--upsample-model: {args.upsample_model} is a {type(pipe).__name__}, not AudioSR")
+        pipe.set_progress_bar_config(disable=args.quiet, desc="AudioSR denoising")
+        return pipe
+
     tiling = TilingConfig(memory_budget=None if args.memory_budget is None else int(args.memory_budget * 1e9))
-    summary = run_batch(load, jobs, out_dir, shard, tiling, model=args.model)
+    summary = run_batch(load, jobs, out_dir, shard, tiling, model=args.model, upsample=load_upsampler)
     if not summary["failed"]:
         return 0
     launched = not args.shard and shard.world > 1

@@ -52,13 +52,17 @@ def load_pipeline(model: str = DEFAULT_MODEL, dtype: torch.dtype | None = None,
         if arch in audiosr.ARCHITECTURES:
             from .audiosr.pipeline import AudioSRTiledPipeline
 
-            return AudioSRTiledPipeline(**audiosr.build_components(arch, dtype=dtype)).to(device)
+            pipe = AudioSRTiledPipeline(**audiosr.build_components(arch, dtype=dtype))
+            pipe.register_to_config(_name_or_path=model)  # what a file it super-resolves names
+            return pipe.to(device)
         if arch not in ARCHITECTURES:
             known = ", ".join([*ARCHITECTURES, *audiosr.ARCHITECTURES])
             raise ModelLoadError(f"random:ARCH: ARCH must be one of {known}, got {arch!r}")
         return random_pipeline(arch, dtype=dtype).to(device)
     if model in AUDIOSR_CHECKPOINTS:  # the hub holds the original checkpoint: converted on loading
-        return _audiosr_from_hub(model, dtype).to(device)
+        pipe = _audiosr_from_hub(model, dtype)
+        pipe.register_to_config(_name_or_path=model)
+        return pipe.to(device)
     folder = os.path.expanduser(model)
     if not os.path.isdir(folder) and not _HUB_ID.fullmatch(model):
         raise ModelLoadError(f"model folder {model!r} does not exist (a hub id reads OWNER/NAME)")

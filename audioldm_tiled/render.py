@@ -13,6 +13,7 @@ import numpy as np
 
 from .audio import wav_bytes
 from .callbacks import CALLBACK_ARGUMENTS, Callbacks
+from .constants import UPSAMPLED_RATE
 from .distributed import guarded, ranks_for
 from .live_sinks import CallbackSink, ListenerGone, LiveFileSink, LoudnessFollower, WavStreamSink, check_live_output
 from .request import Request
@@ -24,7 +25,7 @@ logger = logging.getLogger(__name__)
 def render_to_file(pipe, path: str | os.PathLike, prompt: Any = None, *, format: str | None = None,
                    subtype: str | None = None, sample_rate: int | None = None, loudness: float | None = None,
                    true_peak: float | None = None, tags: Mapping[str, str] | None = None, overwrite: bool = True,
-                   **call_kwargs: Any) -> Delivered | None:
+                   upsample=None, **call_kwargs: Any) -> Delivered | None:
     """Render one waveform straight into ``path`` (``sinks.FileSink``), in memory that does not grow with the length.
 
     The path, the format, the rate and the free space for a render of known length are checked before any model
@@ -37,6 +38,8 @@ def render_to_file(pipe, path: str | os.PathLike, prompt: Any = None, *, format:
         prompt: a prompt or a timeline (one waveform), or a whole ``Request`` (then no ``call_kwargs``).
         format, subtype, sample_rate, loudness, true_peak, tags: as ``FileSink`` takes them.
         overwrite: replace an existing file; with False an existing ``path`` raises before anything runs.
+        upsample: an ``AudioSRTiledPipeline``: the file is delivered at 48 kHz, the render super-resolved once it
+            is whole (``audiosr.sink.UpsampledSink``; one process).
         call_kwargs: the pipeline's call arguments (``audio_length_in_s``, ``num_inference_steps``, ``seed``,
             ``tiling``, callbacks, ...).
 
@@ -55,7 +58,14 @@ def render_to_file(pipe, path: str | os.PathLike, prompt: Any = None, *, format:
             sink = FileSink(path, format=format, subtype=subtype, sample_rate=sample_rate, loudness=loudness,
                             true_peak=true_peak, tags=tags, overwrite=overwrite)
             rate = pipe.geometry.sample_rate
-            sink.check(request.output_seconds(rate), rate)
+            sink.check(request.output_seconds(rate), rate if upsample is None else UPSAMPLED_RATE)
+            if upsample is not None:
+                if ranks is not None:
+                    raise ValueError("`upsample` runs in one process: render on several ranks without it, then "
+                                     "super-resolve the file")
+                from .audiosr.sink import UpsampledSink
+
+                sink = UpsampledSink(sink, upsample, seed=request.seed, tiling=request.tiling)
     return pipe.render(request, sink, callbacks)
 
 

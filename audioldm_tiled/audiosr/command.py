@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from ..arguments import CliError, device_name, resolve_device, resolve_dtype
-from ..constants import DTYPES
+from ..constants import DTYPES, UPSAMPLE_MODEL
 from .components import ARCHITECTURES, SAMPLE_RATE
 
 logger = logging.getLogger("audioldm_tiled.cli")
-DEFAULT_MODEL = "haoheliu/audiosr_basic"
+DEFAULT_MODEL = UPSAMPLE_MODEL
 MIN_SECONDS = 0.01  # one frame of the 48 kHz mel: shorter input has nothing to super-resolve
 
 

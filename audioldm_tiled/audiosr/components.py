@@ -26,7 +26,9 @@ from typing import Any
 
 import torch
 
-SAMPLE_RATE = 48000
+from ..constants import UPSAMPLED_RATE
+
+SAMPLE_RATE = UPSAMPLED_RATE
 N_FFT = 2048
 HOP_LENGTH = 480
 N_MELS = 256

@@ -23,6 +23,7 @@ and the front end's and post-processing's figures summed over the whole recordin
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -36,9 +37,11 @@ from ..config import TilingConfig
 from ..denoise import denoise, plan_windows
 from ..spool import BLOCK_ROWS, Spool, blocks
 from ..vae import iter_decode, tiled_encode
+from ..vae.dispatch import check_exact_decode_fits
 from ..vocoder import stream_vocode
 from . import recording
-from .components import HOP_LENGTH, LATENT_CHANNELS, SAMPLE_RATE, UNCONDITIONAL_LATENT
+from .components import HOP_LENGTH, LATENT_CHANNELS, N_MELS, SAMPLE_RATE, UNCONDITIONAL_LATENT
+from .front_end import CLIP_SECONDS
 
 LATENT_FRAME_SECONDS = 8 * HOP_LENGTH / SAMPLE_RATE  # 80 ms
 DEFAULT_STEPS = 50  # the audiosr command line's --ddim_steps
@@ -78,8 +81,8 @@ class AudioSRTiledPipeline(DiffusionPipeline):
         """Super-resolve ``audio`` to 48 kHz: ``upsampled``'s pieces joined into one array.
 
         Args:
-            audio: a path soundfile reads, or float samples (samples,) or (channels, samples) at ``sampling_rate``;
-                each channel is super-resolved on its own.
+            audio: a path soundfile reads, float samples (samples,) or (channels, samples) at ``sampling_rate``, or
+                a ``spool.Signal`` of rows (samples, channels); each channel is super-resolved on its own.
             seed: picks the low-pass filter's type as the original does for a render seeded with it.
             generator: the noise: the conditioning latent's sample, the initial latents, then each step's.
             latents: the initial noise (channels, 16, frames, 32), instead of drawing it.
@@ -100,6 +103,11 @@ class AudioSRTiledPipeline(DiffusionPipeline):
         and hour of audio)."""
         source = _source(audio, sampling_rate)
         config = (tiling or TilingConfig()).with_windows_for(LATENT_FRAME_SECONDS)
+        # An exact decode whose paused tiles have no room fails now, not after the front end and the denoising.
+        clip = round(CLIP_SECONDS * SAMPLE_RATE)
+        frames = -(-math.ceil(source.seconds * SAMPLE_RATE) // clip) * clip // (8 * HOP_LENGTH)
+        check_exact_decode_fits(self.vae, torch.empty((source.channels, LATENT_CHANNELS, frames, N_MELS // 8),
+                                                      dtype=self.vae.dtype, device=self._execution_device), config)
         prepared = recording.prepare(source.pieces(), source.rate, source.channels, source.seconds, seed,
                                      config.show_progress)
         try:
@@ -169,12 +177,17 @@ class _Source:
     frames: int
     path: Any = None
     array: np.ndarray | None = None
+    signal: Any = None  # rows (samples, channels), as ``spool.Signal``
 
     @property
     def seconds(self) -> float:
         return self.frames / self.rate
 
     def pieces(self) -> Iterator[np.ndarray]:
+        if self.signal is not None:
+            for lo, hi in blocks(self.frames):
+                yield self.signal.read(lo, hi)
+            return
         if self.array is not None:
             for lo, hi in blocks(self.frames):
                 yield self.array[:, lo:hi].T
@@ -195,6 +208,8 @@ def _source(audio: Any, sampling_rate: int | None) -> _Source:
         source = _Source(int(info.samplerate), int(info.channels), int(info.frames), path=audio)
     elif sampling_rate is None:
         raise ValueError("`sampling_rate` is needed with samples: the rate of `audio`")
+    elif hasattr(audio, "read") and hasattr(audio, "length"):  # a spooled recording, (samples, channels)
+        source = _Source(int(sampling_rate), int(audio.read(0, 0).shape[1]), int(audio.length), signal=audio)
     else:
         data = np.asarray(audio, dtype=np.float32)
         if data.ndim not in (1, 2) or data.shape[-1] == 0:

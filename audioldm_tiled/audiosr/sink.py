@@ -1,0 +1,61 @@
+"""``UpsampledSink``: a render delivered at 48 kHz, super-resolved by AudioSR on its way into another sink.
+
+It takes the render's waveform as any sink does (``sinks``), spools it to disk at the model's rate, and once the
+render is whole, which AudioSR's whole-recording figures need (``recording``), hands the inner sink the 48 kHz
+waveform in pieces: a ``FileSink`` then writes FLAC, Ogg, Opus, MP3 or WAV at 48 or 44.1 kHz, with a loudness
+target and tags, as it would the render itself. The recipe the file records says what super-resolved it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ..sinks import drive
+from ..spool import Spool
+from .components import SAMPLE_RATE
+
+
+class UpsampledSink:
+    """The render into ``inner`` at 48 kHz, through ``pipe`` (an ``AudioSRTiledPipeline``) with the given
+    settings (``AudioSRTiledPipeline.upsampled``'s keywords). One waveform, as a file holds."""
+
+    def __init__(self, inner, pipe, *, num_inference_steps: int = 50, guidance_scale: float = 3.5, seed: int = 0,
+                 tiling=None):
+        self.inner, self.pipe = inner, pipe
+        self.name = getattr(pipe, "name_or_path", None) or "AudioSR"
+        self.settings = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale, "seed": seed,
+                         "tiling": tiling}
+        self._spool: Spool | None = None
+
+    def open(self, sample_rate: int, waveforms: int, recipe: Mapping[str, Any]) -> None:
+        if waveforms != 1:
+            raise ValueError(f"a super-resolved file holds one waveform; this render makes {waveforms}")
+        self._rate = sample_rate
+        settings = {k: v for k, v in self.settings.items() if k != "tiling"}
+        self._recipe = {**recipe, "upsampled": {"model": self.name, "sample_rate": SAMPLE_RATE, **settings}}
+        self._spool = Spool((1,), np.float32)
+
+    def write(self, piece: np.ndarray) -> None:
+        self._spool.append(np.asarray(piece, dtype=np.float32).reshape(1, -1).T)
+
+    def commit(self) -> Any:
+        import torch
+
+        try:
+            self.inner.open(SAMPLE_RATE, 1, self._recipe)
+            generator = torch.Generator().manual_seed(self.settings["seed"])
+            pieces = self.pipe.upsampled(self._spool, self._rate, generator=generator, **self.settings)
+            return drive(pieces, self.inner)
+        finally:
+            self._close()
+
+    def abort(self) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
