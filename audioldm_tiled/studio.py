@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .constants import UPSAMPLED_RATE
+
 if TYPE_CHECKING:
     from .sinks import Delivered
 
@@ -101,8 +103,11 @@ class Studio:
     """The studio's renders on one pipeline, one at a time; results go to ``folder``."""
 
     def __init__(self, pipe, model: str, folder: str | Path, max_upload_mb: float = MAX_UPLOAD_MB,
-                 max_upload_seconds: float = MAX_UPLOAD_SECONDS, max_seconds: float = MAX_RENDER_SECONDS):
+                 max_upload_seconds: float = MAX_UPLOAD_SECONDS, max_seconds: float = MAX_RENDER_SECONDS,
+                 upsampler=None):
         self.pipe, self.model, self.folder = pipe, model, Path(folder)
+        # AudioSR for 48 kHz downloads: a pipeline, or a function that loads one when a download first asks
+        self._upsampler = upsampler
         self.max_upload_bytes, self.max_upload_seconds = int(max_upload_mb * 1e6), max_upload_seconds
         self.max_seconds = max_seconds
         self.rate = pipe.vocoder.config.sampling_rate
@@ -214,11 +219,13 @@ class Studio:
                          row_seconds=min(60.0, max(1.0, seconds)), title=f"{wav.name}: {seconds:.2f} s")
         return Result(index, what, seconds, str(wav), str(sidecar_path(wav)), str(picture), segments)
 
-    def deliver(self, result: Result, format: str, sample_rate: Any = None, loudness: Any = None) -> Delivered:
+    def deliver(self, result: Result, format: str, sample_rate: Any = None, loudness: Any = None,
+                upsample: bool = False) -> Delivered:
         """``result`` as a file to download, through the same sink as every rendered file: ``format`` (wav, flac,
-        mp3, ogg, opus), at ``sample_rate`` (blank or 0: the model's) and ``loudness`` LUFS (a number, or text that
-        starts with one, as "-16 (podcast)"; blank or ``AS_RENDERED``: as rendered), with the render's settings in
-        its tags; read block by block from the result's WAV."""
+        mp3, ogg, opus), at ``sample_rate`` (blank or 0: the model's, or 48 kHz when upsampled) and ``loudness``
+        LUFS (a number, or text that starts with one, as "-16 (podcast)"; blank or ``AS_RENDERED``: as rendered),
+        with the render's settings in its tags; read block by block from the result's WAV. ``upsample``: super-
+        resolved to 48 kHz by AudioSR on the way (``audiosr.sink.UpsampledSink``)."""
         import json
 
         import soundfile
@@ -234,11 +241,16 @@ class Studio:
                 raise ValueError(f"the loudness must be a number of LUFS, e.g. -16, got {loudness!r}") from None
         if target is not None and (isinstance(target, bool) or not isinstance(target, numbers.Real)):
             raise ValueError(f"the loudness must be a number of LUFS, got {target!r}")
-        name = Path(result.wav).stem + (f"-{rate // 1000}k" if rate else "") + \
+        name = Path(result.wav).stem + ("-audiosr" if upsample else "") + (f"-{rate // 1000}k" if rate else "") + \
             (f"-{-target:g}LUFS" if target is not None else "") + f".{format}"
         with open(result.sidecar, encoding="utf-8") as f:
             settings = json.load(f)["settings"]
         sink = FileSink(self.folder / name, format=format, sample_rate=rate, loudness=target)
+        if upsample:
+            from .audiosr.sink import UpsampledSink
+
+            sink.check(model_rate=UPSAMPLED_RATE)  # the format takes 48 kHz, before AudioSR is loaded
+            sink = UpsampledSink(sink, self.upsampler(), seed=int(settings.get("seed") or 0))
         sink.open(self.rate, 1, {**settings, "model": self.model})
         try:
             for block in soundfile.blocks(result.wav, blocksize=1 << 16, dtype="float32"):
@@ -247,6 +259,15 @@ class Studio:
             sink.abort()
             raise
         return sink.commit()
+
+    def upsampler(self):
+        """The AudioSR pipeline of 48 kHz downloads, loaded the first time one asks."""
+        if self._upsampler is None:
+            raise ValueError("this studio has no AudioSR model for 48 kHz downloads (audioldm-tiled studio "
+                             "--upsample-model MODEL)")
+        if callable(self._upsampler) and not hasattr(self._upsampler, "vocoder"):
+            self._upsampler = self._upsampler()
+        return self._upsampler
 
     def boundaries(self, request, seconds: float) -> dict[str, list[float]]:
         """Where a render's windows, tiles and chunks meet, for the spectrogram."""

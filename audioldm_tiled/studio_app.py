@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .arguments import CliError, describe_loudness, device_name, positive_number, resolve_device, resolve_dtype
-from .constants import DTYPES
+from .constants import DTYPES, UPSAMPLE_MODEL
 from .loading import DEFAULT_MODEL
 from .studio import (
     AS_RENDERED,
@@ -119,11 +119,11 @@ def build_app(studio: Studio):
         yield from run(request, f"extend +{seconds:g} s", settings, history, progress, page, current.segments,
                        mark)
 
-    def deliver(current, format, sample_rate, loudness, history):
+    def deliver(current, format, sample_rate, loudness, upsample, history):
         try:
             if current is None:
                 raise ValueError("render something first (or use a recording): there is nothing to download")
-            delivered = studio.deliver(current, format, sample_rate, loudness)
+            delivered = studio.deliver(current, format, sample_rate, loudness, upsample=bool(upsample))
         except (ValueError, OSError) as error:
             raise fail(error) from None
         updated = dataclasses.replace(current, deliveries=current.deliveries + (str(delivered.path),))
@@ -199,6 +199,7 @@ def build_app(studio: Studio):
             delivery_loudness = gr.Dropdown([AS_RENDERED, "-14 (streaming)", "-16 (podcast)", "-23 (EBU R128)",
                                              "-24 (ATSC A/85)"], value=AS_RENDERED, allow_custom_value=True,
                                             label="Loudness (LUFS)", elem_id="loudness")
+            upsample = gr.Checkbox(value=False, label="48 kHz (AudioSR super-resolution)", elem_id="upsample")
             deliver_button = gr.Button("Make the download", elem_id="deliver")
         renders = gr.Dataframe(headers=["#", "what", "seconds", "file"], label="Renders since the page was opened",
                                interactive=False, elem_id="renders")
@@ -217,7 +218,7 @@ def build_app(studio: Studio):
                                          mode, mark, history], outputs, api_name="extend", **device),
         ]
         upload_button.click(use_recording, [upload, history], outputs, api_name="use_recording", **device)
-        deliver_button.click(deliver, [current, delivery_format, delivery_rate, delivery_loudness, history],
+        deliver_button.click(deliver, [current, delivery_format, delivery_rate, delivery_loudness, upsample, history],
                              [downloads, current, history, status], api_name="deliver", **device)
         def cancel(page: gr.Request) -> None:
             studio.cancel(page.session_hash)
@@ -256,6 +257,9 @@ def studio_parser() -> argparse.ArgumentParser:
         "Needs the studio extra: pip install 'audioldm-tiled[studio]'.")
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"hub id, local folder, or random:ARCH for random weights (default {DEFAULT_MODEL})")
+    parser.add_argument("--upsample-model", default=UPSAMPLE_MODEL, metavar="MODEL",
+                        help=f"the AudioSR model of 48 kHz downloads, loaded when one first asks (default "
+                        f"{UPSAMPLE_MODEL}; a converted folder, or random:audiosr)")
     parser.add_argument("--device", default="auto", type=device_name, help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--dtype", default="auto", choices=("auto", *DTYPES), help="auto: fp16 on CUDA, else fp32")
     parser.add_argument("--host", default="127.0.0.1",
@@ -305,7 +309,18 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix=f"{FOLDER_PREFIX}{os.getpid()}-") as folder:
         # Gradio's copies of the results and uploads go with them (read when Gradio is first imported, below)
         os.environ.setdefault("GRADIO_TEMP_DIR", os.path.join(folder, "gradio"))
-        studio = Studio(pipe, args.model, folder, args.max_upload_mb, args.max_upload_seconds, args.max_seconds)
+        def load_upsampler():  # once a download first asks for 48 kHz
+            try:
+                upsampler = load_pipeline(args.upsample_model, resolve_dtype(args.dtype, device), device)
+            except ModelLoadError as error:
+                raise ValueError(f"--upsample-model: {error}") from None
+            if type(upsampler).__name__ != "AudioSRTiledPipeline":
+                raise ValueError(f"--upsample-model: {args.upsample_model} is not an AudioSR model")
+            upsampler.set_progress_bar_config(disable=True)
+            return upsampler
+
+        studio = Studio(pipe, args.model, folder, args.max_upload_mb, args.max_upload_seconds, args.max_seconds,
+                        upsampler=load_upsampler)
         app = build_app(studio)
         try:
             launch(app, studio, args.host, args.port, auth, args.share)

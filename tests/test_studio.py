@@ -85,7 +85,8 @@ def running_studio(folder: Path, *options: str):
 
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
-    with running_studio(tmp_path_factory.mktemp("studio"), "--max-upload-seconds", "30") as (url, log):
+    with running_studio(tmp_path_factory.mktemp("studio"), "--max-upload-seconds", "30", "--upsample-model",
+                        "random:audiosr-tiny") as (url, log):
         yield url
 
 
@@ -247,16 +248,23 @@ def test_a_result_is_delivered_in_another_format_rate_and_loudness(studio, tmp_p
     recording = tmp_path / "field.wav"
     sf.write(recording, 0.1 * np.sin(np.arange(5 * 16000) / 9), 16000)
     _, wav, *_ = client.predict(handle_file(str(recording)), api_name="/use_recording")
-    files, status = client.predict("flac", 48000, "-20", api_name="/deliver")
+    files, status = client.predict("flac", 48000, "-20", False, api_name="/deliver")
     flac = next(f for f in files if f.endswith(".flac"))
     audio, rate = sf.read(flac)
     assert rate == 48000 and audio.shape == (5 * 48000,) and status.startswith(f"Download {Path(flac).name}")
     assert abs(pyloudnorm.Meter(rate).integrated_loudness(audio) + 20) < 0.1
     assert any(f.endswith(".wav") for f in files)  # the WAV stays, for further edits
     with pytest.raises(AppError, match="opus files take a Sample rate of"):
-        client.predict("opus", 44100, "as rendered", api_name="/deliver")
+        client.predict("opus", 44100, "as rendered", False, api_name="/deliver")
     with pytest.raises(AppError, match="the loudness must be a number of LUFS, e.g. -16, got 'loud'"):
-        client.predict("mp3", 0, "loud", api_name="/deliver")
+        client.predict("mp3", 0, "loud", False, api_name="/deliver")
+    # super-resolved by AudioSR on the way, named so, the model in its recipe
+    files, status = client.predict("wav", 0, "as rendered", True, api_name="/deliver")
+    upsampled = next(f for f in files if f.endswith("-audiosr.wav"))
+    audio, rate = sf.read(upsampled)
+    assert rate == 48000 and audio.shape == (5 * 48000,) and np.isfinite(audio).all()
+    assert json.loads(sf.SoundFile(upsampled).copy_metadata()["comment"])["upsampled"]["model"] == \
+        "random:audiosr-tiny"
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
