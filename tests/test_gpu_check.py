@@ -14,7 +14,7 @@ def test_gpu_check_runs_on_the_cpu_and_writes_every_row(tmp_path):
     report = json.loads(out.read_text())
     rows = {row["check"]: row for row in report["rows"]}
     assert list(rows) == ["main-job-fp16", "live-fp16", "parent-single-pass", "decode", "decode-bf16-precision",
-                          "vocoder", "fallback", "hour-stream-fast", "hour-exact-host", "main-job-fp32"]
+                          "vocoder", "fallback", "hour-stream-fast", "hour-exact-host", "audiosr", "main-job-fp32"]
     precision = rows["decode-bf16-precision"]
     assert precision["float32"]["snr_db_vs_float32_decode"] > 90  # the reference itself, tile for tile
     assert precision["model"]["snr_db_vs_float32_decode"] < precision["output"]["snr_db_vs_float32_decode"] < 90
@@ -27,6 +27,8 @@ def test_gpu_check_runs_on_the_cpu_and_writes_every_row(tmp_path):
     assert rows["hour-stream-fast"]["samples"] == 6 * 16000
     assert rows["decode"]["exact-host"]["snr_db_vs_fp32_untiled"] > 90
     assert rows["hour-exact-host"]["mel_frames"] == 6 * 100
+    assert rows["audiosr"]["tiled-3s"]["samples_written"] == 3 * 48000 and rows["audiosr"]["tiled-3s"]["time_s"] > 0
+    assert "original-3s" in rows["audiosr"]
     assert report["machine"] and report["torch"]
 
 

@@ -86,6 +86,7 @@ def _original(target, seconds: float, steps: int):
     from ..testing.audiosr_original import latent_diffusion, original_batch
 
     model = latent_diffusion(ARCHITECTURES[target.model], seed=SEED).to(target.device, target.dtype)
+    model.device = torch.device(target.device)  # where generate_batch puts the batch (built for the CPU)
     recording = band_limited_recording(seconds)
     start = time.perf_counter()
     batch = original_batch(recording, seed=SEED)
@@ -94,3 +95,37 @@ def _original(target, seconds: float, steps: int):
     elapsed = target.elapsed(start)
     out = torch.as_tensor(np.asarray(waveform))[0, 0, :SAMPLE_RATE].float()
     return out, elapsed, [], {"samples_written": min(int(np.asarray(waveform).shape[-1]), recording.shape[0])}
+
+
+def device_rows(target, lengths: tuple[float, ...] = (10.24, 60.0), steps: int = 2) -> dict:
+    """``bench gpu``'s AudioSR rows: this project's path (in ``target``'s dtype) and the original's (in float32,
+    as its command line runs) at each length on ``target``'s device: time, time per audio second and peak device
+    memory; where the original's modules are not installed or run out of memory, the row says so."""
+    import gc
+    from dataclasses import replace
+
+    from ..memory import OUT_OF_MEMORY
+    from ..testing.audiosr_original import OriginalUnavailable
+
+    cuda = target.device.startswith("cuda")
+    rows = {}
+    for seconds in lengths:
+        for variant, where in (("tiled", target), ("original", replace(target, dtype_name="fp32"))):
+            key = f"{variant}-{seconds:g}s"
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(target.device)
+            try:
+                with torch.inference_mode():
+                    _, elapsed, _, extra = run_audiosr(where, variant, seconds, steps)
+                rows[key] = {"time_s": elapsed, "time_per_audio_second": elapsed / seconds, "steps": steps,
+                             "dtype": where.dtype_name, **extra}
+                if cuda:
+                    rows[key]["peak_bytes"] = torch.cuda.max_memory_allocated(target.device)
+            except OriginalUnavailable as error:
+                rows[key] = {"skipped": str(error)}
+            except OUT_OF_MEMORY as error:
+                rows[key] = {"error": f"out of memory: {str(error)[:200]}"}
+            gc.collect()
+            if cuda:
+                torch.cuda.empty_cache()
+    return rows

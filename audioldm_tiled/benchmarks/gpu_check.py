@@ -296,6 +296,18 @@ class GpuCheck:
         return {"seconds": self.args.hour_seconds, "time_s": elapsed, "peak_bytes": self.dev.peak_bytes(),
                 "mel_frames": out}
 
+    def audiosr(self) -> dict:
+        """AudioSR at 10.24 and 60 s, this project's path in float16 against the original package's in float32
+        (``benchmarks.audiosr``); with a tiny --arch, AudioSR's tiny shapes at --seconds."""
+        from .audiosr import device_rows
+        from .stages import Target
+
+        self._pipe = None  # the text-to-audio pipeline makes room
+        tiny = "tiny" in self.args.arch
+        target = Target(str(self.dev.device), "fp16" if self.dev.cuda else "fp32",
+                        model="audiosr-tiny" if tiny else "audiosr")
+        return device_rows(target, (self.args.seconds,) if tiny else (10.24, 60.0), self.args.steps)
+
     def checks(self) -> list[tuple[str, Callable[[], dict]]]:
         return [
             ("main-job-fp16", lambda: self.main_job(torch.float16)),
@@ -307,6 +319,7 @@ class GpuCheck:
             ("fallback", self.fallback),
             ("hour-stream-fast", self.hour_stream),
             ("hour-exact-host", self.hour_exact_host),
+            ("audiosr", self.audiosr),
             ("main-job-fp32", lambda: self.main_job(torch.float32)),
         ]
 
