@@ -310,14 +310,13 @@ def main(argv: list[str]) -> int:
         # Gradio's copies of the results and uploads go with them (read when Gradio is first imported, below)
         os.environ.setdefault("GRADIO_TEMP_DIR", os.path.join(folder, "gradio"))
         def load_upsampler():  # once a download first asks for 48 kHz
+            from .audiosr.command import load_upsampler
+
             try:
-                upsampler = load_pipeline(args.upsample_model, resolve_dtype(args.dtype, device), device)
-            except ModelLoadError as error:
-                raise ValueError(f"--upsample-model: {error}") from None
-            if type(upsampler).__name__ != "AudioSRTiledPipeline":
-                raise ValueError(f"--upsample-model: {args.upsample_model} is not an AudioSR model")
-            upsampler.set_progress_bar_config(disable=True)
-            return upsampler
+                return load_upsampler(args.upsample_model, resolve_dtype(args.dtype, device), device,
+                                      "--upsample-model", quiet=True)
+            except CliError as error:
+                raise ValueError(str(error)) from None
 
         studio = Studio(pipe, args.model, folder, args.max_upload_mb, args.max_upload_seconds, args.max_seconds,
                         upsampler=load_upsampler)

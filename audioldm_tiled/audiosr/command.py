@@ -86,7 +86,6 @@ def upsample(args: argparse.Namespace) -> int:
 
     from ..files import check_output_path
     from ..formats import FORMATS, check_sample_rate, file_format
-    from ..loading import ModelLoadError, load_pipeline
 
     if args.steps < 1:
         raise CliError(f"--steps must be a positive integer, got {args.steps}")
@@ -99,13 +98,7 @@ def upsample(args: argparse.Namespace) -> int:
     size = int(seconds * SAMPLE_RATE * channels * FORMATS[key].bytes_per_sample) + (1 << 16)
     check_output_path(args.output, overwrite=not args.no_overwrite, suffix=None, size=size)
     device = resolve_device(args.device)
-    try:
-        pipe = load_pipeline(args.model, resolve_dtype(args.dtype, device), device)
-    except ModelLoadError as error:
-        raise CliError(f"--model: {error}") from None
-    if type(pipe).__name__ != "AudioSRTiledPipeline":
-        raise CliError(f"--model: {args.model} is a {type(pipe).__name__}; upsample takes an AudioSR model")
-    pipe.set_progress_bar_config(disable=args.quiet, desc="AudioSR denoising")
+    pipe = load_upsampler(args.model, resolve_dtype(args.dtype, device), device, "--model", args.quiet)
     from ..config import TilingConfig
 
     pieces = pipe.upsampled(args.input, num_inference_steps=args.steps, guidance_scale=args.guidance,
@@ -114,6 +107,21 @@ def upsample(args: argparse.Namespace) -> int:
     written = write_pieces(pieces, args.output, channels, overwrite=not args.no_overwrite)
     logger.info("wrote %s (%.2f s, %d channel(s), 48 kHz)", args.output, written / SAMPLE_RATE, channels)
     return 0
+
+
+def load_upsampler(model: str, dtype, device, option: str, quiet: bool = False):
+    """The AudioSR pipeline ``model`` names, on ``device``; a ``CliError`` naming ``option`` where it does not load
+    or is another kind of model."""
+    from ..loading import ModelLoadError, load_pipeline
+
+    try:
+        pipe = load_pipeline(model, dtype, device)
+    except ModelLoadError as error:
+        raise CliError(f"{option}: {error}") from None
+    if type(pipe).__name__ != "AudioSRTiledPipeline":
+        raise CliError(f"{option}: {model} is a {type(pipe).__name__}, not an AudioSR model")
+    pipe.set_progress_bar_config(disable=quiet, desc="AudioSR denoising")
+    return pipe
 
 
 def convert_parser() -> argparse.ArgumentParser:

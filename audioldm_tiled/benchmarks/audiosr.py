@@ -97,19 +97,21 @@ def _original(target, seconds: float, steps: int):
     return out, elapsed, [], {"samples_written": min(int(np.asarray(waveform).shape[-1]), recording.shape[0])}
 
 
-def device_rows(target, lengths: tuple[float, ...] = (10.24, 60.0), steps: int = 2) -> dict:
-    """``bench gpu``'s AudioSR rows: this project's path (in ``target``'s dtype) and the original's (in float32,
-    as its command line runs) at each length on ``target``'s device: time, time per audio second and peak device
-    memory; where the original's modules are not installed or run out of memory, the row says so."""
+def device_rows(device: str, tiny: bool, tiny_seconds: float, steps: int = 2) -> dict:
+    """``bench gpu``'s AudioSR rows: this project's path (float16 on CUDA) and the original's (float32, as its
+    command line runs) at 10.24 and 60 s, or with the tiny shapes at ``tiny_seconds``: time, time per audio second and
+    peak device memory; where the original's modules are not installed or run out of memory, the row says so."""
     import gc
     from dataclasses import replace
 
     from ..memory import OUT_OF_MEMORY
     from ..testing.audiosr_original import OriginalUnavailable
+    from .stages import Target
 
-    cuda = target.device.startswith("cuda")
+    cuda = device.startswith("cuda")
+    target = Target(device, "fp16" if cuda else "fp32", model="audiosr-tiny" if tiny else "audiosr")
     rows = {}
-    for seconds in lengths:
+    for seconds in (tiny_seconds,) if tiny else (10.24, 60.0):
         for variant, where in (("tiled", target), ("original", replace(target, dtype_name="fp32"))):
             key = f"{variant}-{seconds:g}s"
             if cuda:

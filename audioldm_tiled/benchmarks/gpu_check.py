@@ -38,6 +38,7 @@ from ..constants import LATENT_FRAMES_PER_SECOND, MEL_FRAMES_PER_SECOND
 from ..files import atomic_file
 from ..memory import OUT_OF_MEMORY
 from ..testing.architectures import ARCHITECTURES, random_pipeline
+from .audiosr import device_rows as audiosr_rows
 from .runner import environment
 
 PROMPT = "soft rain on leaves"
@@ -297,16 +298,9 @@ class GpuCheck:
                 "mel_frames": out}
 
     def audiosr(self) -> dict:
-        """AudioSR at 10.24 and 60 s, this project's path in float16 against the original package's in float32
-        (``benchmarks.audiosr``); with a tiny --arch, AudioSR's tiny shapes at --seconds."""
-        from .audiosr import device_rows
-        from .stages import Target
-
+        """AudioSR against the original package (``benchmarks.audiosr.device_rows``)."""
         self._pipe = None  # the text-to-audio pipeline makes room
-        tiny = "tiny" in self.args.arch
-        target = Target(str(self.dev.device), "fp16" if self.dev.cuda else "fp32",
-                        model="audiosr-tiny" if tiny else "audiosr")
-        return device_rows(target, (self.args.seconds,) if tiny else (10.24, 60.0), self.args.steps)
+        return audiosr_rows(str(self.dev.device), "tiny" in self.args.arch, self.args.seconds, self.args.steps)
 
     def checks(self) -> list[tuple[str, Callable[[], dict]]]:
         return [
