@@ -81,10 +81,10 @@ def test_a_recording_prepared_in_passes_equals_the_whole_front_end(small_blocks)
     import librosa
     import soxr
 
-    x = _two_channels(6.0, 44100)
-    prepared = recording.prepare(iter(np.array_split(x, 7)), 44100, 2, 6.0, seed=5, show_progress=False)
+    x = _two_channels(3.0, 44100)
+    prepared = recording.prepare(iter(np.array_split(x, 7)), 44100, 2, 3.0, seed=5, show_progress=False)
     at_48 = soxr.resample(x, 44100, SAMPLE_RATE, quality="VHQ")
-    assert prepared.length == at_48.shape[0] and prepared.padded_length == round(10.24 * SAMPLE_RATE)
+    assert prepared.length == at_48.shape[0] and prepared.padded_length == round(5.12 * SAMPLE_RATE)
     low_mel = prepared.low_mel.read(0, prepared.low_mel.length)
     for column in range(2):
         ready = front_end.prepared(at_48[:, column])
@@ -122,8 +122,8 @@ def _post_processed_whole(out: np.ndarray, low: np.ndarray, length: int) -> np.n
 def test_post_processing_in_passes_equals_the_whole(small_blocks):
     """The vocoder's output, its low bins replaced by the input's and scaled by the whole recording's ratio, then
     its whole peak and mean: equal to the whole-array computation to float32 rounding (1e-6 of the peak)."""
-    x = _two_channels(6.0, SAMPLE_RATE)
-    prepared = recording.prepare(iter([x]), SAMPLE_RATE, 2, 6.0, seed=2, show_progress=False)
+    x = _two_channels(3.0, SAMPLE_RATE)
+    prepared = recording.prepare(iter([x]), SAMPLE_RATE, 2, 3.0, seed=2, show_progress=False)
     low = prepared.low.read(0, prepared.low.length)
     out = _noise(prepared.padded_length + 16, 2, seed=3) * np.float32(0.2)
     with Spool((2,), np.float32) as spooled:
