@@ -44,21 +44,15 @@ class Spool:
         rows = np.ascontiguousarray(rows, dtype=self.dtype)
         if rows.shape[1:] != self.row_shape:
             raise ValueError(f"a spool of rows {self.row_shape} was given rows {rows.shape[1:]}")
-        view, done, offset = memoryview(rows.reshape(-1).view(np.uint8)), 0, self.length * self.row_bytes
-        while done < len(view):
-            done += os.pwrite(self._file.fileno(), view[done:], offset + done)
+        write_at(self._file.fileno(), memoryview(rows.reshape(-1).view(np.uint8)), self.length * self.row_bytes)
         self.length += rows.shape[0]
 
     def read(self, lo: int, hi: int) -> np.ndarray:
         if not 0 <= lo <= hi <= self.length:
             raise IndexError(f"rows [{lo}, {hi}) of a spool of {self.length}")
         out = np.empty((hi - lo, *self.row_shape), dtype=self.dtype)
-        view, done = memoryview(out.reshape(-1).view(np.uint8)), 0
-        while done < len(view):
-            got = os.preadv(self._file.fileno(), [view[done:]], lo * self.row_bytes + done)
-            if got == 0:
-                raise OSError(f"a temporary file ended early ({done} of {len(view)} bytes)")
-            done += got
+        read_at(self._file.fileno(), memoryview(out.reshape(-1).view(np.uint8)), lo * self.row_bytes,
+                "a temporary file")
         return out
 
     def close(self) -> None:
@@ -69,6 +63,24 @@ class Spool:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def write_at(fd: int, data: memoryview, offset: int) -> int:
+    """All of ``data`` into the file ``fd`` from byte ``offset`` (``pwrite`` until it is all written)."""
+    done = 0
+    while done < len(data):
+        done += os.pwrite(fd, data[done:], offset + done)
+    return done
+
+
+def read_at(fd: int, view: memoryview, offset: int, what: str) -> None:
+    """Fill ``view`` from the file ``fd`` from byte ``offset``; an OSError naming ``what`` if the file ends first."""
+    done = 0
+    while done < len(view):
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if got == 0:
+            raise OSError(f"{what} ended early ({done} of {len(view)} bytes)")
+        done += got
 
 
 class ArraySignal:

@@ -97,7 +97,7 @@ def _original(target, seconds: float, steps: int):
     return out, elapsed, [], {"samples_written": min(int(np.asarray(waveform).shape[-1]), recording.shape[0])}
 
 
-def device_rows(device: str, tiny: bool, tiny_seconds: float, steps: int = 2) -> dict:
+def device_rows(dev, tiny: bool, tiny_seconds: float, steps: int = 2) -> dict:
     """``bench gpu``'s AudioSR rows: this project's path (float16 on CUDA) and the original's (float32, as its
     command line runs) at 10.24 and 60 s, or with the tiny shapes at ``tiny_seconds``: time, time per audio second and
     peak device memory; where the original's modules are not installed or run out of memory, the row says so."""
@@ -108,26 +108,22 @@ def device_rows(device: str, tiny: bool, tiny_seconds: float, steps: int = 2) ->
     from ..testing.audiosr_original import OriginalUnavailable
     from .stages import Target
 
-    cuda = device.startswith("cuda")
-    target = Target(device, "fp16" if cuda else "fp32", model="audiosr-tiny" if tiny else "audiosr")
+    target = Target(str(dev.device), "fp16" if dev.cuda else "fp32", model="audiosr-tiny" if tiny else "audiosr")
     rows = {}
     for seconds in (tiny_seconds,) if tiny else (10.24, 60.0):
         for variant, where in (("tiled", target), ("original", replace(target, dtype_name="fp32"))):
             key = f"{variant}-{seconds:g}s"
-            if cuda:
-                torch.cuda.reset_peak_memory_stats(target.device)
+            dev.reset_peak()
             try:
                 with torch.inference_mode():
                     _, elapsed, _, extra = run_audiosr(where, variant, seconds, steps)
                 rows[key] = {"time_s": elapsed, "time_per_audio_second": elapsed / seconds, "steps": steps,
                              "dtype": where.dtype_name, **extra}
-                if cuda:
-                    rows[key]["peak_bytes"] = torch.cuda.max_memory_allocated(target.device)
+                if dev.cuda:  # on the CPU the process's peak would hold every earlier row's
+                    rows[key]["peak_bytes"] = dev.peak_bytes()
             except OriginalUnavailable as error:
                 rows[key] = {"skipped": str(error)}
             except OUT_OF_MEMORY as error:
                 rows[key] = {"error": f"out of memory: {str(error)[:200]}"}
             gc.collect()
-            if cuda:
-                torch.cuda.empty_cache()
     return rows

@@ -39,6 +39,7 @@ from ..files import atomic_file
 from ..memory import OUT_OF_MEMORY
 from ..testing.architectures import ARCHITECTURES, random_pipeline
 from .audiosr import device_rows as audiosr_rows
+from .device import Device, snr_db
 from .runner import environment
 
 PROMPT = "soft rain on leaves"
@@ -46,46 +47,6 @@ PROMPT = "soft rain on leaves"
 
 class CheckTimeout(Exception):
     """The check ran past the time left in the budget."""
-
-
-class Device:
-    """Timing and peak memory on the device the checks run on (the process's peak RSS on the CPU)."""
-
-    def __init__(self, name: str):
-        self.device = torch.device(name)
-        self.cuda = self.device.type == "cuda"
-
-    def name(self) -> str:
-        return torch.cuda.get_device_name(self.device) if self.cuda else "cpu"
-
-    def sync(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-
-    def reset_peak(self) -> None:
-        if self.cuda:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(self.device)
-
-    def peak_bytes(self) -> int:
-        if self.cuda:
-            return torch.cuda.max_memory_allocated(self.device)
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-    def timed(self, fn: Callable[[], object]) -> tuple[object, float]:
-        self.sync()
-        start = time.perf_counter()
-        out = fn()
-        self.sync()
-        return out, time.perf_counter() - start
-
-
-def snr_db(actual: torch.Tensor, reference: torch.Tensor) -> float:
-    actual, reference = actual.double().cpu(), reference.double().cpu()
-    error = (actual - reference).pow(2).mean()
-    return float("inf") if error == 0 else float(10 * torch.log10(reference.pow(2).mean() / error))
 
 
 class GpuCheck:
@@ -300,7 +261,7 @@ class GpuCheck:
     def audiosr(self) -> dict:
         """AudioSR against the original package (``benchmarks.audiosr.device_rows``)."""
         self._pipe = None  # the text-to-audio pipeline makes room
-        return audiosr_rows(str(self.dev.device), "tiny" in self.args.arch, self.args.seconds, self.args.steps)
+        return audiosr_rows(self.dev, "tiny" in self.args.arch, self.args.seconds, self.args.steps)
 
     def checks(self) -> list[tuple[str, Callable[[], dict]]]:
         return [

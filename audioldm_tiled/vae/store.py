@@ -29,6 +29,7 @@ import torch
 from ..config import STORES
 from ..files import format_bytes
 from ..memory import BUDGET_SHARE, InsufficientMemoryError, available_memory, memory_budget
+from ..spool import read_at, write_at
 
 logger = logging.getLogger(__name__)
 
@@ -158,9 +159,7 @@ class DiskStore(Store):
         except OSError as error:  # named here: the output file's path would otherwise be blamed
             raise OSError(error.errno, f"the exact decode's store folder: {error.strerror}", folder) from None
         try:
-            view, done = memoryview(data), 0
-            while done < len(view):
-                done += os.write(file.fileno(), view[done:])
+            done = write_at(file.fileno(), memoryview(data), 0)
         except OSError as error:
             file.close()
             raise OSError(error.errno, f"the exact decode's store folder: {error.strerror}", folder) from None
@@ -178,12 +177,7 @@ class DiskStore(Store):
     def _load(self, item: Stored, lo: int, hi: int) -> torch.Tensor:
         size = item.frame_bytes
         buffer = torch.empty((hi - lo) * size, dtype=torch.uint8)
-        view, done = memoryview(buffer.numpy()), 0
-        while done < len(view):
-            got = os.preadv(item.payload.fileno(), [view[done:]], lo * size + done)
-            if got == 0:
-                raise OSError(f"the exact decode's temporary file ended early ({done} of {len(view)} bytes)")
-            done += got
+        read_at(item.payload.fileno(), memoryview(buffer.numpy()), lo * size, "the exact decode's temporary file")
         rest = item.shape[:2] + item.shape[3:]
         return _from_time_major(buffer.view(item.dtype).reshape((hi - lo, *rest)), self.device)
 
