@@ -19,7 +19,7 @@ from .arguments import (
     seed,
     timeline_segment,
 )
-from .constants import DTYPES
+from .constants import DTYPES, UPSAMPLE_MODEL, UPSAMPLED_RATE
 from .loading import DEFAULT_MODEL
 
 logger = logging.getLogger("audioldm_tiled.cli")
@@ -50,6 +50,10 @@ def live_parser() -> argparse.ArgumentParser:
                         "pip install 'audioldm-tiled[play]')")
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"hub id, local folder, or random:ARCH for random weights (default {DEFAULT_MODEL})")
+    parser.add_argument("--upsample", nargs="?", const=UPSAMPLE_MODEL, default=None, metavar="MODEL",
+                        help="48 kHz: super-resolved by AudioSR as it renders, 10.24 s segments crossfaded, the "
+                        "first once 10.24 s are rendered; a file may then be any format, and is not resumable "
+                        f"(MODEL: {UPSAMPLE_MODEL} unless named)")
     parser.add_argument("--steps", type=positive_int("--steps"), default=None,
                         help="denoising steps per window (default: the model family's)")
     parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: "
@@ -85,6 +89,9 @@ def live(args: argparse.Namespace, stops: tuple[type[BaseException], ...]) -> in
         raise CliError("give -o FILE.wav, -o - (standard output) or --play")
     if args.resume and args.output in (None, "-"):
         raise CliError("--resume goes on with a file: give -o FILE.wav")
+    if args.resume and args.upsample is not None:
+        raise CliError("--upsample writes a 48 kHz file that cannot be resumed; render a resumable file without it, "
+                       "then run 'audioldm-tiled upsample' on it")
     to_file = args.output not in (None, "-")
     if args.output == "-" and (sys.stdout is None or sys.stdout.closed):  # None: started with it closed
         raise CliError("-o -: standard output is closed; give -o FILE.wav or --play")
@@ -94,7 +101,7 @@ def live(args: argparse.Namespace, stops: tuple[type[BaseException], ...]) -> in
                        "--loudness` or any loudness tool")
     if args.loudness is None and args.true_peak is not None:
         raise CliError("--true-peak goes with --loudness")
-    if to_file and Path(args.output).suffix.lower() != ".wav":
+    if to_file and args.upsample is None and Path(args.output).suffix.lower() != ".wav":
         raise CliError(f"-o {args.output}: a live render grows a WAV file that it can resume window by window; for "
                        "FLAC, Ogg, Opus or MP3 render with `audioldm-tiled PROMPT -o FILE`, or convert the WAV")
     try:
@@ -111,7 +118,22 @@ def live(args: argparse.Namespace, stops: tuple[type[BaseException], ...]) -> in
             check_delivery("-.wav", loudness=args.loudness, true_peak=args.true_peak)
         except ValueError as error:
             raise as_cli_error(error) from None
-    if to_file:
+    if to_file and args.upsample is not None:
+        from .formats import FORMATS, file_format
+        from .sinks import FileSink
+
+        try:
+            key = file_format(args.output)[0]
+        except ValueError as error:
+            raise CliError(f"-o {args.output}: {error}") from None
+        if args.subtype not in FORMATS[key].subtypes and args.subtype != "PCM_16":
+            raise CliError(f"--float: {args.output} is {key}, which holds no float samples; give -o FILE.wav")
+        try:  # the rate, the path and the room, as the render will write them
+            FileSink(args.output, subtype=None if args.subtype == "PCM_16" else args.subtype,
+                     overwrite=not args.no_overwrite).check(args.seconds, UPSAMPLED_RATE)
+        except ValueError as error:
+            raise as_cli_error(error) from None
+    elif to_file:
         size = None if args.seconds is None else wav_bytes(args.seconds * SAMPLE_RATE, args.subtype)
         try:  # the path, the files beside it, another render writing them, what a resume needs
             check_live_output(args.output, overwrite=not args.no_overwrite, resume=args.resume, size=size)
@@ -133,18 +155,31 @@ def live(args: argparse.Namespace, stops: tuple[type[BaseException], ...]) -> in
     except ModelLoadError as error:
         raise CliError(f"--model: {error}") from None
     pipe.set_progress_bar_config(disable=args.quiet)
+    upsample = None
+    if args.upsample is not None:  # loaded before the render starts; its bars would repeat for every segment
+        from .audiosr.command import load_upsampler
+
+        upsample = load_upsampler(args.upsample, dtype, device, "--upsample", quiet=True)
     if not to_file:
         level = {} if args.loudness is None else dict(loudness=args.loudness, true_peak=args.true_peak)
         if args.output == "-":
-            stream_live(pipe, sys.stdout.buffer, request, subtype=args.subtype, also=player, **level)
+            stream_live(pipe, sys.stdout.buffer, request, subtype=args.subtype, also=player, upsample=upsample,
+                        **level)
         else:
             render = pipe.live(request)
             heard = player if not level else LoudnessFollower(player, level["loudness"], level["true_peak"] or -1.0)
+            if upsample is not None:
+                from .audiosr.sink import LiveUpsampledSink
+
+                heard = LiveUpsampledSink(heard, upsample, seed=args.seed)
             heard.open(render.sample_rate, 1, render.recipe)
             drive(render, heard, stops)
         return 0
     output = render_live(pipe, args.output, request, subtype=args.subtype, resume=args.resume,
-                         overwrite=not args.no_overwrite, stops=stops, also=player)
+                         overwrite=not args.no_overwrite, stops=stops, also=player, upsample=upsample)
+    if upsample is not None:
+        logger.info("wrote %s (48 kHz, super-resolved as it rendered)", output)
+        return 0
     state = live_files(output)[1]
     if state.is_file():
         logger.info("wrote %s; %s keeps where it stands, for --resume", output, state.name)

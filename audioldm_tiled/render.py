@@ -92,7 +92,7 @@ def render_to_wav(pipe, path: str | os.PathLike, prompt: Any = None, *, subtype:
 def render_live(pipe, path: str | os.PathLike, prompt: Any = None, *, subtype: str = "PCM_16",
                 resume: bool = False, overwrite: bool = True, stops: tuple[type[BaseException], ...] = (
                     KeyboardInterrupt,), also: Sink | Callable[[np.ndarray], object] | None = None,
-                **call_kwargs: Any) -> Path:
+                upsample=None, **call_kwargs: Any) -> Path:
     """Render live (``pipe.live``) into the WAV ``path``, window by window, so that a render killed at any moment
     can go on from its last window.
 
@@ -108,6 +108,9 @@ def render_live(pipe, path: str | os.PathLike, prompt: Any = None, *, subtype: s
         overwrite: replace an existing ``path`` when a new render ends; with False it must not exist.
         also: another sink fed the same pieces (``live_sinks.PlayerSink``, for ``--play``), or a function called
             with each piece (samples,).
+        upsample: an ``AudioSRTiledPipeline``: the file is 48 kHz, super-resolved segment by segment as the render
+            comes (``audiosr.live``), in any format ``FileSink`` writes; it appears when the render ends, and
+            cannot be resumed (render without it to keep a resumable file, then super-resolve that).
         prompt, call_kwargs: ``pipe.live``'s arguments (``audio_length_in_s``, ``num_inference_steps``, ...), or
             a whole ``Request`` as ``prompt``.
 
@@ -119,6 +122,9 @@ def render_live(pipe, path: str | os.PathLike, prompt: Any = None, *, subtype: s
     callbacks = {name: call_kwargs.pop(name) for name, _ in CALLBACK_ARGUMENTS if name in call_kwargs}
     request = _one_waveform(pipe, prompt, call_kwargs, progressive=True)
     seconds = request.audio_length_in_s
+    if upsample is not None:
+        return _render_live_upsampled(pipe, path, request, callbacks, upsample, subtype, resume, overwrite, stops,
+                                      also)
     size = None if seconds is None else wav_bytes(seconds * rate, subtype)
     state = check_live_output(path, overwrite, resume, size)
     render = pipe.live(request, resume=state, **callbacks)  # the arguments are checked before any file is made
@@ -128,6 +134,29 @@ def render_live(pipe, path: str | os.PathLike, prompt: Any = None, *, subtype: s
     return drive(render, outputs, stops if seconds is None else ())
 
 
+def _render_live_upsampled(pipe, path: Path, request: Request, callbacks: dict[str, Any], upsample, subtype: str,
+                           resume: bool, overwrite: bool, stops: tuple[type[BaseException], ...],
+                           also: Sink | Callable[[np.ndarray], object] | None) -> Path:
+    if resume:
+        raise ValueError("`resume`: a live render super-resolved to 48 kHz cannot be resumed; render without "
+                         "`upsample` for a resumable file, then super-resolve it")
+    # PCM_16 is FileSink's own default where the format has a choice; the lossy formats have none to give
+    sink = FileSink(path, subtype=None if subtype == "PCM_16" else subtype, overwrite=overwrite)
+    sink.check(request.audio_length_in_s, UPSAMPLED_RATE)
+    render = pipe.live(request, **callbacks)
+    outputs = _upsampled(sink if also is None else Tee(sink, _sink(also)), upsample, request)
+    outputs.open(render.sample_rate, 1, render.recipe)
+    drive(render, outputs, stops if request.audio_length_in_s is None else ())
+    return path
+
+
+def _upsampled(sink: Sink, upsample, request: Request) -> Sink:
+    """``sink`` fed at 48 kHz by AudioSR segment by segment, with the render's seed."""
+    from .audiosr.sink import LiveUpsampledSink
+
+    return LiveUpsampledSink(sink, upsample, seed=request.seed or 0)  # a render without a seed draws its own
+
+
 def _sink(also: Sink | Callable[[np.ndarray], object]) -> Sink:
     """A sink as given (``live_sinks.PlayerSink``), or one that calls a function with each piece."""
     return also if hasattr(also, "write") else CallbackSink(also)
@@ -135,16 +164,19 @@ def _sink(also: Sink | Callable[[np.ndarray], object]) -> Sink:
 
 def stream_live(pipe, stream: BinaryIO, prompt: Any = None, *, subtype: str = "PCM_16",
                 also: Sink | Callable[[np.ndarray], object] | None = None, loudness: float | None = None,
-                true_peak: float | None = None, **call_kwargs: Any) -> int:
+                true_peak: float | None = None, upsample=None, **call_kwargs: Any) -> int:
     """Render live into ``stream`` as a WAV of unknown length (``-o -``: standard output, for ``sox -t wav - -d``
     or ``ffplay -``). Ends with the render, or quietly when the reader closes the pipe. With ``loudness`` (LUFS)
     the gain follows that target as the render goes (``live_sinks.LoudnessFollower``), its peaks under
-    ``true_peak`` (default -1 dB). Returns the samples written."""
+    ``true_peak`` (default -1 dB). With ``upsample`` (an ``AudioSRTiledPipeline``) the stream is 48 kHz,
+    super-resolved segment by segment (``audiosr.live``). Returns the samples written."""
     render = pipe.live(prompt, **call_kwargs)
     sink = WavStreamSink(stream, subtype)
     outputs = sink if also is None else Tee(sink, _sink(also))
     if loudness is not None:
         outputs = LoudnessFollower(outputs, loudness, -1.0 if true_peak is None else true_peak)
+    if upsample is not None:
+        outputs = _upsampled(outputs, upsample, render.request)
     try:
         outputs.open(render.sample_rate, 1, render.recipe)
         drive(render, outputs, stops=(ListenerGone,))

@@ -35,6 +35,8 @@ def upsample_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mode", choices=("exact", "fast"), default="exact",
                         help="VAE tiling: exact equals one pass, and its attention over the whole recording grows "
                         "with the square of the length; fast estimates the statistics once (default exact)")
+    parser.add_argument("--keep-level", action="store_true",
+                        help="keep the recording's level (AudioSR scales every output's peak to 0.5 otherwise)")
     parser.add_argument("--device", default="auto", type=device_name, help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--dtype", default="auto", choices=("auto", *DTYPES), help="auto: fp16 on CUDA, else fp32")
     parser.add_argument("--no-overwrite", action="store_true", help="refuse to replace an existing output file")
@@ -103,7 +105,8 @@ def upsample(args: argparse.Namespace) -> int:
 
     pieces = pipe.upsampled(args.input, num_inference_steps=args.steps, guidance_scale=args.guidance,
                             seed=args.seed, generator=torch.Generator().manual_seed(args.seed),
-                            tiling=TilingConfig(mode=args.mode, show_progress=not args.quiet))
+                            tiling=TilingConfig(mode=args.mode, show_progress=not args.quiet),
+                            keep_level=args.keep_level)
     written = write_pieces(pieces, args.output, channels, overwrite=not args.no_overwrite)
     logger.info("wrote %s (%.2f s, %d channel(s), 48 kHz)", args.output, written / SAMPLE_RATE, channels)
     return 0

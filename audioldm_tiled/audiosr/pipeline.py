@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline
+from tqdm.auto import tqdm
 
 from ..conditioning import concatenated_frames
 from ..config import TilingConfig
@@ -77,7 +78,7 @@ class AudioSRTiledPipeline(DiffusionPipeline):
     def __call__(self, audio: Any, sampling_rate: int | None = None, num_inference_steps: int = DEFAULT_STEPS,
                  guidance_scale: float = DEFAULT_GUIDANCE, eta: float = 1.0, seed: int = 0,
                  generator: torch.Generator | None = None, latents: torch.Tensor | None = None,
-                 tiling: TilingConfig | None = None, return_dict: bool = True):
+                 tiling: TilingConfig | None = None, keep_level: bool = False, return_dict: bool = True):
         """Super-resolve ``audio`` to 48 kHz: ``upsampled``'s pieces joined into one array.
 
         Args:
@@ -86,9 +87,11 @@ class AudioSRTiledPipeline(DiffusionPipeline):
             seed: picks the low-pass filter's type as the original does for a render seeded with it.
             generator: the noise: the conditioning latent's sample, the initial latents, then each step's.
             latents: the initial noise (channels, 16, frames, 32), instead of drawing it.
+            keep_level: deliver at the input's level (the front end's gain undone) instead of the original's
+                peak at 0.5; the mean is removed either way.
         """
         pieces = self.upsampled(audio, sampling_rate, num_inference_steps, guidance_scale, eta, seed, generator,
-                                latents, tiling)
+                                latents, tiling, keep_level)
         audios = np.concatenate(list(pieces), axis=1)
         return AudioSROutput(audios) if return_dict else (audios,)
 
@@ -96,7 +99,7 @@ class AudioSRTiledPipeline(DiffusionPipeline):
     def upsampled(self, audio: Any, sampling_rate: int | None = None, num_inference_steps: int = DEFAULT_STEPS,
                   guidance_scale: float = DEFAULT_GUIDANCE, eta: float = 1.0, seed: int = 0,
                   generator: torch.Generator | None = None, latents: torch.Tensor | None = None,
-                  tiling: TilingConfig | None = None) -> Iterator[np.ndarray]:
+                  tiling: TilingConfig | None = None, keep_level: bool = False) -> Iterator[np.ndarray]:
         """``__call__``'s 48 kHz waveform as float32 pieces (channels, samples), in order, in memory that does not
         grow with the length: what is held for the whole recording between the stages is spooled to disk
         (``recording``), except the latents and the low-passed log-mel the encoder reads (about 0.3 GB per channel
@@ -116,7 +119,7 @@ class AudioSRTiledPipeline(DiffusionPipeline):
                                           config):
                     out.append(wave.T)
                 self.maybe_free_model_hooks()
-                yield from recording.post_processed(out, prepared, config.show_progress)
+                yield from recording.post_processed(out, prepared, config.show_progress, keep_level)
         finally:
             prepared.close()
 
@@ -146,7 +149,8 @@ class AudioSRTiledPipeline(DiffusionPipeline):
         plan = plan_windows(latents.shape[2], config)
         latents = denoise(self.unet, self.scheduler, latents, lambda: (concatenated_frames(frames), guidance_scale),
                           plan, {"eta": eta, "generator": generator}, config.window_batch_size or 1,
-                          lambda total: self.progress_bar(total=total))
+                          lambda total: self.progress_bar(total=total) if config.show_progress
+                          else tqdm(total=total, disable=True))
         frames = None  # the conditioning is not needed past the denoising
         mel = _replaced(iter_decode(self.vae, latents.to(self.vae.dtype) / scale, config), prepared)
         vocoder = (piece.to(device, self.vocoder.dtype) for piece in mel)

@@ -48,6 +48,7 @@ class Prepared:
     post_bins: list[int]
     post_low_energy: np.ndarray
     silent: np.ndarray
+    peak: np.ndarray  # the recording's peak about its mean, which the front end scaled to ``PEAK``
 
     @property
     def channels(self) -> int:
@@ -118,7 +119,7 @@ def prepare(pieces: Iterable[np.ndarray], rate: int, channels: int, seconds: flo
         post_bins = [front_end.cutoff_bin_of_sums(torch.from_numpy(s)) for s in post_sums]
         return Prepared(recording.length, low, low_mel,
                         [front_end.cutoff_bin_of_sums(torch.from_numpy(s)) for s in band_sums], post_bins,
-                        post_sums[np.arange(channels), post_bins], peak == 0)
+                        post_sums[np.arange(channels), post_bins], peak == 0, peak)
     finally:
         recording.close()
 
@@ -199,9 +200,11 @@ def _post_stft(signal, t0: int, t1: int) -> np.ndarray:
     return librosa.stft(np.ascontiguousarray(segment.T), n_fft=N_FFT, hop_length=POST_HOP, center=False)
 
 
-def post_processed(out, prepared: Prepared, show_progress: bool = True) -> Iterator[np.ndarray]:
+def post_processed(out, prepared: Prepared, show_progress: bool = True,
+                   keep_level: bool = False) -> Iterator[np.ndarray]:
     """The delivered waveform (channels, samples) float32 in pieces, ``prepared.length`` samples in all, from the
-    vocoder's output ``out`` (samples, channels): the original's ``postprocessing``, then the peak at 0.5 and the
+    vocoder's output ``out`` (samples, channels): the original's ``postprocessing``, then the peak at 0.5 (with
+    ``keep_level``: the front end's gain undone instead, so that the output has the recording's level) and the
     mean removed, each over the whole output."""
     frames = _post_frames(out.length)
     if frames != _post_frames(prepared.padded_length):
@@ -230,7 +233,8 @@ def post_processed(out, prepared: Prepared, show_progress: bool = True) -> Itera
                 total += piece.sum(axis=0, dtype=np.float64)
                 bar.update((hi - lo) / SAMPLE_RATE)
             with np.errstate(divide="ignore", invalid="ignore"):
-                scale = np.where(prepared.silent | (peak == 0), 0.0, PEAK / peak)
+                gain = (prepared.peak + 1e-8) / PEAK if keep_level else PEAK / peak  # 1e-8: the front end's
+                scale = np.where(prepared.silent | (peak == 0), 0.0, gain)
             mean = total * scale / out.length
             for lo, hi in blocks(min(prepared.length, out.length)):
                 yield np.ascontiguousarray((replaced.read(lo, hi) * scale - mean).T.astype(np.float32))

@@ -1,9 +1,10 @@
-"""``UpsampledSink``: a render delivered at 48 kHz, super-resolved by AudioSR on its way into another sink.
+"""Sinks that deliver a render at 48 kHz, super-resolved by AudioSR on its way into another sink.
 
-It takes the render's waveform as any sink does (``sinks``), spools it to disk at the model's rate, and once the
-render is whole, which AudioSR's whole-recording figures need (``recording``), hands the inner sink the 48 kHz
-waveform in pieces: a ``FileSink`` then writes FLAC, Ogg, Opus, MP3 or WAV at 48 or 44.1 kHz, with a loudness
-target and tags, as it would the render itself. The recipe the file records says what super-resolved it.
+``UpsampledSink`` takes the render's waveform as any sink does (``sinks``), spools it to disk at the model's rate,
+and once the render is whole, which AudioSR's whole-recording figures need (``recording``), hands the inner sink the
+48 kHz waveform in pieces: a ``FileSink`` then writes FLAC, Ogg, Opus, MP3 or WAV at 48 or 44.1 kHz, with a loudness
+target and tags, as it would the render itself. ``LiveUpsampledSink`` super-resolves a live render segment by
+segment as it comes (``audiosr.live``). The recipe each records says what super-resolved it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 from ..sinks import drive
 from ..spool import Spool
 from .components import SAMPLE_RATE
+from .live import LiveUpsampler
 
 
 class UpsampledSink:
@@ -59,3 +61,42 @@ class UpsampledSink:
         if self._spool is not None:
             self._spool.close()
             self._spool = None
+
+
+class LiveUpsampledSink:
+    """A live render's pieces into ``inner`` at 48 kHz as they come, through ``pipe`` (an
+    ``AudioSRTiledPipeline``) segment by segment (``audiosr.live.LiveUpsampler``), each at the render's level. A
+    stopped render's last segment is super-resolved when it is committed."""
+
+    def __init__(self, inner, pipe, *, num_inference_steps: int = 50, guidance_scale: float = 3.5, seed: int = 0,
+                 tiling=None):
+        self.inner, self.pipe = inner, pipe
+        self.name = getattr(pipe, "name_or_path", None) or "AudioSR"
+        self.settings = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale, "seed": seed,
+                         "tiling": tiling}
+
+    def open(self, sample_rate: int, waveforms: int, recipe: Mapping[str, Any]) -> None:
+        if waveforms != 1:
+            raise ValueError(f"a super-resolved render is one waveform; this render makes {waveforms}")
+        self._upsampler = LiveUpsampler(self.pipe, sample_rate, **self.settings)
+        settings = {k: v for k, v in self.settings.items() if k != "tiling"}
+        self.inner.open(SAMPLE_RATE, 1, {**recipe, "upsampled": {
+            "model": self.name, "sample_rate": SAMPLE_RATE, **settings, "level": "kept",
+            "segment_seconds": self._upsampler.segment / sample_rate,
+            "overlap_seconds": self._upsampler.overlap / sample_rate}})
+
+    def write(self, piece: np.ndarray) -> None:
+        for out in self._upsampler.feed(np.asarray(piece)[0]):
+            self.inner.write(out[None])
+
+    def commit(self) -> Any:
+        try:
+            for out in self._upsampler.finish():
+                self.inner.write(out[None])
+        except BaseException:
+            self.inner.abort()
+            raise
+        return self.inner.commit()
+
+    def abort(self) -> None:
+        self.inner.abort()
