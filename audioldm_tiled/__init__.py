@@ -38,6 +38,7 @@ _EXPORTS = {
     "chunked_vocode": "vocoder",
     "stream_vocode": "vocoder",
     "AudioSRTiledPipeline": "audiosr.pipeline",
+    "Upsampling": "audiosr.sink",
 }
 _EXPORTS.update({family.class_name: f"families.{family.module}" for family in REGISTRY.values()})
 __all__ = [
@@ -68,6 +69,7 @@ __all__ = [
     "stream_vocode",
     "tiled_decode",
     "tiled_encode",
+    "Upsampling",
 ]
 assert sorted(__all__) == sorted(_EXPORTS)
 
@@ -75,6 +77,7 @@ if TYPE_CHECKING:
     from .audio import save_wav
     from .audio_geometry import AudioGeometry
     from .audiosr.pipeline import AudioSRTiledPipeline
+    from .audiosr.sink import Upsampling
     from .config import TilingConfig
     from .families.audioldm import AudioLDMTiledPipeline
     from .families.audioldm2 import AudioLDM2TiledPipeline

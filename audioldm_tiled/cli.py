@@ -28,7 +28,7 @@ from .arguments import (
     timeline_segment,
 )
 from .config import STORES
-from .constants import DTYPES, MAX_SEED, UPSAMPLE_MODEL, UPSAMPLED_RATE
+from .constants import DTYPES, MAX_SEED, UPSAMPLE_MODEL, UPSAMPLE_STEPS, UPSAMPLED_RATE
 from .errors import RankFailed
 from .loading import DEFAULT_MODEL
 
@@ -95,6 +95,8 @@ def generate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--upsample", nargs="?", const=UPSAMPLE_MODEL, default=None, metavar="MODEL",
                         help="deliver at 48 kHz: the render super-resolved by AudioSR once it is whole (MODEL: "
                         f"{UPSAMPLE_MODEL} unless named; a converted folder, or random:audiosr)")
+    parser.add_argument("--upsample-steps", type=positive_int("--upsample-steps"), default=None,
+                        help=f"with --upsample: AudioSR's DDIM steps (default {UPSAMPLE_STEPS})")
     parser.add_argument("--steps", type=positive_int("--steps"), default=None,
                         help="denoising steps (default: the model's, AudioLDM 10, AudioLDM 2 and MusicLDM 200)")
     parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the "
@@ -179,6 +181,8 @@ def generate(args: argparse.Namespace) -> Path:
     request = build_request(args, ranks=None if ranks is None else "auto")
     seconds = request.output_seconds(SAMPLE_RATE)
     delivery = delivery_options(args)
+    if args.upsample_steps is not None and args.upsample is None:
+        raise CliError("--upsample-steps goes with --upsample")
     if args.upsample is not None and ranks is not None:
         raise CliError("--upsample runs in one process: render on several ranks without it, then run "
                        "'audioldm-tiled upsample' on the file")
@@ -198,8 +202,10 @@ def generate(args: argparse.Namespace) -> Path:
         upsample = None
         if args.upsample is not None:  # loaded before the render starts
             from .audiosr.command import load_upsampler
+            from .audiosr.sink import Upsampling
 
-            upsample = load_upsampler(args.upsample, dtype, device, "--upsample", args.quiet)
+            upsample = Upsampling(load_upsampler(args.upsample, dtype, device, "--upsample", args.quiet),
+                                  args.upsample_steps or UPSAMPLE_STEPS)
         delivered = render_to_file(pipe, output, request, upsample=upsample, **delivery)
     except ValueError as error:  # the model's own checks (its shortest length, its prompt inputs)
         raise as_cli_error(error) from None

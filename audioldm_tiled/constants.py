@@ -7,6 +7,7 @@ config (``vocoder.config.sampling_rate``, ``vocoder.config.upsample_rates``, ``v
 SAMPLE_RATE = 16_000  # Hz, SpeechT5HifiGan.config.sampling_rate
 UPSAMPLED_RATE = 48_000  # Hz, what AudioSR delivers
 UPSAMPLE_MODEL = "haoheliu/audiosr_basic"  # the AudioSR checkpoint used unless another is named
+UPSAMPLE_STEPS = 50  # AudioSR's DDIM steps, as its command line's --ddim_steps
 HOP_LENGTH = 160  # samples per mel frame = prod(vocoder.config.upsample_rates)
 N_FFT = 1024
 WIN_LENGTH = 1024

@@ -19,7 +19,7 @@ from .arguments import (
     seed,
     timeline_segment,
 )
-from .constants import DTYPES, UPSAMPLE_MODEL, UPSAMPLED_RATE
+from .constants import DTYPES, UPSAMPLE_MODEL, UPSAMPLE_STEPS, UPSAMPLED_RATE
 from .loading import DEFAULT_MODEL
 
 logger = logging.getLogger("audioldm_tiled.cli")
@@ -54,6 +54,8 @@ def live_parser() -> argparse.ArgumentParser:
                         help="48 kHz: super-resolved by AudioSR as it renders, 10.24 s segments crossfaded, the "
                         "first once 10.24 s are rendered; a file may then be any format, and is not resumable "
                         f"(MODEL: {UPSAMPLE_MODEL} unless named)")
+    parser.add_argument("--upsample-steps", type=positive_int("--upsample-steps"), default=None,
+                        help=f"with --upsample: AudioSR's DDIM steps per segment (default {UPSAMPLE_STEPS})")
     parser.add_argument("--steps", type=positive_int("--steps"), default=None,
                         help="denoising steps per window (default: the model family's)")
     parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: "
@@ -89,6 +91,8 @@ def live(args: argparse.Namespace, stops: tuple[type[BaseException], ...]) -> in
         raise CliError("give -o FILE.wav, -o - (standard output) or --play")
     if args.resume and args.output in (None, "-"):
         raise CliError("--resume goes on with a file: give -o FILE.wav")
+    if args.upsample_steps is not None and args.upsample is None:
+        raise CliError("--upsample-steps goes with --upsample")
     if args.resume and args.upsample is not None:
         raise CliError("--upsample writes a 48 kHz file that cannot be resumed; render a resumable file without it, "
                        "then run 'audioldm-tiled upsample' on it")
@@ -158,8 +162,10 @@ def live(args: argparse.Namespace, stops: tuple[type[BaseException], ...]) -> in
     upsample = None
     if args.upsample is not None:  # loaded before the render starts; its bars would repeat for every segment
         from .audiosr.command import load_upsampler
+        from .audiosr.sink import Upsampling
 
-        upsample = load_upsampler(args.upsample, dtype, device, "--upsample", quiet=True)
+        upsample = Upsampling(load_upsampler(args.upsample, dtype, device, "--upsample", quiet=True),
+                              args.upsample_steps or UPSAMPLE_STEPS)
     if not to_file:
         level = {} if args.loudness is None else dict(loudness=args.loudness, true_peak=args.true_peak)
         if args.output == "-":
@@ -171,7 +177,7 @@ def live(args: argparse.Namespace, stops: tuple[type[BaseException], ...]) -> in
             if upsample is not None:
                 from .audiosr.sink import LiveUpsampledSink
 
-                heard = LiveUpsampledSink(heard, upsample, seed=args.seed)
+                heard = upsample.sink(LiveUpsampledSink, heard, args.seed)
             heard.open(render.sample_rate, 1, render.recipe)
             drive(render, heard, stops)
         return 0

@@ -38,8 +38,9 @@ def render_to_file(pipe, path: str | os.PathLike, prompt: Any = None, *, format:
         prompt: a prompt or a timeline (one waveform), or a whole ``Request`` (then no ``call_kwargs``).
         format, subtype, sample_rate, loudness, true_peak, tags: as ``FileSink`` takes them.
         overwrite: replace an existing file; with False an existing ``path`` raises before anything runs.
-        upsample: an ``AudioSRTiledPipeline``: the file is delivered at 48 kHz, the render super-resolved once it
-            is whole (``audiosr.sink.UpsampledSink``; one process).
+        upsample: an ``AudioSRTiledPipeline``, or an ``audiosr.sink.Upsampling`` with its settings: the file is
+            delivered at 48 kHz, the render super-resolved once it is whole (``audiosr.sink.UpsampledSink``; one
+            process).
         call_kwargs: the pipeline's call arguments (``audio_length_in_s``, ``num_inference_steps``, ``seed``,
             ``tiling``, callbacks, ...).
 
@@ -63,9 +64,9 @@ def render_to_file(pipe, path: str | os.PathLike, prompt: Any = None, *, format:
                 if ranks is not None:
                     raise ValueError("`upsample` runs in one process: render on several ranks without it, then "
                                      "super-resolve the file")
-                from .audiosr.sink import UpsampledSink
+                from .audiosr.sink import UpsampledSink, Upsampling
 
-                sink = UpsampledSink(sink, upsample, seed=request.seed, tiling=request.tiling)
+                sink = Upsampling.of(upsample).sink(UpsampledSink, sink, request.seed, request.tiling)
     return pipe.render(request, sink, callbacks)
 
 
@@ -108,9 +109,10 @@ def render_live(pipe, path: str | os.PathLike, prompt: Any = None, *, subtype: s
         overwrite: replace an existing ``path`` when a new render ends; with False it must not exist.
         also: another sink fed the same pieces (``live_sinks.PlayerSink``, for ``--play``), or a function called
             with each piece (samples,).
-        upsample: an ``AudioSRTiledPipeline``: the file is 48 kHz, super-resolved segment by segment as the render
-            comes (``audiosr.live``), in any format ``FileSink`` writes; it appears when the render ends, and
-            cannot be resumed (render without it to keep a resumable file, then super-resolve that).
+        upsample: an ``AudioSRTiledPipeline`` (or ``audiosr.sink.Upsampling``): the file is 48 kHz,
+            super-resolved segment by segment as the render comes (``audiosr.live``), in any format ``FileSink``
+            writes; it appears when the render ends, and cannot be resumed (render without it to keep a resumable
+            file, then super-resolve that).
         prompt, call_kwargs: ``pipe.live``'s arguments (``audio_length_in_s``, ``num_inference_steps``, ...), or
             a whole ``Request`` as ``prompt``.
 
@@ -152,9 +154,9 @@ def _render_live_upsampled(pipe, path: Path, request: Request, callbacks: dict[s
 
 def _upsampled(sink: Sink, upsample, request: Request) -> Sink:
     """``sink`` fed at 48 kHz by AudioSR segment by segment, with the render's seed."""
-    from .audiosr.sink import LiveUpsampledSink
+    from .audiosr.sink import LiveUpsampledSink, Upsampling
 
-    return LiveUpsampledSink(sink, upsample, seed=request.seed or 0)  # a render without a seed draws its own
+    return Upsampling.of(upsample).sink(LiveUpsampledSink, sink, request.seed or 0)  # without, the render draws its own
 
 
 def _sink(also: Sink | Callable[[np.ndarray], object]) -> Sink:

@@ -102,11 +102,13 @@ def test_a_render_is_delivered_at_48_khz_with_its_loudness_and_recipe(tmp_path, 
     out = tmp_path / "rain.flac"
     with caplog.at_level("INFO"):
         assert main(["rain", "--seconds", "2", "-o", str(out), "--model", "random:tiny", "--steps", "1",
-                     "--upsample", "random:audiosr-tiny", "--loudness", "-20", "--quiet"]) == 0
+                     "--upsample", "random:audiosr-tiny", "--upsample-steps", "2", "--loudness", "-20",
+                     "--quiet"]) == 0
     audio, rate = sf.read(out, dtype="float32")
     assert rate == 48000 and audio.shape == (2 * 48000,) and np.abs(audio).max() > 0.01
     recipe = json.loads(sf.SoundFile(out).copy_metadata()["comment"])
     assert recipe["upsampled"]["model"] == "random:audiosr-tiny" and recipe["prompt"] == "rain"
+    assert recipe["upsampled"]["num_inference_steps"] == 2
     assert "at 48000 Hz, -20.0 LUFS" in caplog.text
 
 
@@ -116,6 +118,8 @@ def test_upsample_is_checked_before_the_render(tmp_path, capsys):
     argv = ["rain", "--seconds", "3", "-o", str(out), "--model", "random:tiny", "--steps", "1"]
     assert main([*argv, "--upsample", "random:tiny"]) == 2
     assert "--upsample: random:tiny is a" in capsys.readouterr().err and out.read_text() == "precious"
+    assert main([*argv, "--upsample-steps", "2"]) == 2
+    assert "--upsample-steps goes with --upsample" in capsys.readouterr().err and out.read_text() == "precious"
 
 
 def test_batch_jobs_that_ask_for_48_khz_get_it(tmp_path, capsys):

@@ -82,7 +82,7 @@ def test_a_render_that_ends_with_a_segment_ends_with_its_overlap(pipe):
 def test_live_upsample_writes_48_khz_and_refuses_a_resume(tmp_path, capsys):
     out = tmp_path / "bed.wav"
     argv = ["live", "rain", "--model", "random:tiny", "--steps", "1", "--seconds", "3", "--float", "--quiet",
-            "--upsample", "random:audiosr-tiny", "-o", str(out)]
+            "--upsample", "random:audiosr-tiny", "--upsample-steps", "2", "-o", str(out)]
     assert main(argv) == 0
     audio, rate = sf.read(out, dtype="float32")
     assert rate == 48000 and audio.shape == (3 * 48000,) and np.isfinite(audio).all() and np.abs(audio).max() > 0
@@ -95,12 +95,13 @@ def test_live_upsample_writes_48_khz_and_refuses_a_resume(tmp_path, capsys):
 def test_a_live_file_and_stream_hold_the_same_48_khz_and_say_how_it_was_made(tmp_path):
     import io
 
+    from audioldm_tiled import Upsampling
     from audioldm_tiled.render import render_live, stream_live
 
     tiny = load_pipeline("random:tiny")
     tiny.set_progress_bar_config(disable=True)
-    sr = load_pipeline("random:audiosr-tiny")
-    args = dict(audio_length_in_s=2, num_inference_steps=1, seed=5, subtype="FLOAT", upsample=sr)
+    upsample = Upsampling(load_pipeline("random:audiosr-tiny"), num_inference_steps=2)
+    args = dict(audio_length_in_s=2, num_inference_steps=1, seed=5, subtype="FLOAT", upsample=upsample)
     out = render_live(tiny, tmp_path / "bed.wav", "rain", **args)
     stream = io.BytesIO()
     assert stream_live(tiny, stream, "rain", **args) == 2 * 48000
@@ -111,4 +112,5 @@ def test_a_live_file_and_stream_hold_the_same_48_khz_and_say_how_it_was_made(tmp
     streamed, rate = sf.read(io.BytesIO(stream.getvalue()), dtype="float32")
     assert rate == 48000 and np.array_equal(streamed, written) and np.abs(written).max() > 0
     assert recipe["upsampled"]["level"] == "kept" and recipe["upsampled"]["seed"] == 5
+    assert recipe["upsampled"]["num_inference_steps"] == 2
     assert recipe["upsampled"]["segment_seconds"] == 10.24

@@ -82,8 +82,8 @@ def test_missing_matplotlib_names_the_extra(monkeypatch):
 
 
 def test_bench_rows_from_child_processes_record_device_dtype_and_ratios():
+    from audioldm_tiled.benchmarks.device import Target
     from audioldm_tiled.benchmarks.runner import Point, run_suite
-    from audioldm_tiled.benchmarks.stages import Target
 
     rows = run_suite("decode", [0.5], ["untiled", "exact"], dtype="fp32")  # bf16 convolutions take minutes on CPU
     assert [(r["variant"], r["device"], r["dtype"]) for r in rows] == [

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from ..conditioning import concatenated_frames
 from ..config import TilingConfig
+from ..constants import UPSAMPLE_STEPS
 from ..denoise import denoise, plan_windows
 from ..spool import BLOCK_ROWS, Spool, blocks
 from ..vae import iter_decode, tiled_encode
@@ -45,7 +46,7 @@ from .components import HOP_LENGTH, LATENT_CHANNELS, N_MELS, SAMPLE_RATE, UNCOND
 from .front_end import CLIP_SECONDS
 
 LATENT_FRAME_SECONDS = 8 * HOP_LENGTH / SAMPLE_RATE  # 80 ms
-DEFAULT_STEPS = 50  # the audiosr command line's --ddim_steps
+DEFAULT_STEPS = UPSAMPLE_STEPS
 DEFAULT_GUIDANCE = 3.5
 
 

@@ -10,6 +10,7 @@ segment as it comes (``audiosr.live``). The recipe each records says what super-
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,14 +19,34 @@ from ..sinks import drive
 from ..spool import Spool
 from .components import SAMPLE_RATE
 from .live import LiveUpsampler
+from .pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS
+
+
+@dataclass(frozen=True)
+class Upsampling:
+    """How a render is super-resolved to 48 kHz: the AudioSR pipeline and the settings of its denoising. The render
+    functions' ``upsample`` takes one, or the pipeline alone for AudioSR's own settings."""
+
+    pipe: Any
+    num_inference_steps: int = DEFAULT_STEPS
+    guidance_scale: float = DEFAULT_GUIDANCE
+
+    @classmethod
+    def of(cls, upsample: Any) -> Upsampling:
+        return upsample if isinstance(upsample, cls) else cls(upsample)
+
+    def sink(self, kind, inner, seed: int, tiling=None):
+        """``kind`` (``UpsampledSink``, ``LiveUpsampledSink``) into ``inner`` with these settings."""
+        return kind(inner, self.pipe, num_inference_steps=self.num_inference_steps,
+                    guidance_scale=self.guidance_scale, seed=seed, tiling=tiling)
 
 
 class UpsampledSink:
     """The render into ``inner`` at 48 kHz, through ``pipe`` (an ``AudioSRTiledPipeline``) with the given
     settings (``AudioSRTiledPipeline.upsampled``'s keywords). One waveform, as a file holds."""
 
-    def __init__(self, inner, pipe, *, num_inference_steps: int = 50, guidance_scale: float = 3.5, seed: int = 0,
-                 tiling=None):
+    def __init__(self, inner, pipe, *, num_inference_steps: int = DEFAULT_STEPS,
+                 guidance_scale: float = DEFAULT_GUIDANCE, seed: int = 0, tiling=None):
         self.inner, self.pipe = inner, pipe
         self.name = getattr(pipe, "name_or_path", None) or "AudioSR"
         self.settings = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale, "seed": seed,
@@ -68,8 +89,8 @@ class LiveUpsampledSink:
     ``AudioSRTiledPipeline``) segment by segment (``audiosr.live.LiveUpsampler``), each at the render's level. A
     stopped render's last segment is super-resolved when it is committed."""
 
-    def __init__(self, inner, pipe, *, num_inference_steps: int = 50, guidance_scale: float = 3.5, seed: int = 0,
-                 tiling=None):
+    def __init__(self, inner, pipe, *, num_inference_steps: int = DEFAULT_STEPS,
+                 guidance_scale: float = DEFAULT_GUIDANCE, seed: int = 0, tiling=None):
         self.inner, self.pipe = inner, pipe
         self.name = getattr(pipe, "name_or_path", None) or "AudioSR"
         self.settings = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale, "seed": seed,

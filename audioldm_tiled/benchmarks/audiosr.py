@@ -106,7 +106,7 @@ def device_rows(dev, tiny: bool, tiny_seconds: float, steps: int = 2) -> dict:
 
     from ..memory import OUT_OF_MEMORY
     from ..testing.audiosr_original import OriginalUnavailable
-    from .stages import Target
+    from .device import Target
 
     target = Target(str(dev.device), "fp16" if dev.cuda else "fp32", model="audiosr-tiny" if tiny else "audiosr")
     rows = {}

@@ -1,12 +1,38 @@
-"""The device a benchmark measures on: timing that waits for its queued work, and peak memory (the device's on
-CUDA, the process's resident memory on the CPU); and the SNR that compares two outputs."""
+"""The device a benchmark measures on: where a point runs (``Target``), timing that waits for its queued work, and
+peak memory (the device's on CUDA, the process's resident memory on the CPU); and the SNR that compares two
+outputs."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+
+from ..constants import DTYPES
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a point runs: device, dtype name (a key of DTYPES) and, for the auto/fallback decode variants, the
+    allocator cap in bytes (see ``cap_allocator``); and the random architecture the whole-pipeline stages
+    (generate, windows, stream) build."""
+
+    device: str = "cpu"
+    dtype_name: str = "fp32"
+    memory_limit: int | None = None
+    model: str = "audioldm-s"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return getattr(torch, DTYPES[self.dtype_name])
+
+    def elapsed(self, start: float) -> float:
+        """Seconds since ``start``, after the device has finished its queued work."""
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
 
 
 class Device:

@@ -96,7 +96,8 @@ def measure(point: Point) -> None:
     import torch
 
     from ..memory import OUT_OF_MEMORY
-    from .stages import STAGES, Target
+    from .device import Target
+    from .stages import STAGES
 
     target = Target(point.device, point.dtype, point.memory_limit, point.model)
     cuda = point.device.startswith("cuda")

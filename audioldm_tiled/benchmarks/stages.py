@@ -7,38 +7,16 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import dataclass
 
 import torch
 
 from ..config import TilingConfig
-from ..constants import DTYPES, LATENT_FRAMES_PER_SECOND, MEL_FRAMES_PER_SECOND
+from ..constants import LATENT_FRAMES_PER_SECOND, MEL_FRAMES_PER_SECOND
 from ..testing.architectures import ARCHITECTURES, random_pipeline
 from .audiosr import run_audiosr
+from .device import Target
 
 PROMPT = "soft rain on leaves"
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where a point runs: device, dtype name (a key of DTYPES) and, for the auto/fallback decode variants, the
-    allocator cap in bytes (see ``cap_allocator``); and the random architecture the whole-pipeline stages
-    (generate, windows, stream) build."""
-
-    device: str = "cpu"
-    dtype_name: str = "fp32"
-    memory_limit: int | None = None
-    model: str = "audioldm-s"
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return getattr(torch, DTYPES[self.dtype_name])
-
-    def elapsed(self, start: float) -> float:
-        """Seconds since ``start``, after the device has finished its queued work."""
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
 
 
 def cap_allocator(target: Target) -> None:
