@@ -34,9 +34,9 @@ class UNetConditioning:
     rows: dict[str, torch.Tensor]
     constants: dict[str, Any] = field(default_factory=dict)
     index: tuple[int, ...] | None = None
-    # (2 or 1, B, C, T, F): channels along the latent's frames, concatenated to each window's own frames of the
-    # noisy latent (negative rows first when guided)
-    frames: torch.Tensor | None = None
+    # 2 or 1 tensors (B, C, T, F): channels along the latent's frames, concatenated to each window's own frames of
+    # the noisy latent (the negative first when guided; a view of one value may stand for it)
+    frames: tuple[torch.Tensor, ...] | None = None
 
     @property
     def _first(self) -> torch.Tensor | None:
@@ -46,7 +46,7 @@ class UNetConditioning:
     def guided(self) -> bool:
         if self._first is not None:
             return self._first.shape[1] == 2
-        return self.frames is not None and self.frames.shape[0] == 2
+        return self.frames is not None and len(self.frames) == 2
 
     @property
     def windows(self) -> int:
@@ -75,14 +75,13 @@ class UNetConditioning:
         model_input = torch.cat([crops] * 2) if self.guided else crops
         if self.frames is None:
             return model_input
-        own = torch.cat([take_frames(self.frames[k], w.start, w.stop) for k in range(self.frames.shape[0])
-                         for w in tiles])
+        own = torch.cat([take_frames(frames, w.start, w.stop) for frames in self.frames for w in tiles])
         return torch.cat([model_input, own.to(model_input.dtype)], dim=1)
 
 
-def concatenated_frames(frames: torch.Tensor) -> UNetConditioning:
-    """AudioSR: ``frames`` (2 or 1, B, C, T, F), the negative and the conditional latent concatenated to the noisy
-    latent's channels, no cross-attention."""
+def concatenated_frames(frames: tuple[torch.Tensor, ...]) -> UNetConditioning:
+    """AudioSR: ``frames``, 2 or 1 tensors (B, C, T, F), the negative and the conditional latent concatenated to
+    the noisy latent's channels, no cross-attention."""
     return UNetConditioning({}, {"encoder_hidden_states": None}, frames=frames)
 
 

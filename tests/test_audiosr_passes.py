@@ -168,3 +168,26 @@ def test_where_the_blocks_fall_changes_nothing(monkeypatch):
     in_blocks = run()
     assert whole.shape == (2, 5 * SAMPLE_RATE) and np.abs(whole).max() > 0.1
     assert np.abs(in_blocks - whole).max() < 1e-5 * np.abs(whole).max()
+
+
+def test_the_condition_is_sampled_tile_by_tile_as_from_the_whole_posterior():
+    """The conditioning latent, built as each exact encode tile comes into noise drawn once: untiled, the
+    original's ``encode(mel).latent_dist.sample(generator) * scale`` bit for bit; in 8 tiles, the same within exact
+    tiling's float-order tolerance (a tile's own noise draw would differ by the noise itself)."""
+    from audioldm_tiled import TilingConfig, tiled_encode
+    from audioldm_tiled.loading import load_pipeline
+    from conftest import EXACT_TOLERANCE, relative_error
+
+    pipe = load_pipeline("random:audiosr-tiny")
+    prepared = recording.prepare([_noise(16000 * 5, 1)], 16000, 1, 5.0, seed=0, show_progress=False)
+    try:
+        mel = torch.from_numpy(prepared.low_mel.read(0, prepared.low_mel.length)).transpose(0, 1)[:, None]
+        whole = tiled_encode(pipe.vae, mel, TilingConfig(enabled=False)).sample(torch.Generator().manual_seed(0))
+        whole = whole * pipe.vae.config.scaling_factor
+        untiled = pipe._condition(prepared, TilingConfig(enabled=False), torch.Generator().manual_seed(0))
+        tiled = pipe._condition(prepared, TilingConfig(enabled=True, tile_frames=8, show_progress=False),
+                                torch.Generator().manual_seed(0))
+    finally:
+        prepared.close()
+    assert whole.shape == (1, 16, 64, 32) and torch.equal(untiled, whole)
+    assert relative_error(tiled, whole) < EXACT_TOLERANCE

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
 from ..conditioning import concatenated_frames
@@ -38,7 +40,7 @@ from ..config import TilingConfig
 from ..constants import UPSAMPLE_STEPS
 from ..denoise import denoise, plan_windows
 from ..spool import BLOCK_ROWS, Spool, blocks
-from ..vae import iter_decode, tiled_encode
+from ..vae import iter_decode, iter_encode
 from ..vae.dispatch import check_exact_decode_fits
 from ..vocoder import stream_vocode
 from . import recording
@@ -131,19 +133,16 @@ class AudioSRTiledPipeline(DiffusionPipeline):
         bands replaced by the input's, and vocoded: float32 waveform pieces (channels, samples)."""
         device, dtype = self._execution_device, self.unet.dtype
         scale = self.vae.config.scaling_factor
-        encoder = self.vae if self.condition_vae is None else self.condition_vae
-        low_mel = torch.from_numpy(prepared.low_mel.read(0, prepared.low_mel.length)).transpose(0, 1)[:, None]
-        condition = tiled_encode(encoder, low_mel.to(device, encoder.dtype), config).sample(generator) * scale
-        del low_mel
+        condition = self._condition(prepared, config, generator).to(dtype)
         shape = (prepared.channels, LATENT_CHANNELS, condition.shape[2], condition.shape[3])
         if latents is None:
             latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(device, dtype)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"`latents` must have the shape {shape} for this input, got {tuple(latents.shape)}")
-        frames = condition.to(dtype)[None]
-        del condition
+        frames = (condition,)
         if guidance_scale != 1:  # as the original: guided unless the scale is exactly 1
-            frames = torch.cat([torch.full_like(frames, UNCONDITIONAL_LATENT * scale), frames])
+            # the negative is one value everywhere: a view of it, not a second copy of the latent
+            frames = (torch.tensor(UNCONDITIONAL_LATENT * scale, dtype=dtype, device=device).expand(shape), condition)
 
         self.scheduler.set_timesteps(steps, device=device)
         latents = latents.to(device, dtype) * self.scheduler.init_noise_sigma
@@ -152,11 +151,36 @@ class AudioSRTiledPipeline(DiffusionPipeline):
                           plan, {"eta": eta, "generator": generator}, config.window_batch_size or 1,
                           lambda total: self.progress_bar(total=total) if config.show_progress
                           else tqdm(total=total, disable=True))
-        frames = None  # the conditioning is not needed past the denoising
+        frames = condition = None  # the conditioning is not needed past the denoising
         mel = _replaced(iter_decode(self.vae, latents.to(self.vae.dtype) / scale, config), prepared)
         vocoder = (piece.to(device, self.vocoder.dtype) for piece in mel)
         for wave in stream_vocode(self.vocoder, vocoder, latents.shape[2] * 8, config.replace(show_progress=False)):
             yield wave.float().cpu().numpy()
+
+
+    def _condition(self, prepared: recording.Prepared, config: TilingConfig,
+                   generator: torch.Generator | None) -> torch.Tensor:
+        """The low-passed log-mel encoded, a sample of its posterior times the latent scale: the original's
+        ``encode(mel).latent_dist.sample(generator) * scale``, computed as each tile of the encode comes, into the
+        noise drawn once for the whole (so neither the posterior nor the noise is held twice, and nothing depends
+        on where a tile falls)."""
+        encoder = self.vae if self.condition_vae is None else self.condition_vae
+        low_mel = torch.from_numpy(prepared.low_mel.read(0, prepared.low_mel.length)).transpose(0, 1)[:, None]
+        low_mel = low_mel.to(self._execution_device, encoder.dtype)
+        factor = 2 ** (len(encoder.config.block_out_channels) - 1)
+        shape = (prepared.channels, encoder.config.latent_channels, low_mel.shape[2] // factor, N_MELS // factor)
+        # what DiagonalGaussianDistribution.sample draws, in the parameters' dtype on their device
+        sample = randn_tensor(shape, generator=generator, device=low_mel.device, dtype=low_mel.dtype)
+        start, scale = 0, self.vae.config.scaling_factor
+        for piece in iter_encode(encoder, low_mel, config):
+            posterior = DiagonalGaussianDistribution(piece)
+            stop = start + piece.shape[2]
+            sample[:, :, start:stop] = (posterior.mean + posterior.std * sample[:, :, start:stop]) * scale
+            start = stop
+        if start != shape[2]:
+            raise RuntimeError(f"the encoder made {start} latent frames of {low_mel.shape[2]} mel frames, not "
+                               f"{shape[2]}")
+        return sample
 
 
 def _replaced(pieces: Iterator[torch.Tensor], prepared: recording.Prepared) -> Iterator[torch.Tensor]:

@@ -11,6 +11,7 @@ from .dispatch import (
     encode_job,
     encode_tiles,
     iter_decode,
+    iter_encode,
     tiled_decode,
     tiled_encode,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "encode_job",
     "encode_tiles",
     "iter_decode",
+    "iter_encode",
     "tiled_decode",
     "tiled_encode",
 ]

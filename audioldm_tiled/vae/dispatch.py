@@ -1,4 +1,4 @@
-"""The public entry points of the tiled VAE: ``tiled_decode``, ``iter_decode``, ``tiled_encode``.
+"""The public entry points of the tiled VAE: ``tiled_decode``, ``iter_decode``, ``tiled_encode``, ``iter_encode``.
 
 Each decides, for one call, whether to run untiled (when that fits the memory budget, retried in tiles once on
 out-of-memory under ``enabled="auto"``) or in exact or fast tiles, and plans the tiles.
@@ -287,8 +287,14 @@ def tiled_encode(vae, mel: torch.Tensor, config: TilingConfig | None = None) -> 
     Returns:
         diffusers' ``DiagonalGaussianDistribution`` (``.mean``, ``.std``, ``.sample(generator)``, ``.mode()``).
     """
+    return DiagonalGaussianDistribution(join_frames(list(iter_encode(vae, mel, config)), 2))
+
+
+@torch.no_grad()
+def iter_encode(vae, mel: torch.Tensor, config: TilingConfig | None = None) -> Iterator[torch.Tensor]:
+    """``vae.encode(mel).latent_dist.parameters`` (B, 2 x latent channels, T', F') in pieces along time, in order:
+    what ``tiled_encode`` joins, for a caller that uses each piece as it comes."""
     job = encode_job(vae)
     _check_input("mel", mel, vae.config.in_channels, job.unit)
     pieces = iter_tiled(job, mel, config or TilingConfig(), lambda: vae.encode(mel).latent_dist.parameters)
-    pieces = list(with_hook_fired(vae, pieces))
-    return DiagonalGaussianDistribution(join_frames(pieces, 2))
+    yield from with_hook_fired(vae, pieces)
