@@ -5,7 +5,8 @@ public checkpoints' shapes).
 - ``tiled``: what ``audioldm-tiled upsample`` runs: the recording read from a file, the passes, windowed denoising,
   the exact tiled encode and decode and the chunked vocoder, streamed into a 48 kHz WAV file; ``tiled-disk`` the
   same always in tiles, with exact mode's paused tiles in temporary files (what ``auto`` turns to where memory
-  runs out): the memory that does not grow with the length;
+  runs out): the memory that does not grow with the length; ``tiled-fast`` the same in fast mode (``upsample
+  --mode fast``), whose time, unlike exact mode's attention over the whole recording, grows linearly;
 - ``original``: the package's ``LatentDiffusion.generate_batch`` on the batch its ``make_batch_for_super_resolution``
   makes (``testing.audiosr_original``), the whole recording at once, as its command line runs it.
 
@@ -49,14 +50,14 @@ def band_limited_recording(seconds: float) -> np.ndarray:
 def run_audiosr(target, variant: str, seconds: float, steps: int):
     from ..config import TilingConfig
 
-    if variant in ("tiled", "tiled-disk"):
+    if variant in ("tiled", "tiled-disk", "tiled-fast"):
         # tiles and chunks of 10.24 s: the budget would otherwise size them, larger the more memory is free
-        disk = {"enabled": True, "store": "disk", "tile_frames": 128, "vocoder_chunk_frames": 1024} \
-            if variant == "tiled-disk" else {}
-        return _tiled(target, seconds, steps, TilingConfig(show_progress=False, **disk))
+        tiles = {"enabled": True, "tile_frames": 128, "vocoder_chunk_frames": 1024}
+        settings = {"tiled": {}, "tiled-disk": {**tiles, "store": "disk"}, "tiled-fast": {**tiles, "mode": "fast"}}
+        return _tiled(target, seconds, steps, TilingConfig(show_progress=False, **settings[variant]))
     if variant == "original":
         return _original(target, seconds, steps)
-    raise ValueError(f"audiosr's variants are tiled and original, got {variant!r}")
+    raise ValueError(f"audiosr's variants are tiled, tiled-disk, tiled-fast and original, got {variant!r}")
 
 
 def _tiled(target, seconds: float, steps: int, tiling):

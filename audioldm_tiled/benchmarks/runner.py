@@ -38,7 +38,7 @@ VARIANTS = {
     "live": ("windowed", "progressive", "first-piece"),
     # AudioSR to 48 kHz: the command line's streamed path against the original package (benchmarks/audiosr.py)
     # tiled-disk: with exact mode's paused tiles in temporary files, as where memory runs out (flat in the length)
-    "audiosr": ("tiled", "tiled-disk", "original"),
+    "audiosr": ("tiled", "tiled-disk", "tiled-fast", "original"),
 }
 # Stages whose variants make different audio by design (another schedule): timed and measured, not compared.
 OTHER_AUDIO = ("live", "audiosr")
