@@ -70,6 +70,42 @@ def plan_windows(latent_frames: int, config: TilingConfig, circular: bool = Fals
     return WindowPlan(windows, weights)
 
 
+# Frames per piece of a DDIM step on a long latent (``scheduler_step``): an hour of AudioSR's latent is 45 000.
+STEP_FRAMES = 2048
+
+
+def scheduler_step(scheduler, noise: torch.Tensor, t, latents: torch.Tensor, extra_step_kwargs: dict) -> torch.Tensor:
+    """``scheduler.step(noise, t, latents, **extra_step_kwargs).prev_sample``.
+
+    DDIM's step (without dynamic thresholding) is elementwise and keeps no state, yet on the whole latent it makes
+    five latent-sized temporaries, which on an hour of AudioSR's latent are half a gigabyte per channel. So past
+    ``STEP_FRAMES`` it runs on pieces of frames into one output, its noise drawn once for the whole as the step
+    itself draws it: the same numbers, bit for bit, with the temporaries of one piece."""
+    from diffusers import DDIMScheduler
+
+    frames = latents.shape[2]
+    if not isinstance(scheduler, DDIMScheduler) or scheduler.config.thresholding or frames <= STEP_FRAMES:
+        return scheduler.step(noise, t, latents, **extra_step_kwargs).prev_sample
+    from diffusers.utils.torch_utils import randn_tensor
+
+    kwargs = dict(extra_step_kwargs)
+    generator = kwargs.pop("generator", None)
+    if kwargs.get("eta", 0.0) > 0 and kwargs.get("variance_noise") is None:
+        kwargs["variance_noise"] = randn_tensor(noise.shape, generator=generator, device=noise.device,
+                                                dtype=noise.dtype)
+    whole = kwargs.pop("variance_noise", None)
+    out = None
+    for start in range(0, frames, STEP_FRAMES):
+        part = slice(start, min(frames, start + STEP_FRAMES))
+        if whole is not None:
+            kwargs["variance_noise"] = whole[:, :, part]
+        piece = scheduler.step(noise[:, :, part], t, latents[:, :, part], **kwargs).prev_sample
+        if out is None:
+            out = piece.new_empty((*latents.shape[:2], frames, *latents.shape[3:]))
+        out[:, :, part] = piece
+    return out
+
+
 def predict_noise(
     unet: torch.nn.Module,
     latents: torch.Tensor,
@@ -159,7 +195,8 @@ def denoise(
             model_input_latents = scheduler.scale_model_input(latents, t)
             noise = predict_noise(unet, model_input_latents, t, window_conditioning, guidance_scale, plan,
                                   batch_size, cross_attention_kwargs, ranks)
-            latents = scheduler.step(noise, t, latents, **extra_step_kwargs).prev_sample
+            latents = scheduler_step(scheduler, noise, t, latents, extra_step_kwargs)
+            del noise
             if known is not None:
                 latents = known.replace(latents, timesteps[i + 1] if i + 1 < len(timesteps) else None)
             if step_callback is not None:

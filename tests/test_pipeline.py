@@ -235,3 +235,24 @@ def test_one_progress_bar_at_a_time_while_the_decode_feeds_the_vocoder(tiny_pipe
     tiny_pipe("rain", audio_length_in_s=4.0, num_inference_steps=1, generator=torch.Generator().manual_seed(0),
               tiling=TilingConfig(enabled=True, tile_frames=16, vocoder_chunk_frames=64))
     assert opened and max(depth for _, depth in opened) == 1, opened
+
+
+@pytest.mark.parametrize("eta, prediction", [(1.0, "v_prediction"), (0.0, "epsilon")])
+def test_a_long_ddim_step_in_pieces_is_the_whole_step(eta, prediction, monkeypatch):
+    """Past STEP_FRAMES the step runs on pieces of frames with its noise drawn once: bit for bit the whole step
+    (pieces of 7 frames here, so that a piece's own noise draw or a misplaced piece would show)."""
+    from diffusers import DDIMScheduler
+
+    from audioldm_tiled import denoise
+
+    scheduler = DDIMScheduler(prediction_type=prediction, beta_schedule="squaredcos_cap_v2")
+    scheduler.set_timesteps(5)
+    t = scheduler.timesteps[1]
+    noise, latents = torch.randn(2, 2, 3, 40, 4, generator=torch.Generator().manual_seed(0))
+    whole = scheduler.step(noise, t, latents, eta=eta, generator=torch.Generator().manual_seed(1)).prev_sample
+    monkeypatch.setattr(denoise, "STEP_FRAMES", 7)
+    calls, step = [], scheduler.step
+    monkeypatch.setattr(scheduler, "step", lambda *a, **k: calls.append(a[0].shape[2]) or step(*a, **k))
+    pieces = denoise.scheduler_step(scheduler, noise, t, latents, {"eta": eta,
+                                                                    "generator": torch.Generator().manual_seed(1)})
+    assert calls == [7] * 5 + [5] and torch.equal(pieces, whole)

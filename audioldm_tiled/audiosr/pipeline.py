@@ -103,10 +103,11 @@ class AudioSRTiledPipeline(DiffusionPipeline):
                   guidance_scale: float = DEFAULT_GUIDANCE, eta: float = 1.0, seed: int = 0,
                   generator: torch.Generator | None = None, latents: torch.Tensor | None = None,
                   tiling: TilingConfig | None = None, keep_level: bool = False) -> Iterator[np.ndarray]:
-        """``__call__``'s 48 kHz waveform as float32 pieces (channels, samples), in order, in memory that does not
-        grow with the length: what is held for the whole recording between the stages is spooled to disk
-        (``recording``), except the latents and the low-passed log-mel the encoder reads (about 0.3 GB per channel
-        and hour of audio)."""
+        """``__call__``'s 48 kHz waveform as float32 pieces (channels, samples), in order. What is held for the whole
+        recording between the stages is spooled to disk (``recording``), except what the model's stages hold whole
+        (float32, per channel and hour of audio): the low-passed log-mel while it is encoded (369 MB), the
+        conditioning latent (92 MB) and, while they are denoised, the latents with the scheduler's step's
+        latent-sized temporaries (about five of 92 MB)."""
         source = _source(audio, sampling_rate)
         config = (tiling or TilingConfig()).with_windows_for(LATENT_FRAME_SECONDS)
         # An exact decode whose paused tiles have no room fails now, not after the front end and the denoising.
