@@ -106,8 +106,8 @@ class AudioSRTiledPipeline(DiffusionPipeline):
         """``__call__``'s 48 kHz waveform as float32 pieces (channels, samples), in order. What is held for the whole
         recording between the stages is spooled to disk (``recording``), except what the model's stages hold whole
         (float32, per channel and hour of audio): the low-passed log-mel while it is encoded (369 MB), the
-        conditioning latent (92 MB) and, while they are denoised, the latents with the scheduler's step's
-        latent-sized temporaries (about five of 92 MB)."""
+        conditioning latent (92 MB) and, while they are denoised, the latents, the merged noise prediction and the
+        step's noise (92 MB each)."""
         source = _source(audio, sampling_rate)
         config = (tiling or TilingConfig()).with_windows_for(LATENT_FRAME_SECONDS)
         # An exact decode whose paused tiles have no room fails now, not after the front end and the denoising.
