@@ -177,7 +177,7 @@ def live(args: argparse.Namespace, stops: tuple[type[BaseException], ...]) -> in
             if upsample is not None:
                 from .audiosr.sink import LiveUpsampledSink
 
-                heard = upsample.sink(LiveUpsampledSink, heard, args.seed)
+                heard = LiveUpsampledSink(heard, upsample, seed=args.seed)
             heard.open(render.sample_rate, 1, render.recipe)
             drive(render, heard, stops)
         return 0

@@ -64,9 +64,9 @@ def render_to_file(pipe, path: str | os.PathLike, prompt: Any = None, *, format:
                 if ranks is not None:
                     raise ValueError("`upsample` runs in one process: render on several ranks without it, then "
                                      "super-resolve the file")
-                from .audiosr.sink import UpsampledSink, Upsampling
+                from .audiosr.sink import UpsampledSink
 
-                sink = Upsampling.of(upsample).sink(UpsampledSink, sink, request.seed, request.tiling)
+                sink = UpsampledSink(sink, upsample, seed=request.seed or 0, tiling=request.tiling)
     return pipe.render(request, sink, callbacks)
 
 
@@ -154,9 +154,9 @@ def _render_live_upsampled(pipe, path: Path, request: Request, callbacks: dict[s
 
 def _upsampled(sink: Sink, upsample, request: Request) -> Sink:
     """``sink`` fed at 48 kHz by AudioSR segment by segment, with the render's seed."""
-    from .audiosr.sink import LiveUpsampledSink, Upsampling
+    from .audiosr.sink import LiveUpsampledSink
 
-    return Upsampling.of(upsample).sink(LiveUpsampledSink, sink, request.seed or 0)  # without, the render draws its own
+    return LiveUpsampledSink(sink, upsample, seed=request.seed or 0)  # a render without a seed draws its own
 
 
 def _sink(also: Sink | Callable[[np.ndarray], object]) -> Sink:

@@ -114,3 +114,16 @@ def test_a_live_file_and_stream_hold_the_same_48_khz_and_say_how_it_was_made(tmp
     assert recipe["upsampled"]["level"] == "kept" and recipe["upsampled"]["seed"] == 5
     assert recipe["upsampled"]["num_inference_steps"] == 2
     assert recipe["upsampled"]["segment_seconds"] == 10.24
+
+
+def test_a_render_without_a_seed_is_delivered_at_48_khz(tmp_path):
+    """The render draws its own seed; AudioSR's noise then comes from seed 0."""
+    from audioldm_tiled import Upsampling, render_to_file
+
+    tiny = load_pipeline("random:tiny")
+    tiny.set_progress_bar_config(disable=True)
+    upsample = Upsampling(load_pipeline("random:audiosr-tiny"), num_inference_steps=2)
+    delivered = render_to_file(tiny, tmp_path / "rain.wav", "rain", audio_length_in_s=1, num_inference_steps=1,
+                               upsample=upsample)
+    assert delivered.sample_rate == 48000 and sf.info(tmp_path / "rain.wav").frames == 48000
+    assert json.loads(sf.SoundFile(tmp_path / "rain.wav").comment)["upsampled"]["seed"] == 0

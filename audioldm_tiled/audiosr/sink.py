@@ -25,7 +25,7 @@ from .pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS
 @dataclass(frozen=True)
 class Upsampling:
     """How a render is super-resolved to 48 kHz: the AudioSR pipeline and the settings of its denoising. The render
-    functions' ``upsample`` takes one, or the pipeline alone for AudioSR's own settings."""
+    functions' and sinks' ``upsample`` takes one, or the pipeline alone for AudioSR's own settings."""
 
     pipe: Any
     num_inference_steps: int = DEFAULT_STEPS
@@ -35,30 +35,32 @@ class Upsampling:
     def of(cls, upsample: Any) -> Upsampling:
         return upsample if isinstance(upsample, cls) else cls(upsample)
 
-    def sink(self, kind, inner, seed: int, tiling=None):
-        """``kind`` (``UpsampledSink``, ``LiveUpsampledSink``) into ``inner`` with these settings."""
-        return kind(inner, self.pipe, num_inference_steps=self.num_inference_steps,
-                    guidance_scale=self.guidance_scale, seed=seed, tiling=tiling)
+    def keywords(self, seed: int, tiling=None) -> dict[str, Any]:
+        """The pipeline's keywords for a render seeded with ``seed``."""
+        return {"num_inference_steps": self.num_inference_steps, "guidance_scale": self.guidance_scale,
+                "seed": seed, "tiling": tiling}
+
+    def recipe(self, recipe: Mapping[str, Any], seed: int, **more: Any) -> dict[str, Any]:
+        """``recipe`` with what super-resolved the render under "upsampled"."""
+        model = getattr(self.pipe, "name_or_path", None) or "AudioSR"
+        return {**recipe, "upsampled": {"model": model, "sample_rate": SAMPLE_RATE,
+                                        "num_inference_steps": self.num_inference_steps,
+                                        "guidance_scale": self.guidance_scale, "seed": seed, **more}}
 
 
 class UpsampledSink:
-    """The render into ``inner`` at 48 kHz, through ``pipe`` (an ``AudioSRTiledPipeline``) with the given
-    settings (``AudioSRTiledPipeline.upsampled``'s keywords). One waveform, as a file holds."""
+    """The render into ``inner`` at 48 kHz, super-resolved once it is whole by ``upsample`` (an
+    ``AudioSRTiledPipeline`` or an ``Upsampling``) with ``seed`` and ``tiling``. One waveform, as a file holds."""
 
-    def __init__(self, inner, pipe, *, num_inference_steps: int = DEFAULT_STEPS,
-                 guidance_scale: float = DEFAULT_GUIDANCE, seed: int = 0, tiling=None):
-        self.inner, self.pipe = inner, pipe
-        self.name = getattr(pipe, "name_or_path", None) or "AudioSR"
-        self.settings = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale, "seed": seed,
-                         "tiling": tiling}
+    def __init__(self, inner, upsample, *, seed: int = 0, tiling=None):
+        self.inner, self.upsampling, self.seed, self.tiling = inner, Upsampling.of(upsample), seed, tiling
         self._spool: Spool | None = None
 
     def open(self, sample_rate: int, waveforms: int, recipe: Mapping[str, Any]) -> None:
         if waveforms != 1:
             raise ValueError(f"a super-resolved file holds one waveform; this render makes {waveforms}")
         self._rate = sample_rate
-        settings = {k: v for k, v in self.settings.items() if k != "tiling"}
-        self._recipe = {**recipe, "upsampled": {"model": self.name, "sample_rate": SAMPLE_RATE, **settings}}
+        self._recipe = self.upsampling.recipe(recipe, self.seed)
         self._spool = Spool((1,), np.float32)
 
     def write(self, piece: np.ndarray) -> None:
@@ -69,8 +71,9 @@ class UpsampledSink:
 
         try:
             self.inner.open(SAMPLE_RATE, 1, self._recipe)
-            generator = torch.Generator().manual_seed(self.settings["seed"])
-            pieces = self.pipe.upsampled(self._spool, self._rate, generator=generator, **self.settings)
+            generator = torch.Generator().manual_seed(self.seed)
+            pieces = self.upsampling.pipe.upsampled(self._spool, self._rate, generator=generator,
+                                                    **self.upsampling.keywords(self.seed, self.tiling))
             return drive(pieces, self.inner)
         finally:
             self._close()
@@ -85,26 +88,21 @@ class UpsampledSink:
 
 
 class LiveUpsampledSink:
-    """A live render's pieces into ``inner`` at 48 kHz as they come, through ``pipe`` (an
-    ``AudioSRTiledPipeline``) segment by segment (``audiosr.live.LiveUpsampler``), each at the render's level. A
-    stopped render's last segment is super-resolved when it is committed."""
+    """A live render's pieces into ``inner`` at 48 kHz as they come, super-resolved by ``upsample`` segment by
+    segment (``audiosr.live.LiveUpsampler``), each at the render's level. A stopped render's last segment is
+    super-resolved when it is committed."""
 
-    def __init__(self, inner, pipe, *, num_inference_steps: int = DEFAULT_STEPS,
-                 guidance_scale: float = DEFAULT_GUIDANCE, seed: int = 0, tiling=None):
-        self.inner, self.pipe = inner, pipe
-        self.name = getattr(pipe, "name_or_path", None) or "AudioSR"
-        self.settings = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale, "seed": seed,
-                         "tiling": tiling}
+    def __init__(self, inner, upsample, *, seed: int = 0, tiling=None):
+        self.inner, self.upsampling, self.seed, self.tiling = inner, Upsampling.of(upsample), seed, tiling
 
     def open(self, sample_rate: int, waveforms: int, recipe: Mapping[str, Any]) -> None:
         if waveforms != 1:
             raise ValueError(f"a super-resolved render is one waveform; this render makes {waveforms}")
-        self._upsampler = LiveUpsampler(self.pipe, sample_rate, **self.settings)
-        settings = {k: v for k, v in self.settings.items() if k != "tiling"}
-        self.inner.open(SAMPLE_RATE, 1, {**recipe, "upsampled": {
-            "model": self.name, "sample_rate": SAMPLE_RATE, **settings, "level": "kept",
-            "segment_seconds": self._upsampler.segment / sample_rate,
-            "overlap_seconds": self._upsampler.overlap / sample_rate}})
+        self._upsampler = LiveUpsampler(self.upsampling.pipe, sample_rate,
+                                        **self.upsampling.keywords(self.seed, self.tiling))
+        self.inner.open(SAMPLE_RATE, 1, self.upsampling.recipe(
+            recipe, self.seed, level="kept", segment_seconds=self._upsampler.segment / sample_rate,
+            overlap_seconds=self._upsampler.overlap / sample_rate))
 
     def write(self, piece: np.ndarray) -> None:
         for out in self._upsampler.feed(np.asarray(piece)[0]):
