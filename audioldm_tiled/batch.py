@@ -160,7 +160,8 @@ def render_job(pipe, job: BatchJob, out_dir: Path, tiling, upsampler=None) -> di
         upsample = upsampler()
     delivered = render_to_file(pipe, target, job.request(tiling), upsample=upsample, **job.delivery())
     recipe = delivered.recipe
-    return {"settings": {**job.settings(), "steps": recipe["steps"], "guidance": recipe["guidance"]},
+    upsampled = {"upsampled": recipe["upsampled"]} if "upsampled" in recipe else {}  # what super-resolved it
+    return {"settings": {**job.settings(), "steps": recipe["steps"], "guidance": recipe["guidance"]}, **upsampled,
             "render_s": round(time.perf_counter() - start, 3), "samples": delivered.frames, **delivered.report()}
 
 

@@ -8,8 +8,8 @@ import logging
 import os
 from pathlib import Path
 
-from .arguments import CliError, device_name, positive_number, resolve_device, resolve_dtype
-from .constants import DTYPES, UPSAMPLE_MODEL
+from .arguments import CliError, device_name, positive_int, positive_number, resolve_device, resolve_dtype
+from .constants import DTYPES, UPSAMPLE_MODEL, UPSAMPLE_STEPS
 from .loading import DEFAULT_MODEL
 
 logger = logging.getLogger("audioldm_tiled.cli")
@@ -31,6 +31,8 @@ def batch_parser() -> argparse.ArgumentParser:
     parser.add_argument("--upsample-model", default=UPSAMPLE_MODEL, metavar="MODEL",
                         help='the AudioSR model of the jobs with "upsample": true, loaded once one needs it (default '
                         f"{UPSAMPLE_MODEL}; a converted folder, or random:audiosr)")
+    parser.add_argument("--upsample-steps", type=positive_int("--upsample-steps"), default=UPSAMPLE_STEPS,
+                        help=f'AudioSR\'s DDIM steps for the jobs with "upsample": true (default {UPSAMPLE_STEPS})')
     parser.add_argument("--device", default="auto", type=device_name,
                         help="auto (default: cuda:LOCAL_RANK if available, else mps, else cpu), cpu, cuda, cuda:N, mps")
     parser.add_argument("--dtype", default="auto", choices=("auto", *DTYPES),
@@ -84,8 +86,10 @@ def batch(args: argparse.Namespace) -> int:
 
     def load_upsampler():  # once a job asks for 48 kHz
         from .audiosr.command import load_upsampler
+        from .audiosr.sink import Upsampling
 
-        return load_upsampler(args.upsample_model, dtype, device, "--upsample-model", args.quiet)
+        return Upsampling(load_upsampler(args.upsample_model, dtype, device, "--upsample-model", args.quiet),
+                          args.upsample_steps)
 
     tiling = TilingConfig(memory_budget=None if args.memory_budget is None else int(args.memory_budget * 1e9))
     summary = run_batch(load, jobs, out_dir, shard, tiling, model=args.model, upsample=load_upsampler)

@@ -1,5 +1,7 @@
 """``audioldm-tiled upsample`` and ``convert audiosr`` as a user runs them, with AudioSR's tiny random weights."""
 
+import json
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -130,8 +132,10 @@ def test_batch_jobs_that_ask_for_48_khz_get_it(tmp_path, capsys):
                     '{"output": "b.flac", "prompt": "wind", "seconds": 2, "steps": 1}\n')
     out = tmp_path / "out"
     argv = ["batch", str(jobs), "--out-dir", str(out), "--model", "random:tiny", "--quiet"]
-    assert main([*argv, "--upsample-model", "random:audiosr-tiny"]) == 0
+    assert main([*argv, "--upsample-model", "random:audiosr-tiny", "--upsample-steps", "2"]) == 0
     assert sf.info(out / "a.wav").samplerate == 48000 and sf.info(out / "a.wav").frames == 2 * 48000
+    sidecar = json.loads((out / "a.wav.json").read_text())
+    assert sidecar["upsampled"]["num_inference_steps"] == 2 and sidecar["upsampled"]["model"] == "random:audiosr-tiny"
     assert sf.info(out / "b.flac").samplerate == 16000
     jobs.write_text('{"output": "c.wav", "prompt": "rain", "seconds": 2, "upsample": "yes"}\n')
     assert main(argv) == 2
