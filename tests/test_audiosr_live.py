@@ -127,3 +127,35 @@ def test_a_render_without_a_seed_is_delivered_at_48_khz(tmp_path):
                                upsample=upsample)
     assert delivered.sample_rate == 48000 and sf.info(tmp_path / "rain.wav").frames == 48000
     assert json.loads(sf.SoundFile(tmp_path / "rain.wav").comment)["upsampled"]["seed"] == 0
+
+
+def test_a_listener_gone_ends_the_live_upsampling_without_more_work(pipe, monkeypatch):
+    """Once the sink behind it stops taking audio (the player closed the pipe), committing the stopped render does
+    not super-resolve what is left: one segment made, none after."""
+    from audioldm_tiled import Upsampling
+    from audioldm_tiled.audiosr.sink import LiveUpsampledSink
+    from audioldm_tiled.live_sinks import ListenerGone
+    from audioldm_tiled.sinks import drive
+
+    class Gone:  # a stream whose reader has left
+        def open(self, *args):
+            pass
+
+        def write(self, piece):
+            raise ListenerGone()
+
+        def commit(self):
+            return "kept"
+
+        def abort(self):
+            raise AssertionError("a stop commits")
+
+    calls, call = [], type(pipe).__call__
+    monkeypatch.setattr(type(pipe), "__call__", lambda self, *a, **k: calls.append(1) or call(self, *a, **k))
+    sink = LiveUpsampledSink(Gone(), Upsampling(pipe, num_inference_steps=2))
+    sink.open(RATE, 1, {})
+    x = _signal(12.0)
+    # pieces of 1 s: the first segment comes with 11 s rendered, 2 s past the next segment's start, which a
+    # commit that went on would super-resolve
+    assert drive((x[None, lo : lo + RATE] for lo in range(0, x.shape[0], RATE)), sink, (ListenerGone,)) == "kept"
+    assert calls == [1]

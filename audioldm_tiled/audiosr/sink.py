@@ -94,6 +94,7 @@ class LiveUpsampledSink:
 
     def __init__(self, inner, upsample, *, seed: int = 0, tiling=None):
         self.inner, self.upsampling, self.seed, self.tiling = inner, Upsampling.of(upsample), seed, tiling
+        self._inner_stopped = False
 
     def open(self, sample_rate: int, waveforms: int, recipe: Mapping[str, Any]) -> None:
         if waveforms != 1:
@@ -106,12 +107,17 @@ class LiveUpsampledSink:
 
     def write(self, piece: np.ndarray) -> None:
         for out in self._upsampler.feed(np.asarray(piece)[0]):
-            self.inner.write(out[None])
+            try:
+                self.inner.write(out[None])
+            except BaseException:  # a listener gone, a stop inside the write: nothing more goes in
+                self._inner_stopped = True
+                raise
 
     def commit(self) -> Any:
         try:
-            for out in self._upsampler.finish():
-                self.inner.write(out[None])
+            if not self._inner_stopped:  # what the render made before it stopped, super-resolved
+                for out in self._upsampler.finish():
+                    self.inner.write(out[None])
         except BaseException:
             self.inner.abort()
             raise
