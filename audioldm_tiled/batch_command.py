@@ -85,11 +85,10 @@ def batch(args: argparse.Namespace) -> int:
         return pipe
 
     def load_upsampler():  # once a job asks for 48 kHz
-        from .audiosr.command import load_upsampler
-        from .audiosr.sink import Upsampling
+        from .audiosr.command import load_upsampling
 
-        return Upsampling(load_upsampler(args.upsample_model, dtype, device, "--upsample-model", args.quiet),
-                          args.upsample_steps)
+        return load_upsampling(args.upsample_model, args.upsample_steps, dtype, device, "--upsample-model",
+                               args.quiet)
 
     tiling = TilingConfig(memory_budget=None if args.memory_budget is None else int(args.memory_budget * 1e9))
     summary = run_batch(load, jobs, out_dir, shard, tiling, model=args.model, upsample=load_upsampler)

@@ -201,11 +201,9 @@ def generate(args: argparse.Namespace) -> Path:
     try:
         upsample = None
         if args.upsample is not None:  # loaded before the render starts
-            from .audiosr.command import load_upsampler
-            from .audiosr.sink import Upsampling
+            from .audiosr.command import load_upsampling
 
-            upsample = Upsampling(load_upsampler(args.upsample, dtype, device, "--upsample", args.quiet),
-                                  args.upsample_steps or UPSAMPLE_STEPS)
+            upsample = load_upsampling(args.upsample, args.upsample_steps, dtype, device, "--upsample", args.quiet)
         delivered = render_to_file(pipe, output, request, upsample=upsample, **delivery)
     except ValueError as error:  # the model's own checks (its shortest length, its prompt inputs)
         raise as_cli_error(error) from None

@@ -90,10 +90,9 @@ def scheduler_step(scheduler, noise: torch.Tensor, t, latents: torch.Tensor, ext
 
     kwargs = dict(extra_step_kwargs)
     generator = kwargs.pop("generator", None)
-    if kwargs.get("eta", 0.0) > 0 and kwargs.get("variance_noise") is None:
-        kwargs["variance_noise"] = randn_tensor(noise.shape, generator=generator, device=noise.device,
-                                                dtype=noise.dtype)
     whole = kwargs.pop("variance_noise", None)
+    if whole is None and kwargs.get("eta", 0.0) > 0:  # what the step would draw, drawn once for the whole
+        whole = randn_tensor(noise.shape, generator=generator, device=noise.device, dtype=noise.dtype)
     out = None
     for start in range(0, frames, STEP_FRAMES):
         part = slice(start, min(frames, start + STEP_FRAMES))

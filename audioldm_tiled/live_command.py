@@ -161,11 +161,9 @@ def live(args: argparse.Namespace, stops: tuple[type[BaseException], ...]) -> in
     pipe.set_progress_bar_config(disable=args.quiet)
     upsample = None
     if args.upsample is not None:  # loaded before the render starts; its bars would repeat for every segment
-        from .audiosr.command import load_upsampler
-        from .audiosr.sink import Upsampling
+        from .audiosr.command import load_upsampling
 
-        upsample = Upsampling(load_upsampler(args.upsample, dtype, device, "--upsample", quiet=True),
-                              args.upsample_steps or UPSAMPLE_STEPS)
+        upsample = load_upsampling(args.upsample, args.upsample_steps, dtype, device, "--upsample", quiet=True)
     if not to_file:
         level = {} if args.loudness is None else dict(loudness=args.loudness, true_peak=args.true_peak)
         if args.output == "-":

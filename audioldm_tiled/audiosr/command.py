@@ -127,6 +127,15 @@ def load_upsampler(model: str, dtype, device, option: str, quiet: bool = False):
     return pipe
 
 
+def load_upsampling(model: str, steps: int | None, dtype, device, option: str, quiet: bool = False):
+    """What the render functions' ``upsample=`` takes: ``load_upsampler``'s pipeline with AudioSR's ``steps`` (its
+    own default when None)."""
+    from ..constants import UPSAMPLE_STEPS
+    from .sink import Upsampling
+
+    return Upsampling(load_upsampler(model, dtype, device, option, quiet), steps or UPSAMPLE_STEPS)
+
+
 def convert_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="audioldm-tiled convert audiosr",

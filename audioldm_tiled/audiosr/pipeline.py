@@ -158,7 +158,6 @@ class AudioSRTiledPipeline(DiffusionPipeline):
         for wave in stream_vocode(self.vocoder, vocoder, latents.shape[2] * 8, config.replace(show_progress=False)):
             yield wave.float().cpu().numpy()
 
-
     def _condition(self, prepared: recording.Prepared, config: TilingConfig,
                    generator: torch.Generator | None) -> torch.Tensor:
         """The low-passed log-mel encoded, a sample of its posterior times the latent scale: the original's
