@@ -7,6 +7,10 @@ it is closed, when the process fails, and even when it is killed.
 
 Anything with ``length`` and ``read(lo, hi)`` (rows [lo, hi) as an array) is a ``Signal``: a spool, an array
 (``ArraySignal``), a spool read backwards (``Reversed``), one cut or padded with zeros (``Fitted``).
+
+``Frames`` turns a signal of rows (T, B, C, F) into what the tiled VAE and the windowed denoising read of a tensor
+(B, C, T, F): its shape and frames along T, so that a log-mel or a latent too long to hold is read a tile or a
+window at a time.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -125,3 +129,42 @@ def blocks(length: int, rows: int | None = None, start: int = 0) -> Iterator[tup
     rows = rows or BLOCK_ROWS
     for lo in range(start, length, rows):
         yield lo, min(length, lo + rows)
+
+
+class Frames:
+    """A tensor (B, C, T, F) kept as ``rows``, a ``Signal`` of T rows (B, C, F), read along T: ``narrow(2, ...)``
+    gives frames as a tensor of ``dtype`` on ``device``, as ``torch.Tensor.narrow`` would (``take_frames`` reads it
+    like a tensor); ``shape``, ``dtype`` and ``device`` are the tensor's."""
+
+    def __init__(self, rows: Signal, dtype: Any, device: Any):
+        import torch
+
+        batch, channels, bins = rows.read(0, 0).shape[1:]
+        self.rows, self.dtype, self.device = rows, dtype, torch.device(device)
+        self.shape = torch.Size((batch, channels, rows.length, bins))
+
+    @classmethod
+    def spooled(cls, tensor, dtype: Any = None, rows: int = 4096) -> Frames:
+        """``tensor`` (B, C, T, F) moved to a float32 ``Spool`` a piece of ``rows`` frames at a time, read back in
+        ``dtype`` (its own by default) on its device; float32 holds a half-precision value exactly, so the frames
+        read are ``tensor.to(dtype)``'s."""
+        spool = Spool((tensor.shape[0], tensor.shape[1], tensor.shape[3]), np.float32)
+        for lo, hi in blocks(tensor.shape[2], rows):
+            spool.append(tensor[:, :, lo:hi].permute(2, 0, 1, 3).float().cpu().numpy())
+        return cls(spool, tensor.dtype if dtype is None else dtype, tensor.device)
+
+    def dim(self) -> int:
+        return 4
+
+    def narrow(self, dim: int, start: int, length: int):
+        import torch
+
+        if dim not in (2, -2):
+            raise ValueError(f"Frames are read along time (dim 2), not dim {dim}")
+        rows = self.rows.read(start, start + length)
+        return torch.from_numpy(np.ascontiguousarray(rows.transpose(1, 2, 0, 3))).to(self.device, self.dtype)
+
+    def close(self) -> None:
+        close = getattr(self.rows, "close", None)
+        if close is not None:
+            close()

@@ -86,6 +86,46 @@ def test_fast_encode_runs_its_proxy_and_beats_per_tile_statistics(tiny):
     assert snr_db(fast, expected) > snr_db(per_tile, expected) + 10
 
 
+@pytest.mark.parametrize("mode, frames", [("exact", 403), ("fast", 2400)])
+def test_a_log_mel_on_disk_encodes_as_the_tensor_it_holds(tiny, mode, frames):
+    """``spool.Frames`` (a log-mel too long to hold, each tile reading its own frames from disk) encodes as the
+    tensor: exact tiles read the same values, bit for bit; in fast mode (2400 frames: its proxy runs, as above) the
+    per-channel level its proxy matches is summed over pieces in float64 instead of by ``torch.std_mean``, a
+    difference of float32 rounding in the estimate (a wrong frame or level shows as more than 1e-2)."""
+    from contextlib import closing
+
+    from audioldm_tiled.spool import Frames
+    from audioldm_tiled.vae import iter_encode
+
+    vae = tiny["vae"]
+    mel = nonstationary_mel(1, frames)
+    config = TilingConfig(enabled=True, mode=mode, tile_frames=32, proxy_frames=64, show_progress=False)
+    expected = torch.cat(list(iter_encode(vae, mel, config)), dim=2)
+    with closing(Frames.spooled(mel)) as on_disk:
+        actual = torch.cat(list(iter_encode(vae, on_disk, config)), dim=2)
+    if mode == "exact":
+        assert torch.equal(actual, expected)
+    else:
+        assert relative_error(actual, expected) < EXACT_TOLERANCE
+
+
+def test_the_level_of_frames_on_disk_is_the_tensors():
+    """Fast mode's per-channel (std, mean) of frames read in pieces (7 frames here) equals ``torch.std_mean``'s on
+    the tensor, far from zero too (shifted sums: a plain sum of squares would cancel at this offset)."""
+    from audioldm_tiled.spool import Frames
+    from audioldm_tiled.vae.fast import channel_level
+
+    x = nonstationary_mel(2, 403) * 100 + 1000
+    std, mean = channel_level(x)
+    on_disk = Frames.spooled(x)
+    try:
+        pieces_std, pieces_mean = channel_level(on_disk, frames=7)
+    finally:
+        on_disk.close()
+    assert std.shape == pieces_std.shape == (2, 1, 1)
+    assert torch.allclose(pieces_std, std, rtol=1e-5) and torch.allclose(pieces_mean, mean, rtol=1e-6)
+
+
 def test_encode_auto_tiles_only_when_the_budget_is_small(tiny, caplog):
     vae = tiny["vae"]
     mel = nonstationary_mel(1, 160)

@@ -28,6 +28,7 @@ from ..memory import (
     release_cached_memory,
 )
 from ..offload import with_hook_fired
+from ..spool import Frames
 from .budget import (
     UNTILED_DECODE_PEAK_FACTOR,
     UNTILED_ENCODE_PEAK_FACTOR,
@@ -113,8 +114,8 @@ def _tiled_pieces(job: Program, x: torch.Tensor, tiles: list[Tile], config: Tili
         yield piece.to(dtype)
 
 
-def _check_input(name: str, x: torch.Tensor, channels: int, min_frames: int) -> None:
-    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+def _check_input(name: str, x: torch.Tensor | Frames, channels: int, min_frames: int) -> None:
+    if not isinstance(x, (torch.Tensor, Frames)) or x.dim() != 4:
         raise ValueError(f"{name} must be a 4-D tensor (B, C, T, F), got {getattr(x, 'shape', type(x))}")
     if x.shape[1] != channels or x.shape[2] < min_frames:
         raise ValueError(
@@ -291,10 +292,12 @@ def tiled_encode(vae, mel: torch.Tensor, config: TilingConfig | None = None) -> 
 
 
 @torch.no_grad()
-def iter_encode(vae, mel: torch.Tensor, config: TilingConfig | None = None) -> Iterator[torch.Tensor]:
+def iter_encode(vae, mel: torch.Tensor | Frames, config: TilingConfig | None = None) -> Iterator[torch.Tensor]:
     """``vae.encode(mel).latent_dist.parameters`` (B, 2 x latent channels, T', F') in pieces along time, in order:
-    what ``tiled_encode`` joins, for a caller that uses each piece as it comes."""
+    what ``tiled_encode`` joins, for a caller that uses each piece as it comes. ``mel`` may be ``spool.Frames``, a
+    log-mel too long to hold: the tiles read their own frames of it (the whole is read only to run untiled)."""
     job = encode_job(vae)
     _check_input("mel", mel, vae.config.in_channels, job.unit)
-    pieces = iter_tiled(job, mel, config or TilingConfig(), lambda: vae.encode(mel).latent_dist.parameters)
+    pieces = iter_tiled(job, mel, config or TilingConfig(),
+                        lambda: vae.encode(mel.narrow(2, 0, mel.shape[2])).latent_dist.parameters)
     yield from with_hook_fired(vae, pieces)

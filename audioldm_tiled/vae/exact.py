@@ -131,13 +131,14 @@ def _exact_segments(job: Program, x: torch.Tensor, tiles: list[Tile], config: Ti
     segments = split_segments(job.tasks)
     mine = range(len(tiles)) if ranks is None else ranks.share(len(tiles))
     budget = smallest(ranks, memory_budget(config, x.device))
-    own = x[:, :, tiles[mine[0]].core_start : tiles[mine[-1]].core_stop] if mine else x[:, :, :0]
+    own = tiles[mine[-1]].core_stop - tiles[mine[0]].core_start if mine else 0  # frames: x may not be held whole
+    own = torch.empty((x.shape[0], x.shape[1], own, x.shape[3]), dtype=x.dtype, device="meta")
     kind = choose_store(config, exact_stored_bytes(job.tasks, own), x.device, job.name)
     bounds = [(t.core_start, t.core_stop) for t in tiles]
     with open_store(kind, x.device, config.store_dir) as store, \
             progress_bar(len(segments) * len(mine), config, f"{job.name} (exact)") as bar:
-        stream = TileStream(store, [store.put(x[:, :, a:b]) if j in mine else None for j, (a, b) in enumerate(bounds)],
-                            bounds)
+        inputs = [store.put(x.narrow(2, a, b - a)) if j in mine else None for j, (a, b) in enumerate(bounds)]
+        stream = TileStream(store, inputs, bounds)
         for index, segment in enumerate(segments):
             last = index == len(segments) - 1
             head = segment[0]

@@ -103,7 +103,7 @@ def estimate_stats(tasks: list[Task], latents: torch.Tensor, proxy: Proxy, tiles
     last = (length - core - margin) // align * align
     starts = [min(last, max(margin, align * round(((k + 0.5) * length / slots - core / 2) / align)))
               for k in range(slots)]
-    level = torch.std_mean(latents.float().flatten(2), dim=2, keepdim=True)  # per channel, what each round matches
+    level = channel_level(latents)  # per channel, what each round matches
     rounds = []
     for r in range(proxy.rounds) if ranks is None else ranks.share(proxy.rounds):
         try:
@@ -130,6 +130,28 @@ def estimate_stats(tasks: list[Task], latents: torch.Tensor, proxy: Proxy, tiles
     return FastEstimate(stats, [AttentionMemory.join(list(per_attention)) for per_attention in zip(*keys_per_round)])
 
 
+def channel_level(x, frames: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """(std, mean) of ``x`` (B, C, T, F) per channel, over time and frequency, as (B, C, 1) float32: a tensor's by
+    ``torch.std_mean``; ``spool.Frames``, which cannot be held whole, by sums over pieces of ``frames`` (float64,
+    about the first piece's mean so that the sum of squares does not cancel; unbiased, as ``torch.std_mean``)."""
+    if isinstance(x, torch.Tensor):
+        return torch.std_mean(x.float().flatten(2), dim=2, keepdim=True)
+    length = x.shape[2]
+    shift = total = squares = None
+    for lo in range(0, length, frames):
+        piece = x.narrow(2, lo, min(frames, length - lo)).double().flatten(2)
+        if shift is None:
+            shift = piece.mean(dim=2, keepdim=True)
+            total, squares = torch.zeros_like(shift), torch.zeros_like(shift)
+        piece = piece - shift
+        total += piece.sum(dim=2, keepdim=True)
+        squares += piece.square().sum(dim=2, keepdim=True)
+    count = length * x.shape[3]
+    mean = total / count
+    variance = (squares - count * mean.square()) / max(1, count - 1)
+    return variance.clamp_min(0).sqrt().float(), (mean + shift).float()
+
+
 def _proxy_round(tasks: list[Task], latents: torch.Tensor, starts: list[int], core: int, margin: int,
                  level: tuple[torch.Tensor, torch.Tensor]) -> FastEstimate:
     """Run ``tasks`` on excerpts of ``latents`` at ``starts`` (each ``core`` frames plus ``margin`` a side), stacked
@@ -141,7 +163,7 @@ def _proxy_round(tasks: list[Task], latents: torch.Tensor, starts: list[int], co
     sample of the whole sequence.
     """
     count = len(starts)
-    x = torch.cat([latents[:, :, s - margin : s + core + margin] for s in starts])
+    x = torch.cat([latents.narrow(2, s - margin, core + 2 * margin) for s in starts])
     rows = x.float().reshape(count, *latents.shape[:2], -1)
     x_std, x_mean = torch.std_mean(rows, dim=(0, 3), keepdim=True)
     l_std, l_mean = level
