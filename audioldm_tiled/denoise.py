@@ -74,13 +74,16 @@ def plan_windows(latent_frames: int, config: TilingConfig, circular: bool = Fals
 STEP_FRAMES = 2048
 
 
-def scheduler_step(scheduler, noise: torch.Tensor, t, latents: torch.Tensor, extra_step_kwargs: dict) -> torch.Tensor:
+def scheduler_step(scheduler, noise: torch.Tensor, t, latents: torch.Tensor, extra_step_kwargs: dict,
+                   reuse_noise: bool = False) -> torch.Tensor:
     """``scheduler.step(noise, t, latents, **extra_step_kwargs).prev_sample``.
 
     DDIM's step (without dynamic thresholding) is elementwise and keeps no state, yet on the whole latent it makes
     five latent-sized temporaries, which on an hour of AudioSR's latent are half a gigabyte per channel. So past
     ``STEP_FRAMES`` it runs on pieces of frames into one output, its noise drawn once for the whole as the step
-    itself draws it: the same numbers, bit for bit, with the temporaries of one piece."""
+    itself draws it: the same numbers, bit for bit, with the temporaries of one piece. With ``reuse_noise`` (the
+    caller's prediction is not needed after the step) that output is ``noise`` itself: each piece of it is read
+    before it is overwritten."""
     from diffusers import DDIMScheduler
 
     frames = latents.shape[2]
@@ -100,7 +103,8 @@ def scheduler_step(scheduler, noise: torch.Tensor, t, latents: torch.Tensor, ext
             kwargs["variance_noise"] = whole[:, :, part]
         piece = scheduler.step(noise[:, :, part], t, latents[:, :, part], **kwargs).prev_sample
         if out is None:
-            out = piece.new_empty((*latents.shape[:2], frames, *latents.shape[3:]))
+            same = reuse_noise and noise.dtype == piece.dtype and noise.shape == latents.shape
+            out = noise if same else piece.new_empty((*latents.shape[:2], frames, *latents.shape[3:]))
         out[:, :, part] = piece
     return out
 
@@ -194,7 +198,7 @@ def denoise(
             model_input_latents = scheduler.scale_model_input(latents, t)
             noise = predict_noise(unet, model_input_latents, t, window_conditioning, guidance_scale, plan,
                                   batch_size, cross_attention_kwargs, ranks)
-            latents = scheduler_step(scheduler, noise, t, latents, extra_step_kwargs)
+            latents = scheduler_step(scheduler, noise, t, latents, extra_step_kwargs, reuse_noise=True)
             del noise
             if known is not None:
                 latents = known.replace(latents, timesteps[i + 1] if i + 1 < len(timesteps) else None)

@@ -256,3 +256,8 @@ def test_a_long_ddim_step_in_pieces_is_the_whole_step(eta, prediction, monkeypat
     pieces = denoise.scheduler_step(scheduler, noise, t, latents, {"eta": eta,
                                                                     "generator": torch.Generator().manual_seed(1)})
     assert calls == [7] * 5 + [5] and torch.equal(pieces, whole)
+    # written into the prediction itself, which each piece reads before it is overwritten
+    prediction = noise.clone()
+    reused = denoise.scheduler_step(scheduler, prediction, t, latents,
+                                    {"eta": eta, "generator": torch.Generator().manual_seed(1)}, reuse_noise=True)
+    assert reused.data_ptr() == prediction.data_ptr() and torch.equal(reused, whole)
