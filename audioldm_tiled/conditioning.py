@@ -35,7 +35,8 @@ class UNetConditioning:
     constants: dict[str, Any] = field(default_factory=dict)
     index: tuple[int, ...] | None = None
     # 2 or 1 tensors (B, C, T, F): channels along the latent's frames, concatenated to each window's own frames of
-    # the noisy latent (the negative first when guided; a view of one value may stand for it)
+    # the noisy latent (the negative first when guided; a view of one value may stand for it, and ``spool.Frames``
+    # for one kept on disk, which each window reads its frames of)
     frames: tuple[torch.Tensor, ...] | None = None
 
     @property

@@ -96,7 +96,7 @@ def test_a_recording_prepared_in_passes_equals_the_whole_front_end(small_blocks)
         _, expected_mel = front_end.magnitude_and_log_mel(torch.from_numpy(low)[None])
         # measured 6e-4: the stop band's mel is near the log's floor (1e-5), where float32 rounding of the signal
         # is a large share of it
-        assert np.abs(low_mel[:, column] - expected_mel[0].numpy()).max() < 1e-3
+        assert np.abs(low_mel[:, column, 0] - expected_mel[0].numpy()).max() < 1e-3
         assert prepared.mel_bands[column] == front_end.cutoff_bin(torch.exp(expected_mel[0]))
         spectrum = np.abs(librosa.stft(low))
         assert prepared.post_bins[column] == front_end.cutoff_bin(torch.from_numpy(spectrum.T))
@@ -181,7 +181,7 @@ def test_the_condition_is_sampled_tile_by_tile_as_from_the_whole_posterior():
     pipe = load_pipeline("random:audiosr-tiny")
     prepared = recording.prepare([_noise(16000 * 5, 1)], 16000, 1, 5.0, seed=0, show_progress=False)
     try:
-        mel = torch.from_numpy(prepared.low_mel.read(0, prepared.low_mel.length)).transpose(0, 1)[:, None]
+        mel = torch.from_numpy(prepared.low_mel.read(0, prepared.low_mel.length)).permute(1, 2, 0, 3)
         whole = tiled_encode(pipe.vae, mel, TilingConfig(enabled=False)).sample(torch.Generator().manual_seed(0))
         whole = whole * pipe.vae.config.scaling_factor
         untiled = pipe._condition(prepared, TilingConfig(enabled=False), torch.Generator().manual_seed(0))

@@ -39,7 +39,7 @@ from ..conditioning import concatenated_frames
 from ..config import TilingConfig
 from ..constants import UPSAMPLE_STEPS
 from ..denoise import denoise, plan_windows
-from ..spool import BLOCK_ROWS, Spool, blocks
+from ..spool import BLOCK_ROWS, Frames, Spool, blocks
 from ..vae import iter_decode, iter_encode
 from ..vae.dispatch import check_exact_decode_fits
 from ..vocoder import stream_vocode
@@ -105,9 +105,10 @@ class AudioSRTiledPipeline(DiffusionPipeline):
                   tiling: TilingConfig | None = None, keep_level: bool = False) -> Iterator[np.ndarray]:
         """``__call__``'s 48 kHz waveform as float32 pieces (channels, samples), in order. What is held for the whole
         recording between the stages is spooled to disk (``recording``), except what the model's stages hold whole
-        (float32, per channel and hour of audio): the low-passed log-mel while it is encoded (369 MB), the
-        conditioning latent (92 MB) and, while they are denoised, the latents, the merged noise prediction and the
-        step's noise (92 MB each)."""
+        (float32, per channel and hour of audio, 92 MB each): the conditioning latent while it is sampled (the
+        encode reads its tiles of the low-passed log-mel from disk, and the denoising its windows of the condition)
+        and, while they are denoised, the latents, the merged noise prediction (into which DDIM's step writes) and
+        the step's noise."""
         source = _source(audio, sampling_rate)
         config = (tiling or TilingConfig()).with_windows_for(LATENT_FRAME_SECONDS)
         # An exact decode whose paused tiles have no room fails now, not after the front end and the denoising.
@@ -134,7 +135,8 @@ class AudioSRTiledPipeline(DiffusionPipeline):
         bands replaced by the input's, and vocoded: float32 waveform pieces (channels, samples)."""
         device, dtype = self._execution_device, self.unet.dtype
         scale = self.vae.config.scaling_factor
-        condition = self._condition(prepared, config, generator).to(dtype)
+        # on disk while it is read a window at a time: the denoising holds its latent-sized tensors beside it
+        condition = Frames.spooled(self._condition(prepared, config, generator), dtype)
         shape = (prepared.channels, LATENT_CHANNELS, condition.shape[2], condition.shape[3])
         if latents is None:
             latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(device, dtype)
@@ -152,8 +154,10 @@ class AudioSRTiledPipeline(DiffusionPipeline):
                           plan, {"eta": eta, "generator": generator}, config.window_batch_size or 1,
                           lambda total: self.progress_bar(total=total) if config.show_progress
                           else tqdm(total=total, disable=True))
-        frames = condition = None  # the conditioning is not needed past the denoising
-        mel = _replaced(iter_decode(self.vae, latents.to(self.vae.dtype) / scale, config), prepared)
+        condition.close()  # not needed past the denoising
+        frames = condition = None
+        latents = latents.to(self.vae.dtype).div_(scale)  # the denoising's own tensor: no second copy
+        mel = _replaced(iter_decode(self.vae, latents, config), prepared)
         vocoder = (piece.to(device, self.vocoder.dtype) for piece in mel)
         for wave in stream_vocode(self.vocoder, vocoder, latents.shape[2] * 8, config.replace(show_progress=False)):
             yield wave.float().cpu().numpy()
@@ -165,12 +169,11 @@ class AudioSRTiledPipeline(DiffusionPipeline):
         noise drawn once for the whole (so neither the posterior nor the noise is held twice, and nothing depends
         on where a tile falls)."""
         encoder = self.vae if self.condition_vae is None else self.condition_vae
-        low_mel = torch.from_numpy(prepared.low_mel.read(0, prepared.low_mel.length)).transpose(0, 1)[:, None]
-        low_mel = low_mel.to(self._execution_device, encoder.dtype)
+        low_mel = Frames(prepared.low_mel, encoder.dtype, self._execution_device)  # tiles read from disk
         factor = 2 ** (len(encoder.config.block_out_channels) - 1)
         shape = (prepared.channels, encoder.config.latent_channels, low_mel.shape[2] // factor, N_MELS // factor)
         # what DiagonalGaussianDistribution.sample draws, in the parameters' dtype on their device
-        sample = randn_tensor(shape, generator=generator, device=low_mel.device, dtype=low_mel.dtype)
+        sample = randn_tensor(shape, generator=generator, device=low_mel.device, dtype=encoder.dtype)
         start, scale = 0, self.vae.config.scaling_factor
         for piece in iter_encode(encoder, low_mel, config):
             posterior = DiagonalGaussianDistribution(piece)
@@ -190,7 +193,8 @@ def _replaced(pieces: Iterator[torch.Tensor], prepared: recording.Prepared) -> I
     for piece in pieces:
         piece = piece[:, 0].float().cpu()
         stop = start + piece.shape[1]
-        low = torch.from_numpy(prepared.low_mel.read(start, min(stop, prepared.low_mel.length))).transpose(0, 1)
+        low = torch.from_numpy(prepared.low_mel.read(start, min(stop, prepared.low_mel.length))[:, :, 0])
+        low = low.transpose(0, 1)
         for row, low_row, band in zip(piece, low, prepared.mel_bands):
             row[: low_row.shape[0], :band] = low_row[:, :band]
         start = stop

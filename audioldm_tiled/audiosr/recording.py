@@ -36,7 +36,8 @@ class Prepared:
     """What the model and the post-processing need of a recording, channels each on its own:
 
     ``low``: the normalised, low-passed recording (padded_length, channels) float32; ``low_mel``: its log-mel
-    (frames, channels, 256); ``mel_bands``: bands below which the decoded mel is replaced by ``low_mel``;
+    (frames, channels, 1, 256), rows of what the VAE encodes (``spool.Frames`` reads it as (channels, 1, frames,
+    256)); ``mel_bands``: bands below which the decoded mel is replaced by ``low_mel``;
     ``post_bins``, ``post_low_energy``: the STFT bin below which the output's spectrum is the input's, and the
     input's magnitude summed over that bin; ``silent``: channels that are all zeros (delivered as zeros).
     """
@@ -177,13 +178,13 @@ def _close(signal) -> None:
 
 
 def _log_mel(low: Spool) -> tuple[Spool, np.ndarray]:
-    """The log-mel of ``low`` spooled (frames, channels, 256), and its exp summed over frames (channels, 256)."""
-    mel = Spool((low.row_shape[0], N_MELS), np.float32)
+    """The log-mel of ``low`` spooled (frames, channels, 1, 256), and its exp summed over frames (channels, 256)."""
+    mel = Spool((low.row_shape[0], 1, N_MELS), np.float32)
     sums = 0.0
     for f0, f1 in blocks(low.length // HOP_LENGTH, FRAME_BLOCK):
         segment = passes.padded(low, f0 * HOP_LENGTH, (f1 - 1) * HOP_LENGTH + N_FFT, MEL_PAD, "reflect")
         _, log_mel = front_end.frames_magnitude_and_log_mel(torch.from_numpy(np.ascontiguousarray(segment.T)))
-        mel.append(log_mel.transpose(0, 1).numpy())
+        mel.append(log_mel.transpose(0, 1)[:, :, None].numpy())
         sums = sums + torch.exp(log_mel).sum(dim=1).double().numpy()
     return mel, sums
 
