@@ -30,6 +30,25 @@ def test_a_stereo_recording_becomes_48_khz_of_the_same_length(tmp_path, caplog):
     assert f"wrote {out} (1.50 s, 2 channel(s), 48 kHz)" in caplog.text
 
 
+def test_mode_fast_is_the_tiling_the_pipeline_runs(tmp_path, monkeypatch):
+    """``--mode fast`` reaches the pipeline's tiling (exact without it): the VAE's fast mode itself is measured
+    against the untiled encode and decode in test_encode and test_vae."""
+    from audioldm_tiled.audiosr.pipeline import AudioSRTiledPipeline
+
+    modes, upsampled = [], AudioSRTiledPipeline.upsampled
+
+    def recorded(self, *args, **kwargs):
+        modes.append(kwargs["tiling"].mode)
+        return upsampled(self, *args, **kwargs)
+
+    monkeypatch.setattr(AudioSRTiledPipeline, "upsampled", recorded)
+    source = tmp_path / "in.wav"
+    sf.write(source, 0.3 * np.sin(np.arange(16000) / 16000 * 2 * np.pi * 440).astype(np.float32), 16000)
+    for extra in ([], ["--mode", "fast"]):
+        assert main(["upsample", str(source), "-o", str(tmp_path / "out.wav"), *TINY, *extra]) == 0
+    assert modes == ["exact", "fast"]
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda p: p.write_text("not audio"), "not audio that soundfile reads"),
     (lambda p: sf.write(p, np.zeros(1, np.float32), 16000), "AudioSR needs 10 ms at the least"),
