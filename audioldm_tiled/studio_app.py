@@ -47,6 +47,9 @@ def build_app(studio: Studio):
     from .request import named_for
 
     tracked = gr.Progress()  # a handler's default: Gradio reports progress through it
+    # A 48 kHz download runs AudioSR, minutes on long renders: its stages' bars (reading, front end, denoising, VAE,
+    # post-processing) are the page's progress.
+    tracked_bars = gr.Progress(track_tqdm=True)
 
     def fail(error: Exception):
         return gr.Error(named_for(error, PAGE_FIELDS), print_exception=False)
@@ -119,7 +122,7 @@ def build_app(studio: Studio):
         yield from run(request, f"extend +{seconds:g} s", settings, history, progress, page, current.segments,
                        mark)
 
-    def deliver(current, format, sample_rate, loudness, upsample, history):
+    def deliver(current, format, sample_rate, loudness, upsample, history, progress=tracked_bars):
         try:
             if current is None:
                 raise ValueError("render something first (or use a recording): there is nothing to download")
@@ -313,8 +316,9 @@ def main(argv: list[str]) -> int:
             from .audiosr.command import load_upsampler
 
             try:
+                # its bars on: the page shows them while a download is made (``build_app``)
                 return load_upsampler(args.upsample_model, resolve_dtype(args.dtype, device), device,
-                                      "--upsample-model", quiet=True)
+                                      "--upsample-model")
             except CliError as error:
                 raise ValueError(str(error)) from None
 

@@ -258,8 +258,14 @@ def test_a_result_is_delivered_in_another_format_rate_and_loudness(studio, tmp_p
         client.predict("opus", 44100, "as rendered", False, api_name="/deliver")
     with pytest.raises(AppError, match="the loudness must be a number of LUFS, e.g. -16, got 'loud'"):
         client.predict("mp3", 0, "loud", False, api_name="/deliver")
-    # super-resolved by AudioSR on the way, named so, the model in its recipe
-    files, status = client.predict("wav", 0, "as rendered", True, api_name="/deliver")
+    # super-resolved by AudioSR on the way, named so, the model in its recipe; the page follows its stages
+    job = client.submit("wav", 0, "as rendered", True, api_name="/deliver")
+    stages = set()
+    while not job.done():
+        stages |= {unit.desc for unit in job.status().progress_data or () if unit.desc}
+        time.sleep(0.01)
+    files, status = job.result()
+    assert any(stage.startswith("AudioSR") for stage in stages), stages
     upsampled = next(f for f in files if f.endswith("-audiosr.wav"))
     audio, rate = sf.read(upsampled)
     assert rate == 48000 and audio.shape == (5 * 48000,) and np.isfinite(audio).all()
