@@ -111,7 +111,7 @@ def test_a_log_mel_on_disk_encodes_as_the_tensor_it_holds(tiny, mode, frames):
 
 def test_the_level_of_frames_on_disk_is_the_tensors():
     """Fast mode's per-channel (std, mean) of frames read in pieces (7 frames here) equals ``torch.std_mean``'s on
-    the tensor, far from zero too (shifted sums: a plain sum of squares would cancel at this offset)."""
+    the tensor, far from zero too (pooled moments: a plain sum of squares would cancel at this offset)."""
     from audioldm_tiled.spool import Frames
     from audioldm_tiled.vae.fast import channel_level
 

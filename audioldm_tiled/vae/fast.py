@@ -132,24 +132,15 @@ def estimate_stats(tasks: list[Task], latents: torch.Tensor, proxy: Proxy, tiles
 
 def channel_level(x, frames: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
     """(std, mean) of ``x`` (B, C, T, F) per channel, over time and frequency, as (B, C, 1) float32: a tensor's by
-    ``torch.std_mean``; ``spool.Frames``, which cannot be held whole, by sums over pieces of ``frames`` (float64,
-    about the first piece's mean so that the sum of squares does not cancel; unbiased, as ``torch.std_mean``)."""
+    ``torch.std_mean``; ``spool.Frames``, which cannot be held whole, from the moments of pieces of ``frames``
+    pooled as the tiles' GroupNorm statistics are (``pool_stats``; unbiased, as ``torch.std_mean``)."""
     if isinstance(x, torch.Tensor):
         return torch.std_mean(x.float().flatten(2), dim=2, keepdim=True)
     length = x.shape[2]
-    shift = total = squares = None
-    for lo in range(0, length, frames):
-        piece = x.narrow(2, lo, min(frames, length - lo)).double().flatten(2)
-        if shift is None:
-            shift = piece.mean(dim=2, keepdim=True)
-            total, squares = torch.zeros_like(shift), torch.zeros_like(shift)
-        piece = piece - shift
-        total += piece.sum(dim=2, keepdim=True)
-        squares += piece.square().sum(dim=2, keepdim=True)
-    count = length * x.shape[3]
-    mean = total / count
-    variance = (squares - count * mean.square()) / max(1, count - 1)
-    return variance.clamp_min(0).sqrt().float(), (mean + shift).float()
+    pooled = pool_stats([group_stats(x.narrow(2, lo, min(frames, length - lo)), x.shape[1])
+                         for lo in range(0, length, frames)])
+    std = (pooled.m2 / (pooled.count - 1).clamp_min(1)).sqrt()
+    return std[..., None].float().to(x.device), pooled.mean[..., None].float().to(x.device)
 
 
 def _proxy_round(tasks: list[Task], latents: torch.Tensor, starts: list[int], core: int, margin: int,
